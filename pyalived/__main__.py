@@ -1,0 +1,5 @@
+"""Allow ``python -m pyalived``."""
+
+from pyalived.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""Typed, frozen model of a keepalived.conf.
+
+Theory of operation: the parser (``pyalived.config.parser``) turns the token
+stream of the lexer into these dataclasses.  Every object is immutable and
+carries the ``Location`` (file and line) it was declared at, so that any later
+diagnostic, including those found while the daemon applies the config, can
+name ``file:line``.  Defaults are keepalived 2.2.7's defaults.  Values are
+already validated when they reach the model: a ``VrrpInstance`` always has a
+VRID in 1..255 and a priority in 1..255, for example.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+NOWHERE = Location("<default>", 0)
+
+
+class InitialState(enum.Enum):
+    MASTER = "MASTER"
+    BACKUP = "BACKUP"
+
+
+class AuthType(enum.Enum):
+    PASS = "PASS"
+    AH = "AH"
+
+
+@dataclass(frozen=True)
+class Authentication:
+    type: AuthType
+    # keepalived keeps the first 8 bytes of auth_pass (RFC 3768 §5.3.10 field size).
+    password: bytes
+
+
+@dataclass(frozen=True)
+class VirtualIP:
+    """One ``virtual_ipaddress`` line: ``ADDR[/PREFIX] [brd X] [dev IF] [scope S] [label L]``."""
+
+    address: IPv4Interface  # prefix defaults to /32, as in keepalived
+    dev: str | None = None  # None: the instance's interface
+    label: str | None = None
+    scope: str | None = None  # "global", "host", "link", "site" or a number
+    brd: IPv4Address | None = None
+    location: Location = NOWHERE
+
+    @property
+    def ip(self) -> IPv4Address:
+        return self.address.ip
+
+
+@dataclass(frozen=True)
+class TrackInterface:
+    name: str
+    weight: int = 0  # 0: interface down means FAULT; otherwise a priority change
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
+class TrackScriptRef:
+    name: str
+    weight: int | None = None  # overrides the vrrp_script's own weight when set
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
+class VrrpScript:
+    name: str
+    script: str
+    interval: float = 1.0
+    timeout: float | None = None  # None: keepalived uses the interval
+    weight: int = 0
+    rise: int = 1
+    fall: int = 1
+    user: str | None = None
+    group: str | None = None
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
+class Notify:
+    """The four per-state scripts plus the generic ``notify`` script."""
+
+    master: str | None = None
+    backup: str | None = None
+    fault: str | None = None
+    stop: str | None = None
+    generic: str | None = None  # called as: SCRIPT INSTANCE|GROUP NAME STATE PRIORITY
+
+
+@dataclass(frozen=True)
+class VrrpInstance:
+    name: str
+    interface: str
+    virtual_router_id: int
+    location: Location = NOWHERE
+    state: InitialState = InitialState.BACKUP
+    priority: int = 100
+    advert_int: float = 1.0
+    nopreempt: bool = False
+    preempt_delay: float = 0.0
+    authentication: Authentication | None = None
+    virtual_ipaddress: tuple[VirtualIP, ...] = ()
+    virtual_ipaddress_excluded: tuple[VirtualIP, ...] = ()
+    unicast_src_ip: IPv4Address | None = None
+    unicast_peer: tuple[IPv4Address, ...] = ()
+    use_vmac: bool = False
+    vmac_name: str | None = None  # None with use_vmac: "vrrp.<VRID>"
+    vmac_xmit_base: bool = False
+    garp_master_delay: float = 5.0
+    garp_master_repeat: int = 5
+    garp_master_refresh: float = 0.0  # 0: no periodic refresh
+    garp_master_refresh_repeat: int = 1
+    garp_lower_prio_delay: float | None = None
+    garp_lower_prio_repeat: int | None = None
+    track_interface: tuple[TrackInterface, ...] = ()
+    track_script: tuple[TrackScriptRef, ...] = ()
+    notify: Notify = field(default_factory=Notify)
+    smtp_alert: bool = False
+    dont_track_primary: bool = False
+    mcast_src_ip: IPv4Address | None = None
+
+    @property
+    def effective_vmac_name(self) -> str | None:
+        if not self.use_vmac:
+            return None
+        return self.vmac_name or f"vrrp.{self.virtual_router_id}"
+
+
+@dataclass(frozen=True)
+class VrrpSyncGroup:
+    name: str
+    group: tuple[str, ...]  # instance names
+    location: Location = NOWHERE
+    notify: Notify = field(default_factory=Notify)
+    track_script: tuple[TrackScriptRef, ...] = ()
+    track_interface: tuple[TrackInterface, ...] = ()
+    smtp_alert: bool = False
+
+
+@dataclass(frozen=True)
+class GlobalDefs:
+    router_id: str | None = None
+    vrrp_version: int = 2
+    vrrp_mcast_group4: IPv4Address = IPv4Address("224.0.0.18")
+    vrrp_garp_master_delay: float = 5.0
+    vrrp_garp_master_repeat: int = 5
+    vrrp_garp_master_refresh: float = 0.0
+    vrrp_garp_master_refresh_repeat: int = 1
+    vrrp_garp_interval: float = 0.0
+    vrrp_garp_lower_prio_delay: float | None = None
+    vrrp_garp_lower_prio_repeat: int | None = None
+    script_user: str | None = None
+    script_group: str | None = None
+    enable_script_security: bool = False
+    vrrp_strict: bool = False
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
+class Config:
+    global_defs: GlobalDefs = field(default_factory=GlobalDefs)
+    vrrp_scripts: tuple[VrrpScript, ...] = ()
+    vrrp_instances: tuple[VrrpInstance, ...] = ()
+    vrrp_sync_groups: tuple[VrrpSyncGroup, ...] = ()
+
+    def instance(self, name: str) -> VrrpInstance:
+        for inst in self.vrrp_instances:
+            if inst.name == name:
+                return inst
+        raise KeyError(name)
+
+    def script(self, name: str) -> VrrpScript:
+        for s in self.vrrp_scripts:
+            if s.name == name:
+                return s
+        raise KeyError(name)
