@@ -1,0 +1,83 @@
+"""The side-effect interfaces of the VRRP engine.
+
+Theory of operation: the trio driver (``pyalived.vrrp.instance``) executes the
+state machine's actions through these small protocols.  Production code gets
+the implementations in ``pyalived.vrrp.net`` (raw sockets, AF_PACKET),
+``pyalived.vrrp.netlink`` (addresses, macvlan, link state) and
+``pyalived.vrrp.scripts`` (notify and track scripts); tests get fakes that
+record what was asked of them.  Nothing here blocks the trio loop: calls that
+may block (netlink) are async and run in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Protocol
+
+from pyalived.config.model import VirtualIP
+
+
+class AdvertSocket(Protocol):
+    """Raw IPv4 socket for one interface, protocol 112 (or 51 for AH).
+
+    ``send`` takes a whole IPv4 datagram (IP_HDRINCL) and its destination.
+    ``receive`` returns whole IPv4 datagrams arriving on the interface.
+    """
+
+    def send(self, datagram: bytes, dst: IPv4Address) -> None: ...
+
+    async def receive(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class GarpSocket(Protocol):
+    """AF_PACKET sender of gratuitous ARP on one interface (or its VMAC)."""
+
+    def send_garp(self, ips: Sequence[IPv4Address], count: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class AddressManager(Protocol):
+    """Adds and removes VIPs through netlink. Idempotent; raises OSError after retries."""
+
+    async def add(self, default_dev: str, vips: Sequence[VirtualIP]) -> None: ...
+
+    async def remove(self, default_dev: str, vips: Sequence[VirtualIP]) -> None: ...
+
+
+class VmacManager(Protocol):
+    """Creates/removes the macvlan ``name`` on ``parent`` with MAC 00:00:5e:00:01:VRID."""
+
+    async def create(self, parent: str, name: str, vrid: int) -> None: ...
+
+    async def delete(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    ifname: str
+    up: bool  # operationally up (IFF_RUNNING) and administratively up
+
+
+class LinkWatcher(Protocol):
+    """Current link states, then a change stream (RTM_NEWLINK/DELLINK)."""
+
+    def is_up(self, ifname: str) -> bool: ...
+
+    def events(self) -> AsyncIterator[LinkEvent]: ...
+
+
+class ScriptRunner(Protocol):
+    """Runs external scripts without ever blocking the caller's state machine."""
+
+    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None) -> int:
+        """Run to completion (killed at ``timeout``); return the exit status (-1 on timeout)."""
+        ...
+
+    def notify(self, argv: Sequence[str], user: str | None) -> None:
+        """Fire-and-forget, but reaped by the runner's own task (no detached tasks)."""
+        ...
