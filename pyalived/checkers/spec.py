@@ -1,0 +1,173 @@
+"""Frozen specifications of the LVS health checkers.
+
+Theory of operation: a keepalived ``virtual_server`` block lists
+``real_server`` blocks, each with zero or more checkers (``TCP_CHECK``,
+``HTTP_GET``, ``SSL_GET``, ``MISC_CHECK``).  The config parser resolves the
+inheritance of the generic options (virtual server -> real server -> checker)
+and builds these dataclasses; everything downstream (the pure policy in
+``pyalived.checkers.policy``, the probes in ``pyalived.checkers.probes`` and the
+scheduler) only reads them.  Defaults are keepalived 2.2.7's: ``delay_loop``
+60 s, ``connect_timeout`` 5 s, ``retry`` 1 (0 for MISC_CHECK),
+``delay_before_retry`` 3 s for HTTP_GET/SSL_GET and 1 s otherwise, ``warmup``
+up to ``delay_loop``, ``status_code`` 200-299, HTTP/1.0 requests, no TLS
+certificate verification.  Fields left ``None`` mean "the checker type's
+default" and are resolved by the ``effective_*`` properties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+IPAddress = IPv4Address | IPv6Address
+
+DEFAULT_DELAY_LOOP = 60.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The generic scheduling options every checker has."""
+
+    delay_loop: float = DEFAULT_DELAY_LOOP
+    retry: int | None = None  # None: the checker type's default
+    delay_before_retry: float | None = None  # None: the checker type's default
+    warmup: float | None = None  # None: up to delay_loop; 0: no initial random delay
+    alpha: bool = False  # start DOWN until the first successful check
+
+    @property
+    def effective_warmup(self) -> float:
+        return self.delay_loop if self.warmup is None else self.warmup
+
+
+@dataclass(frozen=True)
+class StatusRange:
+    """One ``status_code`` item: a single code (lo == hi) or an inclusive range."""
+
+    lo: int
+    hi: int
+
+    def __contains__(self, code: object) -> bool:
+        return isinstance(code, int) and self.lo <= code <= self.hi
+
+
+DEFAULT_STATUS = (StatusRange(200, 299),)
+
+
+@dataclass(frozen=True)
+class UrlSpec:
+    path: str
+    status_code: tuple[StatusRange, ...] = DEFAULT_STATUS
+    digest: str | None = None  # lower-case hex MD5 of the body, as printed by genhash
+    virtualhost: str | None = None  # overrides the checker's virtualhost
+
+    def status_ok(self, code: int) -> bool:
+        return any(code in r for r in self.status_code)
+
+
+@dataclass(frozen=True)
+class _Connection:
+    connect_ip: IPAddress | None = None  # None: the real server's address
+    connect_port: int | None = None  # None: the real server's port
+    bindto: IPAddress | None = None
+    bind_port: int | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class TcpCheck(_Connection):
+    timing: Timing = field(default_factory=Timing)
+
+    kind = "TCP_CHECK"
+
+    @property
+    def effective_retry(self) -> int:
+        return 1 if self.timing.retry is None else self.timing.retry
+
+    @property
+    def effective_delay_before_retry(self) -> float:
+        t = self.timing.delay_before_retry
+        return 1.0 if t is None else t
+
+
+@dataclass(frozen=True)
+class HttpGet(_Connection):
+    urls: tuple[UrlSpec, ...] = ()
+    virtualhost: str | None = None  # Host header; None: "IP:PORT" of the connection
+    http_protocol: str = "1.0"  # "1.0", "1.0C" (adds Connection: close) or "1.1"
+    timing: Timing = field(default_factory=Timing)
+
+    kind = "HTTP_GET"
+
+    @property
+    def effective_retry(self) -> int:
+        return 1 if self.timing.retry is None else self.timing.retry
+
+    @property
+    def effective_delay_before_retry(self) -> float:
+        t = self.timing.delay_before_retry
+        return 3.0 if t is None else t
+
+
+@dataclass(frozen=True)
+class SslGet(HttpGet):
+    enable_sni: bool = False  # send the virtualhost as TLS server name
+    verify: bool = False  # keepalived does not verify the server certificate
+    ca_file: str | None = None  # trust anchors when verify is set
+
+    kind = "SSL_GET"
+
+
+@dataclass(frozen=True)
+class MiscCheck:
+    misc_path: str  # command line; split like a shell would, but run without one
+    misc_timeout: float | None = None  # None: delay_loop
+    misc_dynamic: bool = False
+    user: str | None = None
+    group: str | None = None
+    timing: Timing = field(default_factory=Timing)
+
+    kind = "MISC_CHECK"
+
+    @property
+    def effective_retry(self) -> int:
+        return 0 if self.timing.retry is None else self.timing.retry
+
+    @property
+    def effective_delay_before_retry(self) -> float:
+        t = self.timing.delay_before_retry
+        return 1.0 if t is None else t
+
+    @property
+    def effective_timeout(self) -> float:
+        return self.timing.delay_loop if self.misc_timeout is None else self.misc_timeout
+
+
+CheckerSpec = TcpCheck | HttpGet | SslGet | MiscCheck
+
+
+@dataclass(frozen=True)
+class RealServerSpec:
+    ip: IPAddress
+    port: int | None  # None: fwmark services without a port
+    weight: int = 1
+    checkers: tuple[CheckerSpec, ...] = ()
+
+    def __str__(self) -> str:
+        host = f"[{self.ip}]" if isinstance(self.ip, IPv6Address) else str(self.ip)
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class VirtualServerSpec:
+    name: str  # "IP:PORT", "fwmark N" or "group NAME": used in logs and events
+    real_servers: tuple[RealServerSpec, ...] = ()
+    omega: bool = False  # on shutdown report every real server DOWN
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def checker_label(spec: CheckerSpec, index: int) -> str:
+    """A short, stable name for the index-th checker of a real server."""
+    return f"{spec.kind}#{index}"
