@@ -1,0 +1,213 @@
+"""Evaluation of ``track_script`` and ``track_interface`` for VRRP instances.
+
+Theory of operation: the pure part has two pieces.  ``ScriptHealth`` applies
+the rise/fall hysteresis of one ``vrrp_script`` to its successive exit
+statuses: the first result decides the initial status at once, after that
+``rise`` consecutive successes are needed to turn a failing script OK and
+``fall`` consecutive failures to turn an OK script failing.  ``InstanceTracking``
+folds the status of every tracked script and interface of one instance into a
+``Verdict``: an item with weight 0 that fails (script failing, interface down)
+puts the instance in FAULT; a positive weight is added to the configured
+priority while the item is OK/up, a negative weight is subtracted while it
+fails/is down.  The result is clamped to 1..254; an address owner (priority
+255) keeps 255 whatever the weights.  A script that has not reported yet
+counts neither for nor against the instance.
+
+The I/O part is two small trio services: ``run_script_tracker`` runs one
+``vrrp_script`` every ``interval`` (killed at ``timeout``, default the
+interval) through a ``ScriptRunner`` and reports status changes to its
+subscribers, and ``run_link_dispatch`` forwards a ``LinkWatcher``'s changes
+to the instances tracking that interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from pyalived.config.model import VrrpScript
+from pyalived.vrrp.ports import LinkWatcher, ScriptRunner
+
+log = logging.getLogger("pyalived.vrrp.tracking")
+
+MIN_PRIORITY = 1
+MAX_TRACKED_PRIORITY = 254
+OWNER_PRIORITY = 255
+
+
+class ScriptHealth:
+    """rise/fall hysteresis for one script; ``ok`` is None until the first result."""
+
+    def __init__(self, rise: int = 1, fall: int = 1) -> None:
+        self.rise = max(1, rise)
+        self.fall = max(1, fall)
+        self.ok: bool | None = None
+        self._contrary = 0  # consecutive results disagreeing with ``ok``
+
+    def record(self, success: bool) -> bool:
+        """Account one result; return True when ``ok`` changed."""
+        if self.ok is None:
+            self.ok = success
+            self._contrary = 0
+            return True
+        if success == self.ok:
+            self._contrary = 0
+            return False
+        self._contrary += 1
+        if self._contrary >= (self.rise if success else self.fall):
+            self.ok = success
+            self._contrary = 0
+            return True
+        return False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    faulty: bool
+    priority: int
+    reason: str  # why faulty, or which items changed the priority ("" when none)
+
+
+@dataclass(frozen=True)
+class Tracked:
+    name: str
+    weight: int
+
+
+class InstanceTracking:
+    """Tracked-item status of one instance, folded into a ``Verdict``."""
+
+    def __init__(
+        self,
+        base_priority: int,
+        scripts: Iterable[Tracked] = (),
+        interfaces: Iterable[Tracked] = (),
+    ) -> None:
+        self.base_priority = base_priority
+        self._scripts: dict[str, Tracked] = {}
+        for s in scripts:
+            self._scripts.setdefault(s.name, s)
+        self._interfaces: dict[str, Tracked] = {}
+        for i in interfaces:
+            self._interfaces.setdefault(i.name, i)
+        self._script_ok: dict[str, bool | None] = dict.fromkeys(self._scripts)
+        self._link_up: dict[str, bool] = dict.fromkeys(self._interfaces, True)
+
+    @property
+    def script_names(self) -> tuple[str, ...]:
+        return tuple(self._scripts)
+
+    @property
+    def interface_names(self) -> tuple[str, ...]:
+        return tuple(self._interfaces)
+
+    def update_script(self, name: str, ok: bool) -> None:
+        if name in self._scripts:
+            self._script_ok[name] = ok
+
+    def update_link(self, ifname: str, up: bool) -> None:
+        if ifname in self._interfaces:
+            self._link_up[ifname] = up
+
+    def verdict(self) -> Verdict:
+        faults: list[str] = []
+        notes: list[str] = []
+        delta = 0
+        for name, iface in self._interfaces.items():
+            up = self._link_up[name]
+            if iface.weight == 0:
+                if not up:
+                    faults.append(f"interface {name} down")
+            elif iface.weight > 0 and up:
+                delta += iface.weight
+                notes.append(f"interface {name} up {iface.weight:+d}")
+            elif iface.weight < 0 and not up:
+                delta += iface.weight
+                notes.append(f"interface {name} down {iface.weight:+d}")
+        for name, script in self._scripts.items():
+            ok = self._script_ok[name]
+            if ok is None:
+                continue
+            if script.weight == 0:
+                if not ok:
+                    faults.append(f"script {name} failing")
+            elif script.weight > 0 and ok:
+                delta += script.weight
+                notes.append(f"script {name} ok {script.weight:+d}")
+            elif script.weight < 0 and not ok:
+                delta += script.weight
+                notes.append(f"script {name} failing {script.weight:+d}")
+        if self.base_priority >= OWNER_PRIORITY:
+            priority = OWNER_PRIORITY
+        else:
+            priority = min(MAX_TRACKED_PRIORITY, max(MIN_PRIORITY, self.base_priority + delta))
+        if faults:
+            return Verdict(True, priority, ", ".join(faults))
+        return Verdict(False, priority, ", ".join(notes))
+
+
+def script_argv(script: VrrpScript) -> list[str]:
+    return shlex.split(script.script)
+
+
+ScriptSubscriber = Callable[[str, bool], None]
+
+
+async def run_script_tracker(
+    script: VrrpScript,
+    runner: ScriptRunner,
+    subscribers: Sequence[ScriptSubscriber],
+    *,
+    default_user: str | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``script`` every ``interval`` forever; report status changes.
+
+    Runs start at t0, t0 + interval, t0 + 2*interval, ...; a run that outlasts
+    the interval delays the next start until it has finished.
+    """
+    health = ScriptHealth(script.rise, script.fall)
+    argv = script_argv(script)
+    interval = script.interval if script.interval > 0 else 1.0
+    timeout = script.timeout if script.timeout is not None else interval
+    user = script.user or default_user
+    task_status.started()
+    next_run = trio.current_time()
+    while True:
+        await trio.sleep_until(next_run)
+        started = trio.current_time()
+        status = await runner.run(argv, timeout, user)
+        success = status == 0
+        if status == -1:
+            log.debug("track script %s timed out after %gs", script.name, timeout)
+        if health.record(success):
+            log.info("track script %s is now %s", script.name, "OK" if health.ok else "failing")
+            for subscriber in subscribers:
+                subscriber(script.name, success)
+        next_run = max(started + interval, trio.current_time())
+
+
+LinkSubscriber = Callable[[str, bool], None]
+
+
+async def run_link_dispatch(
+    watcher: LinkWatcher,
+    subscribers: Mapping[str, Sequence[LinkSubscriber]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Forward link changes of interesting interfaces to their subscribers."""
+    last: dict[str, bool] = {name: watcher.is_up(name) for name in subscribers}
+    task_status.started()
+    async for event in watcher.events():
+        targets = subscribers.get(event.ifname)
+        if not targets or last.get(event.ifname) == event.up:
+            continue
+        last[event.ifname] = event.up
+        log.info("interface %s is %s", event.ifname, "up" if event.up else "down")
+        for subscriber in targets:
+            subscriber(event.ifname, event.up)

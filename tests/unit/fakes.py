@@ -1,0 +1,211 @@
+"""Fakes for every protocol of ``pyalived.vrrp.ports``.
+
+Each fake records what it was asked to do, stamped with ``trio.current_time()``
+so that tests under trio's MockClock can assert exact times.  Nothing here
+touches the host.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+import trio
+
+from pyalived.config.model import VirtualIP
+from pyalived.vrrp.ports import LinkEvent
+
+
+def _now() -> float:
+    try:
+        return trio.current_time()
+    except RuntimeError:  # outside trio
+        return math.nan
+
+
+@dataclass(frozen=True)
+class SentDatagram:
+    time: float
+    datagram: bytes
+    dst: IPv4Address
+
+
+class FakeAdvertSocket:
+    """Records sent datagrams; ``inject`` makes ``receive`` return a datagram."""
+
+    def __init__(self, ifname: str = "eth0", proto: int = 112) -> None:
+        self.ifname = ifname
+        self.proto = proto
+        self.sent: list[SentDatagram] = []
+        self.closed = False
+        self.fail_send: bool = False
+        self._tx, self._rx = trio.open_memory_channel[bytes](math.inf)
+
+    def send(self, datagram: bytes, dst: IPv4Address) -> None:
+        if self.closed:
+            raise OSError("socket closed")
+        if self.fail_send:
+            raise OSError("send failed")
+        self.sent.append(SentDatagram(_now(), datagram, dst))
+
+    async def receive(self) -> bytes:
+        return await self._rx.receive()
+
+    def inject(self, datagram: bytes) -> None:
+        self._tx.send_nowait(datagram)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass(frozen=True)
+class SentGarp:
+    time: float
+    ips: tuple[IPv4Address, ...]
+    count: int
+
+
+class FakeGarpSocket:
+    def __init__(self, ifname: str = "eth0") -> None:
+        self.ifname = ifname
+        self.sent: list[SentGarp] = []
+        self.closed = False
+
+    def send_garp(self, ips: Sequence[IPv4Address], count: int) -> None:
+        if self.closed:
+            raise OSError("socket closed")
+        self.sent.append(SentGarp(_now(), tuple(ips), count))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeSocketFactory:
+    """Hands out (and remembers) one fake socket per (interface, protocol)."""
+
+    def __init__(self) -> None:
+        self.advert: dict[tuple[str, int], FakeAdvertSocket] = {}
+        self.garp: dict[str, FakeGarpSocket] = {}
+
+    def open_advert(self, ifname: str, proto: int) -> FakeAdvertSocket:
+        sock = FakeAdvertSocket(ifname, proto)
+        self.advert[(ifname, proto)] = sock
+        return sock
+
+    def open_garp(self, ifname: str) -> FakeGarpSocket:
+        sock = FakeGarpSocket(ifname)
+        self.garp[ifname] = sock
+        return sock
+
+
+@dataclass(frozen=True)
+class AddressCall:
+    time: float
+    op: str  # "add" or "remove"
+    default_dev: str
+    vips: tuple[VirtualIP, ...]
+
+
+class FakeAddressManager:
+    """Keeps the set of (dev, address) present; optionally fails."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[AddressCall] = []
+        self.present: set[tuple[str, str]] = set()
+        self.fail: bool = False
+        self.delay = delay
+
+    async def add(self, default_dev: str, vips: Sequence[VirtualIP]) -> None:
+        self.calls.append(AddressCall(_now(), "add", default_dev, tuple(vips)))
+        if self.delay:
+            await trio.sleep(self.delay)
+        if self.fail:
+            raise OSError("netlink failure")
+        for vip in vips:
+            self.present.add((vip.dev or default_dev, str(vip.address)))
+
+    async def remove(self, default_dev: str, vips: Sequence[VirtualIP]) -> None:
+        self.calls.append(AddressCall(_now(), "remove", default_dev, tuple(vips)))
+        if self.delay:
+            await trio.sleep(self.delay)
+        if self.fail:
+            raise OSError("netlink failure")
+        for vip in vips:
+            self.present.discard((vip.dev or default_dev, str(vip.address)))
+
+
+class FakeVmacManager:
+    def __init__(self) -> None:
+        self.present: dict[str, tuple[str, int]] = {}
+        self.calls: list[tuple[float, str, str]] = []
+
+    async def create(self, parent: str, name: str, vrid: int) -> None:
+        self.calls.append((_now(), "create", name))
+        self.present[name] = (parent, vrid)
+
+    async def delete(self, name: str) -> None:
+        self.calls.append((_now(), "delete", name))
+        self.present.pop(name, None)
+
+
+class FakeLinkWatcher:
+    """Link states set by the test; every ``events()`` iterator sees every change."""
+
+    def __init__(self, up: Sequence[str] = ("eth0",)) -> None:
+        self.states: dict[str, bool] = dict.fromkeys(up, True)
+        self._listeners: list[trio.MemorySendChannel[LinkEvent]] = []
+
+    def is_up(self, ifname: str) -> bool:
+        return self.states.get(ifname, False)
+
+    def set(self, ifname: str, up: bool) -> None:
+        self.states[ifname] = up
+        for tx in self._listeners:
+            tx.send_nowait(LinkEvent(ifname, up))
+
+    async def events(self) -> AsyncIterator[LinkEvent]:
+        tx, rx = trio.open_memory_channel[LinkEvent](math.inf)
+        self._listeners.append(tx)
+        try:
+            async for event in rx:
+                yield event
+        finally:
+            self._listeners.remove(tx)
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    time: float
+    argv: tuple[str, ...]
+    user: str | None
+    timeout: float | None = None
+
+
+@dataclass
+class FakeScriptRunner:
+    """``results`` maps argv[0] to an exit status or to a callable returning one.
+
+    ``durations`` maps argv[0] to how long (trio time) a run takes; a run
+    longer than its timeout returns -1 at the timeout, as the real runner does.
+    """
+
+    results: dict[str, int | Callable[[], int]] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+    runs: list[ScriptCall] = field(default_factory=list)
+    notified: list[ScriptCall] = field(default_factory=list)
+
+    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None) -> int:
+        self.runs.append(ScriptCall(_now(), tuple(argv), user, timeout))
+        duration = self.durations.get(argv[0], 0.0)
+        if timeout is not None and duration > timeout:
+            await trio.sleep(timeout)
+            return -1
+        if duration:
+            await trio.sleep(duration)
+        result = self.results.get(argv[0], 0)
+        return result() if callable(result) else result
+
+    def notify(self, argv: Sequence[str], user: str | None) -> None:
+        self.notified.append(ScriptCall(_now(), tuple(argv), user))
