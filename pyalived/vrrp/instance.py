@@ -1,0 +1,699 @@
+"""The trio driver of VRRP instances.
+
+Theory of operation: every configured ``vrrp_instance`` becomes an
+``Instance``, one trio task that owns a pure ``VrrpMachine`` and feeds it
+events: its timer (``get_timer()`` compared with ``trio.current_time()``),
+received adverts, tracking verdicts and sync-group orders.  Everything that
+reaches the task goes through its inbox, so the machine is only ever touched
+by its own task, one event at a time.
+
+Reception is shared: a ``Demux`` runs one receiver per (interface, IP
+protocol), parses each datagram (``parse_datagram``: RFC 3768 §7.1 structural
+checks) and hands it to the instance owning the VRID, which applies its own
+checks (``verify``: authentication, address list, advert interval) before the
+machine sees it.  Every ``PacketError`` is counted by reason in
+``VrrpCounters`` and dropped; no malformed datagram reaches a machine.
+
+Actions are executed in the machine's order, with one exception: adding or
+removing VIPs (a netlink round trip) is done after the adverts and gratuitous
+ARPs of the same batch, so that a new master announces itself first.
+Adverts go to the VRRP multicast group (RFC 3768 §5.2.2) or to each
+``unicast_peer``, from the interface's primary address or
+``unicast_src_ip``; with ``use_vmac`` they and the GARPs leave through the
+VMAC interface unless ``vmac_xmit_base``.  On cancellation the instance runs
+``shutdown`` (a master sends a priority-0 advert, RFC 3768 §6.4.3, and drops
+its VIPs), runs its stop notify scripts and deletes its VMAC inside a
+shielded scope with a time limit, so a daemon stop completes even though the
+surrounding nursery is being cancelled.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import math
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Protocol
+
+import trio
+
+from pyalived.config.model import (
+    AuthType,
+    Config,
+    InitialState,
+    VirtualIP,
+    VrrpInstance,
+    VrrpSyncGroup,
+)
+from pyalived.vrrp import packet
+from pyalived.vrrp.fsm import (
+    Action,
+    AddVips,
+    GarpKind,
+    MachineConfig,
+    RemoveVips,
+    SendAdvert,
+    SendGarp,
+    State,
+    StateChanged,
+    VrrpMachine,
+)
+from pyalived.vrrp.ports import (
+    AddressManager,
+    AdvertSocket,
+    GarpSocket,
+    LinkWatcher,
+    ScriptRunner,
+    VmacManager,
+)
+from pyalived.vrrp.tracking import (
+    InstanceTracking,
+    Tracked,
+    Verdict,
+    run_link_dispatch,
+    run_script_tracker,
+)
+
+log = logging.getLogger("pyalived.vrrp")
+
+STOP_TIMEOUT = 5.0  # seconds allowed for a graceful stop of one instance
+INBOX_SIZE = 256  # queued events per instance before received adverts are dropped
+
+
+# ---- counters --------------------------------------------------------------
+
+
+@dataclass
+class VrrpCounters:
+    """Counters read by the metrics exporter."""
+
+    rx_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    instance_rx_errors: collections.Counter[tuple[str, str]] = field(
+        default_factory=collections.Counter
+    )
+    adverts_received: collections.Counter[str] = field(default_factory=collections.Counter)
+    adverts_sent: collections.Counter[str] = field(default_factory=collections.Counter)
+    garps_sent: collections.Counter[str] = field(default_factory=collections.Counter)
+    transitions: collections.Counter[tuple[str, str]] = field(
+        default_factory=collections.Counter
+    )
+    tx_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def rx_error(self, reason: str, instance: str | None = None) -> None:
+        self.rx_errors[reason] += 1
+        if instance is not None:
+            self.instance_rx_errors[(instance, reason)] += 1
+
+
+# ---- sockets ---------------------------------------------------------------
+
+
+class SocketFactory(Protocol):
+    """Opens the raw sockets; production: ``pyalived.vrrp.net``."""
+
+    def open_advert(self, ifname: str, proto: int) -> AdvertSocket: ...
+
+    def open_garp(self, ifname: str) -> GarpSocket: ...
+
+
+class SocketPool:
+    """One advert socket per (interface, protocol), one GARP socket per interface.
+
+    Sockets stay open until ``close()``, which the owner calls after every
+    instance has finished its graceful stop.
+    """
+
+    def __init__(self, factory: SocketFactory) -> None:
+        self._factory = factory
+        self._advert: dict[tuple[str, int], AdvertSocket] = {}
+        self._garp: dict[str, GarpSocket] = {}
+
+    def advert(self, ifname: str, proto: int) -> AdvertSocket:
+        sock = self._advert.get((ifname, proto))
+        if sock is None:
+            sock = self._factory.open_advert(ifname, proto)
+            self._advert[(ifname, proto)] = sock
+        return sock
+
+    def garp(self, ifname: str) -> GarpSocket:
+        sock = self._garp.get(ifname)
+        if sock is None:
+            sock = self._factory.open_garp(ifname)
+            self._garp[ifname] = sock
+        return sock
+
+    def close(self) -> None:
+        socks: list[AdvertSocket | GarpSocket] = [*self._advert.values(), *self._garp.values()]
+        for sock in socks:
+            try:
+                sock.close()
+            except OSError as exc:
+                log.debug("closing socket: %s", exc)
+        self._advert.clear()
+        self._garp.clear()
+
+
+Sink = Callable[[packet.Received, bytes], None]
+
+
+class Demux:
+    """One receiver task per (interface, protocol), dispatching by VRID."""
+
+    def __init__(self, pool: SocketPool, counters: VrrpCounters) -> None:
+        self._pool = pool
+        self._counters = counters
+        self._routes: dict[tuple[str, int], dict[int, Sink]] = {}
+
+    def register(self, ifname: str, proto: int, vrid: int, sink: Sink) -> None:
+        self._routes.setdefault((ifname, proto), {})[vrid] = sink
+
+    def dispatch(self, key: tuple[str, int], datagram: bytes) -> None:
+        try:
+            received = packet.parse_datagram(datagram)
+        except packet.PacketError as exc:
+            self._counters.rx_error(exc.reason)
+            log.debug("%s: dropped datagram: %s", key[0], exc)
+            return
+        sink = self._routes.get(key, {}).get(received.advert.vrid)
+        if sink is None:
+            self._counters.rx_error("unknown_vrid")
+            log.debug(
+                "%s: dropped advert from %s for VRID %d not configured here",
+                key[0],
+                received.src,
+                received.advert.vrid,
+            )
+            return
+        sink(received, datagram)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for key in self._routes:
+                sock = self._pool.advert(*key)
+                nursery.start_soon(self._receive, key, sock)
+            task_status.started()
+
+    async def _receive(self, key: tuple[str, int], sock: AdvertSocket) -> None:
+        while True:
+            datagram = await sock.receive()
+            self.dispatch(key, datagram)
+
+
+# ---- the instance ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rx:
+    received: packet.Received
+    datagram: bytes
+
+
+@dataclass(frozen=True)
+class _Script:
+    name: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class _Link:
+    ifname: str
+    up: bool
+
+
+@dataclass(frozen=True)
+class _Force:
+    state: State
+    reason: str
+
+
+_Event = _Rx | _Script | _Link | _Force
+
+StateListener = Callable[["Instance", StateChanged], None]
+
+_NOTIFY_STATE = {
+    State.MASTER: "MASTER",
+    State.BACKUP: "BACKUP",
+    State.FAULT: "FAULT",
+    State.INIT: "STOP",
+}
+
+
+def auth_fields(conf: VrrpInstance) -> tuple[int, bytes]:
+    """The advert's auth_type and auth_data (RFC 3768 §5.3.6, §5.3.10)."""
+    auth = conf.authentication
+    if auth is None:
+        return 0, b"\0" * 8
+    if auth.type is AuthType.PASS:
+        return 1, auth.password[:8].ljust(8, b"\0")
+    return 2, b"\0" * 8
+
+
+class Instance:
+    """One VRRP instance: a machine, its inbox and the execution of its actions."""
+
+    def __init__(
+        self,
+        conf: VrrpInstance,
+        *,
+        primary_ip: IPv4Address,
+        sockets: SocketPool,
+        demux: Demux,
+        addresses: AddressManager,
+        scripts: ScriptRunner,
+        counters: VrrpCounters,
+        vmac: VmacManager | None = None,
+        links: LinkWatcher | None = None,
+        tracking: InstanceTracking | None = None,
+        multicast_group: IPv4Address = packet.VRRP_MCAST_GROUP,
+        script_user: str | None = None,
+        machine_factory: Callable[[MachineConfig], VrrpMachine] = VrrpMachine,
+    ) -> None:
+        self.conf = conf
+        self.name = conf.name
+        self.primary_ip = primary_ip
+        self.src_ip = conf.unicast_src_ip or conf.mcast_src_ip or primary_ip
+        self._sockets = sockets
+        self._addresses = addresses
+        self._scripts = scripts
+        self._counters = counters
+        self._vmac = vmac if conf.use_vmac else None
+        self._links = links
+        self._script_user = script_user
+        self.proto = (
+            packet.AH_PROTO
+            if conf.authentication is not None and conf.authentication.type is AuthType.AH
+            else packet.VRRP_PROTO
+        )
+        vmac_name = conf.effective_vmac_name
+        # VIPs live on the VMAC when there is one; adverts and GARPs leave from it.
+        self.vip_dev = vmac_name or conf.interface
+        self.xmit_dev = conf.interface if (vmac_name is None or conf.vmac_xmit_base) else vmac_name
+        self.garp_dev = vmac_name or conf.interface
+        self.destinations: tuple[IPv4Address, ...] = conf.unicast_peer or (multicast_group,)
+        self.vips: tuple[VirtualIP, ...] = conf.virtual_ipaddress + conf.virtual_ipaddress_excluded
+        self.tracking = tracking or InstanceTracking(conf.priority)
+        self.machine = machine_factory(
+            MachineConfig(
+                name=conf.name,
+                vrid=conf.virtual_router_id,
+                priority=conf.priority,
+                advert_int=conf.advert_int,
+                primary_ip=self.src_ip,
+                initial_state=(
+                    State.MASTER if conf.state is InitialState.MASTER else State.BACKUP
+                ),
+                preempt=not conf.nopreempt,
+                preempt_delay=conf.preempt_delay,
+                garp_master_delay=conf.garp_master_delay,
+                garp_master_refresh=conf.garp_master_refresh,
+            )
+        )
+        self.state_listeners: list[StateListener] = []
+        self._inbox_tx, self._inbox_rx = trio.open_memory_channel[_Event](math.inf)
+        self._ip_id = 0
+        self._ah_seq = 0
+        self._ah_last: int | None = None  # last accepted AH sequence number (anti-replay)
+        self._auth_type, self._auth_data = auth_fields(conf)
+        self._expect = packet.Expectation(
+            vrid=conf.virtual_router_id,
+            advert_int=max(1, round(conf.advert_int)),
+            addresses=frozenset(v.ip for v in conf.virtual_ipaddress),
+            auth_type=conf.authentication.type if conf.authentication else None,
+            auth_key=conf.authentication.password if conf.authentication else b"",
+        )
+        self._applied: Verdict | None = None
+        self._stop_notified = False
+        self.started = False
+        demux.register(conf.interface, self.proto, conf.virtual_router_id, self.deliver)
+
+    # -- inputs (any task; never block) --
+
+    @property
+    def state(self) -> State:
+        return self.machine.state
+
+    def deliver(self, received: packet.Received, datagram: bytes) -> None:
+        """Called by the demux for a datagram carrying this instance's VRID."""
+        if self._inbox_tx.statistics().current_buffer_used >= INBOX_SIZE:
+            self._counters.rx_error("queue_full", self.name)
+            return
+        self._inbox_tx.send_nowait(_Rx(received, datagram))
+
+    def post_script(self, name: str, ok: bool) -> None:
+        self._post(_Script(name, ok))
+
+    def post_link(self, ifname: str, up: bool) -> None:
+        self._post(_Link(ifname, up))
+
+    def force_state(self, state: State, reason: str) -> None:
+        self._post(_Force(state, reason))
+
+    def _post(self, event: _Event) -> None:
+        # Control events are never dropped (the inbox is unbounded; only
+        # received adverts are limited, in ``deliver``).
+        self._inbox_tx.send_nowait(event)
+
+    # -- the task --
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            if self._vmac is not None and self.conf.effective_vmac_name is not None:
+                await self._vmac.create(
+                    self.conf.interface, self.conf.effective_vmac_name, self.conf.virtual_router_id
+                )
+            self._sockets.advert(self.xmit_dev, self.proto)
+            if self._links is not None:
+                for ifname in self.tracking.interface_names:
+                    self.tracking.update_link(ifname, self._links.is_up(ifname))
+            now = trio.current_time()
+            self.started = True
+            await self._execute(self.machine.start(now))
+            await self._apply_tracking()
+            task_status.started()
+            await self._loop()
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + STOP_TIMEOUT
+                await self._stop()
+            if scope.cancelled_caught:
+                log.warning("(%s) graceful stop did not finish in %gs", self.name, STOP_TIMEOUT)
+
+    async def _loop(self) -> None:
+        while True:
+            timer = self.machine.get_timer()
+            event: _Event | None = None
+            with trio.move_on_at(math.inf if timer is None else timer):
+                event = await self._inbox_rx.receive()
+            if event is not None:
+                await self._handle(event)
+                continue
+            await self._execute(self.machine.timer_expired(trio.current_time()))
+
+    async def _handle(self, event: _Event) -> None:
+        now = trio.current_time()
+        if isinstance(event, _Rx):
+            await self._received(now, event.received, event.datagram)
+        elif isinstance(event, _Script):
+            self.tracking.update_script(event.name, event.ok)
+            await self._apply_tracking()
+        elif isinstance(event, _Link):
+            self.tracking.update_link(event.ifname, event.up)
+            await self._apply_tracking()
+        else:
+            await self._execute(self.machine.force_state(now, event.state, event.reason))
+
+    async def _received(self, now: float, received: packet.Received, datagram: bytes) -> None:
+        if received.src == self.src_ip:
+            log.debug("(%s) ignoring own advert", self.name)
+            return
+        try:
+            packet.verify(received, self._expect, datagram)
+            self._ah_last = packet.check_ah_sequence(self._ah_last, received)
+        except packet.PacketError as exc:
+            self._counters.rx_error(exc.reason, self.name)
+            log.debug("(%s) dropped advert from %s: %s", self.name, received.src, exc)
+            return
+        self._counters.adverts_received[self.name] += 1
+        await self._execute(
+            self.machine.advert_received(now, received.src, received.advert.priority)
+        )
+
+    async def _apply_tracking(self) -> None:
+        verdict = self.tracking.verdict()
+        previous = self._applied or Verdict(False, self.conf.priority, "")
+        self._applied = verdict
+        now = trio.current_time()
+        if verdict.priority != previous.priority and verdict.priority != 255:
+            reason = verdict.reason or "tracked items restored"
+            log.info(
+                "(%s) priority %d -> %d (%s)",
+                self.name,
+                previous.priority,
+                verdict.priority,
+                reason,
+            )
+            await self._execute(self.machine.set_priority(now, verdict.priority, reason))
+        if verdict.faulty != previous.faulty:
+            reason = verdict.reason if verdict.faulty else "tracked items recovered"
+            await self._execute(self.machine.set_fault(now, verdict.faulty, reason))
+
+    # -- executing actions --
+
+    async def _execute(self, actions: Sequence[Action]) -> None:
+        deferred: list[AddVips | RemoveVips] = []
+        for action in actions:
+            if isinstance(action, SendAdvert):
+                self._send_advert(action.priority)
+            elif isinstance(action, SendGarp):
+                self._send_garp(action.kind)
+            elif isinstance(action, StateChanged):
+                self._state_changed(action)
+            else:
+                deferred.append(action)
+        for vip_action in deferred:
+            await self._vip_action(vip_action)
+
+    def _send_advert(self, priority: int) -> None:
+        advert = packet.Advert(
+            vrid=self.conf.virtual_router_id,
+            priority=priority,
+            advert_int=max(1, round(self.conf.advert_int)),
+            addresses=tuple(v.ip for v in self.conf.virtual_ipaddress),
+            auth_type=self._auth_type,
+            auth_data=self._auth_data,
+        )
+        auth = self.conf.authentication
+        sock = self._sockets.advert(self.xmit_dev, self.proto)
+        for dst in self.destinations:
+            self._ip_id = (self._ip_id + 1) & 0xFFFF
+            if self.proto == packet.AH_PROTO:
+                self._ah_seq = (self._ah_seq + 1) & 0xFFFFFFFF
+            datagram = packet.build_datagram(
+                self.src_ip,
+                dst,
+                advert,
+                ip_id=self._ip_id,
+                auth=auth.type if auth else None,
+                auth_key=auth.password if auth else b"",
+                ah_seq=self._ah_seq,
+            )
+            try:
+                sock.send(datagram, dst)
+            except OSError as exc:
+                self._counters.tx_errors[self.name] += 1
+                log.warning("(%s) sending advert to %s failed: %s", self.name, dst, exc)
+            else:
+                self._counters.adverts_sent[self.name] += 1
+
+    def _garp_count(self, kind: GarpKind) -> int:
+        if kind is GarpKind.MASTER:
+            return self.conf.garp_master_repeat
+        if kind is GarpKind.REFRESH:
+            return self.conf.garp_master_refresh_repeat
+        if self.conf.garp_lower_prio_repeat is not None:
+            return self.conf.garp_lower_prio_repeat
+        return self.conf.garp_master_repeat
+
+    def _send_garp(self, kind: GarpKind) -> None:
+        count = self._garp_count(kind)
+        if count <= 0 or not self.vips:
+            return
+        by_dev: dict[str, list[IPv4Address]] = {}
+        for vip in self.vips:
+            by_dev.setdefault(vip.dev or self.garp_dev, []).append(vip.ip)
+        for dev, ips in by_dev.items():
+            try:
+                self._sockets.garp(dev).send_garp(ips, count)
+            except OSError as exc:
+                self._counters.tx_errors[self.name] += 1
+                log.warning("(%s) sending gratuitous ARP on %s failed: %s", self.name, dev, exc)
+            else:
+                self._counters.garps_sent[self.name] += count * len(ips)
+
+    async def _vip_action(self, action: AddVips | RemoveVips) -> None:
+        if not self.vips:
+            return
+        adding = isinstance(action, AddVips)
+        try:
+            if adding:
+                await self._addresses.add(self.vip_dev, self.vips)
+            else:
+                await self._addresses.remove(self.vip_dev, self.vips)
+        except OSError as exc:
+            log.error(
+                "(%s) %s virtual addresses failed: %s",
+                self.name,
+                "adding" if adding else "removing",
+                exc,
+            )
+        else:
+            log.debug(
+                "(%s) %s %d virtual address(es)",
+                self.name,
+                "added" if adding else "removed",
+                len(self.vips),
+            )
+
+    def _state_changed(self, change: StateChanged) -> None:
+        log.info(
+            "(%s) %s -> %s: %s", self.name, change.old.name, change.new.name, change.reason
+        )
+        self._counters.transitions[(self.name, change.new.name)] += 1
+        if change.new is not State.BACKUP:
+            # No longer listening to a master: accept its restarted AH count.
+            self._ah_last = None
+        if change.new is State.INIT:
+            self._stop_notified = True
+        self._notify(change.new)
+        for listener in self.state_listeners:
+            listener(self, change)
+
+    def _notify(self, state: State) -> None:
+        notify = self.conf.notify
+        script = {
+            State.MASTER: notify.master,
+            State.BACKUP: notify.backup,
+            State.FAULT: notify.fault,
+            State.INIT: notify.stop,
+        }[state]
+        if script:
+            self._scripts.notify(shlex.split(script), self._script_user)
+        if notify.generic:
+            argv = [
+                *shlex.split(notify.generic),
+                "INSTANCE",
+                self.name,
+                _NOTIFY_STATE[state],
+                str(self.machine.effective_priority),
+            ]
+            self._scripts.notify(argv, self._script_user)
+
+    async def _stop(self) -> None:
+        if self.started:
+            self.started = False
+            await self._execute(self.machine.shutdown(trio.current_time()))
+            if not self._stop_notified:
+                log.info("(%s) stopped", self.name)
+                self._notify(State.INIT)
+                self._stop_notified = True
+        if self._vmac is not None and self.conf.effective_vmac_name is not None:
+            try:
+                await self._vmac.delete(self.conf.effective_vmac_name)
+            except OSError as exc:
+                log.error(
+                    "(%s) deleting %s failed: %s", self.name, self.conf.effective_vmac_name, exc
+                )
+
+
+# ---- all instances of a config ----------------------------------------------
+
+
+@dataclass
+class VrrpPorts:
+    sockets: SocketFactory
+    addresses: AddressManager
+    vmac: VmacManager
+    links: LinkWatcher
+    scripts: ScriptRunner
+    primary_ip: Callable[[str], IPv4Address]  # an interface's primary IPv4 address
+
+
+def _group_of(config: Config, name: str) -> VrrpSyncGroup | None:
+    for group in config.vrrp_sync_groups:
+        if name in group.group:
+            return group
+    return None
+
+
+def build_tracking(config: Config, conf: VrrpInstance) -> InstanceTracking:
+    """The tracked scripts and interfaces of one instance (with its sync group's)."""
+    group = _group_of(config, conf.name)
+    refs = conf.track_script + (group.track_script if group else ())
+    scripts: list[Tracked] = []
+    for ref in refs:
+        try:
+            script = config.script(ref.name)
+        except KeyError:
+            continue
+        scripts.append(Tracked(ref.name, ref.weight if ref.weight is not None else script.weight))
+    interfaces = [
+        Tracked(t.name, t.weight)
+        for t in conf.track_interface + (group.track_interface if group else ())
+    ]
+    if not conf.dont_track_primary:
+        interfaces.insert(0, Tracked(conf.interface, 0))
+    return InstanceTracking(conf.priority, scripts, interfaces)
+
+
+def build_instances(
+    config: Config,
+    ports: VrrpPorts,
+    pool: SocketPool,
+    demux: Demux,
+    counters: VrrpCounters,
+) -> list[Instance]:
+    gd = config.global_defs
+    return [
+        Instance(
+            conf,
+            primary_ip=ports.primary_ip(conf.interface),
+            sockets=pool,
+            demux=demux,
+            addresses=ports.addresses,
+            scripts=ports.scripts,
+            counters=counters,
+            vmac=ports.vmac,
+            links=ports.links,
+            tracking=build_tracking(config, conf),
+            multicast_group=gd.vrrp_mcast_group4,
+            script_user=gd.script_user,
+        )
+        for conf in config.vrrp_instances
+    ]
+
+
+async def run_vrrp(
+    config: Config,
+    ports: VrrpPorts,
+    counters: VrrpCounters | None = None,
+    *,
+    on_instances: Callable[[list[Instance]], None] | None = None,
+    task_status: trio.TaskStatus[list[Instance]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run every VRRP instance of ``config`` until cancelled, then stop them gracefully."""
+    counters = counters if counters is not None else VrrpCounters()
+    pool = SocketPool(ports.sockets)
+    demux = Demux(pool, counters)
+    try:
+        instances = build_instances(config, ports, pool, demux, counters)
+        if on_instances is not None:
+            on_instances(instances)
+        link_subs: dict[str, list[Callable[[str, bool], None]]] = {}
+        script_subs: dict[str, list[Callable[[str, bool], None]]] = {}
+        for inst in instances:
+            for ifname in inst.tracking.interface_names:
+                link_subs.setdefault(ifname, []).append(inst.post_link)
+            for name in inst.tracking.script_names:
+                script_subs.setdefault(name, []).append(inst.post_script)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(demux.run)
+            if link_subs:
+                await nursery.start(run_link_dispatch, ports.links, link_subs)
+            for inst in instances:
+                await nursery.start(inst.run)
+            for name, subs in script_subs.items():
+                tracker = functools.partial(
+                    run_script_tracker,
+                    config.script(name),
+                    ports.scripts,
+                    subs,
+                    default_user=config.global_defs.script_user,
+                )
+                await nursery.start(tracker)
+            task_status.started(instances)
+    finally:
+        pool.close()
