@@ -16,7 +16,7 @@ from pyalived.checkers.policy import (
     RealServerHealth,
     Verdict,
 )
-from pyalived.checkers.spec import HttpGet, MiscCheck, TcpCheck, Timing
+from pyalived.checkers.spec import CheckerSpec, HttpGet, MiscCheck, TcpCheck, Timing
 
 OK = ProbeResult(True, "connected")
 FAIL = ProbeResult(False, "connection refused")
@@ -143,7 +143,7 @@ def test_down_only_after_retry_plus_one_consecutive_failures(
 
 
 def test_real_server_alive_only_when_all_checkers_up() -> None:
-    checkers = [TcpCheck(), HttpGet(timing=Timing(alpha=True))]
+    checkers: list[CheckerSpec] = [TcpCheck(), HttpGet(timing=Timing(alpha=True))]
     h = RealServerHealth.for_checkers(3, checkers)
     assert not h.alive and h.failed_checkers == 1
     assert h.update(1, Verdict.UP, None, "ok") == HealthChange(True, 3, "ok")
@@ -156,7 +156,7 @@ def test_real_server_alive_only_when_all_checkers_up() -> None:
 
 
 def test_misc_dynamic_weight() -> None:
-    checkers = [MiscCheck("a", misc_dynamic=True), MiscCheck("b"), TcpCheck()]
+    checkers: list[CheckerSpec] = [MiscCheck("a", misc_dynamic=True), MiscCheck("b"), TcpCheck()]
     h = RealServerHealth.for_checkers(5, checkers)
     assert h.update(0, None, 10, "exit 12") == HealthChange(True, 10, "exit 12")
     assert h.update(1, None, 50, "exit 0") is None  # not dynamic: ignored

@@ -1,0 +1,291 @@
+"""The trio probes: TCP_CHECK, HTTP_GET, SSL_GET and MISC_CHECK.
+
+Theory of operation: each probe performs one check of one real server and
+returns a ``ProbeResult``; it never raises for anything the real server or
+the script does, and it always ends in bounded time and memory, whatever the
+peer does (accept and stay silent, send garbage, send an endless body, reset).
+
+* TCP_CHECK: a non-blocking connect (optionally from ``bindto``/``bind_port``)
+  to ``connect_ip:connect_port`` (default: the real server's), bounded by
+  ``connect_timeout``; success is an established connection, which is then
+  closed.
+* HTTP_GET / SSL_GET: for every URL in turn, connect, (TLS handshake), send
+  the GET request built by ``pyalived.checkers.http`` and read the response.
+  Each network step (connect, handshake, send, each receive) must progress
+  within ``connect_timeout``, as keepalived does, and the whole URL check is
+  also capped at ``total_timeout_factor * connect_timeout`` so that a slowly
+  dripping server cannot hold it forever; the body is capped at
+  ``max_body`` bytes.  The check passes when every URL's status code is
+  in its ``status_code`` set and, if a ``digest`` is configured, the MD5 of
+  the body equals it.  SSL_GET does not verify the server certificate
+  unless asked to (keepalived's default), and sends SNI only with
+  ``enable_sni``.
+* MISC_CHECK: runs ``misc_path`` (split like a shell would, run without one)
+  in its own session with stdin/stdout/stderr on /dev/null, killing its
+  whole process group after ``misc_timeout``.  Exit 0 is success, 1 failure;
+  with ``misc_dynamic`` an exit status 2..255 is success with weight
+  ``status - 2``, without it any non-zero status is failure, as is death by
+  a signal or a timeout.
+
+``Prober`` is the interface the scheduler calls; ``RealProber`` dispatches
+to these functions and tests substitute fakes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import signal
+import socket
+import ssl
+import subprocess
+from ipaddress import IPv6Address
+from typing import Protocol
+
+import trio
+
+from pyalived.checkers.http import (
+    MAX_BODY_BYTES,
+    HttpError,
+    ResponseReader,
+    build_request,
+    host_header,
+)
+from pyalived.checkers.policy import ProbeResult
+from pyalived.checkers.spec import (
+    CheckerSpec,
+    HttpGet,
+    IPAddress,
+    MiscCheck,
+    RealServerSpec,
+    SslGet,
+    TcpCheck,
+    UrlSpec,
+)
+
+RECEIVE_CHUNK = 65536
+TOTAL_TIMEOUT_FACTOR = 3.0
+MISC_KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL of a timed-out script
+
+
+class Prober(Protocol):
+    async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult: ...
+
+
+def _target(spec: TcpCheck | HttpGet, rs: RealServerSpec) -> tuple[IPAddress, int]:
+    ip = spec.connect_ip if spec.connect_ip is not None else rs.ip
+    port = spec.connect_port if spec.connect_port is not None else rs.port
+    if port is None:
+        raise ValueError(f"{spec.kind} on {rs} needs connect_port (no real server port)")
+    return ip, port
+
+
+def _strerror(exc: OSError) -> str:
+    if exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+async def open_connection(
+    ip: IPAddress, port: int, bindto: IPAddress | None = None, bind_port: int | None = None
+) -> socket.socket:
+    """A connected non-blocking stdlib socket; raises OSError. No timeout here."""
+    family = socket.AF_INET6 if isinstance(ip, IPv6Address) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if bindto is not None or bind_port is not None:
+            sock.bind(("" if bindto is None else str(bindto), bind_port or 0))
+        err = sock.connect_ex((str(ip), port))
+        if err == errno.EINPROGRESS:
+            await trio.lowlevel.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def tcp_probe(spec: TcpCheck, rs: RealServerSpec) -> ProbeResult:
+    ip, port = _target(spec, rs)
+    where = host_header(ip, port)
+    try:
+        with trio.fail_after(spec.connect_timeout):
+            sock = await open_connection(ip, port, spec.bindto, spec.bind_port)
+    except trio.TooSlowError:
+        return ProbeResult(False, f"timeout connecting to {where}")
+    except OSError as exc:
+        return ProbeResult(False, f"connect to {where}: {_strerror(exc)}")
+    sock.close()
+    return ProbeResult(True, f"connected to {where}")
+
+
+_SSL_CONTEXTS: dict[tuple[bool, str | None], ssl.SSLContext] = {}
+
+
+def ssl_context(verify: bool = False, ca_file: str | None = None) -> ssl.SSLContext:
+    """A shared client context; without ``verify`` certificates are not checked."""
+    key = (verify, ca_file)
+    ctx = _SSL_CONTEXTS.get(key)
+    if ctx is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if verify:
+            if ca_file is not None:
+                ctx.load_verify_locations(ca_file)
+            else:
+                ctx.load_default_certs()
+        else:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        _SSL_CONTEXTS[key] = ctx
+    return ctx
+
+
+async def _fetch(
+    spec: HttpGet, ip: IPAddress, port: int, url: UrlSpec, max_body: int
+) -> ResponseReader:
+    """One GET; raises TooSlowError, OSError, BrokenResourceError or HttpError."""
+    step = spec.connect_timeout
+    host = url.virtualhost or spec.virtualhost or host_header(ip, port)
+    with trio.fail_after(step):
+        sock = await open_connection(ip, port, spec.bindto, spec.bind_port)
+    stream: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    try:
+        if isinstance(spec, SslGet):
+            sni = (url.virtualhost or spec.virtualhost) if spec.enable_sni else None
+            tls = trio.SSLStream(
+                stream,
+                ssl_context(spec.verify, spec.ca_file),
+                server_hostname=sni,
+                https_compatible=True,
+            )
+            stream = tls
+            with trio.fail_after(step):
+                await tls.do_handshake()
+        with trio.fail_after(step):
+            await stream.send_all(build_request(url.path, host, spec.http_protocol))
+        reader = ResponseReader(max_body=max_body)
+        while True:
+            with trio.fail_after(step):
+                data = bytes(await stream.receive_some(RECEIVE_CHUNK))
+            if not data:
+                reader.feed_eof()
+                return reader
+            if reader.feed(data):
+                return reader
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def check_url(
+    spec: HttpGet, ip: IPAddress, port: int, url: UrlSpec, max_body: int = MAX_BODY_BYTES
+) -> ProbeResult:
+    what = f"GET {url.path} on {host_header(ip, port)}"
+    try:
+        with trio.fail_after(spec.connect_timeout * TOTAL_TIMEOUT_FACTOR):
+            reader = await _fetch(spec, ip, port, url, max_body)
+    except trio.TooSlowError:
+        return ProbeResult(False, f"{what}: timeout")
+    except OSError as exc:
+        return ProbeResult(False, f"{what}: {_strerror(exc)}")
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        detail = _strerror(cause) if isinstance(cause, OSError) else "connection broken"
+        return ProbeResult(False, f"{what}: {detail}")
+    except HttpError as exc:
+        return ProbeResult(False, f"{what}: {exc}")
+    status = reader.status
+    assert status is not None
+    if not url.status_ok(status):
+        return ProbeResult(False, f"{what}: HTTP status {status}")
+    if url.digest is not None and reader.hexdigest() != url.digest.lower():
+        return ProbeResult(False, f"{what}: digest mismatch ({reader.hexdigest()})")
+    return ProbeResult(True, f"{what}: HTTP status {status}")
+
+
+async def http_probe(
+    spec: HttpGet, rs: RealServerSpec, max_body: int = MAX_BODY_BYTES
+) -> ProbeResult:
+    """Checks every URL in turn; the first failing one fails the probe."""
+    ip, port = _target(spec, rs)
+    if not spec.urls:
+        return ProbeResult(False, f"{spec.kind} has no url")
+    result = ProbeResult(False, "")
+    for url in spec.urls:
+        result = await check_url(spec, ip, port, url, max_body)
+        if not result.ok:
+            return result
+    if len(spec.urls) > 1:
+        return ProbeResult(True, f"all {len(spec.urls)} URLs OK on {host_header(ip, port)}")
+    return result
+
+
+def interpret_exit(status: int, dynamic: bool) -> ProbeResult:
+    """Meaning of a MISC_CHECK exit status (negative: killed by that signal)."""
+    if status < 0:
+        return ProbeResult(False, f"killed by signal {-status}")
+    if status == 0:
+        return ProbeResult(True, "exit status 0")
+    if dynamic and 2 <= status <= 255:
+        return ProbeResult(True, f"exit status {status}", weight=status - 2)
+    return ProbeResult(False, f"exit status {status}")
+
+
+async def misc_probe(spec: MiscCheck) -> ProbeResult:
+    argv = shlex.split(spec.misc_path)
+    if not argv:
+        return ProbeResult(False, "empty misc_path")
+
+    async def kill_group(proc: trio.Process) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        with trio.move_on_after(MISC_KILL_GRACE):
+            await proc.wait()
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    try:
+        with trio.fail_after(spec.effective_timeout):
+            proc = await trio.run_process(
+                argv,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                deliver_cancel=kill_group,
+                user=spec.user,
+                group=spec.group,
+            )
+    except trio.TooSlowError:
+        return ProbeResult(False, f"timeout after {spec.effective_timeout:g} s")
+    except OSError as exc:
+        return ProbeResult(False, f"cannot run {argv[0]}: {_strerror(exc)}")
+    except (KeyError, ValueError) as exc:  # unknown user or group
+        return ProbeResult(False, f"cannot run {argv[0]}: {exc}")
+    return interpret_exit(proc.returncode, spec.misc_dynamic)
+
+
+class RealProber:
+    """The production ``Prober``: dispatches on the checker type."""
+
+    def __init__(self, max_body: int = MAX_BODY_BYTES) -> None:
+        self.max_body = max_body
+
+    async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult:
+        try:
+            if isinstance(spec, TcpCheck):
+                return await tcp_probe(spec, rs)
+            if isinstance(spec, HttpGet):
+                return await http_probe(spec, rs, self.max_body)
+            return await misc_probe(spec)
+        except ValueError as exc:
+            return ProbeResult(False, str(exc))
