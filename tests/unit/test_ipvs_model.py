@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyalived.ipvs import genl
 from pyalived.ipvs import model as m
 from pyalived.ipvs.model import (
     Destination,
@@ -21,6 +26,7 @@ from pyalived.ipvs.model import (
     SorryServerConfig,
     VirtualServerConfig,
 )
+from pyalived.ipvs.netlink import IpvsTableManager, IpvsUnavailable, NetlinkIpvs, OpFailure
 
 VIP = ServiceKey.inet("198.18.1.1", 80)
 R1 = IPv4Address("198.18.2.1")
@@ -265,3 +271,129 @@ def test_applying_diff_yields_target(a: dict[ServiceKey, m.ServiceEntry], b: m.T
     assert len(ops) <= len(a) + sum(len(e.dests) for e in a.values()) + len(b) + sum(
         len(e.dests) for e in b.values()
     )
+
+
+# ---- codec (checked against pyroute2's decoder) -----------------------------------------
+
+
+@given(tables())
+@settings(max_examples=100, deadline=None)
+def test_codec_round_trips_through_pyroute2(t: m.Table) -> None:
+    for key, entry in t.items():
+        for op in (m.AddService(entry.service), m.EditService(entry.service)):
+            reply = next(genl.split(genl.encode_op(0x20, op, 7)))
+            assert (reply.seq, reply.type) == (7, 0x20)
+            assert genl.decode_service(reply) == entry.service
+        for d in entry.dests.values():
+            reply = next(genl.split(genl.encode_op(0x20, m.AddDest(key, d), 8)))
+            assert genl.decode_dest(reply) == d
+            assert genl.decode_service_key(reply) == key
+
+
+# ---- the manager, against a fake kernel ------------------------------------------------
+
+
+class FakeKernel:
+    """An in-memory IPVS table with the kernel's EEXIST/ENOENT behaviour."""
+
+    def __init__(self, table: m.Table) -> None:
+        self.table = dict(table)
+        self.log: list[m.Op] = []
+        self.closed = False
+
+    def dump(self) -> dict[ServiceKey, m.ServiceEntry]:
+        return dict(self.table)
+
+    def execute(self, ops: Sequence[m.Op]) -> list[OpFailure]:
+        failures = []
+        for op in ops:
+            self.log.append(op)
+            try:
+                self.table = m.apply_ops(self.table, [op])
+            except m.OpError:
+                failures.append(OpFailure(op, errno.EEXIST))
+        return failures
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def lvs_nat() -> dict[ServiceKey, m.ServiceEntry]:
+    return m.make_table(
+        [(Service(VIP, "rr"), [Destination(DestKey(R1, 80)), Destination(DestKey(R2, 80))])]
+    )
+
+
+async def test_manager_adopts_corrects_and_releases_only_its_own() -> None:
+    foreign = ServiceKey.inet("198.18.1.9", 80)
+    fake = FakeKernel(
+        m.make_table(
+            [
+                (Service(VIP, "wlc"), [Destination(DestKey(R1, 80), 9, Forwarding.DR)]),
+                (Service(foreign, "rr"), [Destination(DestKey(R3))]),
+            ]
+        )
+    )
+    mgr = IpvsTableManager(lambda: fake)
+    assert await mgr.start(lvs_nat()) == []
+    assert fake.table[VIP] == lvs_nat()[VIP]
+    assert fake.log == [
+        m.EditService(Service(VIP, "rr")),
+        m.EditDest(VIP, Destination(DestKey(R1, 80))),
+        m.AddDest(VIP, Destination(DestKey(R2, 80))),
+    ]
+    # A destination someone else adds to our service is left alone by updates.
+    fake.table = m.apply_ops(fake.table, [m.AddDest(VIP, Destination(DestKey(SORRY)))])
+    fake.log.clear()
+    smaller = m.make_table([(Service(VIP, "rr"), [Destination(DestKey(R2, 80))])])
+    assert await mgr.update(smaller) == []
+    assert fake.log == [m.DeleteDest(VIP, DestKey(R1, 80))]
+    assert set(fake.table[VIP].dests) == {DestKey(R2, 80), DestKey(SORRY)}
+    await mgr.stop()
+    assert list(fake.table) == [foreign] and fake.closed
+
+
+async def test_manager_resyncs_when_entries_change_behind_its_back() -> None:
+    fake = FakeKernel({})
+    mgr = IpvsTableManager(lambda: fake, release_on_stop=False)
+    await mgr.start(lvs_nat())
+    fake.table = {}  # e.g. ipvsadm -C
+    assert await mgr.update(m.make_table([(Service(VIP, "wrr"), [])])) == []
+    assert fake.table == m.make_table([(Service(VIP, "wrr"), [])])
+    await mgr.stop()
+    assert fake.table == m.make_table([(Service(VIP, "wrr"), [])])
+
+
+async def test_manager_run_releases_on_cancel() -> None:
+    fake = FakeKernel({})
+    mgr = IpvsTableManager(lambda: fake)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mgr.run, lvs_nat())
+        assert fake.table == lvs_nat()
+        nursery.cancel_scope.cancel()
+    assert fake.table == {} and fake.closed
+
+
+def _host_has_ipvs() -> bool:
+    try:
+        NetlinkIpvs(load_module=False).close()
+    except IpvsUnavailable:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_host_has_ipvs(), reason="this kernel has IPVS")
+async def test_missing_ipvs_is_one_clear_error_and_not_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(IpvsUnavailable, match="generic netlink family 'IPVS' not found"):
+        NetlinkIpvs()
+    mgr = IpvsTableManager()
+    with caplog.at_level(logging.ERROR, logger="pyalived.ipvs.netlink"):
+        assert await mgr.start(lvs_nat()) == []
+        assert await mgr.update(lvs_nat()) == []
+        assert await mgr.read_table() == {}
+        assert await mgr.stop() == []
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "IPVS" in errors[0].getMessage()
+    assert mgr.unavailable is not None

@@ -1,0 +1,343 @@
+"""The only code that talks to the kernel's IPVS table.
+
+Theory of operation: ``NetlinkIpvs`` is a blocking generic-netlink client on
+a plain ``AF_NETLINK`` socket: requests are encoded by ``pyalived.ipvs.genl``
+and written in batches (many messages per ``sendmsg``; the kernel executes
+them in order and only the last asks for an ack, so a batch costs one
+syscall each way and failures come back as error replies naming their
+sequence number).  Blocking calls never run on the trio loop:
+``IpvsTableManager`` serialises them onto one worker thread at a time
+(``trio.to_thread`` with a ``CapacityLimiter(1)``; the socket has no thread
+affinity).
+
+Ownership: the manager owns exactly the services its configuration
+describes.  On start it reads the kernel table and *adopts* existing entries
+that the config describes (correcting their attributes), adds what is
+missing, and never touches services it does not own, nor destinations in its
+services that the config has never described.  On stop it deletes its
+services, as keepalived 2.2.7 does on SIGTERM (measured: every configured
+virtual server is deleted, pre-existing or not, and with it every real server
+in it; unrelated services stay).  ``release_on_stop=False`` leaves the table
+as it is (keepalived's ``--dont-release-ipvs``).
+
+A kernel without IPVS (no generic-netlink family "IPVS", even after
+``modprobe ip_vs``) raises ``IpvsUnavailable`` from ``NetlinkIpvs``; the
+manager logs that cause once and keeps running without a table.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import trio
+
+from pyalived.ipvs import genl
+from pyalived.ipvs.model import (
+    DeleteService,
+    Op,
+    OpError,
+    ServiceEntry,
+    ServiceKey,
+    Table,
+    apply_ops,
+    diff,
+    restrict,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+NETLINK_GENERIC = 16
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+BATCH_BYTES = 64 * 1024
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+class IpvsUnavailable(RuntimeError):
+    """The running kernel offers no IPVS netlink interface."""
+
+
+@dataclass(frozen=True)
+class OpFailure:
+    op: Op
+    errno: int
+    detail: str | None = None
+
+    def __str__(self) -> str:
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"{self.op}: {os.strerror(self.errno)}{extra}"
+
+
+class IpvsKernel(Protocol):
+    """Blocking access to an IPVS table (real: ``NetlinkIpvs``; tests: a fake)."""
+
+    def dump(self) -> dict[ServiceKey, ServiceEntry]: ...
+
+    def execute(self, ops: Sequence[Op]) -> list[OpFailure]: ...
+
+    def close(self) -> None: ...
+
+
+class NetlinkIpvs:
+    """Blocking IPVS generic-netlink client (use from one thread at a time)."""
+
+    def __init__(self, *, load_module: bool = True) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+            for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
+                try:
+                    self._sock.setsockopt(SOL_NETLINK, opt, 1)
+                except OSError:
+                    pass
+            self._sock.bind((0, 0))
+            self._seq = 0
+            try:
+                self.family_id = self._resolve()
+            except IpvsUnavailable:
+                if not load_module or not _modprobe("ip_vs"):
+                    raise
+                self.family_id = self._resolve()
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
+        return self._seq
+
+    def _recv(self) -> list[genl.Reply]:
+        return list(genl.split(self._sock.recv(SOCKET_BUFFER)))
+
+    def _resolve(self) -> int:
+        seq = self._next_seq()
+        self._sock.send(genl.get_family_request(seq))
+        family: int | None = None
+        while True:
+            for r in self._recv():
+                if r.seq != seq:
+                    continue
+                if r.type == genl.NLMSG_ERROR:
+                    if r.error == 0 and family is not None:
+                        return family
+                    if r.error == errno.ENOENT:
+                        raise IpvsUnavailable(
+                            "the kernel has no IPVS support: generic netlink family "
+                            "'IPVS' not found (kernel built without CONFIG_IP_VS, or "
+                            "module ip_vs not loadable)"
+                        )
+                    raise OSError(r.error, f"IPVS family lookup: {os.strerror(r.error)}")
+                family = genl.decode_family_id(r)
+
+    def _dump(self, request: bytes, seq: int) -> list[genl.Reply]:
+        self._sock.send(request)
+        out: list[genl.Reply] = []
+        while True:
+            for r in self._recv():
+                if r.seq != seq:
+                    continue
+                if r.type == genl.NLMSG_DONE:
+                    return out
+                if r.type == genl.NLMSG_ERROR:
+                    if r.error:
+                        raise OSError(r.error, f"IPVS dump: {os.strerror(r.error)}")
+                    return out
+                out.append(r)
+
+    def dump(self) -> dict[ServiceKey, ServiceEntry]:
+        seq = self._next_seq()
+        services = [
+            genl.decode_service(r)
+            for r in self._dump(genl.dump_services_request(self.family_id, seq), seq)
+        ]
+        table: dict[ServiceKey, ServiceEntry] = {}
+        for svc in services:
+            seq = self._next_seq()
+            replies = self._dump(genl.dump_dests_request(self.family_id, svc.key, seq), seq)
+            dests = [genl.decode_dest(r) for r in replies]
+            table[svc.key] = ServiceEntry(svc, {d.key: d for d in dests})
+        return table
+
+    def execute(self, ops: Sequence[Op]) -> list[OpFailure]:
+        """Run ``ops`` in order, in batches; return the failed ones."""
+        failures: list[OpFailure] = []
+        i = 0
+        while i < len(ops):
+            batch: list[bytes] = []
+            by_seq: dict[int, Op] = {}
+            size = 0
+            while i < len(ops) and size < BATCH_BYTES:
+                seq = self._next_seq()
+                last = i + 1 == len(ops)
+                cmd, attrs = genl.op_payload(ops[i])
+                msg = genl.message(self.family_id, cmd, attrs, seq)
+                batch.append(msg)
+                by_seq[seq] = ops[i]
+                size += len(msg)
+                i += 1
+                if last:
+                    break
+            # Only the final message asks for an ack; errors are always reported.
+            final = bytearray(batch[-1])
+            final[6:8] = (genl.NLM_F_REQUEST | genl.NLM_F_ACK).to_bytes(2, "little")
+            batch[-1] = bytes(final)
+            failures += self._send_batch(b"".join(batch), by_seq, seq)
+        return failures
+
+    def _send_batch(self, data: bytes, by_seq: dict[int, Op], last_seq: int) -> list[OpFailure]:
+        self._sock.send(data)
+        failures: list[OpFailure] = []
+        while True:
+            for r in self._recv():
+                if r.type != genl.NLMSG_ERROR or r.seq not in by_seq:
+                    continue
+                if r.error:
+                    failures.append(OpFailure(by_seq[r.seq], r.error, genl.decode_error_text(r)))
+                if r.seq == last_seq:
+                    return failures
+
+
+def _modprobe(module: str) -> bool:
+    try:
+        done = subprocess.run(
+            ["modprobe", "-q", module], capture_output=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+class IpvsTableManager:
+    """Keeps the kernel's IPVS table equal to the desired one, for owned entries.
+
+    ``open_kernel`` opens the blocking client (default: ``NetlinkIpvs``); it
+    runs in the worker thread, as does every other kernel call.
+    """
+
+    def __init__(
+        self,
+        open_kernel: Callable[[], IpvsKernel] = NetlinkIpvs,
+        *,
+        release_on_stop: bool = True,
+    ) -> None:
+        self._open = open_kernel
+        self._kernel: IpvsKernel | None = None
+        self._limiter = trio.CapacityLimiter(1)
+        self._owned: dict[ServiceKey, ServiceEntry] = {}
+        self.release_on_stop = release_on_stop
+        self.unavailable: str | None = None  # the cause, once IPVS proved missing
+
+    @property
+    def owned(self) -> Table:
+        """This manager's view of the entries it owns in the kernel."""
+        return self._owned
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    async def start(self, desired: Table) -> list[OpFailure]:
+        """Open the kernel table, adopt described entries, program the rest."""
+        try:
+            self._kernel = await self._call(self._open)
+        except IpvsUnavailable as exc:
+            self.unavailable = str(exc)
+            log.error("IPVS disabled: %s", exc)
+            return []
+        return await self._sync(desired, resync=True)
+
+    async def update(self, desired: Table) -> list[OpFailure]:
+        """Bring the owned part of the kernel table to ``desired``."""
+        if self._kernel is None:
+            return []
+        return await self._sync(desired, resync=False)
+
+    async def _sync(self, desired: Table, *, resync: bool) -> list[OpFailure]:
+        kernel = self._kernel
+        assert kernel is not None
+        if resync:
+            current = await self._call(kernel.dump)
+            # Everything we owned or are about to own, as the kernel has it now.
+            self._owned = restrict(current, _union(desired, self._owned))
+        ops = diff(self._owned, desired)
+        if not ops:
+            return []
+        failures = await self._call(lambda: kernel.execute(ops))
+        self._owned = _apply_successful(self._owned, ops, failures)
+        if failures and not resync:
+            # Someone else changed our entries (EEXIST/ENOENT): reread and retry once.
+            return await self._sync(desired, resync=True)
+        for f in failures:
+            log.error("IPVS: %s", f)
+        return failures
+
+    async def read_table(self) -> dict[ServiceKey, ServiceEntry]:
+        """The whole kernel table (owned or not)."""
+        kernel = self._kernel
+        if kernel is None:
+            return {}
+        return await self._call(kernel.dump)
+
+    async def stop(self) -> list[OpFailure]:
+        """Delete the owned services (unless ``release_on_stop`` is off) and close."""
+        kernel, self._kernel = self._kernel, None
+        if kernel is None:
+            return []
+        failures: list[OpFailure] = []
+        try:
+            if self.release_on_stop and self._owned:
+                ops: list[Op] = [DeleteService(k) for k in self._owned]
+                failures = await self._call(lambda: kernel.execute(ops))
+                self._owned = {}
+        finally:
+            await self._call(kernel.close)
+        return failures
+
+    async def run(
+        self, desired: Table, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Service task: program ``desired``, report started, release on cancellation."""
+        try:
+            await self.start(desired)
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.stop()
+
+
+def _union(a: Table, b: Table) -> dict[ServiceKey, ServiceEntry]:
+    out = dict(a)
+    for k, e in b.items():
+        if k in out:
+            out[k] = ServiceEntry(out[k].service, {**out[k].dests, **e.dests})
+        else:
+            out[k] = e
+    return out
+
+
+def _apply_successful(
+    table: Table, ops: Sequence[Op], failures: Sequence[OpFailure]
+) -> dict[ServiceKey, ServiceEntry]:
+    failed = {id(f.op) for f in failures}
+    out = dict(table)
+    for op in ops:
+        if id(op) in failed:
+            continue
+        try:
+            out = apply_ops(out, [op])
+        except OpError:
+            pass
+    return out
