@@ -327,6 +327,7 @@ class Instance:
         )
         self._applied: Verdict | None = None
         self._stop_notified = False
+        self._stop_priority = conf.priority
         self.started = False
         demux.register(conf.interface, self.proto, conf.virtual_router_id, self.deliver)
 
@@ -563,18 +564,24 @@ class Instance:
         if script:
             self._scripts.notify(shlex.split(script), self._script_user)
         if notify.generic:
+            priority = (
+                self._stop_priority if state is State.INIT else self.machine.effective_priority
+            )
             argv = [
                 *shlex.split(notify.generic),
                 "INSTANCE",
                 self.name,
                 _NOTIFY_STATE[state],
-                str(self.machine.effective_priority),
+                str(priority),
             ]
             self._scripts.notify(argv, self._script_user)
 
     async def _stop(self) -> None:
         if self.started:
             self.started = False
+            # keepalived reports the priority the instance ran with, not the
+            # priority 0 of its last advert, to the STOP notification.
+            self._stop_priority = self.machine.effective_priority
             await self._execute(self.machine.shutdown(trio.current_time()))
             if not self._stop_notified:
                 log.info("(%s) stopped", self.name)

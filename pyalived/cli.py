@@ -1,0 +1,280 @@
+"""Command line: ``pyalived`` / ``python -m pyalived``.
+
+Theory of operation: the options are keepalived's, with keepalived's
+meanings, so that an existing unit file or init script keeps working.  The
+configuration is loaded and checked before anything else happens: a config
+with errors is refused whole, its diagnostics printed, and the exit status is
+non-zero (``-t`` only prints the diagnostics and exits with the loader's
+status).  A live pid file makes a second start refuse; a stale one is taken
+over.  Unless ``-n`` is given the process daemonizes the classic way (fork,
+setsid, fork, chdir /, stdio to /dev/null) before trio starts, and the final
+process writes the pid file.
+
+pyalived is a single process, so the pid file of ``-p`` names it.  ``-r``
+(keepalived's VRRP child pid file) is accepted and receives the same pid when
+the VRRP half runs; ``-c`` (the checker child's) is accepted and not written,
+as there is no checker process yet.  ``-C`` alone therefore starts a daemon
+with nothing to run, which logs so; ``-P`` runs the VRRP half only (the same
+as the default, for now).  Options of keepalived that pyalived does not
+implement are refused with a message naming them, rather than silently
+ignored; ``-B`` and ``-R`` are accepted because their meaning (no BFD
+process, no child respawning) is what pyalived always does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from pyalived import __version__
+from pyalived.log import parse_facility, setup_logging
+from pyalived.pidfile import PidFileError, check_not_running, remove_pid, write_pid
+
+DEFAULT_CONFIG = "/etc/keepalived/keepalived.conf"
+DEFAULT_PIDFILE = "/run/pyalived.pid"
+EXIT_USAGE = 1  # as keepalived
+
+log = logging.getLogger("pyalived")
+
+# keepalived options that pyalived does not implement: (short, long, takes a value).
+REFUSED: tuple[tuple[str | None, str, bool], ...] = (
+    ("-X", "--release-vips", False),
+    ("-V", "--dont-release-vrrp", False),
+    ("-I", "--dont-release-ipvs", False),
+    ("-d", "--dump-conf", False),
+    ("-T", "--genhash", False),
+    ("-a", "--address-monitoring", False),
+    ("-b", "--bfd_pid", True),
+    ("-x", "--snmp", False),
+    ("-A", "--snmp-agent-socket", True),
+    ("-s", "--namespace", True),
+    ("-m", "--core-dump", False),
+    ("-M", "--core-dump-pattern", True),
+    ("-e", "--all-config", False),
+    (None, "--all", False),
+    (None, "--signum", True),
+)
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+class _Refuse(argparse.Action):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        raise UsageError(f"option {'/'.join(self.option_strings)} is not supported by pyalived")
+
+
+def _umask(value: str) -> int:
+    try:
+        mask = int(value, 0) if value.lower().startswith("0x") else int(value, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid umask {value!r}") from None
+    if not 0 <= mask <= 0o777:
+        raise argparse.ArgumentTypeError(f"invalid umask {value!r}")
+    return mask
+
+
+def _facility(value: str) -> int:
+    try:
+        return parse_facility(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="pyalived",
+        description="keepalived-compatible VRRP daemon",
+        add_help=False,
+        allow_abbrev=False,
+    )
+    p.add_argument("-f", "--use-file", metavar="FILE", default=DEFAULT_CONFIG,
+                   help=f"configuration file (default {DEFAULT_CONFIG})")
+    p.add_argument("-P", "--vrrp", action="store_true", help="run only the VRRP half")
+    p.add_argument("-C", "--check", action="store_true",
+                   help="run only the health-checker half (not implemented yet: runs nothing)")
+    p.add_argument("-B", "--no_bfd", action="store_true",
+                   help="accepted; pyalived never runs BFD")
+    p.add_argument("-l", "--log-console", action="store_true", help="log to stderr, not syslog")
+    p.add_argument("-D", "--log-detail", action="store_true", help="detailed (debug) logging")
+    p.add_argument("-S", "--log-facility", metavar="FACILITY", type=_facility, default=None,
+                   help="syslog facility: 0-7 (local0-7), local0-7, user or daemon (default)")
+    p.add_argument("-G", "--no-syslog", action="store_true", help="do not log to syslog")
+    p.add_argument("-u", "--umask", metavar="MASK", type=_umask, default=None,
+                   help="umask for created files (octal)")
+    p.add_argument("-R", "--dont-respawn", action="store_true",
+                   help="accepted; pyalived has no child processes")
+    p.add_argument("-n", "--dont-fork", action="store_true", help="stay in the foreground")
+    p.add_argument("-p", "--pid", metavar="FILE", default=DEFAULT_PIDFILE,
+                   help=f"pid file (default {DEFAULT_PIDFILE})")
+    p.add_argument("-r", "--vrrp_pid", metavar="FILE", default=None,
+                   help="VRRP pid file; pyalived writes its own pid there too")
+    p.add_argument("-c", "--checkers_pid", metavar="FILE", default=None,
+                   help="checker pid file; accepted, not written (no checker process yet)")
+    p.add_argument("-i", "--config-id", metavar="ID", default=None,
+                   help="config id for '@' lines (default: the node name)")
+    p.add_argument("-t", "--config-test", metavar="LOG_FILE", nargs="?", const="-",
+                   default=None, help="check the configuration and exit")
+    p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
+    p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
+    for short, long, takes_value in REFUSED:
+        names = [n for n in (short, long) if n]
+        p.add_argument(*names, action=_Refuse, nargs="?" if takes_value else 0,
+                       help=argparse.SUPPRESS)
+    return p
+
+
+def _interface_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+def _daemonize() -> None:
+    """fork, setsid, fork, chdir /, stdio to /dev/null (the parents exit 0)."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+
+
+def _expected_errors(exc: BaseException) -> list[str] | None:
+    """Messages of an (possibly grouped) expected error; None if any leaf is unexpected."""
+    if isinstance(exc, BaseExceptionGroup):
+        messages: list[str] = []
+        for sub in exc.exceptions:
+            leaf = _expected_errors(sub)
+            if leaf is None:
+                return None
+            messages += leaf
+        return messages
+    if isinstance(exc, OSError | PidFileError):
+        return [str(exc)]
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except UsageError as exc:
+        print(f"pyalived: {exc}", file=sys.stderr)
+        print("Try 'pyalived --help' for the list of options.", file=sys.stderr)
+        return EXIT_USAGE
+    if args.help:
+        parser.print_help()
+        return 0
+    if args.version:
+        print(f"pyalived {__version__}")
+        return 0
+    if args.umask is not None:
+        os.umask(args.umask)
+
+    from pyalived.config import load
+
+    config_id = args.config_id if args.config_id is not None else os.uname().nodename
+    conf_path = os.path.abspath(args.use_file)
+    result = load(conf_path, config_id=config_id, interface_exists=_interface_exists)
+
+    if args.config_test is not None:
+        text = "".join(f"{d}\n" for d in result.diagnostics)
+        if args.config_test == "-":
+            sys.stderr.write(text)
+        else:
+            try:
+                Path(args.config_test).write_text(text)
+            except OSError as exc:
+                print(f"pyalived: cannot write {args.config_test}: {exc}", file=sys.stderr)
+                return 1
+        return result.exit_code
+
+    for diagnostic in result.diagnostics:
+        print(diagnostic, file=sys.stderr)
+    if result.config is None or result.exit_code != 0:
+        print(f"pyalived: configuration {conf_path} refused", file=sys.stderr)
+        return result.exit_code or 1
+
+    pid_path = os.path.abspath(args.pid)
+    vrrp_pid_path = os.path.abspath(args.vrrp_pid) if args.vrrp_pid else None
+    try:
+        check_not_running(pid_path)
+    except PidFileError as exc:
+        print(f"pyalived: {exc}", file=sys.stderr)
+        return 1
+
+    run_vrrp = args.vrrp or not args.check
+    run_checkers = args.check or not args.vrrp
+
+    if not args.dont_fork:
+        _daemonize()
+    setup_logging(
+        console=args.log_console,
+        detail=args.log_detail,
+        facility=args.log_facility if args.log_facility is not None else parse_facility("daemon"),
+        use_syslog=not args.no_syslog,
+    )
+    written: list[str] = []
+    try:
+        write_pid(pid_path)
+        written.append(pid_path)
+        if vrrp_pid_path and run_vrrp:
+            write_pid(vrrp_pid_path)
+            written.append(vrrp_pid_path)
+        return _run(result.config, run_vrrp, run_checkers)
+    except PidFileError as exc:
+        log.error("%s", exc)
+        if args.dont_fork and not args.log_console:
+            print(f"pyalived: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for path in written:
+            remove_pid(path)
+
+
+def _run(config: object, run_vrrp: bool, run_checkers: bool) -> int:
+    import trio
+
+    from pyalived.config.model import Config
+    from pyalived.daemon import DaemonOptions, run_daemon
+
+    assert isinstance(config, Config)
+    log.info("pyalived %s starting (pid %d)", __version__, os.getpid())
+    try:
+        trio.run(run_daemon, config, DaemonOptions(vrrp=run_vrrp, checkers=run_checkers))
+    except BaseException as exc:
+        messages = _expected_errors(exc)
+        if messages is None:
+            if isinstance(exc, KeyboardInterrupt):
+                return 1
+            raise
+        for message in messages:
+            log.error("%s", message)
+        return 1
+    return 0
