@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import random
+from ipaddress import IPv4Address
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,7 +21,21 @@ from pyalived.checkers.policy import (
     RealServerHealth,
     Verdict,
 )
-from pyalived.checkers.spec import CheckerSpec, HttpGet, MiscCheck, TcpCheck, Timing
+from pyalived.checkers.scheduler import (
+    CallbackSink,
+    ChannelSink,
+    CheckerScheduler,
+    RealServerEvent,
+)
+from pyalived.checkers.spec import (
+    CheckerSpec,
+    HttpGet,
+    MiscCheck,
+    RealServerSpec,
+    TcpCheck,
+    Timing,
+    VirtualServerSpec,
+)
 
 OK = ProbeResult(True, "connected")
 FAIL = ProbeResult(False, "connection refused")
@@ -169,3 +188,138 @@ def test_misc_dynamic_weight() -> None:
     two.update(1, None, 0, "")
     two.update(0, None, 0, "")
     assert two.weight == 0  # clamped at zero
+
+
+# ---- scheduler: virtual time with trio's autojump clock --------------------
+
+
+class FakeProber:
+    """Scripted results per real server port; records (port, start, end) times."""
+
+    def __init__(self, script: dict[int, list[ProbeResult]], durations: dict[int, float]):
+        self.script = script
+        self.durations = durations
+        self.calls: list[tuple[int, float, float]] = []
+
+    async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult:
+        assert rs.port is not None
+        start = trio.current_time()
+        await trio.sleep(self.durations.get(rs.port, 0.0))
+        queue = self.script.get(rs.port, [])
+        result = queue.pop(0) if len(queue) > 1 else (queue[0] if queue else OK)
+        self.calls.append((rs.port, start, trio.current_time()))
+        return result
+
+
+def server(port: int, *checkers: CheckerSpec, weight: int = 1) -> RealServerSpec:
+    return RealServerSpec(IPv4Address("198.18.0.2"), port, weight, checkers)
+
+
+NOWARM = Timing(delay_loop=1.0, warmup=0.0)
+
+
+async def test_scheduler_reports_initial_state_and_transitions(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tcp = TcpCheck(timing=Timing(delay_loop=1.0, warmup=0.0, retry=1, delay_before_retry=0.5))
+    alpha = TcpCheck(timing=Timing(delay_loop=1.0, warmup=0.0, alpha=True))
+    vs = VirtualServerSpec("198.18.0.1:80", (server(1, tcp), server(2, alpha)))
+    prober = FakeProber({1: [OK, FAIL, FAIL, OK]}, {1: 0.25})
+    events: list[tuple[float, RealServerEvent]] = []
+    sink = CallbackSink(lambda e: events.append((trio.current_time(), e)))
+    t0 = trio.current_time()
+    caplog.set_level(logging.INFO, logger="pyalived.checkers")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(CheckerScheduler([vs], sink, prober).run)
+        assert [(e.real_server.port, e.alive, e.checker) for _, e in events] == [
+            (1, True, None),
+            (2, False, None),
+        ]
+        await trio.sleep(5.0)
+        nursery.cancel_scope.cancel()
+    # port 2 (alpha) comes up on its first probe, at t0
+    # port 1: OK @0-.25, FAIL @1.25-1.5, retry FAIL @2.0-2.25 -> DOWN, OK @3.25-3.5 -> UP
+    got = [(t - t0, e.real_server.port, e.alive, e.checker) for t, e in events[2:]]
+    assert got == [
+        (0.0, 2, True, "TCP_CHECK#0"),
+        (2.25, 1, False, "TCP_CHECK#0"),
+        (3.5, 1, True, "TCP_CHECK#0"),
+    ]
+    assert [s - t0 for p, s, _ in prober.calls if p == 1] == [0.0, 1.25, 2.0, 3.25, 4.5]
+    downs = [r.getMessage() for r in caplog.records if " DOWN" in r.getMessage()]
+    assert downs == [
+        "198.18.0.1:80: real server 198.18.0.2:1: TCP_CHECK#0 DOWN: "
+        "connection refused (after 1 retries)"
+    ]
+
+
+async def test_slow_server_does_not_delay_others(autojump_clock: trio.testing.MockClock) -> None:
+    vs = VirtualServerSpec("vs", tuple(server(p, TcpCheck(timing=NOWARM)) for p in (1, 2, 3)))
+    prober = FakeProber({1: [FAIL]}, {1: 100.0})  # port 1 hangs until its timeout
+    t0 = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(CheckerScheduler([vs], CallbackSink(lambda e: None), prober).run)
+        await trio.sleep(10.5)
+        nursery.cancel_scope.cancel()
+    for port in (2, 3):
+        assert [s - t0 for p, s, _ in prober.calls if p == port] == [float(i) for i in range(11)]
+    assert [p for p, _, _ in prober.calls].count(1) == 0  # still in its first probe
+
+
+async def test_warmup_is_seeded_and_combined_checkers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    warm = Timing(delay_loop=10.0, warmup=4.0)
+    vs = VirtualServerSpec("vs", (server(1, TcpCheck(timing=warm), TcpCheck(timing=warm)),))
+    prober = FakeProber({1: [OK]}, {})
+    t0 = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        sched = CheckerScheduler([vs], CallbackSink(lambda e: None), prober, random.Random(3))
+        await nursery.start(sched.run)
+        await trio.sleep(9.0)
+        nursery.cancel_scope.cancel()
+    r = random.Random(3)
+    expected = sorted([r.uniform(0, 4.0), r.uniform(0, 4.0)])
+    assert [s - t0 for _, s, _ in prober.calls] == pytest.approx(expected, abs=1e-9)
+
+
+async def test_dynamic_weight_and_omega(autojump_clock: trio.testing.MockClock) -> None:
+    misc = MiscCheck("x", misc_dynamic=True, timing=NOWARM)
+    vs = VirtualServerSpec("vs", (server(1, misc, weight=7),), omega=True)
+    weighted = ProbeResult(True, "exit status 12", weight=10)
+    prober = FakeProber({1: [OK, weighted]}, {})
+    send, receive = trio.open_memory_channel[RealServerEvent](math.inf)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(CheckerScheduler([vs], ChannelSink(send), prober).run)
+        await trio.sleep(3.5)
+        nursery.cancel_scope.cancel()
+    got = [(e.alive, e.weight, e.reason) for e in receive_all(receive)]
+    assert got == [
+        (True, 7, "initial state"),
+        (True, 10, "exit status 12"),
+        (False, 10, "shutdown"),
+    ]
+
+
+def receive_all(ch: trio.MemoryReceiveChannel[RealServerEvent]) -> list[RealServerEvent]:
+    out = []
+    while True:
+        try:
+            out.append(ch.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
+async def test_probe_exception_counts_as_failure(autojump_clock: trio.testing.MockClock) -> None:
+    class Broken:
+        async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult:
+            raise RuntimeError("bug")
+
+    vs = VirtualServerSpec("vs", (server(1, MiscCheck("x", timing=NOWARM)),))
+    events: list[RealServerEvent] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(CheckerScheduler([vs], CallbackSink(events.append), Broken()).run)
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert [e.alive for e in events] == [True, False]
+    assert "internal probe error" in events[1].reason
