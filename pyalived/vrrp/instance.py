@@ -372,7 +372,14 @@ class Instance:
                     self.tracking.update_link(ifname, self._links.is_up(ifname))
             now = trio.current_time()
             self.started = True
-            await self._execute(self.machine.start(now))
+            actions = self.machine.start(now)
+            await self._execute(actions)
+            if self.machine.state is not State.MASTER and not any(
+                isinstance(a, RemoveVips | AddVips) for a in actions
+            ):
+                # As keepalived does: a backup starts by removing VIPs that a
+                # previous run may have left behind.
+                await self._vip_action(RemoveVips())
             await self._apply_tracking()
             task_status.started()
             await self._loop()

@@ -138,7 +138,8 @@ async def test_backup_alone_becomes_master_with_exact_timing(
             (MASTER_DOWN_90 + 5.0, (VIP.ip,), 5),
         ]
         assert [(c.time - start, c.op, c.default_dev) for c in rig.addresses.calls] == [
-            (MASTER_DOWN_90, "add", "eth0")
+            (0, "remove", "eth0"),  # leftovers of an earlier run, as keepalived does
+            (MASTER_DOWN_90, "add", "eth0"),
         ]
         assert ("eth0", "198.18.0.100/24") in rig.addresses.present
     # the stop: priority-0 advert, VIPs removed, sockets closed
@@ -318,7 +319,7 @@ async def test_vmac_carries_adverts_garps_and_vips(autojump_clock: trio.testing.
         assert rig.sent("vrrp.51")
         assert rig.sockets.garp["vrrp.51"].sent[0].ips == (VIP.ip,)
         assert rig.sockets.garp["eth1"].sent[0].ips == (own_dev.ip,)
-        assert rig.addresses.calls[0].default_dev == "vrrp.51"
+        assert {c.default_dev for c in rig.addresses.calls} == {"vrrp.51"}
     assert rig.vmac.present == {}
     assert [c[1] for c in rig.vmac.calls] == ["create", "delete"]
 
