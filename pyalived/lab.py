@@ -628,12 +628,47 @@ class Lab:
     def reconnect(self, node: Node) -> None:
         _run(["ip", "-n", self.bridge_ns, "link", "set", node.leg, "up"])
 
+    def block_vrrp(self, blocked: bool = True) -> None:
+        """Stop (or resume) forwarding VRRP and AH between the bridge's legs.
+
+        Unlike ``cut`` the links stay up, so every router keeps running but
+        hears no other router: each becomes master on its own.
+        """
+        br = self.bridge_ns
+        if blocked:
+            script = (
+                "table bridge lab {\n chain labfwd {\n"
+                "  type filter hook forward priority 0; policy accept;\n"
+                "  ip protocol { 112, 51 } drop\n }\n}\n"
+            )
+            subprocess.run(["ip", "netns", "exec", br, "nft", "-f", "-"], input=script,
+                           text=True, capture_output=True, check=True)
+        else:
+            _run(["ip", "netns", "exec", br, "nft", "delete", "table", "bridge", "lab"],
+                 check=False)
+
+    def crash(self, node: Node) -> None:
+        """SIGKILL every process in ``node``'s namespace at once: nothing gets to clean up."""
+        for pid in namespace_pids(node.ns):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if node.daemon is not None:
+            node.daemon.wait(10.0)
+
     def set_link(self, node: Node, ifname: str, up: bool) -> None:
         _run(["ip", "-n", node.ns, "link", "set", ifname, "up" if up else "down"])
 
     def add_dummy(self, node: Node, ifname: str) -> None:
-        """An extra always-up interface inside ``node``, e.g. to be tracked."""
-        _run(["ip", "-n", node.ns, "link", "add", ifname, "type", "dummy"])
+        """An extra up interface inside ``node``, e.g. to be tracked.
+
+        It is one end of a veth pair whose other end (``ifname`` + "p") stays
+        in the same namespace: the kernel here has no dummy driver.
+        """
+        _run(["ip", "-n", node.ns, "link", "add", ifname, "type", "veth",
+              "peer", "name", f"{ifname}p"])
+        _run(["ip", "-n", node.ns, "link", "set", f"{ifname}p", "up"])
         _run(["ip", "-n", node.ns, "link", "set", ifname, "up"])
 
     # -- processes and capture --------------------------------------------
