@@ -78,7 +78,7 @@ def test_election_by_priority(make_lab: MakeLab, impl: Impl,
 def test_priority_tie_goes_to_higher_primary_address(make_lab: MakeLab, impl: Impl) -> None:
     """RFC 3768 §6.4.3: a master hearing an equal priority from a higher address yields."""
     lab = make_lab(routers=2)
-    r1, r2 = lab.routers
+    _r1, r2 = lab.routers
     cap = lab.capture()
     lab.block_vrrp()  # both routers elect themselves first, in isolation
     start_group(lab, impl, (100, 100))
