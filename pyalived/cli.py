@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from pyalived.pidfile import PidFileError, check_not_running, remove_pid, write_
 
 DEFAULT_CONFIG = "/etc/keepalived/keepalived.conf"
 DEFAULT_PIDFILE = "/run/pyalived.pid"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EXIT_USAGE = 1  # as keepalived
 
 log = logging.getLogger("pyalived")
@@ -240,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         facility=args.log_facility if args.log_facility is not None else parse_facility("daemon"),
         use_syslog=not args.no_syslog,
     )
+    # Hold the stop signals until the daemon's receiver is open: anyone who
+    # reads the pid file may signal us, and must not kill us uncleanly.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     written: list[str] = []
     try:
         write_pid(pid_path)

@@ -105,7 +105,11 @@ async def run_daemon(
     """Run until SIGTERM/SIGINT (or cancellation), then stop every service gracefully."""
     ports_factory = ports or production_ports
     counters = counters if counters is not None else VrrpCounters()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    with trio.open_signal_receiver(*stop_signals) as signals:
+        # The command line blocks these until now (no-op otherwise); any that
+        # arrived in between are delivered to the receiver.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
         async with trio.open_nursery() as nursery:
             if options.vrrp:
                 await nursery.start(_vrrp_service, config, ports_factory, counters)
