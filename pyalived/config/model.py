@@ -150,11 +150,14 @@ class VrrpSyncGroup:
     smtp_alert: bool = False
 
 
+VRRP_MCAST_GROUP4 = IPv4Address("224.0.0.18")  # RFC 3768 §5.2.2
+
+
 @dataclass(frozen=True)
 class GlobalDefs:
     router_id: str | None = None
     vrrp_version: int = 2
-    vrrp_mcast_group4: IPv4Address = IPv4Address("224.0.0.18")
+    vrrp_mcast_group4: IPv4Address = VRRP_MCAST_GROUP4
     vrrp_garp_master_delay: float = 5.0
     vrrp_garp_master_repeat: int = 5
     vrrp_garp_master_refresh: float = 0.0

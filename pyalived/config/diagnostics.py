@@ -1,0 +1,105 @@
+"""Configuration diagnostics: what is wrong with a keepalived.conf, and where.
+
+Theory of operation: the lexer and the parser never raise on bad input; they
+append ``Diagnostic`` objects to a ``DiagnosticSink`` and carry on, so that a
+single ``-t`` run reports every problem of a file at once.  An ERROR refuses
+the whole configuration; a WARNING does not, but still makes ``-t`` fail, as
+keepalived's own checker does.  Each diagnostic also has a ``Category`` that
+feeds the ``-t`` exit status (see ``exit_code_for``):
+
+* 0  no diagnostic at all;
+* 4  a configuration file (the main one or an include) is missing or
+  unreadable.  keepalived 2.2.7 prints a message but exits 0 here; we refuse;
+* 5  any other error or warning, including an interface that does not exist
+  (keepalived 2.2.7's ``-t`` also exits 5 for that one);
+* 6  scripts are configured but ``enable_script_security`` is not set; as with
+  keepalived this wins over ordinary errors and warnings, but not over a
+  missing file or interface.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pyalived.config.model import Location
+
+EXIT_OK = 0
+EXIT_CONFIG = 4
+EXIT_CONFIG_TEST = 5
+EXIT_CONFIG_TEST_SECURITY = 6
+
+
+class Severity(enum.Enum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class Category(enum.Enum):
+    GENERAL = "general"
+    MISSING_FILE = "missing-file"
+    MISSING_INTERFACE = "missing-interface"
+    SCRIPT_SECURITY = "script-security"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    severity: Severity
+    location: Location
+    message: str
+    category: Category = Category.GENERAL
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.severity.value}: {self.message}"
+
+
+@dataclass
+class DiagnosticSink:
+    """Mutable collector used while lexing and parsing."""
+
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def error(
+        self, location: Location, message: str, category: Category = Category.GENERAL
+    ) -> None:
+        self.items.append(Diagnostic(Severity.ERROR, location, message, category))
+
+    def warning(
+        self, location: Location, message: str, category: Category = Category.GENERAL
+    ) -> None:
+        self.items.append(Diagnostic(Severity.WARNING, location, message, category))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity is Severity.ERROR for d in self.items)
+
+
+def exit_code_for(diagnostics: Iterable[Diagnostic]) -> int:
+    """The ``-t`` exit status for a set of diagnostics (see module docstring)."""
+    diags = list(diagnostics)
+    categories = {d.category for d in diags}
+    if Category.MISSING_FILE in categories:
+        return EXIT_CONFIG
+    if Category.MISSING_INTERFACE in categories:
+        return EXIT_CONFIG_TEST
+    if Category.SCRIPT_SECURITY in categories:
+        return EXIT_CONFIG_TEST_SECURITY
+    if diags:
+        return EXIT_CONFIG_TEST
+    return EXIT_OK
+
+
+def render(diagnostics: Iterable[Diagnostic]) -> str:
+    """Text for ``-t`` output: one diagnostic per line, in file order, then a summary."""
+    diags = sorted(diagnostics, key=lambda d: (d.location.file, d.location.line))
+    lines = [str(d) for d in diags]
+    errors = sum(1 for d in diags if d.severity is Severity.ERROR)
+    warnings = len(diags) - errors
+    if errors:
+        lines.append(f"configuration refused: {errors} error(s), {warnings} warning(s)")
+    elif warnings:
+        lines.append(f"configuration accepted with {warnings} warning(s)")
+    else:
+        lines.append("configuration OK")
+    return "\n".join(lines) + "\n"
