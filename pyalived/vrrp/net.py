@@ -1,0 +1,173 @@
+"""Raw sockets for VRRP: advertisements and gratuitous ARP.
+
+Theory of operation: ``open_advert_socket`` returns a raw IPv4 socket on
+protocol 112 (VRRP, RFC 3768 §5.2.4) or 51 (AH, RFC 2338 §5.3.6.3) bound to
+one interface with SO_BINDTODEVICE.  We build whole datagrams ourselves
+(IP_HDRINCL), so the TTL of 255 required by RFC 3768 §5.2.3 is whatever the
+codec wrote; IP_MULTICAST_TTL is set to 255 as well for good measure.  For
+multicast the socket joins 224.0.0.18 (RFC 3768 §5.2.2) on that interface
+only (ip_mreqn with the ifindex), sends through it (IP_MULTICAST_IF) and does
+not loop its own adverts back (IP_MULTICAST_LOOP off).  Raw sockets deliver
+the whole IPv4 datagram, header included, which is what ``receive`` returns.
+
+``send`` is on the failover critical path (the gratuitous ARPs must follow the
+first advert within a millisecond), so it is synchronous: the socket is
+non-blocking and the datagram goes straight to ``sendto``.  Only when the
+kernel's send buffer is full (EAGAIN) does it wait, by ``poll`` for at most
+``SEND_RETRY_WAIT`` seconds, and try once more; if the buffer is still full
+the datagram is dropped with ``BlockingIOError`` (an ``OSError``) -- VRRP
+tolerates a lost advert, a stalled event loop it does not.
+
+``open_garp_socket`` returns an AF_PACKET socket bound to the interface; it
+reads the interface's MAC once (or takes the VMAC's MAC given explicitly)
+and sends complete Ethernet frames from ``pyalived.vrrp.garp``
+(RFC 3768 §6.4.1), with the same synchronous, non-blocking discipline.
+``interface_info`` gives the index, MAC and primary IPv4 address (the first
+one the kernel lists, as keepalived picks it) of an interface.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import select
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+import trio
+
+from pyalived.vrrp.garp import build_garp_frame
+from pyalived.vrrp.netlink import ipv4_addresses
+
+VRRP_PROTO = 112
+AH_PROTO = 51
+VRRP_GROUP = IPv4Address("224.0.0.18")
+SEND_RETRY_WAIT = 0.002  # seconds to wait for buffer space before dropping a frame
+RCVBUF = 1 << 20
+
+SIOCGIFHWADDR = 0x8927
+_IFREQ = struct.Struct("16sH6s")
+
+
+@dataclass(frozen=True)
+class InterfaceInfo:
+    index: int
+    name: str
+    mac: bytes
+    primary_ip: IPv4Address | None
+
+
+def interface_mac(ifname: str) -> bytes:
+    """The hardware address of ``ifname`` (SIOCGIFHWADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16s18x", ifname.encode())
+        res = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, req)
+    _name, _family, mac = _IFREQ.unpack_from(res)
+    return bytes(mac)
+
+
+def interface_info(ifname: str) -> InterfaceInfo:
+    """Index, MAC and primary IPv4 address of ``ifname``; ``OSError`` if it does not exist."""
+    index = socket.if_nametoindex(ifname)
+    addresses = ipv4_addresses(index)
+    return InterfaceInfo(index, ifname, interface_mac(ifname),
+                         addresses[0] if addresses else None)
+
+
+def _send_nonblocking(sock: socket.socket, send: Callable[[], object]) -> None:
+    try:
+        send()
+        return
+    except BlockingIOError:
+        pass
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    if not poller.poll(SEND_RETRY_WAIT * 1000):
+        raise BlockingIOError(errno.EAGAIN, "send buffer full, datagram dropped")
+    send()
+
+
+class RawAdvertSocket:
+    """``ports.AdvertSocket`` over a raw IPv4 socket (see the module docstring)."""
+
+    def __init__(self, sock: socket.socket, ifname: str) -> None:
+        self.ifname = ifname
+        self._raw = sock
+        self._trio = trio.socket.from_stdlib_socket(sock)
+
+    def send(self, datagram: bytes, dst: IPv4Address) -> None:
+        _send_nonblocking(self._raw, functools.partial(self._raw.sendto, datagram, (str(dst), 0)))
+
+    async def receive(self) -> bytes:
+        return await self._trio.recv(1 << 16)
+
+    def close(self) -> None:
+        self._trio.close()
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+
+def open_advert_socket(
+    ifname: str,
+    *,
+    proto: int = VRRP_PROTO,
+    multicast_group: IPv4Address | None = VRRP_GROUP,
+) -> RawAdvertSocket:
+    """A raw socket for adverts on ``ifname``; ``multicast_group=None`` for unicast peers."""
+    index = socket.if_nametoindex(ifname)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        if multicast_group is not None:
+            mreqn = struct.pack("4s4si", multicast_group.packed, bytes(4), index)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                            struct.pack("4s4si", bytes(4), bytes(4), index))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return RawAdvertSocket(sock, ifname)
+
+
+class PacketGarpSocket:
+    """``ports.GarpSocket`` over an AF_PACKET socket bound to one interface."""
+
+    def __init__(self, sock: socket.socket, ifname: str, mac: bytes) -> None:
+        self.ifname = ifname
+        self.mac = mac
+        self._sock = sock
+
+    def send_garp(self, ips: Sequence[IPv4Address], count: int) -> None:
+        for ip in ips:
+            frame = build_garp_frame(self.mac, ip)
+            send = functools.partial(self._sock.send, frame)
+            for _ in range(count):
+                _send_nonblocking(self._sock, send)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def open_garp_socket(ifname: str, mac: bytes | None = None) -> PacketGarpSocket:
+    """An ARP sender on ``ifname`` whose frames carry ``mac`` (default: the interface's)."""
+    if mac is None:
+        mac = interface_mac(ifname)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    try:
+        # Protocol 0 at creation and bind: a send-only socket that receives nothing.
+        sock.bind((ifname, 0))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return PacketGarpSocket(sock, ifname, mac)
