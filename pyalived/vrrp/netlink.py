@@ -331,6 +331,10 @@ def _netlink_errno(exc: Exception) -> int | None:
     return None
 
 
+# Errors that a retry cannot cure: the request itself is wrong.
+PERMANENT_ERRORS = frozenset({errno.EINVAL, errno.EPERM, errno.EACCES, errno.EOPNOTSUPP})
+
+
 def _retrying(what: str, attempts: int, first_delay: float, op: Callable[[], None]) -> None:
     """Run ``op`` until it succeeds, sleeping (in the netlink thread) between tries."""
     delay = first_delay
@@ -339,7 +343,7 @@ def _retrying(what: str, attempts: int, first_delay: float, op: Callable[[], Non
             op()
             return
         except Exception as exc:
-            if attempt == attempts:
+            if attempt == attempts or _netlink_errno(exc) in PERMANENT_ERRORS:
                 code = _netlink_errno(exc) or errno.EIO
                 raise OSError(code, f"{what}: {exc}") from exc
             log.warning("%s failed (%s), retry %d/%d in %gs", what, exc, attempt,
