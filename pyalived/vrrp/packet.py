@@ -358,21 +358,21 @@ def verify(received: Received, expect: Expectation, datagram: bytes) -> None:
     """Per-instance checks of §7.1: auth (incl. the AH ICV over ``datagram``), address
     count and list, advert interval.  The caller has already matched the VRID.
 
-    Address checks follow §7.1: a mismatch drops the advert unless it comes
-    from the address owner (priority 255).  The AH sequence number is not
+    A differing address count or list drops the advert whatever its priority:
+    keepalived 2.2.7 does so, although §7.1 would let an advert from the
+    address owner (priority 255) through.  The AH sequence number is not
     checked here; see ``check_ah_sequence``.
     """
     advert = received.advert
     _verify_auth(received, expect, bytes(datagram))
-    if advert.priority != 255:
-        if len(advert.addresses) != len(expect.addresses):
-            raise PacketError(
-                "addr_count_mismatch",
-                f"{len(advert.addresses)} addresses, expected {len(expect.addresses)}",
-            )
-        if frozenset(advert.addresses) != expect.addresses:
-            missing = sorted(expect.addresses - frozenset(advert.addresses))
-            raise PacketError("addr_list_mismatch", f"missing {', '.join(map(str, missing))}")
+    if len(advert.addresses) != len(expect.addresses):
+        raise PacketError(
+            "addr_count_mismatch",
+            f"{len(advert.addresses)} addresses, expected {len(expect.addresses)}",
+        )
+    if frozenset(advert.addresses) != expect.addresses:
+        missing = sorted(expect.addresses - frozenset(advert.addresses))
+        raise PacketError("addr_list_mismatch", f"missing {', '.join(map(str, missing))}")
     if advert.advert_int != expect.advert_int:
         raise PacketError(
             "advert_int_mismatch", f"{advert.advert_int} s, expected {expect.advert_int} s"

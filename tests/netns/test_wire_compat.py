@@ -19,6 +19,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -303,3 +304,83 @@ def test_wrong_password_rejected_for_keepalived_adverts(lan: Lan, tmp_path: Path
         with pytest.raises(PacketError) as info:
             verify(parse_datagram(datagrams[0]), expect, datagrams[0])
         assert info.value.reason == reason
+
+
+# --------------------------------------------------------------------------- reverse direction
+
+SENDER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(sys.argv[1]))
+for datagram in sys.argv[2:]:
+    s.sendto(bytes.fromhex(datagram), ("224.0.0.18", 0))
+    time.sleep(1.0)
+"""
+
+
+@pytest.mark.parametrize(
+    ("auth", "their_key", "our_key", "advert", "accepted"),
+    [
+        (None, "", b"", Advert(VRID, 200, 1, VIPS), True),
+        (AuthType.PASS, "secret12", b"secret12", Advert(VRID, 200, 1, VIPS), True),
+        (AuthType.AH, "ahkey", b"ahkey", Advert(VRID, 200, 1, VIPS), True),
+        (AuthType.AH, "ahkey", b"ahkez", Advert(VRID, 200, 1, VIPS), False),
+        # keepalived, like verify, drops an address mismatch even from the owner.
+        (None, "", b"", Advert(VRID, 255, 1, VIPS[:1]), False),
+    ],
+    ids=["none", "pass", "ah", "ah-wrong-key", "owner-addr-count"],
+)
+def test_keepalived_backup_judges_our_adverts_like_verify(
+    lan: Lan,
+    tmp_path: Path,
+    auth: AuthType | None,
+    their_key: str,
+    our_key: bytes,
+    advert: Advert,
+    accepted: bool,
+) -> None:
+    """keepalived as BACKUP (priority 100) hears our priority-200+ adverts: it stays
+    BACKUP exactly when our own verify accepts them, else it takes over."""
+    conf = keepalived_conf(auth, their_key, False)
+    conf = conf.replace("state MASTER", "state BACKUP").replace(
+        f"priority {PRIORITY}", "priority 100"
+    )
+    (tmp_path / "keepalived.conf").write_text(conf)
+    datagrams = [
+        build_datagram(
+            PEER, VRRP_MCAST_GROUP, advert, ip_id=n, auth=auth, auth_key=our_key, ah_seq=n
+        )
+        for n in range(1, 8)
+    ]
+    own_view = Expectation(VRID, 1, frozenset(VIPS), auth, their_key.encode())
+    try:
+        verify(parse_datagram(datagrams[0]), own_view, datagrams[0])
+        we_accept = True
+    except PacketError:
+        we_accept = False
+    assert we_accept == accepted
+
+    log_path = tmp_path / "keepalived.log"
+    log = log_path.open("wb")
+    files = ["-f", str(tmp_path / "keepalived.conf"), "-p", str(tmp_path / "k.pid")]
+    files += ["-r", str(tmp_path / "k.vpid"), "-c", str(tmp_path / "k.cpid")]
+    keepalived = subprocess.Popen(
+        ["ip", "netns", "exec", lan.master_ns, "keepalived", "-n", "-l", "-D", *files],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: b"Entering BACKUP STATE" in log_path.read_bytes(), "keepalived BACKUP")
+        subprocess.run(
+            ["ip", "netns", "exec", lan.peer_ns, sys.executable, "-c", SENDER, str(PEER)]
+            + [d.hex() for d in datagrams],
+            check=True,
+            timeout=TIMEOUT,
+        )
+        # Seven adverts a second apart outlast Master_Down_Interval (3 + 156/256 s).
+        became_master = b"Entering MASTER STATE" in log_path.read_bytes()
+        assert became_master == (not accepted), log_path.read_text()
+    finally:
+        stop(keepalived, signal.SIGTERM)
+        stop(keepalived, signal.SIGKILL)
+        log.close()

@@ -363,10 +363,13 @@ def test_verify_address_order_does_not_matter() -> None:
     verify(parse_datagram(d), EXPECT_NONE, d)
 
 
-def test_verify_address_owner_is_exempt_from_address_checks() -> None:
-    # §7.1: an advert from the owner (priority 255) is processed despite a mismatch.
+def test_verify_address_owner_is_not_exempt_from_address_checks() -> None:
+    # §7.1 would process an owner's (priority 255) advert despite a mismatch;
+    # keepalived 2.2.7 drops it, and so do we.
     d = build_datagram(SRC, VRRP_MCAST_GROUP, Advert(51, 255, 1, (VIP1,)))
-    verify(parse_datagram(d), EXPECT_NONE, d)
+    assert reason_of(d, EXPECT_NONE) == "addr_count_mismatch"
+    d = build_datagram(SRC, VRRP_MCAST_GROUP, Advert(51, 255, 1, (VIP1, VIP1)))
+    assert reason_of(d, EXPECT_NONE) == "addr_list_mismatch"
 
 
 def test_verify_advert_interval_mismatch() -> None:
@@ -504,5 +507,5 @@ def test_ah_round_trip_property(advert: Advert, key: bytes, seq: int) -> None:
     expect = Expectation(
         advert.vrid, advert.advert_int, frozenset(advert.addresses), AuthType.AH, key
     )
-    if len(set(advert.addresses)) == len(advert.addresses) or advert.priority == 255:
+    if len(set(advert.addresses)) == len(advert.addresses):
         verify(received, expect, datagram)
