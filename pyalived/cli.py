@@ -199,14 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.umask is not None:
         os.umask(args.umask)
 
-    from pyalived.config import load
+    from pyalived.config import load, render
 
-    config_id = args.config_id if args.config_id is not None else os.uname().nodename
     conf_path = os.path.abspath(args.use_file)
-    result = load(conf_path, config_id=config_id, interface_exists=_interface_exists)
+    # No -i: the loader selects @name lines by the short host name, as keepalived does.
+    result = load(conf_path, config_id=args.config_id, interface_exists=_interface_exists)
 
     if args.config_test is not None:
-        text = "".join(f"{d}\n" for d in result.diagnostics)
+        text = render(result.diagnostics)
         if args.config_test == "-":
             sys.stderr.write(text)
         else:
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for diagnostic in result.diagnostics:
         print(diagnostic, file=sys.stderr)
-    if result.config is None or result.exit_code != 0:
+    if result.config is None:
         print(f"pyalived: configuration {conf_path} refused", file=sys.stderr)
         return result.exit_code or 1
 
