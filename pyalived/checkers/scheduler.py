@@ -19,6 +19,7 @@ and reason.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import random
@@ -101,6 +102,49 @@ class _Server:
 ProbeStartObserver = Callable[[float, float], None]  # (scheduled, actual) times
 
 
+class TimerQueue:
+    """Parks tasks until a deadline; one clock task wakes them, in deadline order.
+
+    Cheaper than ``trio.sleep_until`` for thousands of periodic tasks: a
+    parked task costs a heap entry, and waking it is a plain reschedule
+    instead of a cancel scope delivering a ``Cancelled`` exception.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, list[trio.lowlevel.Task | None]]] = []
+        self._seq = 0
+        self._scope: trio.CancelScope | None = None
+
+    async def sleep_until(self, deadline: float) -> None:
+        if self._scope is None:
+            raise RuntimeError("TimerQueue.run is not running")
+        slot: list[trio.lowlevel.Task | None] = [trio.lowlevel.current_task()]
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, slot))
+        if deadline < self._scope.deadline:
+            self._scope.deadline = deadline
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            slot[0] = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        heap = self._heap
+        self._scope = trio.CancelScope()
+        task_status.started()
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                task = heapq.heappop(heap)[2][0]
+                if task is not None:
+                    trio.lowlevel.reschedule(task)
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+                self._scope = scope
+                await trio.sleep_forever()
+
+
 class CheckerScheduler:
     def __init__(
         self,
@@ -136,10 +180,12 @@ class CheckerScheduler:
             )
         try:
             async with trio.open_nursery() as nursery:
+                timers = TimerQueue()
+                await nursery.start(timers.run)
                 for s in self._servers:
                     for index, spec in enumerate(s.rs.checkers):
                         policy = CheckerPolicy.for_spec(spec, now, self._rng)
-                        nursery.start_soon(self._checker_loop, s, index, spec, policy)
+                        nursery.start_soon(self._checker_loop, timers, s, index, spec, policy)
                 task_status.started()
         finally:
             for s in self._servers:
@@ -160,13 +206,13 @@ class CheckerScheduler:
             return ProbeResult(False, f"internal probe error: {exc!r}")
 
     async def _checker_loop(
-        self, s: _Server, index: int, spec: CheckerSpec, policy: CheckerPolicy
+        self, timers: TimerQueue, s: _Server, index: int, spec: CheckerSpec, policy: CheckerPolicy
     ) -> None:
         label = checker_label(spec, index)
         while True:
             due = policy.get_timer()
             assert due is not None
-            await trio.sleep_until(due)
+            await timers.sleep_until(due)
             started = trio.current_time()
             if self._on_probe_start is not None:
                 self._on_probe_start(due, started)
@@ -181,6 +227,8 @@ class CheckerScheduler:
                     "%s: real server %s: %s %s: %s", s.vs, s.rs, label, tr.verdict.value, reason
                 )
             weight = result.weight if result.ok else None
+            if verdict is None and weight is None:
+                continue  # the common case: nothing changed
             change = s.health.update(index, verdict, weight, reason)
             if change is None:
                 continue
