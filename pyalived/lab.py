@@ -25,7 +25,8 @@ Observation happens on the bridge: ``Capture`` runs ``tcpdump -w`` on ``br0``
 source MAC and IP, destination, and a kind: ``AdvertKind`` for a VRRPv2
 advertisement (plain, or behind an IPsec AH header as RFC 2338 §5.3.6.3
 authentication produces), ``GarpKind`` for a gratuitous ARP (an ARP whose
-sender and target protocol addresses are equal, RFC 3768 §6.4.1).  The parser
+sender and target protocol addresses are equal, RFC 3768 §6.4.1), ``ArpKind``
+for any other ARP request or reply.  The parser
 is written here, independently of the daemon's codec, so that tests do not
 judge the daemon with its own code.
 
@@ -65,6 +66,31 @@ KEEPALIVED = "/usr/sbin/keepalived"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _counter = itertools.count(1)
+
+# ICMP echo request/reply over a raw socket (RFC 792); exit status 0 on a reply.
+_PING_SCRIPT = """
+import os, select, socket, struct, sys, time
+dst, wait = sys.argv[1], float(sys.argv[2])
+ident = os.getpid() & 0xFFFF
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF); s += s >> 16
+    return ~s & 0xFFFF
+body = struct.pack('!HH', ident, 1) + b'pyalived-lab'
+pkt = struct.pack('!BBH', 8, 0, 0) + body
+pkt = struct.pack('!BBH', 8, 0, csum(pkt)) + body
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.sendto(pkt, (dst, 0))
+end = time.monotonic() + wait
+while (left := end - time.monotonic()) > 0:
+    if not select.select([s], [], [], left)[0]:
+        break
+    data, addr = s.recvfrom(2048)
+    icmp = data[(data[0] & 15) * 4:]
+    if addr[0] == dst and icmp[0] == 0 and struct.unpack('!H', icmp[4:6])[0] == ident:
+        sys.exit(0)
+sys.exit(1)
+"""
 
 
 class LabError(RuntimeError):
@@ -235,13 +261,23 @@ class GarpKind:
 
 
 @dataclass(frozen=True)
+class ArpKind:
+    """Any other ARP packet (RFC 826): a request or a reply."""
+
+    op: int  # 1 request, 2 reply
+    sender_mac: str
+    sender_ip: str
+    target_ip: str
+
+
+@dataclass(frozen=True)
 class Event:
     time: float
     src_mac: str
     dst_mac: str
     src: str
     dst: str
-    kind: AdvertKind | GarpKind
+    kind: AdvertKind | GarpKind | ArpKind
 
     @property
     def is_advert(self) -> bool:
@@ -274,7 +310,8 @@ def _parse_frame(ts: float, frame: bytes) -> Event | None:
         op = struct.unpack("!H", payload[6:8])[0]
         sender_ip, target_ip = payload[14:18], payload[24:28]
         if sender_ip != target_ip:
-            return None
+            arp = ArpKind(op, _mac(payload[8:14]), _ip(sender_ip), _ip(target_ip))
+            return Event(ts, src_mac, dst_mac, arp.sender_ip, arp.target_ip, arp)
         ip = _ip(sender_ip)
         return Event(ts, src_mac, dst_mac, ip, ip, GarpKind(ip, op))
     if ethertype != 0x0800 or len(payload) < 20:
@@ -393,6 +430,15 @@ def adverts(events: Iterable[Event], src: str | None = None, vrid: int | None = 
         e for e in events
         if isinstance(e.kind, AdvertKind) and e.time > after
         and (src is None or e.src == src) and (vrid is None or e.kind.vrid == vrid)
+    ]
+
+
+def arp_replies(events: Iterable[Event], ip: str | None = None) -> list[Event]:
+    """ARP replies, optionally only those answering for ``ip``."""
+    return [
+        e for e in events
+        if isinstance(e.kind, ArpKind) and e.kind.op == 2
+        and (ip is None or e.kind.sender_ip == ip)
     ]
 
 
@@ -617,9 +663,16 @@ class Lab:
         return table
 
     def ping(self, node: Node, ip: str, count: int = 1, wait: float = 2.0) -> bool:
-        proc = self.run(node, "ping", "-n", "-q", "-c", str(count), "-W", f"{wait:g}", ip,
-                        check=False)
-        return proc.returncode == 0
+        """ICMP echo from ``node`` to ``ip``; true if any of ``count`` requests is answered.
+
+        A few lines of Python on a raw socket, so the lab needs no ping binary.
+        """
+        for _ in range(count):
+            proc = self.run(node, sys.executable, "-c", _PING_SCRIPT, ip, f"{wait:g}",
+                            check=False)
+            if proc.returncode == 0:
+                return True
+        return False
 
     def cut(self, node: Node) -> None:
         """Take ``node`` off the LAN: its leg on the bridge goes down."""
