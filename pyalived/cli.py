@@ -19,11 +19,18 @@ as the default, for now).  Options of keepalived that pyalived does not
 implement are refused with a message naming them, rather than silently
 ignored; ``-B`` and ``-R`` are accepted because their meaning (no BFD
 process, no child respawning) is what pyalived always does.
+
+pyalived's own options have no short form: ``--metrics-listen`` says where
+the Prometheus metrics are served (``none`` turns them off).  Under a
+service manager (``NOTIFY_SOCKET`` set; run with ``-n``) the daemon reports
+readiness, stopping and watchdog pings, and removes the manager's variables
+from its environment so that scripts do not inherit them.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -31,14 +38,18 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pyalived import __version__
 from pyalived.log import parse_facility, setup_logging
 from pyalived.pidfile import PidFileError, check_not_running, remove_pid, write_pid
 
+if TYPE_CHECKING:
+    from pyalived.daemon import DaemonOptions
+
 DEFAULT_CONFIG = "/etc/keepalived/keepalived.conf"
 DEFAULT_PIDFILE = "/run/pyalived.pid"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9165"  # pyalived.metrics.DEFAULT_LISTEN
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EXIT_USAGE = 1  # as keepalived
 
@@ -101,6 +112,15 @@ def _facility(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _listen(value: str) -> tuple[str, int] | None:
+    from pyalived.metrics import parse_listen
+
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="pyalived",
@@ -135,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config id for '@' lines (default: the node name)")
     p.add_argument("-t", "--config-test", metavar="LOG_FILE", nargs="?", const="-",
                    default=None, help="check the configuration and exit")
+    p.add_argument("--metrics-listen", metavar="ADDR:PORT", type=_listen,
+                   default=DEFAULT_METRICS_LISTEN,
+                   help="serve Prometheus metrics on ADDR:PORT ([V6ADDR]:PORT for IPv6), "
+                        f"'none' to disable (default {DEFAULT_METRICS_LISTEN})")
     p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
     p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
     for short, long, takes_value in REFUSED:
@@ -252,7 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if vrrp_pid_path and run_vrrp:
             write_pid(vrrp_pid_path)
             written.append(vrrp_pid_path)
-        return _run(result.config, run_vrrp, run_checkers)
+        from pyalived.daemon import DaemonOptions
+
+        return _run(result.config, DaemonOptions(
+            vrrp=run_vrrp, checkers=run_checkers, metrics_listen=args.metrics_listen))
     except PidFileError as exc:
         log.error("%s", exc)
         if args.dont_fork and not args.log_console:
@@ -263,16 +290,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             remove_pid(path)
 
 
-def _run(config: object, run_vrrp: bool, run_checkers: bool) -> int:
+def _run(config: object, options: DaemonOptions) -> int:
     import trio
 
     from pyalived.config.model import Config
-    from pyalived.daemon import DaemonOptions, run_daemon
+    from pyalived.daemon import run_daemon
+    from pyalived.sdnotify import Notifier
 
     assert isinstance(config, Config)
     log.info("pyalived %s starting (pid %d)", __version__, os.getpid())
+    notifier = Notifier.from_environment()
     try:
-        trio.run(run_daemon, config, DaemonOptions(vrrp=run_vrrp, checkers=run_checkers))
+        trio.run(functools.partial(run_daemon, notifier=notifier), config, options)
     except BaseException as exc:
         messages = _expected_errors(exc)
         if messages is None:
@@ -282,4 +311,6 @@ def _run(config: object, run_vrrp: bool, run_checkers: bool) -> int:
         for message in messages:
             log.error("%s", message)
         return 1
+    finally:
+        notifier.close()
     return 0

@@ -102,6 +102,10 @@ class VrrpCounters:
         default_factory=collections.Counter
     )
     tx_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    priority_zero_received: collections.Counter[str] = field(default_factory=collections.Counter)
+    priority_zero_sent: collections.Counter[str] = field(default_factory=collections.Counter)
+    # trio time of each instance's last accepted advert (failover duration metric)
+    last_advert_received: dict[str, float] = field(default_factory=dict)
 
     def rx_error(self, reason: str, instance: str | None = None) -> None:
         self.rx_errors[reason] += 1
@@ -426,6 +430,9 @@ class Instance:
             log.debug("(%s) dropped advert from %s: %s", self.name, received.src, exc)
             return
         self._counters.adverts_received[self.name] += 1
+        self._counters.last_advert_received[self.name] = now
+        if received.advert.priority == 0:
+            self._counters.priority_zero_received[self.name] += 1
         await self._execute(
             self.machine.advert_received(now, received.src, received.advert.priority)
         )
@@ -496,6 +503,8 @@ class Instance:
                 log.warning("(%s) sending advert to %s failed: %s", self.name, dst, exc)
             else:
                 self._counters.adverts_sent[self.name] += 1
+                if priority == 0:
+                    self._counters.priority_zero_sent[self.name] += 1
 
     def _garp_count(self, kind: GarpKind) -> int:
         if kind is GarpKind.MASTER:

@@ -105,6 +105,10 @@ class InstanceTracking:
     def interface_names(self) -> tuple[str, ...]:
         return tuple(self._interfaces)
 
+    def script_ok(self, name: str) -> bool | None:
+        """The last result applied for a tracked script (None: none yet)."""
+        return self._script_ok.get(name)
+
     def update_script(self, name: str, ok: bool) -> None:
         if name in self._scripts:
             self._script_ok[name] = ok

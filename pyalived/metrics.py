@@ -1,0 +1,426 @@
+"""Prometheus metrics: a collector over the live daemon, served over HTTP by trio.
+
+Theory of operation: nothing is copied into metric objects as things
+happen.  ``Metrics`` owns a private ``CollectorRegistry`` (never the
+process-global one) holding ``VrrpCollector``, which reads the daemon's own
+state at scrape time: the ``VrrpCounters`` the VRRP driver increments and
+each instance's current state and tracking.  The only pushed values are the
+failover-duration histogram, observed by a state listener when an instance
+goes from BACKUP to MASTER, and the reload gauges, set by whoever reloads.
+
+Names and labels follow the keepalived exporter most dashboards use
+(mehdy/keepalived-exporter): ``keepalived_vrrp_state{iname,intf,vrid,
+ip_address}`` with 0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT, one series per
+virtual address; per-instance counters labelled ``{iname,intf,vrid}``
+(advertisements, master transitions, the RFC 3768 §7.1 receive-error
+classes, priority-0 adverts); ``keepalived_script_status{name}`` (1 GOOD,
+0 BAD) and ``keepalived_up``.  Errors found before the VRID is known (TTL,
+length, type, checksum: the structural checks of §7.1) cannot be charged to
+an instance, so keepalived's per-instance TTL/length/type counters only count
+what reached the instance; the complete picture is
+``pyalived_vrrp_packets_dropped_total{reason}``, one series per drop reason.
+``pyalived_failover_duration_seconds`` measures, on the node taking over,
+the time from the last advert heard from the old master to its own first
+advert as MASTER; the driver executes that advert and the state change in
+one uninterrupted batch, so the listener's clock reading is that moment.
+
+The HTTP side (``serve_metrics``) is a deliberately small HTTP/1.0 server
+on trio: one request per connection, GET or HEAD of ``/metrics``, bounded
+request size and a read timeout.  Rendering happens on the event loop
+itself, so the collector reads the counters without locks or threads.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+import trio
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from pyalived import __version__
+from pyalived.config.model import VrrpInstance
+from pyalived.vrrp.fsm import State, StateChanged
+from pyalived.vrrp.packet import DROP_REASONS
+from pyalived.vrrp.tracking import InstanceTracking
+
+log = logging.getLogger("pyalived.metrics")
+
+DEFAULT_LISTEN = "127.0.0.1:9165"
+METRICS_PATH = "/metrics"
+MAX_REQUEST = 8192  # bytes of request head accepted
+REQUEST_TIMEOUT = 10.0  # seconds a client gets to send its request
+MAX_CONNECTIONS = 8  # concurrent scrapes served; others wait
+
+#: Drop reasons of the driver besides the codec's.
+DRIVER_DROP_REASONS = ("unknown_vrid", "queue_full")
+
+#: keepalived exporter counter -> the drop reasons it sums.
+_INSTANCE_ERRORS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("keepalived_packet_length_errors", "Received adverts with a bad length",
+     ("truncated", "bad_length")),
+    ("keepalived_advertisements_interval_errors",
+     "Received adverts whose interval differs from the local one", ("advert_int_mismatch",)),
+    ("keepalived_ip_ttl_errors", "Received adverts with a TTL other than 255", ("bad_ttl",)),
+    ("keepalived_invalid_type_received", "Received VRRP packets of a type other than advert",
+     ("bad_type",)),
+    ("keepalived_address_list_errors",
+     "Received adverts whose addresses differ from the local ones",
+     ("addr_count_mismatch", "addr_list_mismatch")),
+    ("keepalived_authentication_invalid", "Received adverts with an unknown authentication type",
+     ()),
+    ("keepalived_authentication_mismatch",
+     "Received adverts whose authentication type differs from the local one",
+     ("auth_type_mismatch",)),
+    ("keepalived_authentication_failure", "Received adverts failing authentication",
+     ("auth_failure", "ah_replay")),
+)
+
+FAILOVER_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0)
+
+_VRRP_LABELS = ["iname", "intf", "vrid"]
+
+
+class InstanceView(Protocol):
+    """What the collector reads of a VRRP instance (``pyalived.vrrp.instance.Instance``)."""
+
+    conf: VrrpInstance
+    tracking: InstanceTracking
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> State: ...
+
+
+class CountersView(Protocol):
+    """What the collector reads of ``pyalived.vrrp.instance.VrrpCounters``."""
+
+    @property
+    def rx_errors(self) -> dict[str, int]: ...
+    @property
+    def instance_rx_errors(self) -> dict[tuple[str, str], int]: ...
+    @property
+    def adverts_received(self) -> dict[str, int]: ...
+    @property
+    def adverts_sent(self) -> dict[str, int]: ...
+    @property
+    def garps_sent(self) -> dict[str, int]: ...
+    @property
+    def transitions(self) -> dict[tuple[str, str], int]: ...
+    @property
+    def tx_errors(self) -> dict[str, int]: ...
+    @property
+    def priority_zero_received(self) -> dict[str, int]: ...
+    @property
+    def priority_zero_sent(self) -> dict[str, int]: ...
+    @property
+    def last_advert_received(self) -> dict[str, float]: ...
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``ADDR:PORT`` or ``[V6ADDR]:PORT`` -> (host, port); ``none`` -> None."""
+    text = value.strip()
+    if text.lower() in ("none", "off", ""):
+        return None
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected ADDR:PORT or 'none', got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    else:
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"expected an IP address in {value!r}") from None
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"invalid port in {value!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"invalid port in {value!r}")
+    return host, port
+
+
+def _labels(inst: InstanceView) -> list[str]:
+    return [inst.name, inst.conf.interface, str(inst.conf.virtual_router_id)]
+
+
+class VrrpCollector(Collector):
+    """Reads counters and instances at scrape time."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterable[Metric]:
+        owner = self._owner
+        counters = owner.counters
+        instances = owner.instances
+        up = GaugeMetricFamily("keepalived_up", "Whether the daemon is running (always 1)")
+        up.add_metric([], 1)
+        yield up
+        info = GaugeMetricFamily("pyalived_build_info", "pyalived version (value 1)",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+        state = GaugeMetricFamily(
+            "keepalived_vrrp_state",
+            "VRRP state per virtual address: 0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT",
+            labels=["iname", "intf", "vrid", "ip_address"],
+        )
+        for inst in instances:
+            for vip in inst.conf.virtual_ipaddress:
+                state.add_metric(
+                    [inst.name, vip.dev or inst.conf.interface,
+                     str(inst.conf.virtual_router_id), str(vip.address)],
+                    int(inst.state),
+                )
+        yield state
+
+        def per_instance(name: str, doc: str, value: Callable[[InstanceView], float]
+                         ) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, doc, labels=_VRRP_LABELS)
+            for inst in instances:
+                family.add_metric(_labels(inst), value(inst))
+            return family
+
+        yield per_instance("keepalived_advertisements_received",
+                           "Valid adverts received",
+                           lambda i: counters.adverts_received.get(i.name, 0))
+        yield per_instance("keepalived_advertisements_sent", "Adverts sent",
+                           lambda i: counters.adverts_sent.get(i.name, 0))
+        yield per_instance("keepalived_become_master", "Transitions to MASTER",
+                           lambda i: counters.transitions.get((i.name, "MASTER"), 0))
+        # MASTER can only be left, so every entry but a current one was released.
+        yield per_instance(
+            "keepalived_release_master", "Transitions out of MASTER",
+            lambda i: counters.transitions.get((i.name, "MASTER"), 0)
+            - (1 if i.state is State.MASTER else 0))
+        def errors(reasons: tuple[str, ...]) -> Callable[[InstanceView], float]:
+            return lambda i: sum(counters.instance_rx_errors.get((i.name, r), 0) for r in reasons)
+
+        for name, doc, reasons in _INSTANCE_ERRORS:
+            yield per_instance(name, doc, errors(reasons))
+        yield per_instance("keepalived_priority_zero_received",
+                           "Priority-0 adverts received (a master stepping down)",
+                           lambda i: counters.priority_zero_received.get(i.name, 0))
+        yield per_instance("keepalived_priority_zero_sent",
+                           "Priority-0 adverts sent",
+                           lambda i: counters.priority_zero_sent.get(i.name, 0))
+        yield per_instance("keepalived_gratuitous_arp_delay",
+                           "Configured garp_master_delay in seconds (as keepalived exporters "
+                           "report it)",
+                           lambda i: i.conf.garp_master_delay)
+
+        scripts: dict[str, bool | None] = {}
+        for inst in instances:
+            for name in inst.tracking.script_names:
+                ok = inst.tracking.script_ok(name)
+                if scripts.get(name) is None:
+                    scripts[name] = ok
+        status = GaugeMetricFamily("keepalived_script_status",
+                                   "Tracked script result: 1 GOOD, 0 BAD", labels=["name"])
+        for name, ok in sorted(scripts.items()):
+            if ok is not None:
+                status.add_metric([name], 1 if ok else 0)
+        yield status
+
+        # pyalived's own
+        dropped = CounterMetricFamily(
+            "pyalived_vrrp_packets_dropped",
+            "Received VRRP datagrams dropped, by reason", labels=["reason"])
+        for reason in (*DROP_REASONS, *DRIVER_DROP_REASONS):
+            dropped.add_metric([reason], counters.rx_errors.get(reason, 0))
+        for reason, count in sorted(counters.rx_errors.items()):
+            if reason not in DROP_REASONS and reason not in DRIVER_DROP_REASONS:
+                dropped.add_metric([reason], count)
+        yield dropped
+        inst_dropped = CounterMetricFamily(
+            "pyalived_vrrp_instance_packets_dropped",
+            "Adverts for an instance's VRID dropped by its checks, by reason",
+            labels=[*_VRRP_LABELS, "reason"])
+        by_name = {inst.name: inst for inst in instances}
+        for (iname, reason), count in sorted(counters.instance_rx_errors.items()):
+            owner_inst = by_name.get(iname)
+            if owner_inst is not None:
+                inst_dropped.add_metric([*_labels(owner_inst), reason], count)
+        yield inst_dropped
+        yield per_instance("pyalived_vrrp_garps_sent", "Gratuitous ARP frames sent",
+                           lambda i: counters.garps_sent.get(i.name, 0))
+        yield per_instance("pyalived_vrrp_send_errors", "Adverts or GARPs that failed to send",
+                           lambda i: counters.tx_errors.get(i.name, 0))
+        transitions = CounterMetricFamily(
+            "pyalived_vrrp_transitions", "State transitions, by new state",
+            labels=[*_VRRP_LABELS, "state"])
+        for inst in instances:
+            for st in State:
+                transitions.add_metric([*_labels(inst), st.name],
+                                       counters.transitions.get((inst.name, st.name), 0))
+        yield transitions
+
+        reload_ts = GaugeMetricFamily(
+            "pyalived_reload_timestamp_seconds",
+            "Unix time the configuration was last applied (start or reload)")
+        reload_ts.add_metric([], owner.reload_timestamp)
+        yield reload_ts
+        reload_ok = GaugeMetricFamily(
+            "pyalived_reload_success", "Whether the last configuration load succeeded (1) or not")
+        reload_ok.add_metric([], 1 if owner.reload_success else 0)
+        yield reload_ok
+
+
+class Metrics:
+    """The daemon's metrics: a private registry, the collector and the pushed values."""
+
+    def __init__(
+        self,
+        counters: CountersView,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.counters = counters
+        self.instances: Sequence[InstanceView] = ()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.reload_timestamp = wall_clock()
+        self.reload_success = True
+        self.failover = Histogram(
+            "pyalived_failover_duration_seconds",
+            "From the last advert heard from the old master to this node's first advert "
+            "as MASTER",
+            labelnames=_VRRP_LABELS,
+            buckets=FAILOVER_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(VrrpCollector(self))
+
+    def attach(self, instances: Sequence[InstanceView]) -> None:
+        """Report on ``instances`` from now on (call once VRRP has built them)."""
+        self.instances = tuple(instances)
+        for inst in self.instances:
+            listeners = getattr(inst, "state_listeners", None)
+            if listeners is not None:
+                listeners.append(self.state_changed)
+
+    def state_changed(self, inst: InstanceView, change: StateChanged) -> None:
+        """State listener: observe a failover when a backup takes over."""
+        if change.old is not State.BACKUP or change.new is not State.MASTER:
+            return
+        heard = self.counters.last_advert_received.get(inst.name)
+        if heard is None:
+            return
+        self.failover.labels(*_labels(inst)).observe(max(0.0, self._clock() - heard))
+
+    def reloaded(self, success: bool) -> None:
+        """Record a configuration reload (for the reload code to call)."""
+        self.reload_success = success
+        if success:
+            self.reload_timestamp = self._wall_clock()
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition for an ``Accept`` header: (body, content type)."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+# ---- HTTP --------------------------------------------------------------------
+
+
+def _response(status: str, content_type: str, body: bytes, *, head: bool = False) -> bytes:
+    header = (
+        f"HTTP/1.0 {status}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    return header if head else header + body
+
+
+def handle_request(metrics: Metrics, request: bytes) -> bytes:
+    """One raw HTTP request head -> one raw response (pure; the server's core)."""
+    try:
+        head = request.decode("latin-1")
+        request_line, *header_lines = head.split("\r\n")
+        method, target, _version = request_line.split(" ", 2)
+    except ValueError:
+        return _response("400 Bad Request", "text/plain", b"bad request\n")
+    headers = {}
+    for line in header_lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    if method not in ("GET", "HEAD"):
+        return _response("405 Method Not Allowed", "text/plain", b"method not allowed\n")
+    path = target.split("?", 1)[0]
+    if path == METRICS_PATH:
+        body, content_type = metrics.render(headers.get("accept", ""))
+        return _response("200 OK", content_type, body, head=method == "HEAD")
+    if path == "/":
+        body = b'<html><body><a href="/metrics">metrics</a></body></html>\n'
+        return _response("200 OK", "text/html", body, head=method == "HEAD")
+    return _response("404 Not Found", "text/plain", b"not found\n", head=method == "HEAD")
+
+
+async def _serve_connection(metrics: Metrics, stream: trio.SocketStream) -> None:
+    async with stream:
+        buf = b""
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            while b"\r\n\r\n" not in buf and len(buf) <= MAX_REQUEST:
+                data = await stream.receive_some(4096)
+                if not data:
+                    break
+                buf += data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 or end > MAX_REQUEST:
+            if len(buf) <= MAX_REQUEST:
+                return  # the client went away or timed out
+            response = _response("431 Request Header Fields Too Large", "text/plain",
+                                 b"request too large\n")
+        else:
+            response = handle_request(metrics, buf[:end])
+        try:
+            with trio.move_on_after(REQUEST_TIMEOUT):
+                await stream.send_all(response)
+        except trio.BrokenResourceError:
+            pass
+
+
+async def serve_metrics(
+    metrics: Metrics,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``metrics`` on http://host:port/metrics until cancelled.
+
+    Reports the listeners as started (``port`` 0 picks a free port).
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        async with limiter:
+            try:
+                await _serve_connection(metrics, stream)
+            except (trio.BrokenResourceError, OSError) as exc:
+                log.debug("metrics connection: %s", exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        task_status.started(listeners)
