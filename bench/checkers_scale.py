@@ -1,9 +1,9 @@
 """Scale benchmark of the health checkers: thousands of TCP_CHECKs on loopback.
 
-Theory of operation: a separate listener process (this script with
-``--listener``) opens N listening sockets on 127.0.0.1 and accepts and closes
-every connection with one epoll loop, so that only the checking side is
-measured here.  The checking process runs ``CheckerScheduler`` with one
+Theory of operation: separate listener processes (this script with
+``--listener``, up to 10,000 sockets each) open N listening sockets on
+127.0.0.1 and accept and close every connection with an epoll loop, so that
+only the checking side is measured here.  The checking process runs ``CheckerScheduler`` with one
 TCP_CHECK per real server (``delay_loop`` 1 s by default, keepalived's default
 warmup spreading the first checks over one ``delay_loop``), lets it settle,
 then measures for ``--duration`` seconds: its own CPU time as a percentage of
@@ -31,6 +31,8 @@ import trio
 
 from pyalived.checkers.scheduler import CallbackSink, CheckerScheduler, RealServerEvent
 from pyalived.checkers.spec import RealServerSpec, TcpCheck, Timing, VirtualServerSpec
+
+LISTENERS_PER_PROCESS = 10000
 
 
 def raise_nofile(needed: int) -> None:
@@ -146,18 +148,31 @@ def main() -> None:
         listener_main(args.servers)
         return
     raise_nofile(args.servers + 4096)
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--listener", "--servers", str(args.servers)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    # Listeners are spread over several processes: a hard RLIMIT_NOFILE
+    # (20000 on the test machines) may be too small for one to hold them all.
+    shares = [LISTENERS_PER_PROCESS] * (args.servers // LISTENERS_PER_PROCESS)
+    if args.servers % LISTENERS_PER_PROCESS:
+        shares.append(args.servers % LISTENERS_PER_PROCESS)
+    procs = []
     try:
-        assert proc.stdout is not None
-        ports = json.loads(proc.stdout.readline())
+        for share in shares:
+            argv = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--listener",
+                "--servers",
+                str(share),
+            ]
+            procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
+        ports: list[int] = []
+        for proc in procs:
+            assert proc.stdout is not None
+            ports += json.loads(proc.stdout.readline())
         trio.run(measure, ports, args.delay_loop, args.settle, args.duration)
     finally:
-        proc.terminate()
-        proc.wait()
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
 
 
 if __name__ == "__main__":
