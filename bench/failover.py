@@ -31,12 +31,14 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyalived.lab import (
     VIP,
+    Event,
     Impl,
     Lab,
     VrrpSpec,
@@ -49,6 +51,24 @@ BACKUP_PRIORITY = 90
 SKEW = (256 - BACKUP_PRIORITY) / 256
 MASTER_DOWN = 3 * 1.0 + SKEW  # 3.6484375
 TIMEOUT = 30.0
+
+
+Predicate = Callable[[list[Event]], list[Event]]
+
+
+def adverts_from(src: str, after: float, zero: bool | None = None) -> Predicate:
+    """Capture predicate: adverts from ``src`` later than ``after``; ``zero`` filters on
+    priority 0 (True), non-zero (False) or neither (None)."""
+    def pick(events: list[Event]) -> list[Event]:
+        return [e for e in adverts(events, src=src, after=after)
+                if zero is None or (e.priority == 0) == zero]
+    return pick
+
+
+def garps_after(after: float) -> Predicate:
+    def pick(events: list[Event]) -> list[Event]:
+        return garps(events, ip=VIP, after=after)
+    return pick
 
 
 def summary(values: list[float]) -> str:
@@ -79,7 +99,7 @@ def bench_idle(impl: Impl, starts: int) -> dict[str, float]:
         for attempt in range(starts):
             proc = lab.start_daemon(node, config("solo", 100, state="MASTER"), impl)
             first = cap.wait_for(
-                lambda ev, t=proc.started_at: adverts(ev, src=node.ip, after=t),
+                adverts_from(node.ip, proc.started_at),
                 TIMEOUT, what="a first advert")[0]
             delays.append(first.time - proc.started_at)
             if attempt == starts - 1:
@@ -102,14 +122,14 @@ def bench_failover(impl: Impl, rounds: int, graceful: int) -> dict[str, list[flo
         for n in range(1, rounds + 1):
             # Let r1 advertise a little so its "last advert" is a steady-state one.
             settle = time.time()
-            cap.wait_for(lambda ev, t=settle: adverts(ev, src=r1.ip, after=t), TIMEOUT)
+            cap.wait_for(adverts_from(r1.ip, settle), TIMEOUT)
             lab.cut(r1)
             cut_at = time.time()
             first = cap.wait_for(
-                lambda ev, t=cut_at: [e for e in adverts(ev, src=r2.ip, after=t) if e.priority],
+                adverts_from(r2.ip, cut_at, zero=False),
                 TIMEOUT, what="the backup's first advert")[0]
             gratuitous = cap.wait_for(
-                lambda ev, t=first.time: garps(ev, ip=VIP, after=t - 0.001), TIMEOUT,
+                garps_after(first.time - 0.001), TIMEOUT,
                 what="a gratuitous ARP")[0]
             last = adverts(cap.events(), src=r1.ip)[-1]
             ratio = (first.time - last.time) / MASTER_DOWN
@@ -121,15 +141,13 @@ def bench_failover(impl: Impl, rounds: int, graceful: int) -> dict[str, list[flo
             lab.wait_sole_holder(r1, VIP, TIMEOUT)
         for n in range(1, graceful + 1):
             settle = time.time()
-            cap.wait_for(lambda ev, t=settle: adverts(ev, src=r1.ip, after=t), TIMEOUT)
+            cap.wait_for(adverts_from(r1.ip, settle), TIMEOUT)
             lab.stop_daemon(r1)
             zero = cap.wait_for(
-                lambda ev, t=settle: [e for e in adverts(ev, src=r1.ip, after=t)
-                                      if e.priority == 0],
+                adverts_from(r1.ip, settle, zero=True),
                 TIMEOUT, what="a priority-0 advert")[0]
             first = cap.wait_for(
-                lambda ev, t=zero.time: [e for e in adverts(ev, src=r2.ip, after=t)
-                                         if e.priority],
+                adverts_from(r2.ip, zero.time, zero=False),
                 TIMEOUT, what="the backup's first advert")[0]
             skew_ratios.append((first.time - zero.time) / SKEW)
             print(f"  graceful round {n}: {first.time - zero.time:.4f} s = "
