@@ -33,7 +33,6 @@ import collections
 import functools
 import logging
 import math
-import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -45,6 +44,7 @@ from pyalived.config.model import (
     AuthType,
     Config,
     InitialState,
+    Notify,
     VirtualIP,
     VrrpInstance,
     VrrpSyncGroup,
@@ -70,6 +70,8 @@ from pyalived.vrrp.ports import (
     ScriptRunner,
     VmacManager,
 )
+from pyalived.vrrp.scripts import split_command
+from pyalived.vrrp.sync import SyncGroup
 from pyalived.vrrp.tracking import (
     InstanceTracking,
     Tracked,
@@ -98,9 +100,7 @@ class VrrpCounters:
     adverts_received: collections.Counter[str] = field(default_factory=collections.Counter)
     adverts_sent: collections.Counter[str] = field(default_factory=collections.Counter)
     garps_sent: collections.Counter[str] = field(default_factory=collections.Counter)
-    transitions: collections.Counter[tuple[str, str]] = field(
-        default_factory=collections.Counter
-    )
+    transitions: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     tx_errors: collections.Counter[str] = field(default_factory=collections.Counter)
     priority_zero_received: collections.Counter[str] = field(default_factory=collections.Counter)
     priority_zero_sent: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -256,6 +256,16 @@ def auth_fields(conf: VrrpInstance) -> tuple[int, bytes]:
     return 2, b"\0" * 8
 
 
+def state_script(notify: Notify, state: State) -> str | None:
+    """The per-state notify script (notify_master, ...) for ``state``; INIT means stop."""
+    return {
+        State.MASTER: notify.master,
+        State.BACKUP: notify.backup,
+        State.FAULT: notify.fault,
+        State.INIT: notify.stop,
+    }[state]
+
+
 class Instance:
     """One VRRP instance: a machine, its inbox and the execution of its actions."""
 
@@ -307,13 +317,12 @@ class Instance:
                 priority=conf.priority,
                 advert_int=conf.advert_int,
                 primary_ip=self.src_ip,
-                initial_state=(
-                    State.MASTER if conf.state is InitialState.MASTER else State.BACKUP
-                ),
+                initial_state=(State.MASTER if conf.state is InitialState.MASTER else State.BACKUP),
                 preempt=not conf.nopreempt,
                 preempt_delay=conf.preempt_delay,
                 garp_master_delay=conf.garp_master_delay,
                 garp_master_refresh=conf.garp_master_refresh,
+                garp_lower_prio_delay=conf.garp_lower_prio_delay,
             )
         )
         self.state_listeners: list[StateListener] = []
@@ -556,9 +565,7 @@ class Instance:
             )
 
     def _state_changed(self, change: StateChanged) -> None:
-        log.info(
-            "(%s) %s -> %s: %s", self.name, change.old.name, change.new.name, change.reason
-        )
+        log.info("(%s) %s -> %s: %s", self.name, change.old.name, change.new.name, change.reason)
         self._counters.transitions[(self.name, change.new.name)] += 1
         if change.new is not State.BACKUP:
             # No longer listening to a master: accept its restarted AH count.
@@ -571,20 +578,15 @@ class Instance:
 
     def _notify(self, state: State) -> None:
         notify = self.conf.notify
-        script = {
-            State.MASTER: notify.master,
-            State.BACKUP: notify.backup,
-            State.FAULT: notify.fault,
-            State.INIT: notify.stop,
-        }[state]
+        script = state_script(notify, state)
         if script:
-            self._scripts.notify(shlex.split(script), self._script_user)
+            self._scripts.notify(split_command(script), self._script_user)
         if notify.generic:
             priority = (
                 self._stop_priority if state is State.INIT else self.machine.effective_priority
             )
             argv = [
-                *shlex.split(notify.generic),
+                *split_command(notify.generic),
                 "INSTANCE",
                 self.name,
                 _NOTIFY_STATE[state],
@@ -660,7 +662,16 @@ def build_instances(
     counters: VrrpCounters,
 ) -> list[Instance]:
     gd = config.global_defs
-    return [
+    groups: dict[str, SyncGroup] = {}
+    for group_conf in config.vrrp_sync_groups:
+        sync = SyncGroup(group_conf.name, group_conf.group)
+        for member in group_conf.group:
+            groups[member] = sync
+
+    def machine_for(conf: VrrpInstance) -> Callable[[MachineConfig], VrrpMachine]:
+        return functools.partial(VrrpMachine, sync=groups.get(conf.name))
+
+    instances = [
         Instance(
             conf,
             primary_ip=ports.primary_ip(conf.interface),
@@ -674,9 +685,62 @@ def build_instances(
             tracking=build_tracking(config, conf),
             multicast_group=gd.vrrp_mcast_group4,
             script_user=gd.script_user,
+            machine_factory=machine_for(conf),
         )
         for conf in config.vrrp_instances
     ]
+    by_name = {inst.name: inst for inst in instances}
+    for group_conf in config.vrrp_sync_groups:
+        follower = _SyncFollower(
+            groups[group_conf.group[0]], group_conf, by_name, ports.scripts, gd.script_user
+        )
+        for member in group_conf.group:
+            by_name[member].state_listeners.append(follower)
+    return instances
+
+
+class _SyncFollower:
+    """Makes a sync group's members follow each other, and runs the group's notify scripts.
+
+    Each member's ``StateChanged`` goes to the pure ``SyncGroup``; the transitions it
+    orders are posted to the other members' inboxes (never executed re-entrantly).  When
+    every member has reached the same state the group's own notify scripts run once, with
+    keepalived's arguments (``GROUP NAME STATE`` for the generic ``notify`` script).
+    """
+
+    def __init__(
+        self,
+        sync: SyncGroup,
+        conf: VrrpSyncGroup,
+        members: dict[str, Instance],
+        scripts: ScriptRunner,
+        script_user: str | None,
+    ) -> None:
+        self._sync = sync
+        self._conf = conf
+        self._members = members
+        self._scripts = scripts
+        self._user = script_user
+        self._notified: State | None = None
+
+    def __call__(self, inst: Instance, change: StateChanged) -> None:
+        for forced in self._sync.state_changed(inst.name, change):
+            self._members[forced.member].force_state(forced.state, forced.reason)
+        states = {self._sync.state_of(m) for m in self._conf.group}
+        if len(states) == 1:
+            (state,) = states
+            if state is not self._notified:
+                self._notified = state
+                self._notify_group(state)
+
+    def _notify_group(self, state: State) -> None:
+        notify = self._conf.notify
+        script = state_script(notify, state)
+        if script:
+            self._scripts.notify(split_command(script), self._user)
+        if notify.generic:
+            argv = [*split_command(notify.generic), "GROUP", self._conf.name, _NOTIFY_STATE[state]]
+            self._scripts.notify(argv, self._user)
 
 
 async def run_vrrp(

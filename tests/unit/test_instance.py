@@ -19,10 +19,12 @@ from pyalived.config.model import (
     Config,
     InitialState,
     Notify,
+    TrackInterface,
     TrackScriptRef,
     VirtualIP,
     VrrpInstance,
     VrrpScript,
+    VrrpSyncGroup,
 )
 from pyalived.daemon import DaemonOptions, run_daemon
 from pyalived.vrrp import packet
@@ -374,3 +376,34 @@ async def test_sigterm_stops_the_daemon_gracefully(autojump_clock: trio.testing.
             os.kill(os.getpid(), signal.SIGTERM)
     assert rig.priorities()[-1] == 0
     assert rig.addresses.present == set()
+
+
+async def test_sync_group_members_follow_each_other(autojump_clock: trio.testing.MockClock) -> None:
+    """A member held BACKUP by a master keeps its group BACKUP; a fault takes the group down."""
+    rig = Rig(links_up=("eth0", "eth1"))
+    a = instance_conf(track_interface=(TrackInterface("eth1"),))
+    b = instance_conf(name="VI_2", virtual_router_id=52)
+    group = VrrpSyncGroup("G1", ("VI_1", "VI_2"), notify=Notify(generic="/etc/group.sh"))
+    config = Config(vrrp_instances=(a, b), vrrp_sync_groups=(group,))
+    async with running(rig, config) as (_, (ia, ib), _start):
+        # VI_2 hears a higher-priority master, VI_1 hears nobody: keepalived keeps
+        # VI_1 BACKUP too, since the group cannot be MASTER as a whole.
+        for _ in range(6):
+            rig.inject(advert_from(PEER, 100, vrid=52))
+            await trio.sleep(1)
+        assert (state(ia), state(ib)) == (State.BACKUP, State.BACKUP)
+        # The master of VRID 52 goes away: VI_2's timer expires and the group follows.
+        await trio.sleep(MASTER_DOWN_90 + 0.01)
+        assert (state(ia), state(ib)) == (State.MASTER, State.MASTER)
+        # A fault on one member takes every member to FAULT.
+        rig.links.set("eth1", False)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (state(ia), state(ib)) == (State.FAULT, State.FAULT)
+        assert rig.addresses.present == set()
+    group_calls = [n.argv for n in rig.scripts.notified if n.argv[0] == "/etc/group.sh"]
+    assert [c[1:] for c in group_calls] == [
+        ("GROUP", "G1", "BACKUP"),
+        ("GROUP", "G1", "MASTER"),
+        ("GROUP", "G1", "FAULT"),
+        ("GROUP", "G1", "STOP"),
+    ]
