@@ -7,12 +7,18 @@ diagnostic, including those found while the daemon applies the config, can
 name ``file:line``.  Defaults are keepalived 2.2.7's defaults.  Values are
 already validated when they reach the model: a ``VrrpInstance`` always has a
 VRID in 1..255 and a priority in 1..255, for example.
+
+The LVS half (``VirtualServer`` and friends) keeps the generic checker options
+(``delay_loop``, ``connect_timeout``, ``retry``, ...) as written at each level,
+``None`` meaning "inherit from the enclosing block"; ``pyalived.config.lvs``
+resolves that inheritance when it builds the checker and IPVS specifications.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
 from ipaddress import IPv4Address, IPv4Interface
 
 
@@ -172,12 +178,187 @@ class GlobalDefs:
     location: Location = NOWHERE
 
 
+# ---- LVS: virtual_server, virtual_server_group -------------------------------
+
+
+class LvsMethod(enum.Enum):
+    """``lvs_method`` / ``lb_kind``: how IPVS forwards to a real server."""
+
+    NAT = "NAT"
+    DR = "DR"
+    TUN = "TUN"
+
+
+class LvsProtocol(enum.Enum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+
+class CheckerType(enum.Enum):
+    TCP_CHECK = "TCP_CHECK"
+    HTTP_GET = "HTTP_GET"
+    SSL_GET = "SSL_GET"
+    MISC_CHECK = "MISC_CHECK"
+
+
+@dataclass(frozen=True)
+class CheckerOptions:
+    """Generic checker options; each level (virtual server, real server, checker)
+    may set them, ``None`` inherits the enclosing level's value."""
+
+    delay_loop: float | None = None
+    connect_timeout: float | None = None
+    retry: int | None = None
+    delay_before_retry: float | None = None
+    warmup: float | None = None
+    alpha: bool | None = None
+
+    def over(self, outer: CheckerOptions) -> CheckerOptions:
+        """These options, with the unset ones taken from ``outer``."""
+        unset = {
+            f.name: getattr(outer, f.name) for f in fields(self) if getattr(self, f.name) is None
+        }
+        return replace(self, **unset)
+
+
+@dataclass(frozen=True)
+class UrlCheck:
+    """One ``url`` block of an HTTP_GET / SSL_GET checker."""
+
+    path: str
+    status_code: tuple[tuple[int, int], ...] = ()  # inclusive ranges; (): 200-299
+    digest: str | None = None  # lower-case hex MD5
+    virtualhost: str | None = None
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
+class Checker:
+    """One checker block of a real server; the fields used depend on ``type``."""
+
+    type: CheckerType
+    location: Location = NOWHERE
+    options: CheckerOptions = field(default_factory=CheckerOptions)
+    # TCP_CHECK, HTTP_GET, SSL_GET
+    connect_ip: IPv4Address | None = None
+    connect_port: int | None = None
+    bindto: IPv4Address | None = None
+    bind_port: int | None = None
+    # HTTP_GET, SSL_GET
+    urls: tuple[UrlCheck, ...] = ()
+    virtualhost: str | None = None
+    http_protocol: str | None = None  # None: "1.0"
+    enable_sni: bool = False
+    # MISC_CHECK
+    misc_path: str | None = None
+    misc_timeout: float | None = None
+    misc_dynamic: bool = False
+    user: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class RealServer:
+    address: IPv4Address
+    port: int | None = None  # None: no port (fwmark services)
+    location: Location = NOWHERE
+    weight: int = 1
+    lvs_method: LvsMethod | None = None  # None: the virtual server's
+    inhibit_on_failure: bool | None = None  # None: the virtual server's
+    notify_up: str | None = None
+    notify_down: str | None = None
+    uthreshold: int = 0
+    lthreshold: int = 0
+    virtualhost: str | None = None
+    options: CheckerOptions = field(default_factory=CheckerOptions)
+    checkers: tuple[Checker, ...] = ()
+
+    def __str__(self) -> str:
+        return str(self.address) if self.port is None else f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SorryServer:
+    address: IPv4Address
+    port: int | None = None
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
+class VirtualServerGroupEntry:
+    """``IP [PORT]``, ``IP-RANGE [PORT]`` (first..last inclusive) or ``fwmark N``."""
+
+    first: IPv4Address | None = None
+    last: IPv4Address | None = None
+    port: int | None = None
+    fwmark: int | None = None
+    location: Location = NOWHERE
+
+    def addresses(self) -> Iterator[IPv4Address]:
+        if self.first is None:
+            return
+        last = self.first if self.last is None else self.last
+        for n in range(int(self.first), int(last) + 1):
+            yield IPv4Address(n)
+
+
+@dataclass(frozen=True)
+class VirtualServerGroup:
+    name: str
+    entries: tuple[VirtualServerGroupEntry, ...] = ()
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
+class VirtualServer:
+    """One ``virtual_server`` block: exactly one of address, fwmark or group is set."""
+
+    address: IPv4Address | None = None
+    port: int | None = None
+    fwmark: int | None = None
+    group: str | None = None
+    location: Location = NOWHERE
+    lvs_sched: str = "wlc"
+    lvs_method: LvsMethod = LvsMethod.NAT
+    protocol: LvsProtocol = LvsProtocol.TCP
+    persistence_timeout: int | None = None  # None: not persistent
+    persistence_granularity: int | None = None  # prefix length; None: per client
+    ops: bool = False
+    sched_flags: frozenset[str] = frozenset()  # "flag-1", "sh-port", "mh-fallback", ...
+    ha_suspend: bool = False
+    virtualhost: str | None = None
+    sorry_server: SorryServer | None = None
+    sorry_server_inhibit: bool = False
+    sorry_server_lvs_method: LvsMethod | None = None
+    quorum: int = 1
+    quorum_up: str | None = None
+    quorum_down: str | None = None
+    hysteresis: int = 0
+    alpha: bool = False
+    omega: bool = False
+    inhibit_on_failure: bool = False
+    options: CheckerOptions = field(default_factory=CheckerOptions)
+    real_servers: tuple[RealServer, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """``IP:PORT``, ``IP``, ``fwmark N`` or ``group NAME``."""
+        if self.group is not None:
+            return f"group {self.group}"
+        if self.fwmark is not None:
+            return f"fwmark {self.fwmark}"
+        return str(self.address) if self.port is None else f"{self.address}:{self.port}"
+
+
 @dataclass(frozen=True)
 class Config:
     global_defs: GlobalDefs = field(default_factory=GlobalDefs)
     vrrp_scripts: tuple[VrrpScript, ...] = ()
     vrrp_instances: tuple[VrrpInstance, ...] = ()
     vrrp_sync_groups: tuple[VrrpSyncGroup, ...] = ()
+    virtual_servers: tuple[VirtualServer, ...] = ()
+    virtual_server_groups: tuple[VirtualServerGroup, ...] = ()
 
     def instance(self, name: str) -> VrrpInstance:
         for inst in self.vrrp_instances:
@@ -189,4 +370,10 @@ class Config:
         for s in self.vrrp_scripts:
             if s.name == name:
                 return s
+        raise KeyError(name)
+
+    def virtual_server_group(self, name: str) -> VirtualServerGroup:
+        for g in self.virtual_server_groups:
+            if g.name == name:
+                return g
         raise KeyError(name)

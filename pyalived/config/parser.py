@@ -31,6 +31,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_address, ip_in
 
 from pyalived.config.diagnostics import Category, Diagnostic, DiagnosticSink, exit_code_for
 from pyalived.config.lexer import lex
+from pyalived.config.lvs_parse import LvsParser
 from pyalived.config.model import (
     Authentication,
     AuthType,
@@ -54,7 +55,7 @@ WEIGHT_MIN, WEIGHT_MAX = -253, 253
 
 # Keywords keepalived 2.2.7 accepts that this project does not implement yet.
 UNSUPPORTED_TOP = frozenset(
-    """virtual_server virtual_server_group static_ipaddress static_routes static_rules
+    """static_ipaddress static_routes static_rules
     vrrp_track_file track_file vrrp_track_process track_process linkbeat_interfaces
     net_namespace net_namespace_ipvs namespace_with_ipsets instance use_pid_dir
     bfd_instance vrrp_track_bfd track_bfd garp_group child_wait_time""".split()
@@ -321,6 +322,7 @@ class _Parser:
         scripts: list[VrrpScript] = []
         instance_nodes: list[Node] = []
         groups: list[VrrpSyncGroup] = []
+        lvs = LvsParser(self)
         for node in nodes:
             if node.name == "global_defs":
                 if seen_global:
@@ -337,10 +339,22 @@ class _Parser:
                 g = self._sync_group(node)
                 if g is not None:
                     groups.append(g)
+            elif node.name == "virtual_server":
+                lvs.virtual_server(node)
+            elif node.name == "virtual_server_group":
+                lvs.group(node)
             else:
                 self._unknown(node, UNSUPPORTED_TOP, "the top level")
         instances = [i for n in instance_nodes if (i := self._instance(n, global_defs))]
-        config = Config(global_defs, tuple(scripts), tuple(instances), tuple(groups))
+        config = Config(
+            global_defs,
+            tuple(scripts),
+            tuple(instances),
+            tuple(groups),
+            tuple(lvs.servers),
+            tuple(lvs.groups),
+        )
+        lvs.cross_check(config)
         self._cross_check(config)
         return self.strict_fixups(config)
 

@@ -1,0 +1,251 @@
+"""From the configured virtual servers to checker specs and the desired IPVS services.
+
+Theory of operation: pure functions over the frozen LVS model of
+``pyalived.config.model``.  ``checker_specs`` builds what the checker
+scheduler runs (``pyalived.checkers.spec``): one ``VirtualServerSpec`` per
+``virtual_server`` block, one ``RealServerSpec`` per ``real_server``, and the
+checkers with keepalived's inheritance resolved: a generic option
+(``delay_loop``, ``connect_timeout``, ``retry``, ``delay_before_retry``,
+``warmup``, ``alpha``) set on the checker wins over the real server's, which
+wins over the virtual server's, and unset everywhere it takes the checker
+type's default; ``virtualhost`` inherits the same way.  ``ipvs_configs``
+builds what the IPVS planner needs (``pyalived.ipvs.model``): one
+``VirtualServerConfig`` per IPVS service, so a ``virtual_server group`` is
+expanded into one service per address of each group entry (ranges included)
+and one per fwmark, all sharing the block's real servers.  Checkers run once
+per real server of a block, so a checker event for a ``VirtualServerSpec``
+name applies to every service of ``services_by_name``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pyalived.checkers.spec import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DELAY_LOOP,
+    DEFAULT_STATUS,
+    CheckerSpec,
+    HttpGet,
+    MiscCheck,
+    RealServerSpec,
+    SslGet,
+    StatusRange,
+    TcpCheck,
+    Timing,
+    UrlSpec,
+    VirtualServerSpec,
+)
+from pyalived.config.model import (
+    Checker,
+    CheckerType,
+    Config,
+    LvsMethod,
+    RealServer,
+    VirtualServer,
+    VirtualServerGroup,
+)
+from pyalived.ipvs.model import (
+    SVC_F_SCHED1,
+    SVC_F_SCHED2,
+    SVC_F_SCHED3,
+    DestKey,
+    Forwarding,
+    Protocol,
+    RealServerConfig,
+    ServiceKey,
+    SorryServerConfig,
+    VirtualServerConfig,
+)
+
+_SCHED_FLAG_BITS = {
+    "flag-1": SVC_F_SCHED1,
+    "sh-fallback": SVC_F_SCHED1,
+    "mh-fallback": SVC_F_SCHED1,
+    "flag-2": SVC_F_SCHED2,
+    "sh-port": SVC_F_SCHED2,
+    "mh-port": SVC_F_SCHED2,
+    "flag-3": SVC_F_SCHED3,
+}
+
+Groups = Mapping[str, VirtualServerGroup]
+
+
+def groups_of(config: Config) -> dict[str, VirtualServerGroup]:
+    return {g.name: g for g in config.virtual_server_groups}
+
+
+# ---- checker side --------------------------------------------------------------
+
+
+def checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> CheckerSpec:
+    """One checker with the virtual server -> real server -> checker inheritance resolved."""
+    o = checker.options.over(rs.options).over(vs.options)
+    timing = Timing(
+        delay_loop=DEFAULT_DELAY_LOOP if o.delay_loop is None else o.delay_loop,
+        retry=o.retry,
+        delay_before_retry=o.delay_before_retry,
+        warmup=o.warmup,
+        alpha=bool(o.alpha),
+    )
+    timeout = DEFAULT_CONNECT_TIMEOUT if o.connect_timeout is None else o.connect_timeout
+    if checker.type is CheckerType.MISC_CHECK:
+        assert checker.misc_path is not None  # the parser refuses a MISC_CHECK without one
+        return MiscCheck(
+            misc_path=checker.misc_path,
+            misc_timeout=checker.misc_timeout,
+            misc_dynamic=checker.misc_dynamic,
+            user=checker.user,
+            group=checker.group,
+            timing=timing,
+        )
+    conn = {
+        "connect_ip": checker.connect_ip,
+        "connect_port": checker.connect_port,
+        "bindto": checker.bindto,
+        "bind_port": checker.bind_port,
+        "connect_timeout": timeout,
+    }
+    if checker.type is CheckerType.TCP_CHECK:
+        return TcpCheck(timing=timing, **conn)  # type: ignore[arg-type]
+    urls = tuple(
+        UrlSpec(
+            path=u.path,
+            status_code=tuple(StatusRange(lo, hi) for lo, hi in u.status_code) or DEFAULT_STATUS,
+            digest=u.digest,
+            virtualhost=u.virtualhost,
+        )
+        for u in checker.urls
+    )
+    vhost = checker.virtualhost or rs.virtualhost or vs.virtualhost
+    proto = checker.http_protocol or "1.0"
+    if checker.type is CheckerType.SSL_GET:
+        return SslGet(
+            urls=urls,
+            virtualhost=vhost,
+            http_protocol=proto,
+            timing=timing,
+            enable_sni=checker.enable_sni,
+            **conn,  # type: ignore[arg-type]
+        )
+    return HttpGet(urls=urls, virtualhost=vhost, http_protocol=proto, timing=timing, **conn)  # type: ignore[arg-type]
+
+
+def real_server_spec(rs: RealServer, vs: VirtualServer) -> RealServerSpec:
+    return RealServerSpec(
+        ip=rs.address,
+        port=rs.port,
+        weight=rs.weight,
+        checkers=tuple(checker_spec(c, rs, vs) for c in rs.checkers),
+    )
+
+
+def virtual_server_spec(vs: VirtualServer) -> VirtualServerSpec:
+    return VirtualServerSpec(
+        name=vs.name,
+        real_servers=tuple(real_server_spec(rs, vs) for rs in vs.real_servers),
+        omega=vs.omega,
+    )
+
+
+def checker_specs(config: Config) -> tuple[VirtualServerSpec, ...]:
+    """What the checker scheduler runs, one ``VirtualServerSpec`` per virtual_server block."""
+    return tuple(virtual_server_spec(vs) for vs in config.virtual_servers)
+
+
+# ---- IPVS side -------------------------------------------------------------------
+
+
+def service_keys(vs: VirtualServer, groups: Groups) -> tuple[ServiceKey, ...]:
+    """The IPVS services of a virtual_server block (a group gives several, or none if unknown)."""
+    proto = Protocol[vs.protocol.value]
+    if vs.fwmark is not None:
+        return (ServiceKey.mark(vs.fwmark),)
+    if vs.address is not None:
+        return (ServiceKey.inet(vs.address, vs.port or 0, proto),)
+    group = groups.get(vs.group or "")
+    if group is None:
+        return ()
+    keys: list[ServiceKey] = []
+    for entry in group.entries:
+        if entry.fwmark is not None:
+            keys.append(ServiceKey.mark(entry.fwmark))
+        else:
+            keys.extend(ServiceKey.inet(a, entry.port or 0, proto) for a in entry.addresses())
+    return tuple(dict.fromkeys(keys))
+
+
+def _forwarding(method: LvsMethod | None) -> Forwarding | None:
+    return None if method is None else Forwarding[method.value]
+
+
+def real_server_config(rs: RealServer) -> RealServerConfig:
+    return RealServerConfig(
+        address=rs.address,
+        port=rs.port or 0,
+        weight=rs.weight,
+        forwarding=_forwarding(rs.lvs_method),
+        inhibit_on_failure=rs.inhibit_on_failure,
+        u_threshold=rs.uthreshold,
+        l_threshold=rs.lthreshold,
+        checked=bool(rs.checkers),
+        location=rs.location,
+    )
+
+
+def ipvs_virtual_servers(vs: VirtualServer, groups: Groups) -> tuple[VirtualServerConfig, ...]:
+    """One ``VirtualServerConfig`` per IPVS service of the block, sharing its real servers."""
+    sorry = None
+    if vs.sorry_server is not None:
+        s = vs.sorry_server
+        sorry = SorryServerConfig(
+            address=s.address,
+            port=s.port or 0,
+            forwarding=_forwarding(vs.sorry_server_lvs_method),
+            location=s.location,
+        )
+    flags = 0
+    for name in vs.sched_flags:
+        flags |= _SCHED_FLAG_BITS[name]
+    real = tuple(real_server_config(rs) for rs in vs.real_servers)
+    forwarding = Forwarding[vs.lvs_method.value]
+    return tuple(
+        VirtualServerConfig(
+            key=key,
+            scheduler=vs.lvs_sched,
+            forwarding=forwarding,
+            persistence_timeout=vs.persistence_timeout,
+            persistence_granularity=vs.persistence_granularity,
+            ops=vs.ops,
+            sched_flags=flags,
+            quorum=vs.quorum,
+            hysteresis=vs.hysteresis,
+            sorry_server=sorry,
+            sorry_server_inhibit=vs.sorry_server_inhibit,
+            inhibit_on_failure=vs.inhibit_on_failure,
+            alpha=vs.alpha,
+            omega=vs.omega,
+            quorum_up=vs.quorum_up,
+            quorum_down=vs.quorum_down,
+            real_servers=real,
+            location=vs.location,
+        )
+        for key in service_keys(vs, groups)
+    )
+
+
+def ipvs_configs(config: Config) -> tuple[VirtualServerConfig, ...]:
+    """Every IPVS service the configuration asks for, in file order."""
+    groups = groups_of(config)
+    return tuple(c for vs in config.virtual_servers for c in ipvs_virtual_servers(vs, groups))
+
+
+def services_by_name(config: Config) -> dict[str, tuple[ServiceKey, ...]]:
+    """``VirtualServerSpec.name`` -> the IPVS services its checkers' verdicts apply to."""
+    groups = groups_of(config)
+    return {vs.name: service_keys(vs, groups) for vs in config.virtual_servers}
+
+
+def dest_key(rs: RealServerSpec) -> DestKey:
+    """The IPVS destination of a checked real server (a checker event's ``real_server``)."""
+    return DestKey(rs.ip, rs.port or 0)
