@@ -12,7 +12,8 @@ type's default; ``virtualhost`` inherits the same way.  ``ipvs_configs``
 builds what the IPVS planner needs (``pyalived.ipvs.model``): one
 ``VirtualServerConfig`` per IPVS service, so a ``virtual_server group`` is
 expanded into one service per address of each group entry (ranges included)
-and one per fwmark, all sharing the block's real servers.  Checkers run once
+and one per fwmark, all sharing the block's real servers (fwmark services
+ignore a real server's port, as keepalived does).  Checkers run once
 per real server of a block, so a checker event for a ``VirtualServerSpec``
 name applies to every service of ``services_by_name``.
 """
@@ -179,10 +180,11 @@ def _forwarding(method: LvsMethod | None) -> Forwarding | None:
     return None if method is None else Forwarding[method.value]
 
 
-def real_server_config(rs: RealServer) -> RealServerConfig:
+def real_server_config(rs: RealServer, fwmark: bool = False) -> RealServerConfig:
+    """IPVS view of a real server; a fwmark service ignores its port, as keepalived does."""
     return RealServerConfig(
         address=rs.address,
-        port=rs.port or 0,
+        port=0 if fwmark else rs.port or 0,
         weight=rs.weight,
         forwarding=_forwarding(rs.lvs_method),
         inhibit_on_failure=rs.inhibit_on_failure,
@@ -207,7 +209,8 @@ def ipvs_virtual_servers(vs: VirtualServer, groups: Groups) -> tuple[VirtualServ
     flags = 0
     for name in vs.sched_flags:
         flags |= _SCHED_FLAG_BITS[name]
-    real = tuple(real_server_config(rs) for rs in vs.real_servers)
+    by_port = tuple(real_server_config(rs) for rs in vs.real_servers)
+    by_mark = tuple(real_server_config(rs, fwmark=True) for rs in vs.real_servers)
     forwarding = Forwarding[vs.lvs_method.value]
     return tuple(
         VirtualServerConfig(
@@ -227,7 +230,7 @@ def ipvs_virtual_servers(vs: VirtualServer, groups: Groups) -> tuple[VirtualServ
             omega=vs.omega,
             quorum_up=vs.quorum_up,
             quorum_down=vs.quorum_down,
-            real_servers=real,
+            real_servers=by_mark if key.fwmark else by_port,
             location=vs.location,
         )
         for key in service_keys(vs, groups)
@@ -246,6 +249,8 @@ def services_by_name(config: Config) -> dict[str, tuple[ServiceKey, ...]]:
     return {vs.name: service_keys(vs, groups) for vs in config.virtual_servers}
 
 
-def dest_key(rs: RealServerSpec) -> DestKey:
-    """The IPVS destination of a checked real server (a checker event's ``real_server``)."""
-    return DestKey(rs.ip, rs.port or 0)
+def dest_key(rs: RealServerSpec, service: ServiceKey | None = None) -> DestKey:
+    """The IPVS destination, in ``service``, of a checked real server (a checker
+    event's ``real_server``); fwmark services ignore the real server's port."""
+    port = 0 if service is not None and service.fwmark else rs.port or 0
+    return DestKey(rs.ip, port)

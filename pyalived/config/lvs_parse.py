@@ -391,9 +391,45 @@ class LvsParser:
                 f" using {vs.quorum - 1}",
             )
             vs = replace(vs, hysteresis=vs.quorum - 1)
+        if self._has_fwmark(vs):
+            for rs in vs.real_servers:
+                if rs.port is not None:
+                    sink.warning(
+                        rs.location,
+                        f"{where}: real_server {rs}: the port is ignored for fwmark services",
+                    )
+        vs_ports = self._ports(vs)
+        for rs in vs.real_servers:
+            method = rs.lvs_method or vs.lvs_method
+            others = sorted(p for p in vs_ports if p != rs.port)
+            if method is not LvsMethod.NAT and rs.port is not None and others:
+                sink.warning(
+                    rs.location,
+                    f"{where}: real_server {rs}: {method.value} cannot change the port;"
+                    f" it differs from the service port {', '.join(map(str, others))}",
+                )
         if not vs.real_servers and vs.sorry_server is None:
             sink.warning(loc, f"{where} has no real_server")
         return vs
+
+    def _has_fwmark(self, vs: VirtualServer) -> bool:
+        if vs.fwmark is not None:
+            return True
+        return any(
+            e.fwmark is not None for g in self.groups if g.name == vs.group for e in g.entries
+        )
+
+    def _ports(self, vs: VirtualServer) -> set[int]:
+        """Ports of the address services of a virtual server (for the DR/TUN check)."""
+        if vs.address is not None:
+            return {vs.port} if vs.port is not None else set()
+        return {
+            e.port
+            for g in self.groups
+            if g.name == vs.group
+            for e in g.entries
+            if e.port is not None
+        }
 
     def _granularity(self, node: Node) -> int | None:
         text = self.p._one(node)

@@ -335,7 +335,11 @@ GROUP = (
 
 def test_virtual_server_group_forms(tmp_path: Path) -> None:
     res = run(tmp_path, GROUP)
-    assert res.diagnostics == (), render(res.diagnostics)
+    # like keepalived: DR cannot map the port; the group's fwmark ignores it
+    d1, d2 = sorted(res.diagnostics, key=lambda d: d.message)
+    assert d1.location.line == d2.location.line == 12
+    assert "DR cannot change the port; it differs from the service port 53, 443, 8080" in d1.message
+    assert "the port is ignored for fwmark services" in d2.message
     cfg = only_config(res)
     g = cfg.virtual_server_group("G")
     assert g.location.line == 1 and [e.location.line for e in g.entries] == [2, 3, 4, 5, 6]
@@ -368,7 +372,10 @@ def test_virtual_server_group_forms(tmp_path: Path) -> None:
     assert dest_key(specs[1].real_servers[0]) == DestKey(IPv4Address("198.18.3.2"), 0)
     # every service of the group carries the block's real servers
     p = plan(configs, {})
-    assert all(DestKey(IPv4Address("198.18.3.1"), 80) in p.table[k].dests for k in keys)
+    rs = specs[0].real_servers[0]
+    assert all(dest_key(rs, k) in p.table[k].dests for k in keys)
+    assert dest_key(rs, keys[-1]) == DestKey(IPv4Address("198.18.3.1"), 0)
+    assert set(p.table[keys[-1]].dests) == {DestKey(IPv4Address("198.18.3.1"), 0)}
 
 
 VS = (
@@ -475,6 +482,8 @@ def test_unsupported_checker_is_a_warning_and_the_rest_applies(tmp_path: Path, k
         (vsx().replace("198.18.0.1 80", "fwmark 3"), 1, "protocol is ignored for fwmark"),
         (vsx().replace("198.18.0.1 80", "198.18.0.1"), 1, "must be persistent; using"),
         (vsx(vs=" real_server 198.18.0.2 80 {\n }"), 8, "real_server 198.18.0.2:80 is already"),
+        (vsx().replace("lb_kind NAT", "lb_kind DR").replace("2 80", "2 81"), 5, "DR cannot"),
+        (vsx().replace("198.18.0.1 80", "fwmark 1"), 5, "port is ignored for fwmark"),
     ],
 )
 def test_warnings_keep_the_config(tmp_path: Path, text: str, line: int, fragment: str) -> None:

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from pyalived.checkers.spec import HttpGet, MiscCheck, SslGet, TcpCheck
 from pyalived.config import LoadResult, Severity, load, render
+from pyalived.config.lvs import checker_specs, ipvs_configs, services_by_name
+from pyalived.config.model import CheckerType, Config, LvsMethod, LvsProtocol, VirtualServer
+from pyalived.ipvs.model import ServiceKey
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "keepalived-samples"
 FILES = sorted(SAMPLES.iterdir()) if SAMPLES.is_dir() else []
@@ -63,10 +67,114 @@ def test_conditional_sample_selects_by_config_id() -> None:
     assert [d.location.line for d in res.diagnostics if d.severity is Severity.ERROR] == [22]
 
 
-def test_unsupported_blocks_are_warnings() -> None:
-    res = load_sample("keepalived.conf.sample")
+def _only_vs(name: str) -> tuple[Config, VirtualServer]:
+    res = load_sample(name)
+    assert res.config is not None, render(res.diagnostics)
+    (vs,) = res.config.virtual_servers
+    return res.config, vs
+
+
+def test_lvs_sample_values() -> None:
+    cfg, vs = _only_vs("keepalived.conf.sample")
+    assert (vs.name, vs.location.line) == ("10.10.10.2:1358", 26)
+    assert (vs.lvs_sched, vs.lvs_method, vs.protocol) == ("rr", LvsMethod.NAT, LvsProtocol.TCP)
+    assert (vs.options.delay_loop, vs.persistence_timeout) == (6.0, 50)
+    assert vs.sorry_server is not None and str(vs.sorry_server.address) == "192.168.200.200"
+    (rs,) = vs.real_servers
+    (http,) = rs.checkers
+    assert http.type is CheckerType.HTTP_GET
+    assert http.urls[0].digest == "640205b7b0fc66c1ea91c463fac6334d"
+    (spec,) = checker_specs(cfg)
+    (chk,) = spec.real_servers[0].checkers
+    assert isinstance(chk, HttpGet) and chk.connect_timeout == 3.0 and chk.effective_retry == 3
+    assert chk.timing.delay_loop == 6.0
+
+
+def test_fwmark_sample() -> None:
+    cfg, vs = _only_vs("keepalived.conf.fwmark")
+    assert vs.fwmark == 1 and vs.persistence_timeout == 900
+    assert [(str(r.address), r.port) for r in vs.real_servers] == [
+        ("192.168.201.100", None),
+        ("192.168.201.101", None),
+    ]
+    (v,) = ipvs_configs(cfg)
+    assert v.key == ServiceKey.mark(1) and v.real_servers[0].port == 0
+    tcp = checker_specs(cfg)[0].real_servers[0].checkers[0]
+    assert isinstance(tcp, TcpCheck) and tcp.connect_port == 80
+
+
+def test_quorum_sample() -> None:
+    cfg, vs = _only_vs("keepalived.conf.quorum")
+    assert (vs.quorum, vs.hysteresis, vs.alpha, vs.omega) == (7, 2, True, True)
+    assert vs.quorum_up == "/usr/local/sbin/quorum-up.sh"
+    assert vs.quorum_down == "/usr/local/sbin/quorum-down.sh"
+    (v,) = ipvs_configs(cfg)
+    assert (v.quorum, v.hysteresis, v.alpha, v.scheduler) == (7, 2, True, "wrr")
+    assert checker_specs(cfg)[0].omega
+
+
+def test_virtual_server_group_sample() -> None:
+    cfg, vs = _only_vs("keepalived.conf.virtual_server_group")
+    assert vs.group == "VSG_1"
+    g = cfg.virtual_server_group("VSG_1")
+    assert len(g.entries) == 6
+    keys = services_by_name(cfg)["group VSG_1"]
+    assert len(keys) == 3 + 8 + 2  # three addresses, 192.168.200.3-10, two fwmarks
+    assert ServiceKey.inet("192.168.200.7", 80) in keys and ServiceKey.mark(2) in keys
+    assert len(ipvs_configs(cfg)) == len(keys)
+
+
+def test_ssl_get_samples() -> None:
+    cfg, _vs = _only_vs("keepalived.conf.HTTP_GET.port")
+    (ssl,) = checker_specs(cfg)[0].real_servers[0].checkers
+    assert isinstance(ssl, SslGet) and ssl.connect_port == 444
+    res = load_sample("keepalived.conf.SSL_GET")
     assert res.config is not None
-    assert any("virtual_server is not supported yet" in d.message for d in res.diagnostics)
+    kinds = [type(c) for s in checker_specs(res.config) for c in s.real_servers[0].checkers]
+    assert kinds == [SslGet, HttpGet]
+    assert [u.path for u in res.config.virtual_servers[0].real_servers[0].checkers[0].urls] == [
+        "/",
+        "/mrtg/",
+    ]
+
+
+def test_misc_check_sample() -> None:
+    cfg, _vs = _only_vs("keepalived.conf.misc_check")
+    (misc,) = checker_specs(cfg)[0].real_servers[0].checkers
+    assert isinstance(misc, MiscCheck) and misc.misc_path == "/usr/local/bin/script.sh"
+    assert load_sample("keepalived.conf.misc_check").exit_code == 6  # no script security
+
+
+def test_inhibit_sample() -> None:
+    cfg, vs = _only_vs("keepalived.conf.inhibit")
+    assert vs.real_servers[0].inhibit_on_failure is True
+    assert ipvs_configs(cfg)[0].real_servers[0].inhibit_on_failure is True
+
+
+def test_status_code_sample() -> None:
+    cfg, vs = _only_vs("keepalived.conf.status_code")
+    u1, u2 = vs.real_servers[0].checkers[0].urls
+    assert u1.status_code == ((200, 299), (400, 499), (503, 503), (505, 505))
+    assert u2.status_code == ((200, 200),) and u2.digest == "9b3a0c85a887a256d6939da88aabd8cd"
+    (ssl,) = checker_specs(cfg)[0].real_servers[0].checkers
+    assert isinstance(ssl, SslGet)
+    assert ssl.urls[0].status_ok(404) and not ssl.urls[0].status_ok(502)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("keepalived.conf.SMTP_CHECK", "SMTP_CHECK"),
+        ("keepalived.conf.UDP_CHECK", "UDP_CHECK"),
+        ("keepalived.conf.PING_CHECK", "PING_CHECK"),
+    ],
+)
+def test_unsupported_checkers_are_warnings(name: str, kind: str) -> None:
+    res = load_sample(name)
+    assert res.config is not None
+    hits = [d for d in res.diagnostics if f"checker {kind} is not supported yet" in d.message]
+    assert hits and all(d.severity is Severity.WARNING for d in hits)
+    assert res.config.virtual_servers and all(vs.real_servers for vs in res.config.virtual_servers)
 
 
 # ---- exit codes against the reference: keepalived 2.2.7's -t -------------------
