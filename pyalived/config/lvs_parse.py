@@ -352,9 +352,12 @@ class LvsParser:
                 p._unknown(n, UNSUPPORTED_VS, where)
         vs = replace(vs, options=opts, sched_flags=frozenset(flags), **fields)  # type: ignore[arg-type]
         vs = replace(vs, real_servers=tuple(real_servers))
-        self.servers.append(self._finish(vs, fields))
+        # a keyword given with a bad value is an error already: no "not set" warning too
+        aliases = {"lb_algo": "lvs_sched", "lb_kind": "lvs_method"}
+        given = set(fields) | {aliases.get(n.name, n.name) for n in body}
+        self.servers.append(self._finish(vs, given))
 
-    def _finish(self, vs: VirtualServer, given: dict[str, object]) -> VirtualServer:
+    def _finish(self, vs: VirtualServer, given: set[str]) -> VirtualServer:
         """keepalived's end-of-block fix-ups, each with a warning."""
         sink = self.p.sink
         where = f"virtual_server {vs.name}"

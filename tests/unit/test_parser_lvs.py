@@ -451,6 +451,11 @@ def test_errors_refuse_the_config(tmp_path: Path, text: str, line: int, fragment
     assert res.exit_code == 5
 
 
+def test_bad_value_is_not_also_reported_as_missing(tmp_path: Path) -> None:
+    res = run(tmp_path, vsx().replace("lb_algo rr", "lb_algo bogus"))
+    assert [d.location.line for d in res.diagnostics] == [3]
+
+
 @pytest.mark.parametrize(
     "kind", ["SMTP_CHECK", "DNS_CHECK", "UDP_CHECK", "PING_CHECK", "BFD_CHECK", "FILE_CHECK"]
 )
