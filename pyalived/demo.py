@@ -82,6 +82,23 @@ def master_of(lab: Lab) -> Node | None:
     return holders[0] if len(holders) == 1 else None
 
 
+def settled_master(lab: Lab, hold: float = 3.0, timeout: float = 40.0) -> Node:
+    """The router that has held the VIP alone for ``hold`` seconds.
+
+    A router whose daemon happened to start first may become master briefly
+    before the higher priority one preempts it; the demo waits that out.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        candidate = wait_for(lambda: master_of(lab), timeout, what="a master")
+        stable_until = time.monotonic() + hold
+        while time.monotonic() < stable_until and master_of(lab) is candidate:
+            time.sleep(0.1)
+        if master_of(lab) is candidate:
+            return candidate
+    raise LabError(f"no stable master within {timeout} s")
+
+
 def run(impl: Impl) -> int:
     print(f"Building a lab: one bridge, two routers running {impl} (configs in {DEMO_DIR})")
     with Lab(2) as lab:
@@ -93,10 +110,9 @@ def run(impl: Impl) -> int:
             lab.start_daemon(node, DEMO_DIR / f"{node.name}.conf", impl)
         print(f"\nWaiting for the election (a backup waits {master_down_interval(100):.3f} s "
               "before declaring itself master)...")
-        master = wait_for(lambda: master_of(lab), 30.0, what="a master")
+        master = settled_master(lab)
         backup = next(n for n in lab.routers if n is not master)
         print(f"MASTER: {master.name} holds {VIP}; BACKUP: {backup.name}")
-        time.sleep(2.0)
 
         print(f"\nCutting {master.name} off the LAN (its bridge port goes down). On the wire:")
         cut_at = time.time()
