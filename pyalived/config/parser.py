@@ -702,6 +702,9 @@ class _Parser:
             return None
         if not vips:
             self.sink.warning(node.location, f"{where} has no virtual_ipaddress")
+        if "state" not in fields and fields.get("priority") == 255:
+            # keepalived: the address owner with no `state` line starts as MASTER.
+            fields["state"] = InitialState.MASTER
         return VrrpInstance(
             name=name,
             interface=interface,

@@ -292,9 +292,9 @@ def test_missing_include_exit_4(tmp_path: Path) -> None:
         ("global_defs {\n smtp_server 198.18.0.1\n}\n" + inst(""), 2, "not supported yet"),
         ("global_defs {\n frobnicate 1\n}\n" + inst(""), 2, "unknown keyword frobnicate"),
         (
-            inst("") + "virtual_server 198.18.0.1 80 {\n real_server 198.18.0.2 80 {\n }\n}\n",
+            inst("") + "static_ipaddress {\n 198.18.0.5/32 dev eth0\n}\n",
             8,
-            "virtual_server is not supported yet; block skipped",
+            "static_ipaddress is not supported yet; block skipped",
         ),
         (inst("") + "bogus_block {\n a\n}\n", 8, "unknown keyword bogus_block"),
         (inst(" virtual_routes {\n  198.18.3.0/24 via 198.18.0.1\n }\n"), 7, "not supported"),
@@ -383,3 +383,10 @@ def test_result_types_are_frozen(tmp_path: Path) -> None:
     d = Diagnostic(Severity.ERROR, res.config.instance("VI_1").location, "m")  # type: ignore[union-attr]
     with pytest.raises(AttributeError):
         d.message = "x"  # type: ignore[misc]
+
+
+def test_owner_without_state_line_starts_master(tmp_path: Path) -> None:
+    owner = only_config(run(tmp_path, inst(" priority 255\n"))).instance("VI_1")
+    assert owner.state is InitialState.MASTER
+    plain = only_config(run(tmp_path, inst(" priority 254\n"))).instance("VI_1")
+    assert plain.state is InitialState.BACKUP
