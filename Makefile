@@ -3,9 +3,16 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-APT_PKGS := python3 python3-venv python3-pip iproute2 keepalived tcpdump nftables procps psmisc
+# The reference peer (keepalived), namespace labs (iproute2, tcpdump, nftables),
+# promtool and a Prometheus server, systemd-analyze, and the IPVS VM (qemu,
+# Debian's kernel, ipvsadm; busybox-static and kmod for virtme-ng's initramfs).
+APT_PKGS := python3 python3-venv python3-pip iproute2 keepalived tcpdump nftables procps \
+	psmisc curl prometheus systemd qemu-system-x86 linux-image-amd64 ipvsadm \
+	busybox-static kmod
+VNG_VENV ?= .vng
+export VNG := $(CURDIR)/$(VNG_VENV)/bin/vng
 
-.PHONY: all deps apt venv test lint unit demo bench clean
+.PHONY: all deps apt venv vng test lint unit demo bench bench-checkers install clean
 
 all: test
 
@@ -24,7 +31,15 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-deps: apt venv
+# virtme-ng boots Debian's kernel under qemu for the IPVS tests; own venv.
+$(VNG_VENV)/.installed:
+	python3 -m venv $(VNG_VENV)
+	$(VNG_VENV)/bin/pip install -q virtme-ng
+	touch $@
+
+vng: $(VNG_VENV)/.installed
+
+deps: apt venv vng
 
 lint: venv
 	$(VENV)/bin/ruff check pyalived tests bench
@@ -42,5 +57,15 @@ demo: deps
 bench: deps
 	$(PY) bench/failover.py
 
+bench-checkers: deps
+	$(PY) bench/checkers_scale.py --servers 5000 --duration 30
+
+# Install the package system-wide and the systemd unit (see README, "Running under systemd").
+install:
+	python3 -m pip install .
+	install -m 0644 systemd/pyalived.service /lib/systemd/system/pyalived.service
+	[ -e /etc/default/pyalived ] || install -m 0644 systemd/pyalived.default /etc/default/pyalived
+	-systemctl daemon-reload
+
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VNG_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
