@@ -33,8 +33,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from socket import AF_INET, AF_INET6
+from typing import TYPE_CHECKING
 
-from pyalived.config.model import NOWHERE, Location
+if TYPE_CHECKING:
+    # Not imported at run time: pyalived.config imports this module.
+    from pyalived.config.model import Location
+
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -341,7 +345,7 @@ class RealServerConfig:
     u_threshold: int = 0
     l_threshold: int = 0
     checked: bool = True  # False: no checkers, so always alive (even with alpha)
-    location: Location = NOWHERE
+    location: Location | None = None  # where the config declared it
 
     @property
     def key(self) -> DestKey:
@@ -353,7 +357,7 @@ class SorryServerConfig:
     address: IPAddress
     port: int = 0
     forwarding: Forwarding | None = None  # sorry_server_lvs_method; None: the VS's
-    location: Location = NOWHERE
+    location: Location | None = None  # where the config declared it
 
     @property
     def key(self) -> DestKey:
@@ -381,7 +385,7 @@ class VirtualServerConfig:
     quorum_up: str | None = None
     quorum_down: str | None = None
     real_servers: tuple[RealServerConfig, ...] = ()
-    location: Location = NOWHERE
+    location: Location | None = None  # where the config declared it
 
     def service(self) -> Service:
         flags = self.sched_flags | (SVC_F_ONEPACKET if self.ops else 0)

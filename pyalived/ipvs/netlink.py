@@ -59,6 +59,12 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
 BATCH_BYTES = 64 * 1024
+# Every failing request queues one error reply (about 1 KiB of receive buffer
+# each, skb overhead included): bound the batch so a batch that fails entirely
+# still fits the default 208 KiB receive buffer.
+BATCH_MESSAGES = 128
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
 SOCKET_BUFFER = 4 * 1024 * 1024
 
 
@@ -93,8 +99,14 @@ class NetlinkIpvs:
     def __init__(self, *, load_module: bool = True) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+            for force, plain in (
+                (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+            ):
+                try:
+                    self._sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+                except OSError:  # not CAP_NET_ADMIN: capped by net.core.[rw]mem_max
+                    self._sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
             for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
                 try:
                     self._sock.setsockopt(SOL_NETLINK, opt, 1)
@@ -120,7 +132,14 @@ class NetlinkIpvs:
         return self._seq
 
     def _recv(self) -> list[genl.Reply]:
-        return list(genl.split(self._sock.recv(SOCKET_BUFFER)))
+        try:
+            data = self._sock.recv(SOCKET_BUFFER)
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                # Replies were dropped; the caller's view of the table is unreliable.
+                raise OSError(errno.ENOBUFS, "IPVS netlink replies lost (receive buffer)") from exc
+            raise
+        return list(genl.split(data))
 
     def _resolve(self) -> int:
         seq = self._next_seq()
@@ -179,7 +198,7 @@ class NetlinkIpvs:
             batch: list[bytes] = []
             by_seq: dict[int, Op] = {}
             size = 0
-            while i < len(ops) and size < BATCH_BYTES:
+            while i < len(ops) and size < BATCH_BYTES and len(batch) < BATCH_MESSAGES:
                 seq = self._next_seq()
                 last = i + 1 == len(ops)
                 cmd, attrs = genl.op_payload(ops[i])
