@@ -371,6 +371,30 @@ class VrrpMachine:
             return self._become_master(now, reason)
         return []  # INIT: only shutdown() stops a machine
 
+    def reconfigure(self, now: float, config: MachineConfig) -> list[Action]:
+        """Configuration reload: take new settings, keeping state and running timers.
+
+        The new advert_int, preempt and GARP settings apply from the next time
+        each timer is armed; nothing is sent now.  Priority changes come through
+        ``set_priority`` (tracking owns the effective priority).  Becoming or
+        ceasing to be the address owner needs a new machine, not this.
+        """
+        if (config.priority == OWNER_PRIORITY) != self._owner:
+            raise ValueError("address ownership cannot change in place")
+        if config.advert_int <= 0:
+            raise ValueError(f"advert_int {config.advert_int} must be positive")
+        self.config = config
+        initial_master = config.initial_state is State.MASTER
+        self._preempt = config.preempt or initial_master
+        self._preempt_delay = 0.0 if initial_master else max(0.0, config.preempt_delay)
+        lower = config.garp_lower_prio_delay
+        self._garp_lower_delay = config.garp_master_delay if lower is None else lower
+        if config.garp_master_refresh <= 0:
+            self._garp_refresh_at = None
+        elif self._state is State.MASTER and self._garp_refresh_at is None:
+            self._garp_refresh_at = now + config.garp_master_refresh
+        return []
+
     def shutdown(self, now: float) -> list[Action]:
         """Graceful stop: a MASTER sends a priority-0 advert and drops its VIPs."""
         if not self._started or self._stopped:

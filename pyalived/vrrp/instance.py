@@ -25,6 +25,12 @@ VMAC interface unless ``vmac_xmit_base``.  On cancellation the instance runs
 its VIPs), runs its stop notify scripts and deletes its VMAC inside a
 shielded scope with a time limit, so a daemon stop completes even though the
 surrounding nursery is being cancelled.
+
+``VrrpRuntime`` holds the running instances of one config and applies a
+configuration reload (``pyalived.reload``): removed instances stop
+gracefully, changed ones are reconfigured by their own task (state, timers
+and unchanged VIPs kept; a MASTER adds only the new VIPs and sends gratuitous
+ARPs for those alone), new ones start, and receivers and trackers follow.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from pyalived.config.model import (
     Notify,
     VirtualIP,
     VrrpInstance,
+    VrrpScript,
     VrrpSyncGroup,
 )
 from pyalived.vrrp import packet
@@ -171,9 +178,21 @@ class Demux:
         self._pool = pool
         self._counters = counters
         self._routes: dict[tuple[str, int], dict[int, Sink]] = {}
+        self._nursery: trio.Nursery | None = None
 
     def register(self, ifname: str, proto: int, vrid: int, sink: Sink) -> None:
-        self._routes.setdefault((ifname, proto), {})[vrid] = sink
+        key = (ifname, proto)
+        new_key = key not in self._routes
+        self._routes.setdefault(key, {})[vrid] = sink
+        if new_key and self._nursery is not None:
+            # A reload added an instance on a new (interface, protocol).
+            self._nursery.start_soon(self._receive, key, self._pool.advert(*key))
+
+    def unregister(self, ifname: str, proto: int, vrid: int, sink: Sink) -> None:
+        """Forget ``sink`` (if it still owns the VRID); its receiver keeps running."""
+        routes = self._routes.get((ifname, proto), {})
+        if routes.get(vrid) == sink:
+            del routes[vrid]
 
     def dispatch(self, key: tuple[str, int], datagram: bytes) -> None:
         try:
@@ -199,7 +218,12 @@ class Demux:
             for key in self._routes:
                 sock = self._pool.advert(*key)
                 nursery.start_soon(self._receive, key, sock)
+            self._nursery = nursery
             task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
 
     async def _receive(self, key: tuple[str, int], sock: AdvertSocket) -> None:
         while True:
@@ -234,7 +258,14 @@ class _Force:
     reason: str
 
 
-_Event = _Rx | _Script | _Link | _Force
+@dataclass(frozen=True)
+class _Reconf:
+    conf: VrrpInstance
+    tracking: InstanceTracking
+    done: trio.Event
+
+
+_Event = _Rx | _Script | _Link | _Force | _Reconf
 
 StateListener = Callable[["Instance", StateChanged], None]
 
@@ -264,6 +295,33 @@ def state_script(notify: Notify, state: State) -> str | None:
         State.FAULT: notify.fault,
         State.INIT: notify.stop,
     }[state]
+
+
+def machine_config(conf: VrrpInstance, src_ip: IPv4Address) -> MachineConfig:
+    """The state machine's settings for ``conf``, tie-breaking on ``src_ip``."""
+    return MachineConfig(
+        name=conf.name,
+        vrid=conf.virtual_router_id,
+        priority=conf.priority,
+        advert_int=conf.advert_int,
+        primary_ip=src_ip,
+        initial_state=(State.MASTER if conf.state is InitialState.MASTER else State.BACKUP),
+        preempt=not conf.nopreempt,
+        preempt_delay=conf.preempt_delay,
+        garp_master_delay=conf.garp_master_delay,
+        garp_master_refresh=conf.garp_master_refresh,
+        garp_lower_prio_delay=conf.garp_lower_prio_delay,
+    )
+
+
+def _expectation(conf: VrrpInstance) -> packet.Expectation:
+    return packet.Expectation(
+        vrid=conf.virtual_router_id,
+        advert_int=max(1, round(conf.advert_int)),
+        addresses=frozenset(v.ip for v in conf.virtual_ipaddress),
+        auth_type=conf.authentication.type if conf.authentication else None,
+        auth_key=conf.authentication.password if conf.authentication else b"",
+    )
 
 
 class Instance:
@@ -310,34 +368,15 @@ class Instance:
         self.destinations: tuple[IPv4Address, ...] = conf.unicast_peer or (multicast_group,)
         self.vips: tuple[VirtualIP, ...] = conf.virtual_ipaddress + conf.virtual_ipaddress_excluded
         self.tracking = tracking or InstanceTracking(conf.priority)
-        self.machine = machine_factory(
-            MachineConfig(
-                name=conf.name,
-                vrid=conf.virtual_router_id,
-                priority=conf.priority,
-                advert_int=conf.advert_int,
-                primary_ip=self.src_ip,
-                initial_state=(State.MASTER if conf.state is InitialState.MASTER else State.BACKUP),
-                preempt=not conf.nopreempt,
-                preempt_delay=conf.preempt_delay,
-                garp_master_delay=conf.garp_master_delay,
-                garp_master_refresh=conf.garp_master_refresh,
-                garp_lower_prio_delay=conf.garp_lower_prio_delay,
-            )
-        )
+        self._multicast_group = multicast_group
+        self.machine = machine_factory(machine_config(conf, self.src_ip))
         self.state_listeners: list[StateListener] = []
         self._inbox_tx, self._inbox_rx = trio.open_memory_channel[_Event](math.inf)
         self._ip_id = 0
         self._ah_seq = 0
         self._ah_last: int | None = None  # last accepted AH sequence number (anti-replay)
         self._auth_type, self._auth_data = auth_fields(conf)
-        self._expect = packet.Expectation(
-            vrid=conf.virtual_router_id,
-            advert_int=max(1, round(conf.advert_int)),
-            addresses=frozenset(v.ip for v in conf.virtual_ipaddress),
-            auth_type=conf.authentication.type if conf.authentication else None,
-            auth_key=conf.authentication.password if conf.authentication else b"",
-        )
+        self._expect = _expectation(conf)
         self._applied: Verdict | None = None
         self._stop_notified = False
         self._stop_priority = conf.priority
@@ -365,6 +404,22 @@ class Instance:
 
     def force_state(self, state: State, reason: str) -> None:
         self._post(_Force(state, reason))
+
+    async def reconfigure(self, conf: VrrpInstance, tracking: InstanceTracking) -> None:
+        """Configuration reload: apply ``conf`` in place and wait until the task has.
+
+        The state, its timers and the unchanged VIPs are kept and nothing is
+        sent for them; on a MASTER the added VIPs are configured and only they
+        are announced by gratuitous ARP, the removed ones are deleted.  The
+        caller guarantees that the reload identity (VRID, interface) and the
+        settings that need a restart (``pyalived.reload.RESTART_FIELDS``) are
+        unchanged.  Returns at once if the instance is not running.
+        """
+        if not self.started:
+            return
+        done = trio.Event()
+        self._post(_Reconf(conf, tracking, done))
+        await done.wait()
 
     def _post(self, event: _Event) -> None:
         # Control events are never dropped (the inbox is unbounded; only
@@ -424,6 +479,11 @@ class Instance:
         elif isinstance(event, _Link):
             self.tracking.update_link(event.ifname, event.up)
             await self._apply_tracking()
+        elif isinstance(event, _Reconf):
+            try:
+                await self._reconfigure(event.conf, event.tracking)
+            finally:
+                event.done.set()
         else:
             await self._execute(self.machine.force_state(now, event.state, event.reason))
 
@@ -464,6 +524,41 @@ class Instance:
         if verdict.faulty != previous.faulty:
             reason = verdict.reason if verdict.faulty else "tracked items recovered"
             await self._execute(self.machine.set_fault(now, verdict.faulty, reason))
+
+    async def _reconfigure(self, conf: VrrpInstance, tracking: InstanceTracking) -> None:
+        from pyalived.reload import vip_key
+
+        old_keys = {vip_key(v) for v in self.vips}
+        new_vips = conf.virtual_ipaddress + conf.virtual_ipaddress_excluded
+        new_keys = {vip_key(v) for v in new_vips}
+        added = tuple(v for v in new_vips if vip_key(v) not in old_keys)
+        removed = tuple(v for v in self.vips if vip_key(v) not in new_keys)
+        if conf.name != self.name:
+            log.info("(%s) renamed to %s", self.name, conf.name)
+        self.conf = conf
+        self.name = conf.name
+        self.vips = new_vips
+        self.destinations = conf.unicast_peer or (self._multicast_group,)
+        self._auth_type, self._auth_data = auth_fields(conf)
+        self._expect = _expectation(conf)
+        # Carry the known results over to the new tracking set.
+        for name in tracking.script_names:
+            ok = self.tracking.script_ok(name)
+            if ok is not None:
+                tracking.update_script(name, ok)
+        if self._links is not None:
+            for ifname in tracking.interface_names:
+                tracking.update_link(ifname, self._links.is_up(ifname))
+        self.tracking = tracking
+        now = trio.current_time()
+        await self._execute(self.machine.reconfigure(now, machine_config(conf, self.src_ip)))
+        if self.machine.state is State.MASTER:
+            if removed:
+                await self._vip_change(removed, adding=False)
+            if added:
+                await self._vip_change(added, adding=True)
+                self._send_garp(GarpKind.MASTER, added)
+        await self._apply_tracking()
 
     # -- executing actions --
 
@@ -524,12 +619,13 @@ class Instance:
             return self.conf.garp_lower_prio_repeat
         return self.conf.garp_master_repeat
 
-    def _send_garp(self, kind: GarpKind) -> None:
+    def _send_garp(self, kind: GarpKind, vips: Sequence[VirtualIP] | None = None) -> None:
         count = self._garp_count(kind)
-        if count <= 0 or not self.vips:
+        vips = self.vips if vips is None else vips
+        if count <= 0 or not vips:
             return
         by_dev: dict[str, list[IPv4Address]] = {}
-        for vip in self.vips:
+        for vip in vips:
             by_dev.setdefault(vip.dev or self.garp_dev, []).append(vip.ip)
         for dev, ips in by_dev.items():
             try:
@@ -541,14 +637,16 @@ class Instance:
                 self._counters.garps_sent[self.name] += count * len(ips)
 
     async def _vip_action(self, action: AddVips | RemoveVips) -> None:
-        if not self.vips:
+        await self._vip_change(self.vips, adding=isinstance(action, AddVips))
+
+    async def _vip_change(self, vips: tuple[VirtualIP, ...], *, adding: bool) -> None:
+        if not vips:
             return
-        adding = isinstance(action, AddVips)
         try:
             if adding:
-                await self._addresses.add(self.vip_dev, self.vips)
+                await self._addresses.add(self.vip_dev, vips)
             else:
-                await self._addresses.remove(self.vip_dev, self.vips)
+                await self._addresses.remove(self.vip_dev, vips)
         except OSError as exc:
             log.error(
                 "(%s) %s virtual addresses failed: %s",
@@ -561,7 +659,7 @@ class Instance:
                 "(%s) %s %d virtual address(es)",
                 self.name,
                 "added" if adding else "removed",
-                len(self.vips),
+                len(vips),
             )
 
     def _state_changed(self, change: StateChanged) -> None:
@@ -660,10 +758,20 @@ def build_instances(
     pool: SocketPool,
     demux: Demux,
     counters: VrrpCounters,
+    only: Sequence[VrrpInstance] | None = None,
 ) -> list[Instance]:
+    """The ``Instance`` of every configured instance (or of ``only`` those).
+
+    Sync groups are wired among the built instances; with ``only``, a group
+    is wired when all of its members are being built (a reload restarts a
+    changed group whole).
+    """
     gd = config.global_defs
+    confs = config.vrrp_instances if only is None else tuple(only)
+    building = {conf.name for conf in confs}
+    wired = [g for g in config.vrrp_sync_groups if set(g.group) <= building]
     groups: dict[str, SyncGroup] = {}
-    for group_conf in config.vrrp_sync_groups:
+    for group_conf in wired:
         sync = SyncGroup(group_conf.name, group_conf.group)
         for member in group_conf.group:
             groups[member] = sync
@@ -687,10 +795,10 @@ def build_instances(
             script_user=gd.script_user,
             machine_factory=machine_for(conf),
         )
-        for conf in config.vrrp_instances
+        for conf in confs
     ]
     by_name = {inst.name: inst for inst in instances}
-    for group_conf in config.vrrp_sync_groups:
+    for group_conf in wired:
         follower = _SyncFollower(
             groups[group_conf.group[0]], group_conf, by_name, ports.scripts, gd.script_user
         )
@@ -743,6 +851,186 @@ class _SyncFollower:
             self._scripts.notify(argv, self._user)
 
 
+class VrrpRuntime:
+    """The running VRRP half of a config; ``apply`` moves it to a reloaded config.
+
+    Every instance runs in its own cancel scope under the runtime's nursery, so
+    a reload can stop one (gracefully: priority-0 advert if MASTER) without
+    touching the others.  The receivers, the link dispatcher and one tracker
+    per ``vrrp_script`` are shared; their subscriber lists are edited in place
+    on reload, and a tracker is restarted only when its script changed.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        ports: VrrpPorts,
+        counters: VrrpCounters | None = None,
+        *,
+        on_instances: Callable[[Sequence[Instance], Sequence[Instance]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.ports = ports
+        self.counters = counters if counters is not None else VrrpCounters()
+        self.pool = SocketPool(ports.sockets)
+        self.demux = Demux(self.pool, self.counters)
+        self.instances: list[Instance] = []
+        # Called with (all instances, newly built ones) at start and after each reload.
+        self.on_instances = on_instances
+        self._running: dict[Instance, tuple[trio.CancelScope, trio.Event]] = {}
+        self._link_subs: dict[str, list[Callable[[str, bool], None]]] = {}
+        self._link_dispatch = False
+        self._script_subs: dict[str, list[Callable[[str, bool], None]]] = {}
+        self._trackers: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._lock = trio.Lock()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[VrrpRuntime] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start every instance; run until cancelled, then stop them gracefully."""
+        try:
+            self.instances = build_instances(
+                self.config, self.ports, self.pool, self.demux, self.counters
+            )
+            if self.on_instances is not None:
+                self.on_instances(self.instances, self.instances)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.demux.run)
+                await self._sync_links()
+                for inst in self.instances:
+                    await self._start(inst)
+                await self._sync_scripts(())
+                task_status.started(self)
+        finally:
+            self._nursery = None
+            self.pool.close()
+
+    async def apply(self, config: Config, plan: ReloadPlanLike) -> None:
+        """Move to ``config`` as ``plan`` (``pyalived.reload.plan_reload``) says."""
+        from pyalived.reload import instance_key
+
+        async with self._lock:
+            by_key = {instance_key(inst.conf): inst for inst in self.instances}
+            for conf in [*plan.removed, *(u.old for u in plan.restarted)]:
+                inst = by_key.pop(instance_key(conf), None)
+                if inst is not None:
+                    await self._stop(inst)
+            for upd in plan.in_place:
+                inst = by_key.get(instance_key(upd.old))
+                if inst is not None:
+                    await inst.reconfigure(upd.new, build_tracking(config, upd.new))
+            fresh_confs = [*plan.added, *(u.new for u in plan.restarted)]
+            fresh = build_instances(
+                config, self.ports, self.pool, self.demux, self.counters, only=fresh_confs
+            )
+            for inst in fresh:
+                by_key[instance_key(inst.conf)] = inst
+            self.config = config
+            self.instances = [by_key[instance_key(c)] for c in config.vrrp_instances]
+            if self.on_instances is not None:
+                self.on_instances(self.instances, fresh)
+            await self._sync_links()
+            for inst in fresh:
+                await self._start(inst)
+            await self._sync_scripts(plan.scripts_changed)
+
+    # -- internals --
+
+    def _nursery_or_fail(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError("the VRRP runtime is not running")
+        return self._nursery
+
+    async def _start(self, inst: Instance) -> None:
+        done = trio.Event()
+
+        async def runner(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with trio.CancelScope() as scope:
+                    self._running[inst] = (scope, done)
+                    await inst.run(task_status=task_status)
+            finally:
+                self._running.pop(inst, None)
+                done.set()
+
+        await self._nursery_or_fail().start(runner)
+
+    async def _stop(self, inst: Instance) -> None:
+        entry = self._running.get(inst)
+        if entry is not None:
+            scope, done = entry
+            scope.cancel()
+            await done.wait()
+        self.demux.unregister(inst.conf.interface, inst.proto, inst.conf.virtual_router_id,
+                              inst.deliver)
+
+    async def _sync_links(self) -> None:
+        subs: dict[str, list[Callable[[str, bool], None]]] = {}
+        for inst in self.instances:
+            for ifname in inst.tracking.interface_names:
+                subs.setdefault(ifname, []).append(inst.post_link)
+        self._link_subs.clear()
+        self._link_subs.update(subs)
+        if subs and not self._link_dispatch:
+            self._link_dispatch = True
+            await self._nursery_or_fail().start(
+                run_link_dispatch, self.ports.links, self._link_subs
+            )
+
+    async def _sync_scripts(self, changed: Sequence[str]) -> None:
+        subs: dict[str, list[Callable[[str, bool], None]]] = {}
+        for inst in self.instances:
+            for name in inst.tracking.script_names:
+                subs.setdefault(name, []).append(inst.post_script)
+        for name in list(self._trackers):
+            if name not in subs or name in changed:
+                self._trackers.pop(name).cancel()
+        for name in list(self._script_subs):
+            if name not in subs:
+                del self._script_subs[name]
+        for name, targets in subs.items():
+            self._script_subs.setdefault(name, [])[:] = targets
+            if name not in self._trackers:
+                await self._nursery_or_fail().start(self._tracker, self.config.script(name))
+
+    async def _tracker(
+        self, script: VrrpScript, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope() as scope:
+            self._trackers[script.name] = scope
+            await run_script_tracker(
+                script,
+                self.ports.scripts,
+                self._script_subs[script.name],
+                default_user=self.config.global_defs.script_user,
+                task_status=task_status,
+            )
+
+
+class _UpdateLike(Protocol):
+    @property
+    def old(self) -> VrrpInstance: ...
+    @property
+    def new(self) -> VrrpInstance: ...
+
+
+class ReloadPlanLike(Protocol):
+    """What ``VrrpRuntime.apply`` reads of a ``pyalived.reload.ReloadPlan``."""
+
+    @property
+    def added(self) -> Sequence[VrrpInstance]: ...
+    @property
+    def removed(self) -> Sequence[VrrpInstance]: ...
+    @property
+    def in_place(self) -> Sequence[_UpdateLike]: ...
+    @property
+    def restarted(self) -> Sequence[_UpdateLike]: ...
+    @property
+    def scripts_changed(self) -> Sequence[str]: ...
+
+
 async def run_vrrp(
     config: Config,
     ports: VrrpPorts,
@@ -752,35 +1040,12 @@ async def run_vrrp(
     task_status: trio.TaskStatus[list[Instance]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run every VRRP instance of ``config`` until cancelled, then stop them gracefully."""
-    counters = counters if counters is not None else VrrpCounters()
-    pool = SocketPool(ports.sockets)
-    demux = Demux(pool, counters)
-    try:
-        instances = build_instances(config, ports, pool, demux, counters)
-        if on_instances is not None:
-            on_instances(instances)
-        link_subs: dict[str, list[Callable[[str, bool], None]]] = {}
-        script_subs: dict[str, list[Callable[[str, bool], None]]] = {}
-        for inst in instances:
-            for ifname in inst.tracking.interface_names:
-                link_subs.setdefault(ifname, []).append(inst.post_link)
-            for name in inst.tracking.script_names:
-                script_subs.setdefault(name, []).append(inst.post_script)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(demux.run)
-            if link_subs:
-                await nursery.start(run_link_dispatch, ports.links, link_subs)
-            for inst in instances:
-                await nursery.start(inst.run)
-            for name, subs in script_subs.items():
-                tracker = functools.partial(
-                    run_script_tracker,
-                    config.script(name),
-                    ports.scripts,
-                    subs,
-                    default_user=config.global_defs.script_user,
-                )
-                await nursery.start(tracker)
-            task_status.started(instances)
-    finally:
-        pool.close()
+
+    def first_only(all_instances: Sequence[Instance], fresh: Sequence[Instance]) -> None:
+        if on_instances is not None and all_instances is fresh:
+            on_instances(list(all_instances))
+
+    runtime = VrrpRuntime(config, ports, counters, on_instances=first_only)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        task_status.started(runtime.instances)
