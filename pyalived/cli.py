@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=DEFAULT_METRICS_LISTEN,
                    help="serve Prometheus metrics on ADDR:PORT ([V6ADDR]:PORT for IPv6), "
                         f"'none' to disable (default {DEFAULT_METRICS_LISTEN})")
+    p.add_argument("--dump-dir", metavar="DIR", default="/tmp",
+                   help="directory of the SIGUSR1/SIGUSR2/SIGRTMIN+2 dumps pyalived.data, "
+                        "pyalived.stats, pyalived.json (default /tmp)")
     p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
     p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
     for short, long, takes_value in REFUSED:
@@ -279,7 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyalived.daemon import DaemonOptions
 
         return _run(result.config, DaemonOptions(
-            vrrp=run_vrrp, checkers=run_checkers, metrics_listen=args.metrics_listen))
+            vrrp=run_vrrp, checkers=run_checkers, metrics_listen=args.metrics_listen,
+            config_path=conf_path, config_id=args.config_id,
+            dump_dir=os.path.abspath(args.dump_dir)))
     except PidFileError as exc:
         log.error("%s", exc)
         if args.dont_fork and not args.log_console:

@@ -8,8 +8,11 @@ half (``pyalived.vrrp.instance.run_vrrp``: one task per instance, shared
 receivers, track-script runners, the link watcher) and reports itself
 started.  SIGTERM and SIGINT cancel the services: each instance then stops
 gracefully (priority-0 advert, VIPs removed, VMAC deleted) inside its own
-shielded scope, and ``run_daemon`` returns.  SIGHUP is acknowledged but
-configuration reload is not implemented yet.
+shielded scope, and ``run_daemon`` returns.  SIGHUP re-reads the
+configuration file: a config with errors is refused (diagnostics logged, the
+running one untouched); a valid one is applied as a difference
+(``pyalived.reload``), leaving unchanged instances alone.  SIGUSR1, SIGUSR2
+and SIGRTMIN+2 write the state, statistics and JSON dumps (``pyalived.dump``).
 
 Operations hooks: with ``metrics_listen`` set, a ``pyalived.metrics`` HTTP
 server runs as one more service, reading the live counters and instances at
@@ -22,10 +25,10 @@ not exist yet: with ``checkers`` only, the daemon runs with no service.
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -36,12 +39,13 @@ import trio
 from pyalived.config.model import Config
 from pyalived.metrics import Metrics, serve_metrics
 from pyalived.sdnotify import Notifier, run_watchdog
-from pyalived.vrrp.instance import Instance, VrrpCounters, VrrpPorts, run_vrrp
+from pyalived.vrrp.instance import Instance, VrrpCounters, VrrpPorts, VrrpRuntime
 from pyalived.vrrp.ports import AdvertSocket, GarpSocket
 
 log = logging.getLogger("pyalived.daemon")
 
 PortsFactory = Callable[[Config], AbstractAsyncContextManager[VrrpPorts]]
+Loader = Callable[[], Awaitable[Any]]  # re-reads the config: a pyalived.config.LoadResult
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,9 @@ class DaemonOptions:
     vrrp: bool = True  # run the VRRP half (-P alone: only this)
     checkers: bool = True  # run the health-checker half (-C alone: only this; not written yet)
     metrics_listen: tuple[str, int] | None = None  # (host, port) of the metrics server; None: off
+    config_path: str | None = None  # re-read on SIGHUP; None: reload refused
+    config_id: str | None = None  # -i, for '@' lines on reload
+    dump_dir: str = "/tmp"  # where SIGUSR1/SIGUSR2/SIGRTMIN+2 write their dumps
 
 
 class _NetSockets:
@@ -111,22 +118,31 @@ async def run_daemon(
     counters: VrrpCounters | None = None,
     notifier: Notifier | None = None,
     metrics: Metrics | None = None,
+    loader: Loader | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until SIGTERM/SIGINT (or cancellation), then stop every service gracefully."""
+    """Run until SIGTERM/SIGINT (or cancellation), then stop every service gracefully.
+
+    ``loader`` re-reads the configuration on SIGHUP (default: ``options.config_path``).
+    """
     ports_factory = ports or production_ports
     counters = counters if counters is not None else VrrpCounters()
     notifier = notifier if notifier is not None else Notifier(None)
     metrics = metrics if metrics is not None else Metrics(counters)
+    from pyalived import dump
+
     stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    with trio.open_signal_receiver(*stop_signals) as signals:
+    dump_signals = (dump.SIGDATA, dump.SIGSTATS, dump.SIGJSON)
+    loader = loader or _file_loader(options)
+    runtime: VrrpRuntime | None = None
+    with trio.open_signal_receiver(*stop_signals, *dump_signals) as signals:
         # The command line blocks these until now (no-op otherwise); any that
         # arrived in between are delivered to the receiver.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
         async with trio.open_nursery() as nursery:
             if options.vrrp:
-                await nursery.start(
-                    _vrrp_service, config, ports_factory, counters, metrics.attach
+                runtime = await nursery.start(
+                    _vrrp_service, config, ports_factory, counters, _attacher(metrics)
                 )
                 log.info("VRRP started with %d instance(s)", len(config.vrrp_instances))
             if options.checkers and not options.vrrp:
@@ -139,7 +155,10 @@ async def run_daemon(
             task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    log.warning("SIGHUP received: configuration reload is not supported yet")
+                    await _reload(runtime, loader, notifier, metrics)
+                    continue
+                if signum in dump_signals:
+                    await _dump(signum, runtime, counters, options.dump_dir)
                     continue
                 log.info("%s received, stopping", signal.Signals(signum).name)
                 notifier.stopping(status=f"stopping on {signal.Signals(signum).name}")
@@ -158,16 +177,91 @@ async def _start_metrics(nursery: trio.Nursery, metrics: Metrics, host: str, por
         log.info("metrics served on %s port %d", host, port)
 
 
+def _attacher(metrics: Metrics) -> Callable[[Sequence[Instance], Sequence[Instance]], None]:
+    def attach(instances: Sequence[Instance], fresh: Sequence[Instance]) -> None:
+        metrics.attach(fresh)  # listeners on the new instances only
+        metrics.instances = tuple(instances)
+
+    return attach
+
+
+def _file_loader(options: DaemonOptions) -> Loader | None:
+    if options.config_path is None:
+        return None
+    path, config_id = options.config_path, options.config_id
+
+    def interface_exists(name: str) -> bool:
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            return False
+        return True
+
+    async def load() -> Any:
+        from pyalived.config import load as load_config
+
+        return await trio.to_thread.run_sync(
+            lambda: load_config(path, config_id=config_id, interface_exists=interface_exists)
+        )
+
+    return load
+
+
+async def _reload(
+    runtime: VrrpRuntime | None, loader: Loader | None, notifier: Notifier, metrics: Metrics
+) -> None:
+    """SIGHUP: re-read the config; refuse it whole on errors, else apply the difference."""
+    from pyalived.reload import plan_reload
+
+    if loader is None or runtime is None:
+        log.warning("SIGHUP received: nothing to reload (no configuration file or no VRRP)")
+        return
+    log.info("SIGHUP received: reloading the configuration")
+    notifier.reloading()
+    try:
+        result = await loader()
+        for diagnostic in result.diagnostics:
+            log.warning("reload: %s", diagnostic)
+        new: Config | None = result.config
+        if new is None:
+            log.error("reload refused: the new configuration has errors; keeping the running one")
+            metrics.reloaded(False)
+            return
+        plan = plan_reload(runtime.config, new)
+        log.info("reload: %s", plan.summary())
+        await runtime.apply(new, plan)
+        metrics.reloaded(True)
+    finally:
+        notifier.ready(status=f"{len(runtime.instances)} VRRP instance(s) running")
+
+
+async def _dump(
+    signum: int, runtime: VrrpRuntime | None, counters: VrrpCounters, directory: str
+) -> None:
+    from pyalived import dump
+
+    instances = runtime.instances if runtime is not None else []
+    out = dump.dump_for_signal(signum, instances, counters, trio.current_time(), directory)
+    if out is None:
+        return
+    path, text = out
+    try:
+        await trio.to_thread.run_sync(dump.write_atomically, path, text)
+    except OSError as exc:
+        log.error("cannot write %s: %s", path, exc)
+    else:
+        log.info("wrote %s", path)
+
+
 async def _vrrp_service(
     config: Config,
     ports_factory: PortsFactory,
     counters: VrrpCounters,
-    on_instances: Callable[[list[Instance]], None] | None = None,
+    on_instances: Callable[[Sequence[Instance], Sequence[Instance]], None] | None = None,
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[VrrpRuntime] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with ports_factory(config) as vrrp_ports, trio.open_nursery() as nursery:
-        await nursery.start(
-            functools.partial(run_vrrp, on_instances=on_instances), config, vrrp_ports, counters
-        )
-        task_status.started()
+        runtime = VrrpRuntime(config, vrrp_ports, counters, on_instances=on_instances)
+        await nursery.start(runtime.run)
+        task_status.started(runtime)

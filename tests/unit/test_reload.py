@@ -3,14 +3,17 @@ trio's MockClock, exact times)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import signal
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
 
 import trio
 import trio.testing
 
+from pyalived.config import Diagnostic, LoadResult, Severity
 from pyalived.config.model import (
     Authentication,
     AuthType,
@@ -22,10 +25,13 @@ from pyalived.config.model import (
     VrrpScript,
     VrrpSyncGroup,
 )
+from pyalived.daemon import DaemonOptions, run_daemon
+from pyalived.metrics import Metrics
 from pyalived.reload import instance_key, plan_reload
+from pyalived.sdnotify import Notifier
 from pyalived.vrrp import packet
 from pyalived.vrrp.fsm import State
-from pyalived.vrrp.instance import Instance, VrrpRuntime
+from pyalived.vrrp.instance import Instance, VrrpPorts, VrrpRuntime
 from tests.unit.test_instance import VIP, Rig, instance_conf
 
 VIP2 = VirtualIP(IPv4Interface("198.18.0.101/24"))
@@ -299,3 +305,68 @@ async def test_a_changed_script_weight_is_reapplied(
         runs = [r.time - start for r in rig.scripts.runs]
         assert runs == [0, 0.5]  # the redefined script's tracker restarted at once
         assert rt.instances == [inst]
+
+
+# ---- the daemon's SIGHUP --------------------------------------------------------
+
+
+class RecordingNotifier(Notifier):
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.sent: list[dict[str, str | int]] = []
+
+    def notify(self, fields: Mapping[str, str | int]) -> bool:
+        self.sent.append(dict(fields))
+        return True
+
+
+@dataclass
+class FakeLoader:
+    """Stands for re-reading the file: returns whatever the test put in ``result``."""
+
+    result: LoadResult
+
+    async def __call__(self) -> LoadResult:
+        return self.result
+
+
+async def test_sighup_applies_a_valid_config_and_refuses_an_invalid_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rig = Rig()
+
+    @asynccontextmanager
+    async def fake_ports(config: Config) -> AsyncIterator[VrrpPorts]:
+        yield rig.ports
+
+    notifier = RecordingNotifier()
+    metrics = Metrics(rig.counters)
+    loader = FakeLoader(LoadResult(owner(virtual_ipaddress=(VIP, VIP2)), (), 0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_daemon(
+                owner(), DaemonOptions(), ports=fake_ports, counters=rig.counters,
+                notifier=notifier, metrics=metrics, loader=loader, task_status=task_status,
+            )
+        )
+        start = trio.current_time()
+        (inst,) = metrics.instances
+        await trio.sleep(1.5)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await trio.sleep(1.0)
+        assert metrics.reload_success
+        assert [g.ips for g in rig.sockets.garp["eth0"].sent][-1] == (VIP2.ip,)
+        assert notifier.sent[-2]["RELOADING"] == 1
+        assert notifier.sent[-1]["READY"] == 1
+        bad = Diagnostic(Severity.ERROR, Location("/etc/keepalived/keepalived.conf", 7),
+                         "unknown keyword")
+        loader.result = LoadResult(None, (bad,), 1)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await trio.sleep(1.0)
+        assert not metrics.reload_success
+        assert metrics.instances == (inst,)
+        assert inst.state is State.MASTER
+        assert rig.addresses.present == {
+            ("eth0", "198.18.0.100/24"), ("eth0", "198.18.0.101/24")}
+        assert advert_times(rig, start) == [0, 1, 2, 3]  # nothing extra
+        os.kill(os.getpid(), signal.SIGTERM)
