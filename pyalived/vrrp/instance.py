@@ -188,11 +188,11 @@ class Demux:
             # A reload added an instance on a new (interface, protocol).
             self._nursery.start_soon(self._receive, key, self._pool.advert(*key))
 
-    def unregister(self, ifname: str, proto: int, vrid: int, sink: Sink) -> None:
-        """Forget ``sink`` (if it still owns the VRID); its receiver keeps running."""
-        routes = self._routes.get((ifname, proto), {})
-        if routes.get(vrid) == sink:
-            del routes[vrid]
+    def unregister(self, vrid: int, sink: Sink) -> None:
+        """Forget ``sink`` wherever it still owns ``vrid``; the receivers keep running."""
+        for routes in self._routes.values():
+            if routes.get(vrid) == sink:
+                del routes[vrid]
 
     def dispatch(self, key: tuple[str, int], datagram: bytes) -> None:
         try:
@@ -963,8 +963,7 @@ class VrrpRuntime:
             scope, done = entry
             scope.cancel()
             await done.wait()
-        self.demux.unregister(inst.conf.interface, inst.proto, inst.conf.virtual_router_id,
-                              inst.deliver)
+        self.demux.unregister(inst.conf.virtual_router_id, inst.deliver)
 
     async def _sync_links(self) -> None:
         subs: dict[str, list[Callable[[str, bool], None]]] = {}
