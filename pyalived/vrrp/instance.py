@@ -381,7 +381,7 @@ class Instance:
         self._stop_notified = False
         self._stop_priority = conf.priority
         self.started = False
-        demux.register(conf.interface, self.proto, conf.virtual_router_id, self.deliver)
+        self._demux = demux
 
     # -- inputs (any task; never block) --
 
@@ -435,6 +435,12 @@ class Instance:
                     self.conf.interface, self.conf.effective_vmac_name, self.conf.virtual_router_id
                 )
             self._sockets.advert(self.xmit_dev, self.proto)
+            # With a VMAC the peers' adverts carry the virtual MAC as source; a private
+            # macvlan delivers those frames to the VMAC only, so listen where we send
+            # (and only once the VMAC exists).
+            self._demux.register(
+                self.xmit_dev, self.proto, self.conf.virtual_router_id, self.deliver
+            )
             if self._links is not None:
                 for ifname in self.tracking.interface_names:
                     self.tracking.update_link(ifname, self._links.is_up(ifname))
