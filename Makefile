@@ -61,8 +61,12 @@ bench-checkers: deps
 	$(PY) bench/checkers_scale.py --servers 5000 --duration 30
 
 # Install the package system-wide and the systemd unit (see README, "Running under systemd").
+# Debian 12 protects its system Python (PEP 668), so pyalived gets its own venv.
+PREFIX_VENV ?= /opt/pyalived
 install:
-	python3 -m pip install .
+	python3 -m venv $(PREFIX_VENV)
+	$(PREFIX_VENV)/bin/pip install -q .
+	ln -sf $(PREFIX_VENV)/bin/pyalived /usr/local/sbin/pyalived
 	install -m 0644 systemd/pyalived.service /lib/systemd/system/pyalived.service
 	[ -e /etc/default/pyalived ] || install -m 0644 systemd/pyalived.default /etc/default/pyalived
 	-systemctl daemon-reload

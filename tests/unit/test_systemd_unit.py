@@ -20,7 +20,7 @@ from pyalived.cli import build_parser
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "pyalived.service"
 DEFAULTS = REPO / "systemd" / "pyalived.default"
-INSTALLED_BINARY = "/usr/bin/pyalived"
+INSTALLED_BINARY = "/usr/local/sbin/pyalived"
 
 needs_systemd_analyze = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze (apt: systemd) missing")
