@@ -426,8 +426,21 @@ def is_alive(
     return (not vs.alpha) if v is None else v
 
 
-def live_weight(vs: VirtualServerConfig, verdicts: Mapping[DestKey, bool]) -> int:
-    return sum(rs.weight for rs in vs.real_servers if is_alive(vs, rs, verdicts))
+def current_weight(rs: RealServerConfig, weights: Mapping[DestKey, int] | None) -> int:
+    """A real server's weight: as set by its checkers (misc_dynamic), else as configured."""
+    if weights is None:
+        return rs.weight
+    return weights.get(rs.key, rs.weight)
+
+
+def live_weight(
+    vs: VirtualServerConfig,
+    verdicts: Mapping[DestKey, bool],
+    weights: Mapping[DestKey, int] | None = None,
+) -> int:
+    return sum(
+        current_weight(rs, weights) for rs in vs.real_servers if is_alive(vs, rs, verdicts)
+    )
 
 
 def next_quorum(vs: VirtualServerConfig, weight: int, was_up: bool) -> bool:
@@ -438,15 +451,23 @@ def next_quorum(vs: VirtualServerConfig, weight: int, was_up: bool) -> bool:
 
 
 def plan_service(
-    vs: VirtualServerConfig, verdicts: Mapping[DestKey, bool], quorum_up: bool
+    vs: VirtualServerConfig,
+    verdicts: Mapping[DestKey, bool],
+    quorum_up: bool,
+    weights: Mapping[DestKey, int] | None = None,
 ) -> ServiceEntry:
-    """Desired service entry for one virtual server given its quorum state."""
+    """Desired service entry for one virtual server given its quorum state.
+
+    ``weights`` overrides configured weights (misc_dynamic checkers).
+    """
     dests: dict[DestKey, Destination] = {}
     sorry_active = vs.sorry_server is not None and not quorum_up
     for rs in vs.real_servers:
         fwd = rs.forwarding if rs.forwarding is not None else vs.forwarding
         inhibit = vs.inhibit_on_failure if rs.inhibit_on_failure is None else rs.inhibit_on_failure
-        d = Destination(rs.key, rs.weight, fwd, rs.u_threshold, rs.l_threshold)
+        d = Destination(
+            rs.key, current_weight(rs, weights), fwd, rs.u_threshold, rs.l_threshold
+        )
         if is_alive(vs, rs, verdicts) and not sorry_active:
             dests[rs.key] = d
         elif inhibit:
@@ -466,13 +487,16 @@ def plan(
     virtual_servers: Sequence[VirtualServerConfig],
     verdicts: Mapping[ServiceKey, Mapping[DestKey, bool]],
     quorum: Mapping[ServiceKey, bool] | None = None,
+    weights: Mapping[ServiceKey, Mapping[DestKey, int]] | None = None,
 ) -> Plan:
     """The desired table for ``virtual_servers`` given the checkers' verdicts.
 
     ``verdicts`` holds, per service, the checkers' verdict per real server
     (missing: not yet checked).  ``quorum`` is the previous ``Plan.quorum`` (None at startup: every
     service starts with quorum and loses it at once if the live weight is too
-    low, as keepalived does).
+    low, as keepalived does).  ``weights`` holds, per service, the weights the
+    checkers set (misc_dynamic); missing real servers keep their configured
+    weight, which also counts for the quorum.
     """
     prev = quorum or {}
     table: dict[ServiceKey, ServiceEntry] = {}
@@ -480,11 +504,12 @@ def plan(
     changes: list[QuorumChange] = []
     for vs in virtual_servers:
         v = verdicts.get(vs.key, {})
-        w = live_weight(vs, v)
+        dyn = weights.get(vs.key) if weights is not None else None
+        w = live_weight(vs, v, dyn)
         was = prev.get(vs.key, True)
         up = next_quorum(vs, w, was)
         if up != was:
             changes.append(QuorumChange(vs.key, up, w))
         states[vs.key] = up
-        table[vs.key] = plan_service(vs, v, up)
+        table[vs.key] = plan_service(vs, v, up, dyn)
     return Plan(table, states, tuple(changes))
