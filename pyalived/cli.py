@@ -11,11 +11,10 @@ setsid, fork, chdir /, stdio to /dev/null) before trio starts, and the final
 process writes the pid file.
 
 pyalived is a single process, so the pid file of ``-p`` names it.  ``-r``
-(keepalived's VRRP child pid file) is accepted and receives the same pid when
-the VRRP half runs; ``-c`` (the checker child's) is accepted and not written,
-as there is no checker process yet.  ``-C`` alone therefore starts a daemon
-with nothing to run, which logs so; ``-P`` runs the VRRP half only (the same
-as the default, for now).  Options of keepalived that pyalived does not
+(keepalived's VRRP child pid file) receives the same pid when the VRRP half
+runs, and ``-c`` (the checker child's) when the health-checker half runs.
+``-P`` runs only the VRRP half, ``-C`` only the health checkers and their
+IPVS table; with neither, both run.  Options of keepalived that pyalived does not
 implement are refused with a message naming them, rather than silently
 ignored; ``-B`` and ``-R`` are accepted because their meaning (no BFD
 process, no child respawning) is what pyalived always does.
@@ -124,7 +123,7 @@ def _listen(value: str) -> tuple[str, int] | None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="pyalived",
-        description="keepalived-compatible VRRP daemon",
+        description="keepalived-compatible VRRP and LVS health-checker daemon",
         add_help=False,
         allow_abbrev=False,
     )
@@ -132,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"configuration file (default {DEFAULT_CONFIG})")
     p.add_argument("-P", "--vrrp", action="store_true", help="run only the VRRP half")
     p.add_argument("-C", "--check", action="store_true",
-                   help="run only the health-checker half (not implemented yet: runs nothing)")
+                   help="run only the health-checker half (checkers and IPVS)")
     p.add_argument("-B", "--no_bfd", action="store_true",
                    help="accepted; pyalived never runs BFD")
     p.add_argument("-l", "--log-console", action="store_true", help="log to stderr, not syslog")
@@ -150,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--vrrp_pid", metavar="FILE", default=None,
                    help="VRRP pid file; pyalived writes its own pid there too")
     p.add_argument("-c", "--checkers_pid", metavar="FILE", default=None,
-                   help="checker pid file; accepted, not written (no checker process yet)")
+                   help="checker pid file; pyalived writes its own pid there too")
     p.add_argument("-i", "--config-id", metavar="ID", default=None,
                    help="config id for '@' lines (default: the node name)")
     p.add_argument("-t", "--config-test", metavar="LOG_FILE", nargs="?", const="-",
@@ -252,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pid_path = os.path.abspath(args.pid)
     vrrp_pid_path = os.path.abspath(args.vrrp_pid) if args.vrrp_pid else None
+    checkers_pid_path = os.path.abspath(args.checkers_pid) if args.checkers_pid else None
     try:
         check_not_running(pid_path)
     except PidFileError as exc:
@@ -279,6 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if vrrp_pid_path and run_vrrp:
             write_pid(vrrp_pid_path)
             written.append(vrrp_pid_path)
+        if checkers_pid_path and run_checkers:
+            write_pid(checkers_pid_path)
+            written.append(checkers_pid_path)
         from pyalived.daemon import DaemonOptions
 
         return _run(result.config, DaemonOptions(

@@ -19,8 +19,13 @@ server runs as one more service, reading the live counters and instances at
 scrape time.  The service manager (``pyalived.sdnotify``) is told READY=1
 once every service has started (configuration applied, sockets open),
 STOPPING=1 when a stop signal arrives, and, with a watchdog configured,
-WATCHDOG=1 from a task on the same event loop.  The health-checker half does
-not exist yet: with ``checkers`` only, the daemon runs with no service.
+WATCHDOG=1 from a task on the same event loop.
+
+The health-checker half (``pyalived.lvs.LvsService``) is one more service:
+checkers for every real server driving the kernel's IPVS table.  It runs
+unless ``checkers`` is off (``-P``); ``vrrp`` off (``-C``) runs it alone.
+A kernel without IPVS is logged once and does not stop anything: VRRP and
+the checkers keep running.  SIGHUP hands the new configuration to both halves.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any
 import trio
 
 from pyalived.config.model import Config
+from pyalived.lvs import LvsService
 from pyalived.metrics import Metrics, serve_metrics
 from pyalived.sdnotify import Notifier, run_watchdog
 from pyalived.vrrp.instance import Instance, VrrpCounters, VrrpPorts, VrrpRuntime
@@ -46,12 +52,13 @@ log = logging.getLogger("pyalived.daemon")
 
 PortsFactory = Callable[[Config], AbstractAsyncContextManager[VrrpPorts]]
 Loader = Callable[[], Awaitable[Any]]  # re-reads the config: a pyalived.config.LoadResult
+LvsFactory = Callable[[Config, Metrics], LvsService]
 
 
 @dataclass(frozen=True)
 class DaemonOptions:
     vrrp: bool = True  # run the VRRP half (-P alone: only this)
-    checkers: bool = True  # run the health-checker half (-C alone: only this; not written yet)
+    checkers: bool = True  # run the health-checker half (-C alone: only this)
     metrics_listen: tuple[str, int] | None = None  # (host, port) of the metrics server; None: off
     config_path: str | None = None  # re-read on SIGHUP; None: reload refused
     config_id: str | None = None  # -i, for '@' lines on reload
@@ -119,11 +126,13 @@ async def run_daemon(
     notifier: Notifier | None = None,
     metrics: Metrics | None = None,
     loader: Loader | None = None,
+    lvs: LvsFactory | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until SIGTERM/SIGINT (or cancellation), then stop every service gracefully.
 
-    ``loader`` re-reads the configuration on SIGHUP (default: ``options.config_path``).
+    ``loader`` re-reads the configuration on SIGHUP (default: ``options.config_path``);
+    ``lvs`` builds the health-checker service (default: real probes and kernel IPVS).
     """
     ports_factory = ports or production_ports
     counters = counters if counters is not None else VrrpCounters()
@@ -135,6 +144,7 @@ async def run_daemon(
     dump_signals = (dump.SIGDATA, dump.SIGSTATS, dump.SIGJSON)
     loader = loader or _file_loader(options)
     runtime: VrrpRuntime | None = None
+    lvs_service: LvsService | None = None
     with trio.open_signal_receiver(*stop_signals, *dump_signals) as signals:
         # The command line blocks these until now (no-op otherwise); any that
         # arrived in between are delivered to the receiver.
@@ -145,17 +155,18 @@ async def run_daemon(
                     _vrrp_service, config, ports_factory, counters, _attacher(metrics)
                 )
                 log.info("VRRP started with %d instance(s)", len(config.vrrp_instances))
-            if options.checkers and not options.vrrp:
-                log.warning("health checkers are not implemented yet; nothing to run")
+            if options.checkers:
+                lvs_service = (lvs or _production_lvs)(config, metrics)
+                metrics.lvs = lvs_service
+                await nursery.start(lvs_service.run)
             if options.metrics_listen is not None:
                 await _start_metrics(nursery, metrics, *options.metrics_listen)
             await nursery.start(run_watchdog, notifier)
-            notifier.ready(status=f"{len(config.vrrp_instances) if options.vrrp else 0} "
-                           "VRRP instance(s) running")
+            notifier.ready(status=_status(runtime, lvs_service))
             task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await _reload(runtime, loader, notifier, metrics)
+                    await _reload(runtime, lvs_service, loader, notifier, metrics)
                     continue
                 if signum in dump_signals:
                     await _dump(signum, runtime, counters, options.dump_dir)
@@ -165,6 +176,19 @@ async def run_daemon(
                 nursery.cancel_scope.cancel()
                 break
     log.info("stopped")
+
+
+def _production_lvs(config: Config, metrics: Metrics) -> LvsService:
+    return LvsService(config, probe_observer=metrics.observe_probe)
+
+
+def _status(runtime: VrrpRuntime | None, lvs: LvsService | None) -> str:
+    parts = []
+    if runtime is not None:
+        parts.append(f"{len(runtime.instances)} VRRP instance(s)")
+    if lvs is not None:
+        parts.append(f"{len(lvs.specs)} virtual server(s)")
+    return (", ".join(parts) or "nothing") + " running"
 
 
 async def _start_metrics(nursery: trio.Nursery, metrics: Metrics, host: str, port: int) -> None:
@@ -208,13 +232,17 @@ def _file_loader(options: DaemonOptions) -> Loader | None:
 
 
 async def _reload(
-    runtime: VrrpRuntime | None, loader: Loader | None, notifier: Notifier, metrics: Metrics
+    runtime: VrrpRuntime | None,
+    lvs: LvsService | None,
+    loader: Loader | None,
+    notifier: Notifier,
+    metrics: Metrics,
 ) -> None:
     """SIGHUP: re-read the config; refuse it whole on errors, else apply the difference."""
     from pyalived.reload import plan_reload
 
-    if loader is None or runtime is None:
-        log.warning("SIGHUP received: nothing to reload (no configuration file or no VRRP)")
+    if loader is None or (runtime is None and lvs is None):
+        log.warning("SIGHUP received: nothing to reload (no configuration file or no service)")
         return
     log.info("SIGHUP received: reloading the configuration")
     notifier.reloading()
@@ -227,12 +255,15 @@ async def _reload(
             log.error("reload refused: the new configuration has errors; keeping the running one")
             metrics.reloaded(False)
             return
-        plan = plan_reload(runtime.config, new)
-        log.info("reload: %s", plan.summary())
-        await runtime.apply(new, plan)
+        if runtime is not None:
+            plan = plan_reload(runtime.config, new)
+            log.info("reload: %s", plan.summary())
+            await runtime.apply(new, plan)
+        if lvs is not None:
+            await lvs.apply(new)
         metrics.reloaded(True)
     finally:
-        notifier.ready(status=f"{len(runtime.instances)} VRRP instance(s) running")
+        notifier.ready(status=_status(runtime, lvs))
 
 
 async def _dump(

@@ -24,6 +24,15 @@ the time from the last advert heard from the old master to its own first
 advert as MASTER; the driver executes that advert and the state change in
 one uninterrupted batch, so the listener's clock reading is that moment.
 
+The LVS half (``Metrics.lvs``, a ``pyalived.lvs.LvsService``) is read the same
+way: ``pyalived_real_server_up`` and ``pyalived_real_server_weight`` per
+real server as the checkers see it (the weight a ``misc_dynamic`` check
+set), ``pyalived_lvs_quorum_up`` per virtual server, ``pyalived_ipvs_dest_weight``
+per destination of the IPVS entries pyalived owns, and ``pyalived_ipvs_available``
+(0 when the kernel has no IPVS).  keepalived exporters publish no health-checker
+series, hence the ``pyalived_`` names.  ``pyalived_checker_probe_seconds`` is a
+histogram of probe durations by checker type, observed by the prober wrapper.
+
 The HTTP side (``serve_metrics``) is a deliberately small HTTP/1.0 server
 on trio: one request per connection, GET or HEAD of ``/metrics``, bounded
 request size and a read timeout.  Rendering happens on the event loop
@@ -35,7 +44,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import trio
@@ -49,7 +58,9 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from pyalived import __version__
+from pyalived.checkers.spec import CheckerSpec
 from pyalived.config.model import VrrpInstance
+from pyalived.ipvs.model import Table
 from pyalived.vrrp.fsm import State, StateChanged
 from pyalived.vrrp.packet import DROP_REASONS
 from pyalived.vrrp.tracking import InstanceTracking
@@ -85,6 +96,8 @@ _INSTANCE_ERRORS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("keepalived_authentication_failure", "Received adverts failing authentication",
      ("auth_failure", "ah_replay")),
 )
+
+PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 FAILOVER_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0)
 
@@ -127,6 +140,28 @@ class CountersView(Protocol):
     def priority_zero_sent(self) -> dict[str, int]: ...
     @property
     def last_advert_received(self) -> dict[str, float]: ...
+
+
+class RealServerView(Protocol):
+    """What the collector reads of one real server (``pyalived.lvs.RealServerState``)."""
+
+    virtual_server: str
+    alive: bool
+    weight: int
+
+    @property
+    def real_server(self) -> object: ...  # str() gives "IP:PORT"
+
+
+class LvsView(Protocol):
+    """What the collector reads of the LVS half (``pyalived.lvs.LvsService``)."""
+
+    def real_servers(self) -> Sequence[RealServerView]: ...
+    def quorum_by_block(self) -> Mapping[str, bool]: ...
+    @property
+    def owned(self) -> Table: ...
+    @property
+    def ipvs_unavailable(self) -> str | None: ...
 
 
 def parse_listen(value: str) -> tuple[str, int] | None:
@@ -282,6 +317,48 @@ class VrrpCollector(Collector):
         yield reload_ok
 
 
+class LvsCollector(Collector):
+    """Reads the health checkers' view and the owned IPVS entries at scrape time."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterable[Metric]:
+        lvs = self._owner.lvs
+        if lvs is None:
+            return
+        labels = ["virtual_server", "real_server"]
+        up = GaugeMetricFamily("pyalived_real_server_up",
+                               "Real server health from its checkers: 1 alive, 0 down",
+                               labels=labels)
+        weight = GaugeMetricFamily("pyalived_real_server_weight",
+                                   "Real server weight as its checkers set it (misc_dynamic)",
+                                   labels=labels)
+        for rs in lvs.real_servers():
+            key = [rs.virtual_server, str(rs.real_server)]
+            up.add_metric(key, 1 if rs.alive else 0)
+            weight.add_metric(key, rs.weight)
+        yield up
+        yield weight
+        quorum = GaugeMetricFamily("pyalived_lvs_quorum_up",
+                                   "Whether a virtual server has its quorum (1) or not (0)",
+                                   labels=["virtual_server"])
+        for name, ok in sorted(lvs.quorum_by_block().items()):
+            quorum.add_metric([name], 1 if ok else 0)
+        yield quorum
+        dests = GaugeMetricFamily("pyalived_ipvs_dest_weight",
+                                  "Weight of each destination of the IPVS services pyalived owns",
+                                  labels=["service", "dest"])
+        for skey, entry in sorted(lvs.owned.items(), key=lambda kv: kv[0].sort_key()):
+            for dkey, dest in sorted(entry.dests.items(), key=lambda kv: kv[0].sort_key()):
+                dests.add_metric([str(skey), str(dkey)], dest.weight)
+        yield dests
+        avail = GaugeMetricFamily("pyalived_ipvs_available",
+                                  "Whether the kernel's IPVS table is in use (0: no IPVS)")
+        avail.add_metric([], 0 if lvs.ipvs_unavailable else 1)
+        yield avail
+
+
 class Metrics:
     """The daemon's metrics: a private registry, the collector and the pushed values."""
 
@@ -308,6 +385,19 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(VrrpCollector(self))
+        self.lvs: LvsView | None = None
+        self.probe_seconds = Histogram(
+            "pyalived_checker_probe_seconds",
+            "Duration of health-checker probes, by checker type",
+            labelnames=["checker"],
+            buckets=PROBE_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(LvsCollector(self))
+
+    def observe_probe(self, spec: CheckerSpec, seconds: float, ok: bool) -> None:
+        """Prober hook (``pyalived.lvs.ProbeObserver``): one probe took ``seconds``."""
+        self.probe_seconds.labels(spec.kind).observe(max(0.0, seconds))
 
     def attach(self, instances: Sequence[InstanceView]) -> None:
         """Report on ``instances`` from now on (call once VRRP has built them)."""

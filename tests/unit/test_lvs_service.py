@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from ipaddress import ip_address
@@ -40,6 +42,8 @@ from pyalived.ipvs.model import (
 )
 from pyalived.ipvs.netlink import IpvsTableManager, IpvsUnavailable, OpFailure
 from pyalived.lvs import LvsService
+from pyalived.metrics import Metrics
+from pyalived.vrrp.instance import VrrpCounters
 
 from .fakes import FakeScriptRunner
 
@@ -360,3 +364,41 @@ async def test_omega_reports_down_on_shutdown(
         await trio.sleep(5)
     assert rig.notified() == [(5, "down 2"), (5, "quorum down")]
     assert rig.kernel.table == {}
+
+
+async def test_metrics_read_the_service(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    metrics = Metrics(VrrpCounters(), wall_clock=lambda: 1_700_000_000.0)
+    rig = Rig()
+    svc = LvsService(config(tmp_path, vs_text(rs_block(A), rs_block(B))),
+                     manager=InlineManager(rig.kernel.open), prober=rig.prober,
+                     scripts=rig.scripts, probe_observer=metrics.observe_probe)
+    metrics.lvs = svc
+    async with running(svc):
+        await trio.sleep_until(5)
+        rig.prober.set(A, False)
+        await at(12.5, svc)
+
+        def value(name: str, **labels: str) -> float | None:
+            return metrics.registry.get_sample_value(name, labels)
+
+        rs_a = {"virtual_server": "198.18.0.1:80", "real_server": "198.18.0.2:80"}
+        rs_b = {"virtual_server": "198.18.0.1:80", "real_server": "198.18.0.3:80"}
+        assert value("pyalived_real_server_up", **rs_a) == 0
+        assert value("pyalived_real_server_up", **rs_b) == 1
+        assert value("pyalived_real_server_weight", **rs_b) == 1
+        assert value("pyalived_lvs_quorum_up", virtual_server="198.18.0.1:80") == 1
+        assert value("pyalived_ipvs_dest_weight", service="TCP 198.18.0.1:80",
+                     dest="198.18.0.3:80") == 1
+        assert value("pyalived_ipvs_dest_weight", service="TCP 198.18.0.1:80",
+                     dest="198.18.0.2:80") is None
+        assert value("pyalived_ipvs_available") == 1
+        # probes at 0 and 10 for both, retries at 11 and 12 for A
+        assert value("pyalived_checker_probe_seconds_count", checker="TCP_CHECK") == 6
+        body, _ = metrics.render()
+        if shutil.which("promtool") is not None:
+            proc = subprocess.run(["promtool", "check", "metrics"], input=body,
+                                  capture_output=True, timeout=60)
+            assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+            assert proc.stdout.strip() == b"" and proc.stderr.strip() == b"", proc.stderr
