@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from ipaddress import ip_address
@@ -40,7 +46,7 @@ from pyalived.ipvs.model import (
     apply_ops,
     make_table,
 )
-from pyalived.ipvs.netlink import IpvsTableManager, IpvsUnavailable, OpFailure
+from pyalived.ipvs.netlink import IpvsTableManager, IpvsUnavailable, NetlinkIpvs, OpFailure
 from pyalived.lvs import LvsService
 from pyalived.metrics import Metrics
 from pyalived.vrrp.instance import VrrpCounters
@@ -402,3 +408,117 @@ async def test_metrics_read_the_service(
                                   capture_output=True, timeout=60)
             assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
             assert proc.stdout.strip() == b"" and proc.stderr.strip() == b"", proc.stderr
+
+
+# ---- the real daemon on a host without IPVS ---------------------------------------------
+
+
+def _host_has_ipvs() -> bool:
+    try:
+        NetlinkIpvs(load_module=False).close()
+    except IpvsUnavailable:
+        return False
+    except OSError:
+        return True  # cannot tell: do not risk touching a real table
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+DAEMON_CONF = """\
+virtual_server 198.18.0.1 80 {{
+ lb_algo rr
+ lb_kind NAT
+ protocol TCP
+ real_server 127.0.0.1 {up} {{
+  TCP_CHECK {{
+   connect_timeout 1
+   delay_loop 1
+   warmup 0
+  }}
+ }}
+{extra}}}
+"""
+
+DEAD_RS = """\
+ real_server 127.0.0.1 {down} {{
+  TCP_CHECK {{
+   connect_timeout 1
+   delay_loop 1
+   warmup 0
+   retry 0
+  }}
+ }}
+"""
+
+
+@pytest.mark.skipif(_host_has_ipvs(), reason="the host kernel has IPVS: would program it")
+def test_daemon_without_ipvs_keeps_checking_and_reloads(tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    up = listener.getsockname()[1]
+    down = _free_port()  # nothing listens there
+    metrics_port = _free_port()
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text(DAEMON_CONF.format(up=up, extra=DEAD_RS.format(down=down)))
+    pid, cpid, log_path = tmp_path / "p.pid", tmp_path / "c.pid", tmp_path / "daemon.log"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyalived", "-n", "-l", "-f", str(conf), "-p", str(pid),
+             "-c", str(cpid), "--metrics-listen", f"127.0.0.1:{metrics_port}"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text: str = response.read().decode()
+                return text
+        except OSError:
+            return ""
+
+    def wait_for(predicate: Callable[[str], bool]) -> str:
+        for _ in range(300):
+            assert proc.poll() is None, log_path.read_text()
+            text = scrape()
+            if predicate(text):
+                return text
+            time.sleep(0.1)
+        raise AssertionError(f"timed out; last scrape:\n{text}\nlog:\n{log_path.read_text()}")
+
+    def series(name: str, port: int) -> str:
+        return (f'{name}{{real_server="127.0.0.1:{port}",'
+                f'virtual_server="198.18.0.1:80"}}')
+
+    try:
+        text = wait_for(lambda t: series("pyalived_real_server_up", down) + " 0.0" in t)
+        assert series("pyalived_real_server_up", up) + " 1.0" in text
+        assert "pyalived_ipvs_available 0.0" in text
+        assert "keepalived_up 1.0" in text
+        assert cpid.read_text().strip() == str(proc.pid)
+        # reload without the dead real server: its series goes, the live one stays
+        conf.write_text(DAEMON_CONF.format(up=up, extra=""))
+        proc.send_signal(signal.SIGHUP)
+        text = wait_for(lambda t: "pyalived_real_server_up" in t
+                        and series("pyalived_real_server_up", down) not in t)
+        assert series("pyalived_real_server_up", up) + " 1.0" in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        listener.close()
+    log_text = log_path.read_text()
+    assert log_text.count("IPVS disabled: the kernel has no IPVS support") == 1, log_text
+    assert f"real server 127.0.0.1:{down}: TCP_CHECK#0 DOWN" in log_text
+    assert "Traceback" not in log_text, log_text
+    assert not pid.exists() and not cpid.exists()
