@@ -92,13 +92,9 @@ class TimedProber:
 
     async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult:
         start = trio.current_time()
-        ok = False
-        try:
-            result = await self._inner.probe(spec, rs)
-            ok = result.ok
-            return result
-        finally:
-            self._observe(spec, trio.current_time() - start, ok)
+        result = await self._inner.probe(spec, rs)  # a cancelled probe is not observed
+        self._observe(spec, trio.current_time() - start, result.ok)
+        return result
 
 
 def _rs_lookup(config: Config) -> dict[tuple[str, IPv4Address | IPv6Address, int | None],
