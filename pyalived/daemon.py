@@ -98,14 +98,16 @@ def _primary_ip(ifname: str) -> IPv4Address:
 
 @asynccontextmanager
 async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
-    """The real ports: raw sockets, netlink and script runner."""
-    from pyalived.vrrp import netlink, scripts
+    """The real ports: raw sockets, netlink, script runner and exact timer wake-ups."""
+    from pyalived.vrrp import netlink, scripts, wakeup
 
     runner = scripts.TrioScriptRunner()
     watcher = netlink.LinkWatcher()
+    timers = wakeup.TimerfdWakeup()
     async with trio.open_nursery() as nursery:
         await nursery.start(runner.run_forever)
         await nursery.start(watcher.run_forever)
+        await nursery.start(timers.run)
         yield VrrpPorts(
             sockets=_NetSockets(config.global_defs.vrrp_mcast_group4),
             addresses=netlink.AddressManager(),
@@ -113,6 +115,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
             links=watcher,
             scripts=runner,
             primary_ip=_primary_ip,
+            wakeup=timers,
         )
         nursery.cancel_scope.cancel()
 

@@ -14,6 +14,16 @@ checks (``verify``: authentication, address list, advert interval) before the
 machine sees it.  Every ``PacketError`` is counted by reason in
 ``VrrpCounters`` and dropped; no malformed datagram reaches a machine.
 
+Timing: an advert's ``now`` is the time it arrived, not the time its
+instance got round to it.  A socket with ``receive_timed``
+(``TimedAdvertSocket``: the kernel's receive timestamp on trio's clock) gives
+that time; otherwise it is read when the datagram leaves the socket.  So the
+Master_Down timer of RFC 3768 §6.4.2 runs from the advert's arrival, however
+busy the loop was.  Before each wait an instance posts its next deadline to
+the optional ``Wakeup`` port (``pyalived.vrrp.wakeup``), which wakes the loop
+at that exact moment instead of whenever epoll's rounded, slack-stretched
+timeout ends.
+
 Actions are executed in the machine's order, with one exception: adding or
 removing VIPs (a netlink round trip) is done after the adverts and gratuitous
 ARPs of the same batch, so that a new master announces itself first.
@@ -39,10 +49,10 @@ import collections
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -123,6 +133,21 @@ class VrrpCounters:
 # ---- sockets ---------------------------------------------------------------
 
 
+@runtime_checkable
+class TimedAdvertSocket(Protocol):
+    """An ``AdvertSocket`` that also tells when each datagram arrived."""
+
+    async def receive_timed(self) -> tuple[bytes, float]:
+        """The next datagram and its arrival time on trio's clock."""
+        ...
+
+
+class Wakeup(Protocol):
+    """Wakes the event loop exactly at posted deadlines (``pyalived.vrrp.wakeup``)."""
+
+    def wake_at(self, owner: Hashable, deadline: float | None) -> None: ...
+
+
 class SocketFactory(Protocol):
     """Opens the raw sockets; production: ``pyalived.vrrp.net``."""
 
@@ -168,7 +193,8 @@ class SocketPool:
         self._garp.clear()
 
 
-Sink = Callable[[packet.Received, bytes], None]
+# (parsed advert, raw datagram, arrival time on trio's clock)
+Sink = Callable[[packet.Received, bytes, float], None]
 
 
 class Demux:
@@ -194,7 +220,12 @@ class Demux:
             if routes.get(vrid) == sink:
                 del routes[vrid]
 
-    def dispatch(self, key: tuple[str, int], datagram: bytes) -> None:
+    def dispatch(
+        self, key: tuple[str, int], datagram: bytes, received_at: float | None = None
+    ) -> None:
+        """Hand ``datagram`` (arrived at ``received_at``, default: now) to its instance."""
+        if received_at is None:
+            received_at = trio.current_time()
         try:
             received = packet.parse_datagram(datagram)
         except packet.PacketError as exc:
@@ -211,7 +242,7 @@ class Demux:
                 received.advert.vrid,
             )
             return
-        sink(received, datagram)
+        sink(received, datagram, received_at)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -226,9 +257,13 @@ class Demux:
                 self._nursery = None
 
     async def _receive(self, key: tuple[str, int], sock: AdvertSocket) -> None:
+        if isinstance(sock, TimedAdvertSocket):
+            while True:
+                datagram, received_at = await sock.receive_timed()
+                self.dispatch(key, datagram, received_at)
         while True:
             datagram = await sock.receive()
-            self.dispatch(key, datagram)
+            self.dispatch(key, datagram, trio.current_time())
 
 
 # ---- the instance ----------------------------------------------------------
@@ -238,6 +273,7 @@ class Demux:
 class _Rx:
     received: packet.Received
     datagram: bytes
+    at: float  # arrival time (trio clock)
 
 
 @dataclass(frozen=True)
@@ -343,6 +379,7 @@ class Instance:
         multicast_group: IPv4Address = packet.VRRP_MCAST_GROUP,
         script_user: str | None = None,
         machine_factory: Callable[[MachineConfig], VrrpMachine] = VrrpMachine,
+        wakeup: Wakeup | None = None,
     ) -> None:
         self.conf = conf
         self.name = conf.name
@@ -382,6 +419,10 @@ class Instance:
         self._stop_priority = conf.priority
         self.started = False
         self._demux = demux
+        self._wakeup = wakeup
+        # The latest ``now`` given to the machine for anything but an advert:
+        # an advert that arrived earlier is handled as of this time.
+        self._floor = -math.inf
 
     # -- inputs (any task; never block) --
 
@@ -389,12 +430,19 @@ class Instance:
     def state(self) -> State:
         return self.machine.state
 
-    def deliver(self, received: packet.Received, datagram: bytes) -> None:
-        """Called by the demux for a datagram carrying this instance's VRID."""
+    def deliver(
+        self, received: packet.Received, datagram: bytes, received_at: float | None = None
+    ) -> None:
+        """Called by the demux for a datagram carrying this instance's VRID.
+
+        ``received_at`` is its arrival time on trio's clock (default: now); the
+        machine sees the advert as of that moment.
+        """
         if self._inbox_tx.statistics().current_buffer_used >= INBOX_SIZE:
             self._counters.rx_error("queue_full", self.name)
             return
-        self._inbox_tx.send_nowait(_Rx(received, datagram))
+        at = trio.current_time() if received_at is None else received_at
+        self._inbox_tx.send_nowait(_Rx(received, datagram, at))
 
     def post_script(self, name: str, ok: bool) -> None:
         self._post(_Script(name, ok))
@@ -444,7 +492,7 @@ class Instance:
             if self._links is not None:
                 for ifname in self.tracking.interface_names:
                     self.tracking.update_link(ifname, self._links.is_up(ifname))
-            now = trio.current_time()
+            self._floor = now = trio.current_time()
             self.started = True
             actions = self.machine.start(now)
             await self._execute(actions)
@@ -458,6 +506,8 @@ class Instance:
             task_status.started()
             await self._loop()
         finally:
+            if self._wakeup is not None:
+                self._wakeup.wake_at(self, None)
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + STOP_TIMEOUT
                 await self._stop()
@@ -467,19 +517,26 @@ class Instance:
     async def _loop(self) -> None:
         while True:
             timer = self.machine.get_timer()
+            if self._wakeup is not None:
+                self._wakeup.wake_at(self, timer)
             event: _Event | None = None
             with trio.move_on_at(math.inf if timer is None else timer):
                 event = await self._inbox_rx.receive()
             if event is not None:
                 await self._handle(event)
                 continue
-            await self._execute(self.machine.timer_expired(trio.current_time()))
+            self._floor = now = trio.current_time()
+            await self._execute(self.machine.timer_expired(now))
 
     async def _handle(self, event: _Event) -> None:
         now = trio.current_time()
         if isinstance(event, _Rx):
-            await self._received(now, event.received, event.datagram)
-        elif isinstance(event, _Script):
+            # As of its arrival, but never before an event the machine already saw.
+            at = min(now, max(event.at, self._floor))
+            await self._received(at, event.received, event.datagram)
+            return
+        self._floor = now
+        if isinstance(event, _Script):
             self.tracking.update_script(event.name, event.ok)
             await self._apply_tracking()
         elif isinstance(event, _Link):
@@ -729,6 +786,7 @@ class VrrpPorts:
     links: LinkWatcher
     scripts: ScriptRunner
     primary_ip: Callable[[str], IPv4Address]  # an interface's primary IPv4 address
+    wakeup: Wakeup | None = None  # exact timer wake-ups (pyalived.vrrp.wakeup); None: epoll's
 
 
 def _group_of(config: Config, name: str) -> VrrpSyncGroup | None:
@@ -800,6 +858,7 @@ def build_instances(
             multicast_group=gd.vrrp_mcast_group4,
             script_user=gd.script_user,
             machine_factory=machine_for(conf),
+            wakeup=ports.wakeup,
         )
         for conf in confs
     ]

@@ -9,6 +9,13 @@ multicast the socket joins 224.0.0.18 (RFC 3768 §5.2.2) on that interface
 only (ip_mreqn with the ifindex), sends through it (IP_MULTICAST_IF) and does
 not loop its own adverts back (IP_MULTICAST_LOOP off).  Raw sockets deliver
 the whole IPv4 datagram, header included, which is what ``receive`` returns.
+The socket also asks for the kernel's receive timestamps (SO_TIMESTAMPNS):
+``receive_timed`` returns each datagram with its arrival time converted to
+trio's clock, so that a backup's Master_Down timer (RFC 3768 §6.4.2) runs
+from the advert's arrival, not from when the event loop got to it.  The
+kernel stamps with CLOCK_REALTIME; the datagram's age (wall clock now minus
+the stamp) is taken from trio's clock, and bounded by ``MAX_RX_AGE`` so that
+a step of the wall clock cannot move an arrival by more than that.
 
 ``send`` is on the failover critical path (the gratuitous ARPs must follow the
 first advert within a millisecond), so it is synchronous: the socket is
@@ -34,6 +41,7 @@ import functools
 import select
 import socket
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -48,6 +56,12 @@ AH_PROTO = 51
 VRRP_GROUP = IPv4Address("224.0.0.18")
 SEND_RETRY_WAIT = 0.002  # seconds to wait for buffer space before dropping a frame
 RCVBUF = 1 << 20
+# SO_TIMESTAMPNS (Linux, asm-generic and x86: 35; Python 3.11 lacks the name);
+# its control message type SCM_TIMESTAMPNS has the same value.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+_ANCBUF = socket.CMSG_SPACE(_TIMESPEC.size)
+MAX_RX_AGE = 0.1  # seconds: a datagram older than this is taken as this old
 
 SIOCGIFHWADDR = 0x8927
 _IFREQ = struct.Struct("16sH6s")
@@ -105,11 +119,28 @@ class RawAdvertSocket:
     async def receive(self) -> bytes:
         return await self._trio.recv(1 << 16)
 
+    async def receive_timed(self) -> tuple[bytes, float]:
+        """The next datagram and its arrival time on trio's clock (see the module docstring)."""
+        data, ancdata, _flags, _addr = await self._trio.recvmsg(1 << 16, _ANCBUF)
+        now = trio.current_time()
+        return data, now - arrival_age(ancdata, time.time())
+
     def close(self) -> None:
         self._trio.close()
 
     def fileno(self) -> int:
         return self._raw.fileno()
+
+
+def arrival_age(ancdata: Sequence[tuple[int, int, bytes]], wall_now: float) -> float:
+    """Seconds since the kernel stamped the datagram (0 without a stamp), within
+    [0, ``MAX_RX_AGE``]."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            stamp = float(sec) + float(nsec) * 1e-9
+            return min(max(wall_now - stamp, 0.0), MAX_RX_AGE)
+    return 0.0
 
 
 def open_advert_socket(
@@ -125,6 +156,7 @@ def open_advert_socket(
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         if multicast_group is not None:
             mreqn = struct.pack("4s4si", multicast_group.packed, bytes(4), index)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
