@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -214,3 +216,24 @@ def test_exit_code_matches_keepalived(netns_with_eth0: str, path: Path) -> None:
     )
     ours = load(str(path), interface_exists=lambda n: n in ("eth0", "eth1"))
     assert ours.exit_code == ref.returncode, render(ours.diagnostics) + ref.stderr
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_sample_through_the_command_line(path: Path) -> None:
+    """``pyalived -t`` on every sample: keepalived's exit codes, file:line lines, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyalived", "-t", "-f", str(path), "-i", "high"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output, output
+    assert proc.returncode in (0, 5, 6), output
+    lines = output.splitlines()
+    assert lines, "no summary line"
+    for line in lines[:-1]:
+        assert re.match(r"^\S+:\d+: (error|warning): ", line), line
+    assert lines[-1].startswith(
+        ("configuration OK", "configuration accepted", "configuration refused")
+    )
