@@ -37,22 +37,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from pyalived.config.model import Config
-from pyalived.lvs import LvsService
 from pyalived.metrics import Metrics, serve_metrics
 from pyalived.sdnotify import Notifier, run_watchdog
 from pyalived.vrrp.instance import Instance, VrrpCounters, VrrpPorts, VrrpRuntime
 from pyalived.vrrp.ports import AdvertSocket, GarpSocket
 
+if TYPE_CHECKING:
+    # Imported when the service is built, after the VRRP instances have started:
+    # its IPVS netlink stack (pyroute2) would otherwise delay the first advert.
+    from pyalived.lvs import LvsService
+
 log = logging.getLogger("pyalived.daemon")
 
 PortsFactory = Callable[[Config], AbstractAsyncContextManager[VrrpPorts]]
 Loader = Callable[[], Awaitable[Any]]  # re-reads the config: a pyalived.config.LoadResult
-LvsFactory = Callable[[Config, Metrics], LvsService]
+LvsFactory = Callable[[Config, Metrics], "LvsService"]
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,8 @@ async def run_daemon(
 
 
 def _production_lvs(config: Config, metrics: Metrics) -> LvsService:
+    from pyalived.lvs import LvsService
+
     return LvsService(config, probe_observer=metrics.observe_probe)
 
 
