@@ -5,10 +5,15 @@ and netlink message bytes.  Requests are encoded directly with ``struct``
 (the hot path: programming ten thousand entries must not cost more than the
 kernel work itself); the layout is the one ``include/uapi/linux/ip_vs.h``
 defines and the unit tests check every encoded message against pyroute2's
-decoder.  Replies (dumps, family lookups, errors) are decoded with pyroute2's
-message classes.  A request message is: ``nlmsghdr`` (16 bytes), ``genlmsghdr``
-(4 bytes), then nested attributes ``IPVS_CMD_ATTR_SERVICE`` (the service key,
-or the full service for NEW/SET_SERVICE) and ``IPVS_CMD_ATTR_DEST``.  The
+decoder.  Dump replies (services and destinations, with their connection
+counts and traffic statistics) are decoded with ``struct`` too: reading back
+a table of ten thousand destinations is the metrics' and the resync's hot
+path; the unit tests check every decoded field against pyroute2's decoder
+on the same bytes.  Only the rare family-lookup and error-text replies still
+go through pyroute2's message classes.  A request message is: ``nlmsghdr``
+(16 bytes), ``genlmsghdr`` (4 bytes), then nested attributes
+``IPVS_CMD_ATTR_SERVICE`` (the service key, or the full service for
+NEW/SET_SERVICE) and ``IPVS_CMD_ATTR_DEST``.  The
 kernel requires the full attribute set (scheduler, flags, timeout, netmask;
 forwarding method, weight, thresholds) for NEW and SET commands and only the
 key otherwise.  IPv4 persistence netmasks travel as a network-order mask,
@@ -21,12 +26,10 @@ import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6
-from typing import Any
 
 from pyroute2.netlink import ctrlmsg, nlmsgerr
-from pyroute2.netlink.generic.ipvs import ipvsmsg
 
 from pyalived.ipvs.model import (
     SVC_FLAGS_MASK,
@@ -225,58 +228,172 @@ def decode_error_text(reply: Reply) -> str | None:
     return str(text) if text else None
 
 
-def _attrs(reply: Reply, name: str) -> Any:
-    msg = ipvsmsg(reply.data)
-    msg.decode()
-    return msg.get_attr(name)
+# ---- dump replies (struct-decoded) ---------------------------------------------------
+#
+# Layouts as include/uapi/linux/ip_vs.h and net/netfilter/ipvs/ip_vs_ctl.c
+# (ip_vs_genl_fill_service / _fill_dest / _fill_stats) produce them: addresses
+# travel as a 16-byte ``union nf_inet_addr`` (an IPv4 address in its first 4
+# bytes), ports in network order, everything else in host order.  The nests
+# may carry NLA_F_NESTED; unknown attributes (PE name, tunnel settings,
+# alignment pads) are skipped, so newer kernels decode too.
+
+NLA_TYPE_MASK = 0x3FFF
+SVC_STATS, SVC_PE_NAME, SVC_STATS64 = 10, 11, 12
+DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS = 7, 8, 9
+DEST_STATS, DEST_STATS64 = 10, 12
+STATS_FIELDS = (
+    "conns", "inpkts", "outpkts", "inbytes", "outbytes", "cps", "inpps", "outpps", "inbps",
+    "outbps",
+)  # IPVS_STATS_ATTR_CONNS (1) .. IPVS_STATS_ATTR_OUTBPS (10), in order
 
 
-def _decode_key(nest: Any) -> ServiceKey:
-    family = int(nest.get_attr("IPVS_SVC_ATTR_AF"))
-    fwmark = int(nest.get_attr("IPVS_SVC_ATTR_FWMARK") or 0)
+@dataclass(frozen=True)
+class Stats:
+    """IPVS traffic statistics of a service or a destination.
+
+    ``conns``/``inpkts``/``outpkts``/``inbytes``/``outbytes`` are counters
+    since the entry was created; the rest are the kernel's estimated rates
+    (per second, over a few seconds).
+    """
+
+    conns: int = 0
+    inpkts: int = 0
+    outpkts: int = 0
+    inbytes: int = 0
+    outbytes: int = 0
+    cps: int = 0
+    inpps: int = 0
+    outpps: int = 0
+    inbps: int = 0
+    outbps: int = 0
+
+
+@dataclass(frozen=True)
+class DestInfo:
+    """A destination as dumped: its attributes, connection counts and statistics."""
+
+    dest: Destination
+    active_conns: int = 0
+    inactive_conns: int = 0
+    persist_conns: int = 0
+    stats: Stats = Stats()
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """A service as dumped: its attributes and statistics (destinations come separately)."""
+
+    service: Service
+    stats: Stats = Stats()
+
+
+def _parse(buf: bytes, off: int = 0) -> dict[int, bytes]:
+    """The attributes of ``buf[off:]`` by type (the last one wins)."""
+    out: dict[int, bytes] = {}
+    end = len(buf)
+    unpack = _NLA.unpack_from
+    while off + 4 <= end:
+        n, kind = unpack(buf, off)
+        if n < 4 or off + n > end:
+            raise ValueError(f"malformed netlink attribute at offset {off}")
+        out[kind & NLA_TYPE_MASK] = buf[off + 4 : off + n]
+        off += (n + 3) & ~3
+    return out
+
+
+def _nest(reply: Reply, kind: int) -> dict[int, bytes]:
+    (n,) = _U32.unpack_from(reply.data, 0)
+    top = _parse(reply.data[:n], _HDR.size + _GENL.size)
+    try:
+        return _parse(top[kind])
+    except KeyError:
+        raise ValueError(f"IPVS reply without attribute {kind}") from None
+
+
+def _uint(raw: bytes) -> int:
+    return int.from_bytes(raw, sys.byteorder)
+
+
+def _address(raw: bytes, family: int) -> IPv4Address | IPv6Address:
+    if family == AF_INET6:
+        return IPv6Address(raw[:16])
+    return IPv4Address(raw[:4])
+
+
+def decode_stats(raw: bytes | None) -> Stats:
+    """A ``IPVS_*_ATTR_STATS`` or ``_STATS64`` nest (4- or 8-byte values alike)."""
+    if raw is None:
+        return Stats()
+    a = _parse(raw)
+    return Stats(*(_uint(a.get(i, b"")) for i in range(1, len(STATS_FIELDS) + 1)))
+
+
+def _key(a: dict[int, bytes]) -> ServiceKey:
+    family = _uint(a[SVC_AF])
+    fwmark = _uint(a.get(SVC_FWMARK, b""))
     if fwmark:
         return ServiceKey(family, 0, None, 0, fwmark)
     return ServiceKey(
         family,
-        int(nest.get_attr("IPVS_SVC_ATTR_PROTOCOL")),
-        ip_address(nest.get_attr("IPVS_SVC_ATTR_ADDR")),
-        int(nest.get_attr("IPVS_SVC_ATTR_PORT")),
+        _uint(a[SVC_PROTOCOL]),
+        _address(a[SVC_ADDR], family),
+        _BE16.unpack(a[SVC_PORT])[0],
     )
 
 
 def decode_service_key(reply: Reply) -> ServiceKey:
-    return _decode_key(_attrs(reply, "IPVS_CMD_ATTR_SERVICE"))
+    return _key(_nest(reply, ATTR_SERVICE))
+
+
+def decode_service_info(reply: Reply) -> ServiceInfo:
+    a = _nest(reply, ATTR_SERVICE)
+    key = _key(a)
+    flags = _U32.unpack_from(a[SVC_FLAGS])[0] & SVC_FLAGS_MASK
+    raw_mask = a[SVC_NETMASK]
+    if key.family == AF_INET6:
+        netmask = _U32.unpack(raw_mask)[0]  # a prefix length
+    else:
+        netmask = int.from_bytes(raw_mask, "big").bit_count()  # a network-order mask
+    svc = Service(
+        key,
+        a[SVC_SCHED_NAME].split(b"\0", 1)[0].decode(),
+        flags,
+        _U32.unpack(a[SVC_TIMEOUT])[0],
+        netmask,
+    )
+    return ServiceInfo(svc, decode_stats(a.get(SVC_STATS64, a.get(SVC_STATS))))
 
 
 def decode_service(reply: Reply) -> Service:
-    nest = _attrs(reply, "IPVS_CMD_ATTR_SERVICE")
-    key = _decode_key(nest)
-    family = key.family
-    flags = int(nest.get_attr("IPVS_SVC_ATTR_FLAGS")["flags"]) & SVC_FLAGS_MASK
-    raw_mask = nest.get_attr("IPVS_SVC_ATTR_NETMASK")
-    if family == AF_INET6:
-        # pyroute2 types the attribute as IPv4; the kernel sends a prefix length.
-        netmask = int.from_bytes(IPv4Address(raw_mask).packed, sys.byteorder)
+    return decode_service_info(reply).service
+
+
+def decode_dest_info(reply: Reply, family: int | None = None) -> DestInfo:
+    """A destination reply; ``family`` (the service's) serves kernels that omit it."""
+    a = _nest(reply, ATTR_DEST)
+    raw = a[DEST_ADDR]
+    if DEST_ADDR_FAMILY in a:
+        fam = _uint(a[DEST_ADDR_FAMILY])
+    elif len(raw) == 4:
+        fam = AF_INET
     else:
-        netmask = bin(int(IPv4Address(raw_mask))).count("1")
-    return Service(
-        key,
-        str(nest.get_attr("IPVS_SVC_ATTR_SCHED_NAME")),
-        flags,
-        int(nest.get_attr("IPVS_SVC_ATTR_TIMEOUT")),
-        netmask,
+        fam = family if family is not None else AF_INET6
+    u32 = _U32.unpack
+    dest = Destination(
+        DestKey(_address(raw, fam), _BE16.unpack(a[DEST_PORT])[0]),
+        u32(a[DEST_WEIGHT])[0],
+        Forwarding(u32(a[DEST_FWD_METHOD])[0] & 0x7),
+        u32(a[DEST_U_THRESH])[0],
+        u32(a[DEST_L_THRESH])[0],
+    )
+    return DestInfo(
+        dest,
+        _uint(a.get(DEST_ACTIVE_CONNS, b"")),
+        _uint(a.get(DEST_INACT_CONNS, b"")),
+        _uint(a.get(DEST_PERSIST_CONNS, b"")),
+        decode_stats(a.get(DEST_STATS64, a.get(DEST_STATS))),
     )
 
 
 def decode_dest(reply: Reply) -> Destination:
-    nest = _attrs(reply, "IPVS_CMD_ATTR_DEST")
-    return Destination(
-        DestKey(
-            ip_address(nest.get_attr("IPVS_DEST_ATTR_ADDR")),
-            int(nest.get_attr("IPVS_DEST_ATTR_PORT")),
-        ),
-        int(nest.get_attr("IPVS_DEST_ATTR_WEIGHT")),
-        Forwarding(int(nest.get_attr("IPVS_DEST_ATTR_FWD_METHOD")) & 0x7),
-        int(nest.get_attr("IPVS_DEST_ATTR_U_THRESH")),
-        int(nest.get_attr("IPVS_DEST_ATTR_L_THRESH")),
-    )
+    return decode_dest_info(reply).dest

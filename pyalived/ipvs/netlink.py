@@ -8,7 +8,9 @@ syscall each way and failures come back as error replies naming their
 sequence number).  Blocking calls never run on the trio loop:
 ``IpvsTableManager`` serialises them onto one worker thread at a time
 (``trio.to_thread`` with a ``CapacityLimiter(1)``; the socket has no thread
-affinity).
+affinity).  ``dump_detailed`` reads the table with each service's and
+destination's statistics and connection counts (``IpvsTableManager.read_stats``,
+for the metrics); ``dump`` is the same read without them.
 
 Ownership: the manager owns exactly the services its configuration
 describes.  On start it reads the kernel table and *adopts* existing entries
@@ -32,17 +34,19 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar, runtime_checkable
 
 import trio
 
 from pyalived.ipvs import genl
 from pyalived.ipvs.model import (
     DeleteService,
+    DestKey,
     Op,
     OpError,
+    Service,
     ServiceEntry,
     ServiceKey,
     Table,
@@ -83,6 +87,18 @@ class OpFailure:
         return f"{self.op}: {os.strerror(self.errno)}{extra}"
 
 
+@dataclass(frozen=True)
+class ServiceDump:
+    """One kernel service with its statistics and its destinations' counts and statistics."""
+
+    service: Service
+    stats: genl.Stats = field(default_factory=genl.Stats)
+    dests: Mapping[DestKey, genl.DestInfo] = field(default_factory=dict)
+
+    def entry(self) -> ServiceEntry:
+        return ServiceEntry(self.service, {k: d.dest for k, d in self.dests.items()})
+
+
 class IpvsKernel(Protocol):
     """Blocking access to an IPVS table (real: ``NetlinkIpvs``; tests: a fake)."""
 
@@ -91,6 +107,15 @@ class IpvsKernel(Protocol):
     def execute(self, ops: Sequence[Op]) -> list[OpFailure]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class IpvsStatsKernel(Protocol):
+    """An ``IpvsKernel`` that can also report connection counts and traffic statistics."""
+
+    def dump_detailed(
+        self, keys: Collection[ServiceKey] | None = None
+    ) -> dict[ServiceKey, ServiceDump]: ...
 
 
 class NetlinkIpvs:
@@ -177,17 +202,26 @@ class NetlinkIpvs:
                 out.append(r)
 
     def dump(self) -> dict[ServiceKey, ServiceEntry]:
+        return {k: d.entry() for k, d in self.dump_detailed().items()}
+
+    def dump_detailed(
+        self, keys: Collection[ServiceKey] | None = None
+    ) -> dict[ServiceKey, ServiceDump]:
+        """The kernel's services (only ``keys``, if given) with statistics and destinations."""
         seq = self._next_seq()
         services = [
-            genl.decode_service(r)
+            genl.decode_service_info(r)
             for r in self._dump(genl.dump_services_request(self.family_id, seq), seq)
         ]
-        table: dict[ServiceKey, ServiceEntry] = {}
-        for svc in services:
+        table: dict[ServiceKey, ServiceDump] = {}
+        for info in services:
+            key = info.service.key
+            if keys is not None and key not in keys:
+                continue
             seq = self._next_seq()
-            replies = self._dump(genl.dump_dests_request(self.family_id, svc.key, seq), seq)
-            dests = [genl.decode_dest(r) for r in replies]
-            table[svc.key] = ServiceEntry(svc, {d.key: d for d in dests})
+            replies = self._dump(genl.dump_dests_request(self.family_id, key, seq), seq)
+            dests = [genl.decode_dest_info(r, key.family) for r in replies]
+            table[key] = ServiceDump(info.service, info.stats, {d.dest.key: d for d in dests})
         return table
 
     def execute(self, ops: Sequence[Op]) -> list[OpFailure]:
@@ -308,6 +342,18 @@ class IpvsTableManager:
         if kernel is None:
             return {}
         return await self._call(kernel.dump)
+
+    async def read_stats(
+        self, keys: Collection[ServiceKey] | None = None
+    ) -> dict[ServiceKey, ServiceDump]:
+        """Statistics of the kernel's services (``keys`` only, if given), read in the worker.
+
+        Empty without a kernel table or with a kernel client that cannot report them.
+        """
+        kernel = self._kernel
+        if kernel is None or not isinstance(kernel, IpvsStatsKernel):
+            return {}
+        return await self._call(lambda: kernel.dump_detailed(keys))
 
     async def stop(self) -> list[OpFailure]:
         """Delete the owned services (unless ``release_on_stop`` is off) and close."""
