@@ -27,6 +27,11 @@ cancellation the checkers stop first (``omega`` real servers are then
 reported down, running their notify_down), the owned services are released
 as keepalived does, and only then does the script runner wind down.
 
+The kernel's per-service and per-destination statistics are read on demand
+(``refresh_ipvs_stats``, awaited by the metrics server before it renders a
+scrape) for the owned services only, in the IPVS worker thread, and one
+read serves every scrape for a second.
+
 Transitions are logged by the checker scheduler; this module logs only what
 is its own (quorum changes and reloads).
 """
@@ -56,11 +61,14 @@ from pyalived.ipvs.model import (
     VirtualServerConfig,
     plan,
 )
-from pyalived.ipvs.netlink import IpvsKernel, IpvsTableManager, NetlinkIpvs
+from pyalived.ipvs.netlink import IpvsKernel, IpvsTableManager, NetlinkIpvs, ServiceDump
 from pyalived.vrrp.ports import ScriptRunner
 from pyalived.vrrp.scripts import TrioScriptRunner, split_command
 
 log = logging.getLogger("pyalived.lvs")
+
+#: How long a read of the kernel's IPVS statistics serves scrapes before it is read again.
+STATS_MAX_AGE = 1.0
 
 RealServerId = tuple[str, RealServerSpec]  # (VirtualServerSpec.name, the real server's spec)
 ProbeObserver = Callable[[CheckerSpec, float, bool], None]  # (spec, seconds, ok)
@@ -144,6 +152,9 @@ class LvsService:
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
+        self._stats: Mapping[ServiceKey, ServiceDump] = {}
+        self._stats_at: float | None = None
+        self._stats_lock = trio.Lock()
         self._set_config(config)
 
     # ---- configuration -----------------------------------------------------------
@@ -367,6 +378,28 @@ class LvsService:
 
     def real_servers(self) -> Sequence[RealServerState]:
         return list(self.health.values())
+
+    @property
+    def ipvs_stats(self) -> Mapping[ServiceKey, ServiceDump]:
+        """The owned services' kernel statistics as last read (``refresh_ipvs_stats``)."""
+        return self._stats
+
+    async def refresh_ipvs_stats(self, max_age: float = STATS_MAX_AGE) -> None:
+        """Re-read the owned services' statistics unless the last read is fresher than
+        ``max_age`` seconds.  The dump runs in the IPVS worker thread; concurrent callers
+        share one read."""
+        async with self._stats_lock:
+            if self._stats_at is not None and trio.current_time() - self._stats_at < max_age:
+                return
+            keys = frozenset(self.manager.owned)
+            stats: Mapping[ServiceKey, ServiceDump] = {}
+            if keys:
+                try:
+                    stats = await self.manager.read_stats(keys)
+                except OSError as exc:
+                    log.warning("IPVS statistics unavailable: %s", exc)
+            self._stats = stats
+            self._stats_at = trio.current_time()
 
     def quorum_by_block(self) -> Mapping[str, bool]:
         out: dict[str, bool] = {}

@@ -30,13 +30,25 @@ real server as the checkers see it (the weight a ``misc_dynamic`` check
 set), ``pyalived_lvs_quorum_up`` per virtual server, ``pyalived_ipvs_dest_weight``
 per destination of the IPVS entries pyalived owns, and ``pyalived_ipvs_available``
 (0 when the kernel has no IPVS).  keepalived exporters publish no health-checker
-series, hence the ``pyalived_`` names.  ``pyalived_checker_probe_seconds`` is a
-histogram of probe durations by checker type, observed by the prober wrapper.
+series, hence the ``pyalived_`` names.  The kernel's traffic statistics of
+the owned services and of every real server in them use the names of
+gen2brain/keepalived_exporter: ``keepalived_lvs_vip_{conn,in_packets,
+out_packets,in_bytes,out_bytes}`` and ``keepalived_lvs_rs_...`` (counters, so
+exposed with ``_total``), labelled ``service`` (e.g. ``TCP 198.18.0.1:80``,
+``FWM 7``), ``addr`` (the virtual service's ``IP:PORT`` or mark, or the real
+server's ``IP:PORT``) and ``proto``; the kernel's rate estimates and the
+real servers' active/inactive/persistent connection counts are gauges
+``pyalived_ipvs_{vip,rs}_*``.  Those are read from the kernel at scrape time:
+the HTTP server awaits ``Metrics.refresh`` (the dump runs in the IPVS worker
+thread, one read serves every scrape for a second) before rendering.
+``pyalived_checker_probe_seconds`` is a histogram of probe durations by
+checker type, observed by the prober wrapper.
 
 The HTTP side (``serve_metrics``) is a deliberately small HTTP/1.0 server
 on trio: one request per connection, GET or HEAD of ``/metrics``, bounded
 request size and a read timeout.  Rendering happens on the event loop
-itself, so the collector reads the counters without locks or threads.
+itself, so the collector reads the counters without locks or threads; only
+the IPVS statistics need I/O, done beforehand by ``Metrics.refresh``.
 """
 
 from __future__ import annotations
@@ -44,7 +56,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from socket import AF_INET6
 from typing import Protocol
 
 import trio
@@ -60,7 +73,10 @@ from prometheus_client.registry import Collector
 from pyalived import __version__
 from pyalived.checkers.spec import CheckerSpec
 from pyalived.config.model import VrrpInstance
-from pyalived.ipvs.model import Table
+from pyalived.ipvs.genl import Stats
+from pyalived.ipvs.model import Protocol as IpvsProtocol
+from pyalived.ipvs.model import ServiceKey, Table
+from pyalived.ipvs.netlink import ServiceDump
 from pyalived.vrrp.fsm import State, StateChanged
 from pyalived.vrrp.packet import DROP_REASONS
 from pyalived.vrrp.tracking import InstanceTracking
@@ -72,6 +88,7 @@ METRICS_PATH = "/metrics"
 MAX_REQUEST = 8192  # bytes of request head accepted
 REQUEST_TIMEOUT = 10.0  # seconds a client gets to send its request
 MAX_CONNECTIONS = 8  # concurrent scrapes served; others wait
+REFRESH_TIMEOUT = 5.0  # seconds a scrape waits for fresh IPVS statistics
 
 #: Drop reasons of the driver besides the codec's.
 DRIVER_DROP_REASONS = ("unknown_vrid", "queue_full")
@@ -162,6 +179,9 @@ class LvsView(Protocol):
     def owned(self) -> Table: ...
     @property
     def ipvs_unavailable(self) -> str | None: ...
+    @property
+    def ipvs_stats(self) -> Mapping[ServiceKey, ServiceDump]: ...
+    async def refresh_ipvs_stats(self) -> None: ...
 
 
 def parse_listen(value: str) -> tuple[str, int] | None:
@@ -357,6 +377,96 @@ class LvsCollector(Collector):
                                   "Whether the kernel's IPVS table is in use (0: no IPVS)")
         avail.add_metric([], 0 if lvs.ipvs_unavailable else 1)
         yield avail
+        yield from _ipvs_stats(lvs.ipvs_stats, lvs.owned)
+
+
+#: (kernel statistic, name part, help text) of the counters, as keepalived_exporter names them.
+_STAT_COUNTERS = (
+    ("conns", "conn", "connections scheduled"),
+    ("inpkts", "in_packets", "incoming packets"),
+    ("outpkts", "out_packets", "outgoing packets"),
+    ("inbytes", "in_bytes", "incoming bytes"),
+    ("outbytes", "out_bytes", "outgoing bytes"),
+)
+#: (kernel statistic, name part, help text) of the kernel's rate estimates.
+_STAT_RATES = (
+    ("cps", "connections_per_second", "connections per second"),
+    ("inpps", "in_packets_per_second", "incoming packets per second"),
+    ("outpps", "out_packets_per_second", "outgoing packets per second"),
+    ("inbps", "in_bytes_per_second", "incoming bytes per second"),
+    ("outbps", "out_bytes_per_second", "outgoing bytes per second"),
+)
+_IPVS_LABELS = ["service", "addr", "proto"]
+
+
+def service_labels(key: ServiceKey) -> tuple[str, str]:
+    """(addr, proto) labels of a service: ``IP:PORT`` and TCP/UDP/SCTP, or the mark and FWM."""
+    if key.fwmark:
+        return str(key.fwmark), "FWM" if key.family != AF_INET6 else "FWM6"
+    host = f"[{key.address}]" if key.family == AF_INET6 else str(key.address)
+    return f"{host}:{key.port}", IpvsProtocol(key.protocol).name
+
+
+def _ipvs_stats(dumps: Mapping[ServiceKey, ServiceDump], owned: Table) -> Iterator[Metric]:
+    """Kernel statistics of the owned services and of every destination in them."""
+    vip_counters = [
+        (field, CounterMetricFamily(f"keepalived_lvs_vip_{part}",
+                                    f"IPVS virtual service: {text}", labels=_IPVS_LABELS))
+        for field, part, text in _STAT_COUNTERS
+    ]
+    rs_counters = [
+        (field, CounterMetricFamily(f"keepalived_lvs_rs_{part}",
+                                    f"IPVS real server: {text}", labels=_IPVS_LABELS))
+        for field, part, text in _STAT_COUNTERS
+    ]
+    vip_rates = [
+        (field, GaugeMetricFamily(f"pyalived_ipvs_vip_{part}",
+                                  f"IPVS virtual service: {text} (kernel estimate)",
+                                  labels=_IPVS_LABELS))
+        for field, part, text in _STAT_RATES
+    ]
+    rs_rates = [
+        (field, GaugeMetricFamily(f"pyalived_ipvs_rs_{part}",
+                                  f"IPVS real server: {text} (kernel estimate)",
+                                  labels=_IPVS_LABELS))
+        for field, part, text in _STAT_RATES
+    ]
+    active = GaugeMetricFamily("pyalived_ipvs_rs_active_connections",
+                               "IPVS real server: active connections", labels=_IPVS_LABELS)
+    inactive = GaugeMetricFamily("pyalived_ipvs_rs_inactive_connections",
+                                 "IPVS real server: inactive connections", labels=_IPVS_LABELS)
+    persistent = GaugeMetricFamily("pyalived_ipvs_rs_persistent_connections",
+                                   "IPVS real server: persistence templates",
+                                   labels=_IPVS_LABELS)
+
+    def add(families: list[tuple[str, CounterMetricFamily]] | list[tuple[str, GaugeMetricFamily]],
+            labels: list[str], stats: Stats) -> None:
+        for field, family in families:
+            family.add_metric(labels, getattr(stats, field))
+
+    for skey in sorted(dumps, key=ServiceKey.sort_key):
+        if skey not in owned:
+            continue  # released since the last read
+        dump = dumps[skey]
+        name = str(skey)
+        addr, proto = service_labels(skey)
+        add(vip_counters, [name, addr, proto], dump.stats)
+        add(vip_rates, [name, addr, proto], dump.stats)
+        for dkey in sorted(dump.dests, key=lambda k: k.sort_key()):
+            info = dump.dests[dkey]
+            labels = [name, str(dkey), proto]
+            add(rs_counters, labels, info.stats)
+            add(rs_rates, labels, info.stats)
+            active.add_metric(labels, info.active_conns)
+            inactive.add_metric(labels, info.inactive_conns)
+            persistent.add_metric(labels, info.persist_conns)
+    for _, counter in (*vip_counters, *rs_counters):
+        yield counter
+    for _, gauge in (*vip_rates, *rs_rates):
+        yield gauge
+    yield active
+    yield inactive
+    yield persistent
 
 
 class Metrics:
@@ -422,6 +532,17 @@ class Metrics:
         if success:
             self.reload_timestamp = self._wall_clock()
 
+    async def refresh(self) -> None:
+        """Bring scrape-time data that needs I/O up to date (the IPVS statistics).
+
+        Awaited by the HTTP server before it renders; waits at most
+        ``REFRESH_TIMEOUT`` for the IPVS worker, else the last read is shown.
+        """
+        lvs = self.lvs
+        if lvs is not None:
+            with trio.move_on_after(REFRESH_TIMEOUT):
+                await lvs.refresh_ipvs_stats()
+
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition for an ``Accept`` header: (body, content type)."""
         encoder, content_type = choose_encoder(accept)
@@ -466,6 +587,12 @@ def handle_request(metrics: Metrics, request: bytes) -> bytes:
     return _response("404 Not Found", "text/plain", b"not found\n", head=method == "HEAD")
 
 
+def _is_metrics_request(head: bytes) -> bool:
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    return len(parts) == 3 and parts[0] in (b"GET", b"HEAD") and (
+        parts[1].split(b"?", 1)[0] == METRICS_PATH.encode())
+
+
 async def _serve_connection(metrics: Metrics, stream: trio.SocketStream) -> None:
     async with stream:
         buf = b""
@@ -482,6 +609,8 @@ async def _serve_connection(metrics: Metrics, stream: trio.SocketStream) -> None
             response = _response("431 Request Header Fields Too Large", "text/plain",
                                  b"request too large\n")
         else:
+            if _is_metrics_request(buf[:end]):
+                await metrics.refresh()
             response = handle_request(metrics, buf[:end])
         try:
             with trio.move_on_after(REQUEST_TIMEOUT):
