@@ -143,7 +143,13 @@ class TimedAdvertSocket(Protocol):
 
 
 class Wakeup(Protocol):
-    """Wakes the event loop exactly at posted deadlines (``pyalived.vrrp.wakeup``)."""
+    """Wakes the event loop exactly at posted deadlines (``pyalived.vrrp.wakeup``).
+
+    A callable ``owner`` is called when its deadline has come; ``fallback`` is how
+    long after the deadline its task stops waiting for that call.
+    """
+
+    fallback: float
 
     def wake_at(self, owner: Hashable, deadline: float | None) -> None: ...
 
@@ -289,6 +295,14 @@ class _Link:
 
 
 @dataclass(frozen=True)
+class _Tick:
+    """The wake-up port says the machine's timer is due."""
+
+
+_TICK = _Tick()
+
+
+@dataclass(frozen=True)
 class _Force:
     state: State
     reason: str
@@ -301,7 +315,7 @@ class _Reconf:
     done: trio.Event
 
 
-_Event = _Rx | _Script | _Link | _Force | _Reconf
+_Event = _Rx | _Script | _Link | _Force | _Reconf | _Tick
 
 StateListener = Callable[["Instance", StateChanged], None]
 
@@ -507,7 +521,7 @@ class Instance:
             await self._loop()
         finally:
             if self._wakeup is not None:
-                self._wakeup.wake_at(self, None)
+                self._wakeup.wake_at(self._tick, None)
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + STOP_TIMEOUT
                 await self._stop()
@@ -517,16 +531,24 @@ class Instance:
     async def _loop(self) -> None:
         while True:
             timer = self.machine.get_timer()
+            wait_until = math.inf if timer is None else timer
             if self._wakeup is not None:
-                self._wakeup.wake_at(self, timer)
+                # Woken by a tick in the inbox at the deadline; the trio deadline
+                # is only the fallback.
+                self._wakeup.wake_at(self._tick, timer)
+                wait_until += self._wakeup.fallback
             event: _Event | None = None
-            with trio.move_on_at(math.inf if timer is None else timer):
+            with trio.move_on_at(wait_until):
                 event = await self._inbox_rx.receive()
-            if event is not None:
+            if event is not None and not isinstance(event, _Tick):
                 await self._handle(event)
                 continue
             self._floor = now = trio.current_time()
-            await self._execute(self.machine.timer_expired(now))
+            if timer is not None and now >= timer:
+                await self._execute(self.machine.timer_expired(now))
+
+    def _tick(self) -> None:
+        self._inbox_tx.send_nowait(_TICK)
 
     async def _handle(self, event: _Event) -> None:
         now = trio.current_time()
@@ -547,7 +569,7 @@ class Instance:
                 await self._reconfigure(event.conf, event.tracking)
             finally:
                 event.done.set()
-        else:
+        elif isinstance(event, _Force):
             await self._execute(self.machine.force_state(now, event.state, event.reason))
 
     async def _received(self, now: float, received: packet.Received, datagram: bytes) -> None:

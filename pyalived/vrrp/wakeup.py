@@ -7,7 +7,11 @@ backup's Master_Down timer of 3.65 s therefore fired about 4.5 ms late, and
 RFC 3768 §6.4.2's takeover came late by as much.  A timerfd armed with an
 absolute CLOCK_MONOTONIC time has only the thread's timer slack (50 us by
 default), and its readability wakes trio's epoll at that moment; trio then
-finds the deadline passed and runs the task whose timer it was.
+finds the deadline passed and runs the task whose timer it was.  An owner
+that is callable is also called when its deadline comes (the VRRP instance
+posts itself a tick): a task woken through its inbox resumes sooner than one
+woken by the cancellation of its trio deadline, so the instance waits on its
+own deadline plus ``FALLBACK`` and normally leaves that wait by the tick.
 
 ``DeadlineBook`` is the pure part: every owner (a VRRP instance) posts the
 time it next needs to run, and the book says which moment the timerfd must be
@@ -42,6 +46,8 @@ TFD_CLOEXEC = os.O_CLOEXEC
 TFD_TIMER_ABSTIME = 1
 # Armed this long after the deadline, so that trio's clock has passed it on waking.
 ARM_LATE = 20e-6
+# How long after its deadline a task waiting for the tick gives up on it.
+FALLBACK = 0.002
 
 
 class DeadlineBook:
@@ -65,18 +71,24 @@ class DeadlineBook:
 
     def next(self, now: float) -> float | None:
         """The earliest deadline later than ``now``; those at or before ``now`` are done."""
+        self.pop_due(now)
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[Hashable]:
+        """The owners whose deadline is at or before ``now``, forgotten from here on."""
         heap = self._heap
+        due: list[Hashable] = []
         while heap:
             deadline, _, owner = heap[0]
-            current = self._due.get(owner)
-            if current != deadline:
+            if self._due.get(owner) != deadline:
                 heapq.heappop(heap)  # superseded or withdrawn
             elif deadline <= now:
-                heapq.heappop(heap)  # due: trio runs its task now
+                heapq.heappop(heap)
                 del self._due[owner]
+                due.append(owner)
             else:
-                return deadline
-        return None
+                break
+        return due
 
     def __len__(self) -> int:
         return len(self._due)
@@ -105,6 +117,8 @@ class TimerfdWakeup:
         self._book = DeadlineBook()
         self._armed: float | None = None  # trio time the timerfd is armed for
         self.expirations = 0  # times the timerfd fired (statistics, tests)
+        # How long a task waits past its deadline for the call: only while a timerfd runs.
+        self.fallback = 0.0
         self._fd: int | None = None
         self._settime: Callable[..., int] | None = None
 
@@ -114,7 +128,11 @@ class TimerfdWakeup:
         return self._armed
 
     def wake_at(self, owner: Hashable, deadline: float | None) -> None:
-        """``owner``'s task waits until ``deadline`` (trio time); None withdraws it."""
+        """``owner``'s task waits until ``deadline`` (trio time); None withdraws it.
+
+        A callable ``owner`` is called (from this object's task) once the deadline
+        has come, unless superseded or withdrawn first.
+        """
         self._book.set(owner, deadline)
         if self._fd is None:
             return
@@ -142,6 +160,7 @@ class TimerfdWakeup:
             await trio.sleep_forever()
             return
         self._fd, self._settime = fd, settime
+        self.fallback = FALLBACK
         try:
             self._rearm()
             task_status.started()
@@ -154,10 +173,14 @@ class TimerfdWakeup:
                 else:
                     self.expirations += 1
                 self._armed = None
+                for owner in self._book.pop_due(trio.current_time()):
+                    if callable(owner):
+                        owner()
                 self._rearm()
         finally:
             self._fd = self._settime = None
             self._armed = None
+            self.fallback = 0.0
             os.close(fd)
 
     def _rearm(self) -> None:

@@ -65,11 +65,22 @@ class TimedFactory(FakeSocketFactory):
 
 
 class RecordingWakeup:
-    def __init__(self) -> None:
+    def __init__(self, fallback: float = 0.0) -> None:
+        self.fallback = fallback
         self.calls: list[tuple[Hashable, float | None]] = []
 
     def wake_at(self, owner: Hashable, deadline: float | None) -> None:
         self.calls.append((owner, deadline))
+
+    def pending(self) -> dict[Hashable, float]:
+        latest: dict[Hashable, float | None] = {}
+        for owner, deadline in self.calls:
+            latest[owner] = deadline
+        return {o: d for o, d in latest.items() if d is not None}
+
+
+def owned_by(owner: Hashable, inst: Instance) -> bool:
+    return getattr(owner, "__self__", None) is inst
 
 
 def advert_from(src: IPv4Address, priority: int) -> bytes:
@@ -192,7 +203,7 @@ async def test_deadlines_are_posted_to_the_wakeup(
         await trio.sleep(MASTER_DOWN_90 + 1.5)
         assert inst.state is State.MASTER
         nursery.cancel_scope.cancel()
-    deadlines = [d for owner, d in wakeup.calls if owner is inst]
+    deadlines = [d for owner, d in wakeup.calls if owned_by(owner, inst)]
     # Master_Down, then the Adver_Timer ticks; the stop withdraws the last one.
     assert deadlines[0] == start + MASTER_DOWN_90
     assert start + MASTER_DOWN_90 + 1.0 in deadlines
@@ -258,3 +269,54 @@ async def test_timerfd_wakeup_fires_and_rearms() -> None:
         assert wakeup.armed_for is not None
         nursery.cancel_scope.cancel()
     assert wakeup.armed_for is None
+
+
+async def test_the_wakeups_call_ends_the_wait_at_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With a wake-up port the instance waits for its call, the trio deadline is the fallback."""
+    factory = TimedFactory()
+    wakeup = RecordingWakeup(fallback=0.5)
+
+    async def call_when_due() -> None:
+        while True:
+            await trio.sleep(0.001)
+            for owner, deadline in wakeup.pending().items():
+                if deadline <= trio.current_time():
+                    wakeup.wake_at(owner, None)
+                    assert callable(owner)
+                    owner()
+
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        (inst,) = await nursery.start(run_vrrp, conf(), ports(factory, wakeup), VrrpCounters())
+        caller = trio.CancelScope()
+
+        async def caller_task() -> None:
+            with caller:
+                await call_when_due()
+
+        nursery.start_soon(caller_task)
+        await trio.sleep(MASTER_DOWN_90 + 0.1)
+        assert inst.state is State.MASTER
+        # woken by the call (polled every ms), not by the fallback half a second later
+        assert first_advert_time(factory) < start + MASTER_DOWN_90 + 0.01
+        assert first_advert_time(factory) >= start + MASTER_DOWN_90
+        caller.cancel()
+        # without calls, the next Adver_Timer tick comes at the fallback
+        sock = factory.advert[("eth0", packet.VRRP_PROTO)]
+        count = len(sock.sent)
+        await trio.sleep(1.6)
+        assert len(sock.sent) == count + 1
+        assert math.isclose(sock.sent[-1].time - sock.sent[-2].time, 1.0 + 0.5)
+        nursery.cancel_scope.cancel()
+
+
+def test_deadline_book_pops_due_owners() -> None:
+    book = DeadlineBook()
+    book.set("a", 1.0)
+    book.set("b", 2.0)
+    book.set("c", 3.0)
+    book.set("c", None)
+    assert book.pop_due(2.0) == ["a", "b"]
+    assert book.pop_due(5.0) == []
