@@ -175,7 +175,11 @@ class TimerfdWakeup:
                 self._armed = None
                 for owner in self._book.pop_due(trio.current_time()):
                     if callable(owner):
-                        owner()
+                        try:
+                            owner()
+                        except (trio.BrokenResourceError, trio.ClosedResourceError,
+                                trio.WouldBlock) as exc:  # its task has gone: nothing to wake
+                            log.debug("wake-up not delivered: %r", exc)
                 self._rearm()
         finally:
             self._fd = self._settime = None

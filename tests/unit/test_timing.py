@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import socket
 import struct
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 
@@ -253,22 +253,38 @@ def test_arrival_age_from_the_kernel_stamp() -> None:
 
 
 async def test_timerfd_wakeup_fires_and_rearms() -> None:
-    """Against the real kernel and clock: each posted deadline fires the timerfd once."""
+    """Against the real kernel and clock: posted deadlines fire the timerfd, which re-arms."""
     wakeup = TimerfdWakeup()
+    called: list[float] = []
+
+    def owner() -> None:
+        called.append(trio.current_time())
+
+    async def until(pred: Callable[[], bool]) -> None:
+        with trio.fail_after(10):
+            while not pred():
+                await trio.sleep(0.01)
+
     async with trio.open_nursery() as nursery:
         wakeup.wake_at("early", trio.current_time() + 0.05)  # before run: kept
         await nursery.start(wakeup.run)
-        wakeup.wake_at("a", trio.current_time() + 0.1)
-        await trio.sleep(0.3)
-        assert wakeup.expirations == 2
+        assert wakeup.fallback > 0
+        await until(lambda: wakeup.expirations >= 1)
+        deadline = trio.current_time() + 0.05
+        wakeup.wake_at(owner, deadline)
+        assert wakeup.armed_for == deadline
+        await until(lambda: bool(called))
+        assert called[0] >= deadline  # called once due, never before
+        assert wakeup.expirations >= 2
         wakeup.wake_at("b", trio.current_time() + 0.05)
-        wakeup.wake_at("b", None)  # withdrawn before it fires: at most a spurious wake
-        wakeup.wake_at("c", trio.current_time() + 10.0)
-        await trio.sleep(0.3)
-        assert wakeup.expirations <= 3
-        assert wakeup.armed_for is not None
+        wakeup.wake_at("b", None)  # withdrawn: at most a spurious wake
+        later = trio.current_time() + 10.0
+        wakeup.wake_at("c", later)
+        await until(lambda: wakeup.armed_for == later)
+        assert called == called[:1]
         nursery.cancel_scope.cancel()
     assert wakeup.armed_for is None
+    assert wakeup.fallback == 0.0
 
 
 async def test_the_wakeups_call_ends_the_wait_at_the_deadline(
