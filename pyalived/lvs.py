@@ -1,20 +1,21 @@
 """The LVS half of the daemon: health checkers driving the kernel's IPVS table.
 
-Theory of operation: ``LvsService.run`` is one trio service.  Every
-configured real server gets its own ``CheckerScheduler`` (in a cancel scope
-of its own, so a reload can stop or start single real servers while the
-others keep their checker state).  The schedulers report through a plain
-callback: the service records each real server's health (alive flag and
-effective weight, which ``misc_dynamic`` checkers may change), queues the
-real server's ``notify_up``/``notify_down`` script on the ``ScriptRunner``
-(fire and forget: a script never blocks anything) and marks the table dirty.
-One applier task then re-plans -- ``pyalived.ipvs.model.plan`` with the
-quorum state of the previous plan, so hysteresis, the sorry server,
+Theory of operation: ``LvsService.run`` is one trio service.  One
+``CheckerScheduler`` checks every configured real server (a reload adds and
+removes single real servers on it while the others keep their checker
+state).  The scheduler reports through a plain callback: the service records
+each real server's health (alive flag and effective weight, which
+``misc_dynamic`` checkers may change), queues the real server's
+``notify_up``/``notify_down`` script on the ``ScriptRunner`` (fire and
+forget: a script never blocks anything) and marks the table dirty.  One
+applier task then re-plans -- ``pyalived.ipvs.model.plan`` with the quorum
+state of the previous plan, so hysteresis, the sorry server,
 ``inhibit_on_failure`` and alpha are the planner's -- runs ``quorum_up`` /
-``quorum_down`` once per virtual server block whose quorum changed, and hands
-the desired table to ``IpvsTableManager``, which changes only the difference
-(its netlink calls run in a worker thread, never on the event loop).  Changes
-arriving while an update is in flight coalesce into the next plan.
+``quorum_down`` once per virtual server block whose quorum changed, and
+hands the desired table to ``IpvsTableManager``, which changes only the
+difference (its netlink calls run in a worker thread, never on the event
+loop).  Changes arriving while an update is in flight coalesce into the next
+plan.
 
 The kernel table is opened lazily, with the first non-empty desired table,
 so a configuration without ``virtual_server`` never touches IPVS.  A kernel
@@ -41,7 +42,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 import trio
@@ -83,12 +84,6 @@ class RealServerState:
     alive: bool
     weight: int
     reason: str = ""
-
-
-@dataclass
-class _Checker:
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    active: bool = True  # False once stopped: its last reports are ignored
 
 
 class TimedProber:
@@ -142,7 +137,7 @@ class LvsService:
         self._own_scripts = scripts is None
         self._scripts: ScriptRunner = scripts if scripts is not None else TrioScriptRunner()
         self._rng = rng if rng is not None else random.Random()
-        self._checkers: dict[RealServerId, _Checker] = {}
+        self._scheduler: CheckerScheduler | None = None
         self.health: dict[RealServerId, RealServerState] = {}
         self.quorum: dict[ServiceKey, bool] = {}
         self.desired: dict[ServiceKey, ServiceEntry] = {}
@@ -189,14 +184,8 @@ class LvsService:
 
     # ---- checker events ----------------------------------------------------------------
 
-    def _sink(self, rid: RealServerId, handle: _Checker) -> CallbackSink:
-        def changed(event: RealServerEvent) -> None:
-            if handle.active:
-                self._changed(rid, event)
-
-        return CallbackSink(changed)
-
-    def _changed(self, rid: RealServerId, event: RealServerEvent) -> None:
+    def _changed(self, event: RealServerEvent) -> None:
+        rid = (event.virtual_server, event.real_server)
         prev = self.health.get(rid)
         self.health[rid] = RealServerState(
             event.virtual_server, event.real_server, event.alive, event.weight, event.reason
@@ -276,28 +265,9 @@ class LvsService:
 
     # ---- checkers ----------------------------------------------------------------------
 
-    @staticmethod
-    async def _run_checker(
-        scope: trio.CancelScope,
-        scheduler: CheckerScheduler,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        with scope:
-            await scheduler.run(task_status=task_status)
-
-    async def _start_checker(self, nursery: trio.Nursery, rid: RealServerId,
-                             vs: VirtualServerSpec) -> None:
-        one = VirtualServerSpec(vs.name, (rid[1],), vs.omega)
-        handle = _Checker()
-        scheduler = CheckerScheduler([one], self._sink(rid, handle), self._prober, self._rng)
-        self._checkers[rid] = handle
-        await nursery.start(self._run_checker, handle.scope, scheduler)
-
     def _stop_checker(self, rid: RealServerId) -> None:
-        handle = self._checkers.pop(rid)
-        handle.active = False  # its shutdown report (omega) is for a removed server
-        handle.scope.cancel()
+        assert self._scheduler is not None
+        self._scheduler.remove(*rid)  # it reports nothing more, not even omega
         self.health.pop(rid, None)
 
     # ---- service ------------------------------------------------------------------------
@@ -318,8 +288,11 @@ class LvsService:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    for rid, vs in self._wanted().items():
-                        await self._start_checker(nursery, rid, vs)
+                    self._scheduler = CheckerScheduler(
+                        self.specs, CallbackSink(self._changed), self._prober, self._rng
+                    )
+                    await nursery.start(self._scheduler.run)  # reports every initial state
+                    await self._scheduler.wait_running()  # probes due at once have started
                     self._dirty = trio.Event()  # the initial states are in this plan
                     result = self._plan()
                     await self._apply_table(result.table)
@@ -328,7 +301,7 @@ class LvsService:
                     nursery.start_soon(self._applier)
                     log.info(
                         "LVS started: %d virtual server(s), %d real server checker set(s)%s",
-                        len(self.specs), len(self._checkers),
+                        len(self.specs), len(self._wanted()),
                         "" if self.ipvs_unavailable is None else ", without IPVS",
                     )
                     task_status.started()
@@ -355,16 +328,18 @@ class LvsService:
         if nursery is None:
             raise RuntimeError("LvsService.apply called while the service is not running")
         self._set_config(config)
+        scheduler = self._scheduler
+        assert scheduler is not None
         wanted = self._wanted()
-        stopped = [rid for rid in self._checkers if rid not in wanted]
+        stopped = [rid for rid in self.health if rid not in wanted]
         for rid in stopped:
             self._stop_checker(rid)
         started = 0
         for rid, vs in wanted.items():
-            if rid not in self._checkers:
-                await self._start_checker(nursery, rid, vs)
+            if rid not in scheduler:
+                scheduler.add(vs, rid[1])
                 started += 1
-        kept = len(self._checkers) - started
+        kept = len(wanted) - started
         known = {s.key for s in self.services}
         self.quorum = {k: v for k, v in self.quorum.items() if k in known}
         log.info(

@@ -1,20 +1,25 @@
 """Runs every checker of every real server and reports health changes.
 
 Theory of operation: ``CheckerScheduler.run`` starts one trio task per
-checker under its own nursery.  Each task loops: sleep until its
-``CheckerPolicy`` timer, run one probe through the ``Prober`` interface, feed
-the result to the policy and the transitions to the real server's
-``RealServerHealth``.  Tasks never wait for each other, so a slow or hostile
-real server only delays its own checker (every probe is bounded in time by
-the probes themselves).  Whenever a real server's alive flag or effective
-weight changes, one ``RealServerEvent`` goes to the ``HealthSink`` (a plain
-synchronous callback; ``ChannelSink`` forwards to a trio memory channel for a
-subscriber that wants to await events).  The initial state of every real
-server (alive unless one of its checkers is in ``alpha`` mode) is reported
-before ``task_status.started()``; when the scheduler is cancelled, real
-servers of virtual servers with ``omega`` are reported down.  Every checker
-transition is logged once, naming the virtual server, real server, checker
-and reason.
+checker under its own nursery, and ``add``/``remove`` start and stop the
+checkers of single real servers while it runs (a reload keeps every other
+checker's state).  All checkers of all real servers sleep on one
+``TimerQueue``, so thousands of them cost one trio deadline, not one each.
+Each task loops: sleep until its ``CheckerPolicy`` timer, run one probe
+through the ``Prober`` interface, feed the result to the policy and the
+transitions to the real server's ``RealServerHealth``.  Tasks never wait for
+each other, so a slow or hostile real server only delays its own checker
+(every probe is bounded in time by the probes themselves).  Whenever a real
+server's alive flag or effective weight changes, one ``RealServerEvent``
+goes to the ``HealthSink`` (a plain synchronous callback; ``ChannelSink``
+forwards to a trio memory channel for a subscriber that wants to await
+events).  The initial state of every real server (alive unless one of its
+checkers is in ``alpha`` mode) is reported before ``task_status.started()``,
+and ``wait_running`` returns once every checker task runs (a probe due at
+once has then started); when the scheduler is cancelled, real servers of
+virtual servers with ``omega`` are reported down (a removed real server
+reports nothing more).  Every checker transition is logged once, naming the
+virtual server, real server, checker and reason.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -92,11 +97,16 @@ def open_event_channel() -> tuple[ChannelSink, trio.MemoryReceiveChannel[RealSer
     return ChannelSink(send), receive
 
 
-@dataclass
+ServerKey = tuple[str, RealServerSpec]  # (VirtualServerSpec.name, the real server)
+
+
+@dataclass(eq=False)
 class _Server:
     vs: VirtualServerSpec
     rs: RealServerSpec
     health: RealServerHealth
+    scopes: list[trio.CancelScope] = field(default_factory=list)  # one per checker task
+    active: bool = True  # False once removed: it reports nothing more
 
 
 ProbeStartObserver = Callable[[float, float], None]  # (scheduled, actual) times
@@ -158,37 +168,95 @@ class CheckerScheduler:
         self._prober: Prober = prober if prober is not None else RealProber()
         self._rng = rng if rng is not None else random.Random()
         self._on_probe_start = on_probe_start
-        self._servers = [
-            _Server(vs, rs, RealServerHealth.for_checkers(rs.weight, rs.checkers))
-            for vs in virtual_servers
-            for rs in vs.real_servers
-        ]
+        self._servers: dict[ServerKey, _Server] = {}
+        for vs in virtual_servers:
+            for rs in vs.real_servers:
+                self._servers.setdefault((vs.name, rs), self._new_server(vs, rs))
+        self._nursery: trio.Nursery | None = None
+        self._timers = TimerQueue()
+        self._unstarted = 0  # checker tasks started but not yet running
+        self._all_running = trio.Event()
+
+    @staticmethod
+    def _new_server(vs: VirtualServerSpec, rs: RealServerSpec) -> _Server:
+        return _Server(vs, rs, RealServerHealth.for_checkers(rs.weight, rs.checkers))
 
     def snapshot(self) -> list[RealServerEvent]:
         """The current state of every real server."""
         return [
             RealServerEvent(s.vs.name, s.rs, s.health.alive, s.health.weight, None, "current state")
-            for s in self._servers
+            for s in self._servers.values()
         ]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._servers
+
+    def _report_initial(self, s: _Server) -> None:
+        reason = "initial state" if s.health.alive else "initial state (alpha)"
+        self._emit(RealServerEvent(s.vs.name, s.rs, s.health.alive, s.health.weight, None, reason))
+
+    def _start(self, nursery: trio.Nursery, s: _Server, now: float) -> None:
+        for index, spec in enumerate(s.rs.checkers):
+            policy = CheckerPolicy.for_spec(spec, now, self._rng)
+            self._unstarted += 1
+            nursery.start_soon(self._checker_task, s, index, spec, policy)
+
+    def add(self, vs: VirtualServerSpec, rs: RealServerSpec) -> None:
+        """Start checking ``rs`` of ``vs`` (reporting its initial state now).
+
+        Only while ``run`` is running; a real server already checked under
+        ``vs.name`` is left alone.
+        """
+        if self._nursery is None:
+            raise RuntimeError("CheckerScheduler.add called while the scheduler is not running")
+        key = (vs.name, rs)
+        if key in self._servers:
+            return
+        s = self._servers[key] = self._new_server(vs, rs)
+        self._report_initial(s)
+        self._start(self._nursery, s, trio.current_time())
+
+    def _began(self) -> None:
+        self._unstarted -= 1
+        if not self._unstarted:
+            self._all_running.set()
+
+    async def wait_running(self) -> None:
+        """Return once every checker task started so far runs.
+
+        A probe that was already due when its checker started (no warmup) has
+        started by then.
+        """
+        if self._unstarted:
+            if self._all_running.is_set():
+                self._all_running = trio.Event()
+            await self._all_running.wait()
+
+    def remove(self, virtual_server: str, rs: RealServerSpec) -> None:
+        """Stop checking ``rs`` of the virtual server named ``virtual_server``.
+
+        Its checkers are cancelled and it reports nothing more (not even omega).
+        """
+        s = self._servers.pop((virtual_server, rs), None)
+        if s is not None:
+            s.active = False
+            for scope in s.scopes:
+                scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         now = trio.current_time()
-        for s in self._servers:
-            reason = "initial state" if s.health.alive else "initial state (alpha)"
-            self._emit(
-                RealServerEvent(s.vs.name, s.rs, s.health.alive, s.health.weight, None, reason)
-            )
+        for s in self._servers.values():
+            self._report_initial(s)
         try:
             async with trio.open_nursery() as nursery:
-                timers = TimerQueue()
-                await nursery.start(timers.run)
-                for s in self._servers:
-                    for index, spec in enumerate(s.rs.checkers):
-                        policy = CheckerPolicy.for_spec(spec, now, self._rng)
-                        nursery.start_soon(self._checker_loop, timers, s, index, spec, policy)
+                await nursery.start(self._timers.run)
+                for s in self._servers.values():
+                    self._start(nursery, s, now)
+                self._nursery = nursery
                 task_status.started()
         finally:
-            for s in self._servers:
+            self._nursery = None
+            for s in self._servers.values():
                 if s.vs.omega and s.health.alive:
                     log.info("%s: real server %s down on shutdown (omega)", s.vs, s.rs)
                     self._emit(
@@ -205,14 +273,39 @@ class CheckerScheduler:
             log.exception("%s on %s: probe error", spec.kind, rs)
             return ProbeResult(False, f"internal probe error: {exc!r}")
 
-    async def _checker_loop(
-        self, timers: TimerQueue, s: _Server, index: int, spec: CheckerSpec, policy: CheckerPolicy
+    async def _checker_task(
+        self, s: _Server, index: int, spec: CheckerSpec, policy: CheckerPolicy
     ) -> None:
+        if not s.active:
+            self._began()
+            return
+        scope = trio.CancelScope()
+        s.scopes.append(scope)
+        with scope:
+            await self._checker_loop(s, index, spec, policy)
+
+    async def _checker_loop(
+        self, s: _Server, index: int, spec: CheckerSpec, policy: CheckerPolicy
+    ) -> None:
+        # A probe already due when the task begins (warmup 0) starts one
+        # checkpoint later, before ``wait_running`` returns; later ones wait in
+        # the queue.
+        first = True
         label = checker_label(spec, index)
+        sleep_until = self._timers.sleep_until
         while True:
             due = policy.get_timer()
             assert due is not None
-            await timers.sleep_until(due)
+            if first:
+                first = False
+                if due > trio.current_time():
+                    self._began()
+                    await sleep_until(due)
+                else:
+                    await trio.lowlevel.checkpoint()
+                    self._began()
+            else:
+                await sleep_until(due)
             started = trio.current_time()
             if self._on_probe_start is not None:
                 self._on_probe_start(due, started)
@@ -230,7 +323,7 @@ class CheckerScheduler:
             if verdict is None and weight is None:
                 continue  # the common case: nothing changed
             change = s.health.update(index, verdict, weight, reason)
-            if change is None:
+            if change is None or not s.active:
                 continue
             if verdict is None:
                 log.info(
