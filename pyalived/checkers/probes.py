@@ -120,9 +120,8 @@ async def connect_within(
     thousands of servers stay cheap.
     """
     family = socket.AF_INET6 if isinstance(ip, IPv6Address) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)  # no fcntl call
     try:
-        sock.setblocking(False)
         if bindto is not None or bind_port is not None:
             sock.bind(("" if bindto is None else _text(bindto), bind_port or 0))
         addr = (_text(ip), port)
@@ -143,17 +142,29 @@ async def connect_within(
     return sock
 
 
+_CONNECTED: dict[tuple[IPAddress, int], ProbeResult] = {}
+
+
+def _connected(ip: IPAddress, port: int) -> ProbeResult:
+    """The (immutable, shared) success result for ``ip:port``: no formatting per check."""
+    result = _CONNECTED.get((ip, port))
+    if result is None:
+        if len(_CONNECTED) > 65536:
+            _CONNECTED.clear()
+        result = _CONNECTED[(ip, port)] = ProbeResult(True, f"connected to {_where(ip, port)}")
+    return result
+
+
 async def tcp_probe(spec: TcpCheck, rs: RealServerSpec) -> ProbeResult:
     ip, port = _target(spec, rs)
-    where = _where(ip, port)
     try:
         sock = await connect_within(spec.connect_timeout, ip, port, spec.bindto, spec.bind_port)
     except trio.TooSlowError:
-        return ProbeResult(False, f"timeout connecting to {where}")
+        return ProbeResult(False, f"timeout connecting to {_where(ip, port)}")
     except OSError as exc:
-        return ProbeResult(False, f"connect to {where}: {_strerror(exc)}")
+        return ProbeResult(False, f"connect to {_where(ip, port)}: {_strerror(exc)}")
     sock.close()
-    return ProbeResult(True, f"connected to {where}")
+    return _connected(ip, port)
 
 
 _SSL_CONTEXTS: dict[tuple[bool, str | None], ssl.SSLContext] = {}
