@@ -28,7 +28,10 @@ peer does (accept and stay silent, send garbage, send an endless body, reset).
   a signal or a timeout.
 
 ``Prober`` is the interface the scheduler calls; ``RealProber`` dispatches
-to these functions and tests substitute fakes.
+to these functions and tests substitute fakes.  ``RealProber.begin`` (the
+``BeginProber`` fast path) runs TCP_CHECK's connect synchronously and returns
+the result itself when the kernel answered at once, or an awaitable that
+finishes the handshake in progress.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import signal
 import socket
 import ssl
 import subprocess
+from collections.abc import Awaitable
 from ipaddress import IPv6Address
 from typing import Protocol
 
@@ -71,6 +75,19 @@ MISC_KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL of a timed-out scri
 
 class Prober(Protocol):
     async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult: ...
+
+
+class BeginProber(Prober, Protocol):
+    """A ``Prober`` that can start a probe synchronously (the scheduler's fast path).
+
+    ``begin`` does what ``probe`` does, but returns the result itself when
+    the probe could finish without waiting, else an awaitable for the rest
+    (which the caller must await).
+    """
+
+    def begin(
+        self, spec: CheckerSpec, rs: RealServerSpec
+    ) -> ProbeResult | Awaitable[ProbeResult]: ...
 
 
 def _target(spec: TcpCheck | HttpGet, rs: RealServerSpec) -> tuple[IPAddress, int]:
@@ -164,6 +181,56 @@ async def tcp_probe(spec: TcpCheck, rs: RealServerSpec) -> ProbeResult:
     except OSError as exc:
         return ProbeResult(False, f"connect to {_where(ip, port)}: {_strerror(exc)}")
     sock.close()
+    return _connected(ip, port)
+
+
+def tcp_probe_begin(spec: TcpCheck, rs: RealServerSpec) -> ProbeResult | Awaitable[ProbeResult]:
+    """``tcp_probe`` without a task switch when the connect ends at once.
+
+    Returns the result when the connection was established or refused
+    straight away (loopback, a local refusal), otherwise an awaitable that
+    waits for the handshake already in progress, bounded by
+    ``connect_timeout``.  The outcome is the one ``tcp_probe`` would give.
+    """
+    ip, port = _target(spec, rs)
+    family = socket.AF_INET6 if isinstance(ip, IPv6Address) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        if spec.bindto is not None or spec.bind_port is not None:
+            sock.bind(("" if spec.bindto is None else _text(spec.bindto), spec.bind_port or 0))
+        addr = (_text(ip), port)
+        err = sock.connect_ex(addr)
+        if err == errno.EINPROGRESS:
+            err = sock.connect_ex(addr)
+            if err in (errno.EALREADY, errno.EINPROGRESS):
+                return _tcp_probe_finish(spec, sock, ip, port)
+            if err == errno.EISCONN:
+                err = 0
+    except OSError as exc:
+        sock.close()
+        return ProbeResult(False, f"connect to {_where(ip, port)}: {_strerror(exc)}")
+    except BaseException:
+        sock.close()
+        raise
+    sock.close()
+    if err:
+        return ProbeResult(False, f"connect to {_where(ip, port)}: {os.strerror(err).lower()}")
+    return _connected(ip, port)
+
+
+async def _tcp_probe_finish(
+    spec: TcpCheck, sock: socket.socket, ip: IPAddress, port: int
+) -> ProbeResult:
+    try:
+        with trio.fail_after(spec.connect_timeout):
+            await trio.lowlevel.wait_writable(sock)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    except trio.TooSlowError:
+        return ProbeResult(False, f"timeout connecting to {_where(ip, port)}")
+    finally:
+        sock.close()
+    if err:
+        return ProbeResult(False, f"connect to {_where(ip, port)}: {os.strerror(err).lower()}")
     return _connected(ip, port)
 
 
@@ -318,7 +385,10 @@ async def misc_probe(spec: MiscCheck) -> ProbeResult:
 
 
 class RealProber:
-    """The production ``Prober``: dispatches on the checker type."""
+    """The production ``Prober``: dispatches on the checker type.
+
+    ``begin`` is the scheduler's fast path (see ``BeginProber``).
+    """
 
     def __init__(self, max_body: int = MAX_BODY_BYTES) -> None:
         self.max_body = max_body
@@ -332,3 +402,11 @@ class RealProber:
             return await misc_probe(spec)
         except ValueError as exc:
             return ProbeResult(False, str(exc))
+
+    def begin(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult | Awaitable[ProbeResult]:
+        if isinstance(spec, TcpCheck):
+            try:
+                return tcp_probe_begin(spec, rs)
+            except ValueError as exc:
+                return ProbeResult(False, str(exc))
+        return self.probe(spec, rs)

@@ -5,6 +5,10 @@ checker under its own nursery, and ``add``/``remove`` start and stop the
 checkers of single real servers while it runs (a reload keeps every other
 checker's state).  All checkers of all real servers sleep on one
 ``TimerQueue``, so thousands of them cost one trio deadline, not one each.
+With a prober that has ``begin`` (``BeginProber``), the queue's own task
+starts each due probe and, when it needed no waiting (a loopback connect, a
+refusal), finishes it on the spot: the checker's task stays parked and a
+check costs no task switch; a probe that must wait is handed to that task.
 Each task loops: sleep until its ``CheckerPolicy`` timer, run one probe
 through the ``Prober`` interface, feed the result to the policy and the
 transitions to the real server's ``RealServerHealth``.  Tasks never wait for
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
+from outcome import Value
 
 from pyalived.checkers.policy import (
     CheckerPolicy,
@@ -121,7 +126,8 @@ class TimerQueue:
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, list[trio.lowlevel.Task | None]]] = []
+        self._heap: list[tuple[float, int, list[trio.lowlevel.Task | None] | Callable[[], None]]]
+        self._heap = []
         self._seq = 0
         self._scope: trio.CancelScope | None = None
 
@@ -140,16 +146,29 @@ class TimerQueue:
 
         await trio.lowlevel.wait_task_rescheduled(abort)
 
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` from the queue's own task once ``deadline`` has come."""
+        if self._scope is None:
+            raise RuntimeError("TimerQueue.run is not running")
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, callback))
+        if deadline < self._scope.deadline:
+            self._scope.deadline = deadline
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         heap = self._heap
         self._scope = trio.CancelScope()
         task_status.started()
+        reschedule = trio.lowlevel.reschedule
         while True:
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                task = heapq.heappop(heap)[2][0]
-                if task is not None:
-                    trio.lowlevel.reschedule(task)
+                item = heapq.heappop(heap)[2]
+                if isinstance(item, list):
+                    if item[0] is not None:
+                        reschedule(item[0])
+                else:
+                    item()
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
                 self._scope = scope
                 await trio.sleep_forever()
@@ -270,8 +289,7 @@ class CheckerScheduler:
         try:
             return await self._prober.probe(spec, rs)
         except Exception as exc:  # a probe bug must not take the other checkers down
-            log.exception("%s on %s: probe error", spec.kind, rs)
-            return ProbeResult(False, f"internal probe error: {exc!r}")
+            return self._probe_error(spec, rs, exc)
 
     async def _checker_task(
         self, s: _Server, index: int, spec: CheckerSpec, policy: CheckerPolicy
@@ -290,50 +308,110 @@ class CheckerScheduler:
         # A probe already due when the task begins (warmup 0) starts one
         # checkpoint later, before ``wait_running`` returns; later ones wait in
         # the queue.
-        first = True
         label = checker_label(spec, index)
-        sleep_until = self._timers.sleep_until
-        while True:
+        due = policy.get_timer()
+        assert due is not None
+        if due > trio.current_time():
+            self._began()
+        else:
+            await trio.lowlevel.checkpoint()
+            self._began()
+            await self._probe_in_task(s, index, label, spec, policy, due)
+        begin = getattr(self._prober, "begin", None)
+        if begin is None:
+            sleep_until = self._timers.sleep_until
+            while True:
+                due = policy.get_timer()
+                assert due is not None
+                await sleep_until(due)
+                await self._probe_in_task(s, index, label, spec, policy, due)
+        # Fast path: the timer queue's task starts each probe (``_fire``) and
+        # finishes it on the spot when it needs no waiting; only a probe that
+        # must wait is handed to this task, which otherwise stays parked.
+        task = trio.lowlevel.current_task()
+        parked = [True]
+
+        def fire() -> None:
+            if not parked[0] or not s.active:
+                return
+            started = trio.current_time()
             due = policy.get_timer()
             assert due is not None
-            if first:
-                first = False
-                if due > trio.current_time():
-                    self._began()
-                    await sleep_until(due)
-                else:
-                    await trio.lowlevel.checkpoint()
-                    self._began()
-            else:
-                await sleep_until(due)
-            started = trio.current_time()
             if self._on_probe_start is not None:
                 self._on_probe_start(due, started)
             policy.probe_started(started)
-            result = await self._probe(spec, s.rs)
-            transitions = policy.probe_finished(result, trio.current_time())
-            verdict: Verdict | None = None
-            reason = result.reason
-            for tr in transitions:
-                verdict, reason = tr.verdict, tr.reason
-                log.info(
-                    "%s: real server %s: %s %s: %s", s.vs, s.rs, label, tr.verdict.value, reason
-                )
-            weight = result.weight if result.ok else None
-            if verdict is None and weight is None:
-                continue  # the common case: nothing changed
-            change = s.health.update(index, verdict, weight, reason)
-            if change is None or not s.active:
-                continue
-            if verdict is None:
-                log.info(
-                    "%s: real server %s: %s sets weight %d: %s",
-                    s.vs,
-                    s.rs,
-                    label,
-                    change.weight,
-                    reason,
-                )
-            self._emit(
-                RealServerEvent(s.vs.name, s.rs, change.alive, change.weight, label, change.reason)
+            try:
+                outcome = begin(spec, s.rs)
+            except Exception as exc:  # a probe bug must not take the other checkers down
+                outcome = self._probe_error(spec, s.rs, exc)
+            if isinstance(outcome, ProbeResult):
+                self._probe_done(s, index, label, policy, outcome)
+                self._timers.call_at(self._next_due(policy), fire)
+            else:
+                parked[0] = False
+                trio.lowlevel.reschedule(task, Value(outcome))
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            parked[0] = False
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            parked[0] = True
+            self._timers.call_at(self._next_due(policy), fire)
+            pending = await trio.lowlevel.wait_task_rescheduled(abort)
+            try:
+                result = await pending
+            except Exception as exc:
+                result = self._probe_error(spec, s.rs, exc)
+            self._probe_done(s, index, label, policy, result)
+
+    @staticmethod
+    def _next_due(policy: CheckerPolicy) -> float:
+        due = policy.get_timer()
+        assert due is not None
+        return due
+
+    @staticmethod
+    def _probe_error(spec: CheckerSpec, rs: RealServerSpec, exc: Exception) -> ProbeResult:
+        log.error("%s on %s: probe error", spec.kind, rs, exc_info=exc)
+        return ProbeResult(False, f"internal probe error: {exc!r}")
+
+    async def _probe_in_task(
+        self,
+        s: _Server,
+        index: int,
+        label: str,
+        spec: CheckerSpec,
+        policy: CheckerPolicy,
+        due: float,
+    ) -> None:
+        started = trio.current_time()
+        if self._on_probe_start is not None:
+            self._on_probe_start(due, started)
+        policy.probe_started(started)
+        result = await self._probe(spec, s.rs)
+        self._probe_done(s, index, label, policy, result)
+
+    def _probe_done(
+        self, s: _Server, index: int, label: str, policy: CheckerPolicy, result: ProbeResult
+    ) -> None:
+        transitions = policy.probe_finished(result, trio.current_time())
+        verdict: Verdict | None = None
+        reason = result.reason
+        for tr in transitions:
+            verdict, reason = tr.verdict, tr.reason
+            log.info("%s: real server %s: %s %s: %s", s.vs, s.rs, label, tr.verdict.value, reason)
+        weight = result.weight if result.ok else None
+        if verdict is None and weight is None:
+            return  # the common case: nothing changed
+        change = s.health.update(index, verdict, weight, reason)
+        if change is None or not s.active:
+            return
+        if verdict is None:
+            log.info(
+                "%s: real server %s: %s sets weight %d: %s",
+                s.vs, s.rs, label, change.weight, reason,
             )
+        self._emit(
+            RealServerEvent(s.vs.name, s.rs, change.alive, change.weight, label, change.reason)
+        )
