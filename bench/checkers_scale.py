@@ -4,10 +4,14 @@ Theory of operation: the benchmark makes a network namespace of its own
 (when run as root; otherwise it stays in the current one) and, inside it,
 starts listener processes (this script with ``--listener``, up to 10,000
 sockets each) that open N listening sockets on 127.0.0.1 and accept and
-close every connection with an epoll loop, stamping each accept with
-CLOCK_MONOTONIC per port.  It then writes a keepalived.conf with one
-``virtual_server`` and one ``real_server`` per listening port, each with a
-TCP_CHECK (``delay_loop`` 1 s by default, ``connect_timeout`` 1 s, the
+close every connection with an epoll loop.  Each connection is stamped, per
+port, with the CLOCK_MONOTONIC time its handshake completed in the kernel:
+the accept time minus TCP_INFO's ``tcpi_last_ack_recv`` (kept in jiffies,
+so a few milliseconds of resolution), which does not depend on how soon the
+listener got to run.  The listeners run at nice 10, since they stand for
+remote real servers that would not share the daemon's CPU.  It then writes
+a keepalived.conf with one ``virtual_server`` and one ``real_server`` per
+listening port, each with a TCP_CHECK (``delay_loop`` 1 s by default, ``connect_timeout`` 1 s, the
 default warmup spreading the first checks over one ``delay_loop``), and runs
 the real daemon on it: ``python -m pyalived -n -l -C -f CONF -p PID -c PID
 --metrics-listen none``.  The kernel of the test machines has no IPVS, so
@@ -20,13 +24,12 @@ starts.  Reported, for the daemon process only:
 * CPU: utime + stime from /proc/PID/stat across the window, as a percentage
   of one core (process CPU time, so largely independent of machine load).
 * RSS: VmRSS from /proc/PID/status at the end of the window.
-* Lateness: for every port, the intervals between consecutive accepts seen
-  by its listener inside the window, minus ``delay_loop``.  keepalived (and
+* Lateness: for every port, the intervals between consecutive handshakes
+  completed inside the window, minus ``delay_loop``.  keepalived (and
   pyalived) count ``delay_loop`` from the end of one check to the start of the
   next, so an interval is ``delay_loop`` + one check's duration (tens of
-  microseconds on loopback) + how late the daemon started the check + the
-  difference in the listener's own accept delay.  p50/p99/max are reported;
-  the listener's delay cancels out unless it varies between two accepts.
+  microseconds on loopback) + how late the daemon started the check, to the
+  kernel's jiffy resolution.  p50/p99/max are reported.
 
 ``--inprocess`` keeps the former mode: ``CheckerScheduler`` in this process,
 measuring its own CPU time and the lateness it observes through
@@ -46,6 +49,7 @@ import selectors
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -57,6 +61,8 @@ from pathlib import Path
 LISTENERS_PER_PROCESS = 10000
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+TCP_INFO_LEN = 104
+TCPI_LAST_ACK_RECV = 56  # offset of tcpi_last_ack_recv in struct tcp_info (linux/tcp.h)
 
 
 def raise_nofile(needed: int) -> None:
@@ -79,6 +85,8 @@ def listener_main(count: int) -> None:
     that window are reported, as ``{port: [times...]}``.
     """
     raise_nofile(count + 4096)
+    # The listeners stand for remote real servers: they yield the CPU to the daemon.
+    os.nice(10)
     sel = selectors.EpollSelector()
     ports: list[int] = []
     stamps: dict[int, list[float]] = {}
@@ -112,7 +120,10 @@ def listener_main(count: int) -> None:
                     conn, _addr = lst.accept()
                 except BlockingIOError:
                     break
-                stamps[key.data].append(monotonic())
+                info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+                # tcpi_last_ack_recv: ms since the handshake's last ACK arrived.
+                ago = struct.unpack_from("I", info, TCPI_LAST_ACK_RECV)[0] / 1000
+                stamps[key.data].append(monotonic() - ago)
                 conn.close()
 
 
