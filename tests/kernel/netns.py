@@ -32,6 +32,12 @@ def in_netns(name: str, fn: Callable[[], T]) -> T:
             _setns(home.fileno())
 
 
+def enter_netns(name: str) -> None:
+    """Move the calling thread into netns ``name`` for good (e.g. in a forked child)."""
+    with open(f"/run/netns/{name}") as target:
+        _setns(target.fileno())
+
+
 @contextmanager
 def netns(tag: str) -> Iterator[str]:
     name = f"pyalk{os.getpid()}{tag}{next(_counter)}"

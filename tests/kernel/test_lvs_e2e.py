@@ -24,23 +24,26 @@ or failed.
 from __future__ import annotations
 
 import http.server
+import importlib
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import pytest
 
 from pyalived.lab import REPO_ROOT, LabError, Proc, daemon_argv, namespace_pids, wait_for
-from tests.kernel.netns import in_netns, ipvsadm_table, sh
+from tests.kernel.netns import enter_netns, in_netns, ipvsadm_table, sh
 
 pytestmark = pytest.mark.kernel
 
@@ -78,6 +81,111 @@ def _run(*argv: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# The daemon under test
+
+# What pyalived's command line imports, eagerly or on the way to running.
+_DAEMON_MODULES = (
+    "trio",
+    "pyalived.cli",
+    "pyalived.config",
+    "pyalived.daemon",
+    "pyalived.dump",
+    "pyalived.lvs",
+    "pyalived.metrics",
+    "pyalived.reload",
+    "pyalived.sdnotify",
+    "pyalived.ipvs.netlink",
+    "pyalived.vrrp.net",
+    "pyalived.vrrp.netlink",
+    "pyalived.vrrp.scripts",
+    "pyalived.vrrp.wakeup",
+)
+
+
+class ForkedDaemon:
+    """pyalived's command line, run in a forked child of the test process inside a namespace.
+
+    In the emulated VM a fresh interpreter needs minutes to import pyalived's
+    dependencies; a child forked from the test process, which has imported
+    them once, starts at once.  The child runs ``pyalived.cli.main`` with the
+    same arguments as ``python -m pyalived`` and never returns into pytest.
+    """
+
+    def __init__(self, name: str, ns: str, argv: list[str], log_path: Path) -> None:
+        for module in _DAEMON_MODULES:
+            try:
+                importlib.import_module(module)
+            except ImportError:  # a lazily imported module may move; the child imports it then
+                pass
+        self.name = name
+        self.log_path = log_path
+        self.returncode: int | None = None
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            self._child(ns, argv, log_fd)
+        os.close(log_fd)
+        self.pid = pid
+
+    @staticmethod
+    def _child(ns: str, argv: list[str], log_fd: int) -> NoReturn:
+        code = 70
+        try:
+            enter_netns(ns)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            # Inherited descriptors must go: a copy of a real server's
+            # listening socket would keep it accepting after the test closed it.
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            sys.stdin = open(0, closefd=False)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
+            from pyalived.cli import main
+
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    def running(self) -> bool:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            if self.running():
+                os.kill(self.pid, sig)
+            deadline = time.monotonic() + wait
+            while self.running() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return self.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+Daemon = Proc | ForkedDaemon
+
+
+def _returncode(proc: Daemon) -> int | None:
+    return proc.returncode if isinstance(proc, ForkedDaemon) else proc.popen.returncode
+
+
+# ---------------------------------------------------------------------------
 # Topology
 
 
@@ -88,7 +196,7 @@ class Topology:
         self.prefix = f"pye{os.getpid()}x{next(_counter)}-"
         self.workdir = workdir
         self.namespaces: list[str] = []
-        self.procs: list[Proc] = []
+        self.procs: list[Daemon] = []
         self.servers: list[NamedServer] = []
 
     def ns(self, role: str) -> str:
@@ -129,7 +237,7 @@ class Topology:
         self.servers.append(server)
         return server
 
-    def start_daemon(self, role: str, config: str) -> Proc:
+    def start_daemon(self, role: str, config: str) -> Daemon:
         conf = self.workdir / f"{role}.conf"
         conf.write_text(config)
         env = dict(os.environ)
@@ -138,8 +246,14 @@ class Topology:
         )
         env["PYTHONUNBUFFERED"] = "1"
         tag = f"{role}-{IMPL}-{next(_counter)}"
-        proc = Proc(tag, self.ns(role), daemon_argv(IMPL, conf, self.workdir / tag),
-                    self.workdir / f"{tag}.log", env=env, cwd=self.workdir)  # fmt: skip
+        argv = daemon_argv(IMPL, conf, self.workdir / tag)
+        log = self.workdir / f"{tag}.log"
+        proc: Daemon
+        if IMPL == "pyalived":
+            assert argv[1:3] == ["-m", "pyalived"], argv
+            proc = ForkedDaemon(tag, self.ns(role), argv[3:], log)
+        else:
+            proc = Proc(tag, self.ns(role), argv, log, env=env, cwd=self.workdir)
         self.procs.append(proc)
         return proc
 
@@ -301,7 +415,7 @@ def settle(topo: Topology, what: str, predicate: Callable[[], Any],
            timeout: float = SETTLE_TIMEOUT) -> Any:  # fmt: skip
     for proc in topo.procs:
         if not proc.running():
-            raise AssertionError(f"{proc.name} exited ({proc.popen.returncode})\n{topo.logs()}")
+            raise AssertionError(f"{proc.name} exited ({_returncode(proc)})\n{topo.logs()}")
     try:
         return wait_for(predicate, timeout, interval=0.2, what=what)
     except LabError as exc:
@@ -312,19 +426,23 @@ def settle(topo: Topology, what: str, predicate: Callable[[], Any],
 # Configurations
 
 
-def _tcp_check() -> str:
-    return (
-        f"TCP_CHECK {{ connect_timeout {CONNECT_TIMEOUT} retry {RETRY} "
-        f"delay_before_retry {DELAY_BEFORE_RETRY} }}"
+def _timing(indent: str) -> str:
+    lines = (
+        f"connect_timeout {CONNECT_TIMEOUT}",
+        f"retry {RETRY}",
+        f"delay_before_retry {DELAY_BEFORE_RETRY}",
     )
+    return "".join(f"\n{indent}{line}" for line in lines)
+
+
+def _tcp_check() -> str:
+    # One keyword a line: neither parser takes several keywords on one line.
+    return f"TCP_CHECK {{{_timing(' ' * 12)}\n        }}"
 
 
 def _http_check() -> str:
-    return (
-        "HTTP_GET { url { path / status_code 200 } "
-        f"connect_timeout {CONNECT_TIMEOUT} retry {RETRY} "
-        f"delay_before_retry {DELAY_BEFORE_RETRY} }}"
-    )
+    url = "url {\n                path /\n                status_code 200\n            }"
+    return f"HTTP_GET {{\n            {url}{_timing(' ' * 12)}\n        }}"
 
 
 def single_director_config() -> str:
