@@ -138,6 +138,7 @@ class NetlinkIpvs:
                 except OSError:
                     pass
             self._sock.bind((0, 0))
+            self._buf = bytearray(SOCKET_BUFFER)
             self._seq = 0
             try:
                 self.family_id = self._resolve()
@@ -157,14 +158,16 @@ class NetlinkIpvs:
         return self._seq
 
     def _recv(self) -> list[genl.Reply]:
+        # One reusable buffer: ``recv(4 MiB)`` would allocate (and give back) 4 MiB
+        # per datagram, which dominated reading a large table back.
         try:
-            data = self._sock.recv(SOCKET_BUFFER)
+            n = self._sock.recv_into(self._buf)
         except OSError as exc:
             if exc.errno == errno.ENOBUFS:
                 # Replies were dropped; the caller's view of the table is unreliable.
                 raise OSError(errno.ENOBUFS, "IPVS netlink replies lost (receive buffer)") from exc
             raise
-        return list(genl.split(data))
+        return list(genl.split(bytes(memoryview(self._buf)[:n])))
 
     def _resolve(self) -> int:
         seq = self._next_seq()
