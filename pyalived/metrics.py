@@ -503,11 +503,15 @@ class Metrics:
             buckets=PROBE_BUCKETS,
             registry=self.registry,
         )
+        self._probe_children: dict[str, Histogram] = {}  # label lookup is on the checkers' hot path
         self.registry.register(LvsCollector(self))
 
     def observe_probe(self, spec: CheckerSpec, seconds: float, ok: bool) -> None:
         """Prober hook (``pyalived.lvs.ProbeObserver``): one probe took ``seconds``."""
-        self.probe_seconds.labels(spec.kind).observe(max(0.0, seconds))
+        child = self._probe_children.get(spec.kind)
+        if child is None:
+            child = self._probe_children[spec.kind] = self.probe_seconds.labels(spec.kind)
+        child.observe(max(0.0, seconds))
 
     def attach(self, instances: Sequence[InstanceView]) -> None:
         """Report on ``instances`` from now on (call once VRRP has built them)."""
