@@ -23,7 +23,6 @@ to the instances tracking that interface.
 from __future__ import annotations
 
 import logging
-import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ import trio
 
 from pyalived.config.model import VrrpScript
 from pyalived.vrrp.ports import LinkWatcher, ScriptRunner
+from pyalived.vrrp.scripts import split_command
 
 log = logging.getLogger("pyalived.vrrp.tracking")
 
@@ -118,33 +118,28 @@ class InstanceTracking:
             self._link_up[ifname] = up
 
     def verdict(self) -> Verdict:
+        # (what, weight, healthy, word when healthy, word when not); scripts with
+        # no result yet do not count.
+        items = [
+            (f"interface {name}", iface.weight, self._link_up[name], "up", "down")
+            for name, iface in self._interfaces.items()
+        ] + [
+            (f"script {name}", script.weight, ok, "ok", "failing")
+            for name, script in self._scripts.items()
+            if (ok := self._script_ok[name]) is not None
+        ]
         faults: list[str] = []
         notes: list[str] = []
         delta = 0
-        for name, iface in self._interfaces.items():
-            up = self._link_up[name]
-            if iface.weight == 0:
-                if not up:
-                    faults.append(f"interface {name} down")
-            elif iface.weight > 0 and up:
-                delta += iface.weight
-                notes.append(f"interface {name} up {iface.weight:+d}")
-            elif iface.weight < 0 and not up:
-                delta += iface.weight
-                notes.append(f"interface {name} down {iface.weight:+d}")
-        for name, script in self._scripts.items():
-            ok = self._script_ok[name]
-            if ok is None:
-                continue
-            if script.weight == 0:
-                if not ok:
-                    faults.append(f"script {name} failing")
-            elif script.weight > 0 and ok:
-                delta += script.weight
-                notes.append(f"script {name} ok {script.weight:+d}")
-            elif script.weight < 0 and not ok:
-                delta += script.weight
-                notes.append(f"script {name} failing {script.weight:+d}")
+        for what, weight, healthy, good, bad in items:
+            if weight == 0:
+                if not healthy:
+                    faults.append(f"{what} {bad}")
+            elif (weight > 0) == healthy:
+                # keepalived: a positive weight adds while healthy, a negative
+                # one subtracts while failing.
+                delta += weight
+                notes.append(f"{what} {good if healthy else bad} {weight:+d}")
         if self.base_priority >= OWNER_PRIORITY:
             priority = OWNER_PRIORITY
         else:
@@ -155,7 +150,7 @@ class InstanceTracking:
 
 
 def script_argv(script: VrrpScript) -> list[str]:
-    return shlex.split(script.script)
+    return split_command(script.script)
 
 
 ScriptSubscriber = Callable[[str, bool], None]
