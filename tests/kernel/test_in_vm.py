@@ -29,4 +29,7 @@ def test_kernel_suite_passes_in_vm() -> None:
     assert done.returncode == 0, (
         f"kernel tests failed in the VM (status {done.returncode}):\n{tail}"
     )
-    assert " passed" in tail, tail
+    summary = [line for line in tail.splitlines() if " passed" in line]
+    assert summary, tail
+    assert not any(word in summary[-1] for word in ("failed", "error", "skipped")), tail
+    print(f"kernel tests in the VM: {summary[-1].strip()}")
