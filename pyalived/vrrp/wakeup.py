@@ -19,6 +19,8 @@ armed for (the earliest deadline still pending), with stale entries dropped
 lazily.  ``TimerfdWakeup`` is the thin I/O part: it converts trio's clock to
 CLOCK_MONOTONIC (trio's ``SystemClock`` is ``time.perf_counter()`` plus an
 offset, and ``perf_counter`` is CLOCK_MONOTONIC on Linux), arms the timerfd
+``SPIN_AHEAD`` before the deadline and spins the rest (an idle virtual CPU
+wakes from a timer hundreds of microseconds late; a busy one does not), until
 a few microseconds after the deadline so that trio sees it expired, and runs
 one task that reads the expirations and re-arms.  The wake-up only shortens
 the sleep: each task still waits on its own trio deadline, so a missing or
@@ -48,6 +50,10 @@ TFD_TIMER_ABSTIME = 1
 ARM_LATE = 20e-6
 # How long after its deadline a task waiting for the tick gives up on it.
 FALLBACK = 0.002
+# The timerfd fires this long before the deadline and the rest is spun away: an
+# idle CPU (a virtual one above all) takes hundreds of microseconds to wake from
+# a timer, a spinning one none.  Costs at most this much CPU per wake-up.
+SPIN_AHEAD = 0.0005
 
 
 class DeadlineBook:
@@ -172,6 +178,8 @@ class TimerfdWakeup:
                     pass
                 else:
                     self.expirations += 1
+                if self._armed is not None:
+                    self._spin_until(self._armed + ARM_LATE)
                 self._armed = None
                 for owner in self._book.pop_due(trio.current_time()):
                     if callable(owner):
@@ -187,6 +195,13 @@ class TimerfdWakeup:
             self.fallback = 0.0
             os.close(fd)
 
+    @staticmethod
+    def _spin_until(deadline: float) -> None:
+        # Bounded: the timerfd fired at most SPIN_AHEAD before ``deadline``.
+        limit = time.perf_counter() + SPIN_AHEAD
+        while trio.current_time() < deadline and time.perf_counter() < limit:
+            pass
+
     def _rearm(self) -> None:
         deadline = self._book.next(trio.current_time())
         if deadline is None:
@@ -196,7 +211,7 @@ class TimerfdWakeup:
 
     def _arm(self, deadline: float) -> None:
         offset = trio.current_time() - time.perf_counter()
-        mono = max(deadline - offset + ARM_LATE, 1e-9)
+        mono = max(deadline - offset - SPIN_AHEAD, 1e-9)
         sec = math.floor(mono)
         self._set(sec, round((mono - sec) * 1e9))
         self._armed = deadline
