@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
+from typing import ClassVar
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -65,6 +66,23 @@ class UrlSpec:
         return any(code in r for r in self.status_code)
 
 
+class _Retrying:
+    """keepalived's per-checker-type defaults for retry and delay_before_retry."""
+
+    timing: Timing
+    default_retry: ClassVar[int]
+    default_delay_before_retry: ClassVar[float]
+
+    @property
+    def effective_retry(self) -> int:
+        return self.default_retry if self.timing.retry is None else self.timing.retry
+
+    @property
+    def effective_delay_before_retry(self) -> float:
+        t = self.timing.delay_before_retry
+        return self.default_delay_before_retry if t is None else t
+
+
 @dataclass(frozen=True)
 class _Connection:
     connect_ip: IPAddress | None = None  # None: the real server's address
@@ -75,23 +93,17 @@ class _Connection:
 
 
 @dataclass(frozen=True)
-class TcpCheck(_Connection):
+class TcpCheck(_Connection, _Retrying):
     timing: Timing = field(default_factory=Timing)
 
     kind = "TCP_CHECK"
 
-    @property
-    def effective_retry(self) -> int:
-        return 1 if self.timing.retry is None else self.timing.retry
-
-    @property
-    def effective_delay_before_retry(self) -> float:
-        t = self.timing.delay_before_retry
-        return 1.0 if t is None else t
+    default_retry: ClassVar[int] = 1
+    default_delay_before_retry: ClassVar[float] = 1.0
 
 
 @dataclass(frozen=True)
-class HttpGet(_Connection):
+class HttpGet(_Connection, _Retrying):
     urls: tuple[UrlSpec, ...] = ()
     virtualhost: str | None = None  # Host header; None: "IP:PORT" of the connection
     http_protocol: str = "1.0"  # "1.0", "1.0C" (adds Connection: close) or "1.1"
@@ -99,14 +111,8 @@ class HttpGet(_Connection):
 
     kind = "HTTP_GET"
 
-    @property
-    def effective_retry(self) -> int:
-        return 1 if self.timing.retry is None else self.timing.retry
-
-    @property
-    def effective_delay_before_retry(self) -> float:
-        t = self.timing.delay_before_retry
-        return 3.0 if t is None else t
+    default_retry: ClassVar[int] = 1
+    default_delay_before_retry: ClassVar[float] = 3.0
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,7 @@ class SslGet(HttpGet):
 
 
 @dataclass(frozen=True)
-class MiscCheck:
+class MiscCheck(_Retrying):
     misc_path: str  # command line; split like a shell would, but run without one
     misc_timeout: float | None = None  # None: delay_loop
     misc_dynamic: bool = False
@@ -129,14 +135,8 @@ class MiscCheck:
 
     kind = "MISC_CHECK"
 
-    @property
-    def effective_retry(self) -> int:
-        return 0 if self.timing.retry is None else self.timing.retry
-
-    @property
-    def effective_delay_before_retry(self) -> float:
-        t = self.timing.delay_before_retry
-        return 1.0 if t is None else t
+    default_retry: ClassVar[int] = 0
+    default_delay_before_retry: ClassVar[float] = 1.0
 
     @property
     def effective_timeout(self) -> float:
