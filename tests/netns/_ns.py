@@ -14,7 +14,10 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import pytest
 
 SUBNET = "198.18.7"
 _counter = itertools.count(1)
@@ -91,3 +94,15 @@ class NsLan:
                     pass
             sh("ip", "netns", "del", ns, check=False)
         self._made.clear()
+
+
+@contextmanager
+def ns_lan(hosts: int) -> Iterator[NsLan]:
+    """An ``NsLan`` for one test (skipped without root), deleted pass or fail."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    net = NsLan(hosts)
+    try:
+        yield net
+    finally:
+        net.close()

@@ -19,7 +19,8 @@ import trio
 
 from pyalived.vrrp.net import interface_info, open_advert_socket, open_garp_socket
 from pyalived.vrrp.netlink import in_netns
-from tests.netns._ns import NsLan
+from pyalived.vrrp.packet import internet_checksum
+from tests.netns._ns import NsLan, ns_lan
 
 pytestmark = pytest.mark.netns
 GROUP = IPv4Address("224.0.0.18")
@@ -27,28 +28,14 @@ GROUP = IPv4Address("224.0.0.18")
 
 @pytest.fixture
 def lan() -> Iterator[NsLan]:
-    import os
-
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    net = NsLan(2)
-    try:
+    with ns_lan(2) as net:
         yield net
-    finally:
-        net.close()
-
-
-def _checksum(data: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def datagram(src: str, dst: str, payload: bytes, ttl: int = 255, proto: int = 112) -> bytes:
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(payload), 0, 0, ttl, proto, 0,
                       IPv4Address(src).packed, IPv4Address(dst).packed)
-    hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
+    hdr = hdr[:10] + struct.pack("!H", internet_checksum(hdr)) + hdr[12:]
     return hdr + payload
 
 

@@ -26,20 +26,15 @@ from pyalived.vrrp.netlink import (
     scope_number,
 )
 from pyalived.vrrp.ports import LinkEvent
-from tests.netns._ns import NsLan, sh
+from tests.netns._ns import NsLan, ns_lan, sh
 
 pytestmark = pytest.mark.netns
 
 
 @pytest.fixture
 def lan() -> Iterator[NsLan]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    net = NsLan(1)
-    try:
+    with ns_lan(1) as net:
         yield net
-    finally:
-        net.close()
 
 
 @pytest.fixture

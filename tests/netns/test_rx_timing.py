@@ -8,7 +8,6 @@ timestamps.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Iterator
 from ipaddress import IPv4Address
@@ -18,7 +17,7 @@ import trio
 
 from pyalived.vrrp.net import open_advert_socket
 from pyalived.vrrp.netlink import in_netns
-from tests.netns._ns import NsLan
+from tests.netns._ns import NsLan, ns_lan
 
 pytestmark = pytest.mark.netns
 GROUP = IPv4Address("224.0.0.18")
@@ -33,13 +32,8 @@ def datagram(src: str, dst: str, payload: bytes) -> bytes:
 
 @pytest.fixture
 def lan() -> Iterator[NsLan]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    net = NsLan(2)
-    try:
+    with ns_lan(2) as net:
         yield net
-    finally:
-        net.close()
 
 
 async def test_receive_timed_reports_the_arrival(lan: NsLan) -> None:
