@@ -41,16 +41,20 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 import trio
 
-from pyalived.checkers.policy import ProbeResult
 from pyalived.checkers.probes import Prober, RealProber
-from pyalived.checkers.scheduler import CallbackSink, CheckerScheduler, RealServerEvent
-from pyalived.checkers.spec import CheckerSpec, RealServerSpec, VirtualServerSpec
+from pyalived.checkers.scheduler import (
+    CallbackSink,
+    CheckerScheduler,
+    ProbeDoneObserver,
+    RealServerEvent,
+)
+from pyalived.checkers.spec import RealServerSpec, VirtualServerSpec
 from pyalived.config.lvs import checker_specs, dest_key, ipvs_configs, services_by_name
 from pyalived.config.model import Config
 from pyalived.ipvs.model import (
@@ -70,9 +74,11 @@ log = logging.getLogger("pyalived.lvs")
 
 #: How long a read of the kernel's IPVS statistics serves scrapes before it is read again.
 STATS_MAX_AGE = 1.0
+#: Checks wake the process only on this grid of trio's clock (``TimerQueue``):
+#: a check starts at most this late, and checks due together share a wake-up.
+CHECK_TIMER_GRANULARITY = 0.01
 
 RealServerId = tuple[str, RealServerSpec]  # (VirtualServerSpec.name, the real server's spec)
-ProbeObserver = Callable[[CheckerSpec, float, bool], None]  # (spec, seconds, ok)
 
 
 @dataclass
@@ -84,37 +90,6 @@ class RealServerState:
     alive: bool
     weight: int
     reason: str = ""
-
-
-class TimedProber:
-    """A ``Prober`` that reports each probe's duration and outcome to ``observe``."""
-
-    def __init__(self, inner: Prober, observe: ProbeObserver) -> None:
-        self._inner = inner
-        self._observe = observe
-
-    async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult:
-        start = trio.current_time()
-        result = await self._inner.probe(spec, rs)  # a cancelled probe is not observed
-        self._observe(spec, trio.current_time() - start, result.ok)
-        return result
-
-    def begin(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult | Awaitable[ProbeResult]:
-        """The scheduler's fast path (``BeginProber``), observed like ``probe``."""
-        start = trio.current_time()
-        inner_begin = getattr(self._inner, "begin", None)
-        outcome = inner_begin(spec, rs) if inner_begin is not None else self._inner.probe(spec, rs)
-        if isinstance(outcome, ProbeResult):
-            self._observe(spec, trio.current_time() - start, outcome.ok)
-            return outcome
-        return self._finish(spec, start, outcome)
-
-    async def _finish(
-        self, spec: CheckerSpec, start: float, pending: Awaitable[ProbeResult]
-    ) -> ProbeResult:
-        result = await pending  # a cancelled probe is not observed
-        self._observe(spec, trio.current_time() - start, result.ok)
-        return result
 
 
 def _rs_lookup(config: Config) -> dict[tuple[str, IPv4Address | IPv6Address, int | None],
@@ -138,23 +113,23 @@ class LvsService:
         prober: Prober | None = None,
         scripts: ScriptRunner | None = None,
         rng: random.Random | None = None,
-        probe_observer: ProbeObserver | None = None,
+        probe_observer: ProbeDoneObserver | None = None,
         release_on_stop: bool = True,
         manager: IpvsTableManager | None = None,
+        timer_granularity: float = CHECK_TIMER_GRANULARITY,
     ) -> None:
         self.manager = (
             manager
             if manager is not None
             else IpvsTableManager(open_kernel, release_on_stop=release_on_stop)
         )
-        inner: Prober = prober if prober is not None else RealProber()
-        self._prober: Prober = (
-            TimedProber(inner, probe_observer) if probe_observer is not None else inner
-        )
+        self._prober: Prober = prober if prober is not None else RealProber()
+        self._probe_observer = probe_observer
         self._own_scripts = scripts is None
         self._scripts: ScriptRunner = scripts if scripts is not None else TrioScriptRunner()
         self._rng = rng if rng is not None else random.Random()
         self._scheduler: CheckerScheduler | None = None
+        self._timer_granularity = timer_granularity
         self.health: dict[RealServerId, RealServerState] = {}
         self.quorum: dict[ServiceKey, bool] = {}
         self.desired: dict[ServiceKey, ServiceEntry] = {}
@@ -306,7 +281,9 @@ class LvsService:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     self._scheduler = CheckerScheduler(
-                        self.specs, CallbackSink(self._changed), self._prober, self._rng
+                        self.specs, CallbackSink(self._changed), self._prober, self._rng,
+                        timer_granularity=self._timer_granularity,
+                        on_probe_done=self._probe_observer,
                     )
                     await nursery.start(self._scheduler.run)  # reports every initial state
                     await self._scheduler.wait_running()  # probes due at once have started

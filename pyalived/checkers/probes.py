@@ -28,14 +28,16 @@ peer does (accept and stay silent, send garbage, send an endless body, reset).
   a signal or a timeout.
 
 ``Prober`` is the interface the scheduler calls; ``RealProber`` dispatches
-to these functions and tests substitute fakes.  ``RealProber.begin`` (the
-``BeginProber`` fast path) runs TCP_CHECK's connect synchronously and returns
-the result itself when the kernel answered at once, or an awaitable that
-finishes the handshake in progress.
+to these functions and tests substitute fakes.  ``RealProber.starter`` (the
+``StartingProber`` fast path) prepares one TCP_CHECK per real server: each
+call of the ``Starter`` runs the connect synchronously and returns the result
+itself when the kernel answered at once, or an awaitable that finishes the
+handshake in progress.
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import shlex
@@ -43,7 +45,7 @@ import signal
 import socket
 import ssl
 import subprocess
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from ipaddress import IPv6Address
 from typing import Protocol
 
@@ -73,21 +75,23 @@ TOTAL_TIMEOUT_FACTOR = 3.0
 MISC_KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL of a timed-out script
 
 
+Starter = Callable[[], ProbeResult | Awaitable[ProbeResult]]
+
+
 class Prober(Protocol):
     async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult: ...
 
 
-class BeginProber(Prober, Protocol):
-    """A ``Prober`` that can start a probe synchronously (the scheduler's fast path).
+class StartingProber(Prober, Protocol):
+    """A ``Prober`` that can start probes synchronously (the scheduler's fast path).
 
-    ``begin`` does what ``probe`` does, but returns the result itself when
-    the probe could finish without waiting, else an awaitable for the rest
-    (which the caller must await).
+    ``starter(spec, rs)`` is called once per checker and returns a
+    ``Starter``: each call of it does what ``probe(spec, rs)`` does, but
+    returns the result itself when the probe could finish without waiting,
+    else an awaitable for the rest (which the caller must await).
     """
 
-    def begin(
-        self, spec: CheckerSpec, rs: RealServerSpec
-    ) -> ProbeResult | Awaitable[ProbeResult]: ...
+    def starter(self, spec: CheckerSpec, rs: RealServerSpec) -> Starter: ...
 
 
 def _target(spec: TcpCheck | HttpGet, rs: RealServerSpec) -> tuple[IPAddress, int]:
@@ -98,28 +102,43 @@ def _target(spec: TcpCheck | HttpGet, rs: RealServerSpec) -> tuple[IPAddress, in
     return ip, port
 
 
-_ADDR_TEXT: dict[IPAddress, str] = {}
-
-
-def _text(ip: IPAddress) -> str:
-    """``str(ip)``, cached: the ipaddress conversion is slow at thousands per second."""
-    text = _ADDR_TEXT.get(ip)
-    if text is None:
-        if len(_ADDR_TEXT) > 65536:
-            _ADDR_TEXT.clear()
-        text = _ADDR_TEXT[ip] = str(ip)
-    return text
-
-
 def _where(ip: IPAddress, port: int) -> str:
-    host = _text(ip)
-    return f"[{host}]:{port}" if isinstance(ip, IPv6Address) else f"{host}:{port}"
+    return f"[{ip}]:{port}" if isinstance(ip, IPv6Address) else f"{ip}:{port}"
 
 
 def _strerror(exc: OSError) -> str:
     if exc.errno is not None:
         return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
+
+
+def _bind_address(bindto: IPAddress | None, bind_port: int | None) -> tuple[str, int] | None:
+    if bindto is None and bind_port is None:
+        return None
+    return ("" if bindto is None else str(bindto), bind_port or 0)
+
+
+def _connect_at_once(sock: _socket.socket, addr: tuple[str, int]) -> int:
+    """Start a non-blocking connect: 0 if established, EINPROGRESS if not yet, else its errno.
+
+    A second ``connect()`` sees a handshake that completed within the first
+    (always the case on loopback) without a trip through epoll.
+    """
+    err = sock.connect_ex(addr)
+    if err == errno.EINPROGRESS:
+        err = sock.connect_ex(addr)
+        if err == errno.EALREADY:
+            err = errno.EINPROGRESS
+        elif err == errno.EISCONN:
+            err = 0
+    return err
+
+
+async def _handshake(sock: _socket.socket, timeout: float) -> int:
+    """Wait for a connect in progress: 0 or its errno; raises TooSlowError after ``timeout``."""
+    with trio.fail_after(timeout):
+        await trio.lowlevel.wait_writable(sock)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
 
 async def connect_within(
@@ -131,26 +150,17 @@ async def connect_within(
 ) -> socket.socket:
     """A connected non-blocking socket; raises TooSlowError or OSError.
 
-    The cancel scope is only entered while the handshake is still in
-    progress, and a second ``connect()`` notices one that completed at once
-    (always the case on loopback) without a trip through epoll: checks of
-    thousands of servers stay cheap.
+    The cancel scope is only entered while the handshake is still in progress.
     """
     family = socket.AF_INET6 if isinstance(ip, IPv6Address) else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)  # no fcntl call
     try:
-        if bindto is not None or bind_port is not None:
-            sock.bind(("" if bindto is None else _text(bindto), bind_port or 0))
-        addr = (_text(ip), port)
-        err = sock.connect_ex(addr)
+        bind = _bind_address(bindto, bind_port)
+        if bind is not None:
+            sock.bind(bind)
+        err = _connect_at_once(sock, (str(ip), port))
         if err == errno.EINPROGRESS:
-            err = sock.connect_ex(addr)
-            if err in (errno.EALREADY, errno.EINPROGRESS):
-                with trio.fail_after(timeout):
-                    await trio.lowlevel.wait_writable(sock)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            elif err == errno.EISCONN:
-                err = 0
+            err = await _handshake(sock, timeout)
         if err:
             raise OSError(err, os.strerror(err))
     except BaseException:
@@ -159,79 +169,64 @@ async def connect_within(
     return sock
 
 
-_CONNECTED: dict[tuple[IPAddress, int], ProbeResult] = {}
+def tcp_starter(spec: TcpCheck, rs: RealServerSpec) -> Starter:
+    """TCP_CHECK of ``rs`` as a ``Starter``: everything per server computed once.
 
-
-def _connected(ip: IPAddress, port: int) -> ProbeResult:
-    """The (immutable, shared) success result for ``ip:port``: no formatting per check."""
-    result = _CONNECTED.get((ip, port))
-    if result is None:
-        if len(_CONNECTED) > 65536:
-            _CONNECTED.clear()
-        result = _CONNECTED[(ip, port)] = ProbeResult(True, f"connected to {_where(ip, port)}")
-    return result
-
-
-async def tcp_probe(spec: TcpCheck, rs: RealServerSpec) -> ProbeResult:
-    ip, port = _target(spec, rs)
-    try:
-        sock = await connect_within(spec.connect_timeout, ip, port, spec.bindto, spec.bind_port)
-    except trio.TooSlowError:
-        return ProbeResult(False, f"timeout connecting to {_where(ip, port)}")
-    except OSError as exc:
-        return ProbeResult(False, f"connect to {_where(ip, port)}: {_strerror(exc)}")
-    sock.close()
-    return _connected(ip, port)
-
-
-def tcp_probe_begin(spec: TcpCheck, rs: RealServerSpec) -> ProbeResult | Awaitable[ProbeResult]:
-    """``tcp_probe`` without a task switch when the connect ends at once.
-
-    Returns the result when the connection was established or refused
-    straight away (loopback, a local refusal), otherwise an awaitable that
-    waits for the handshake already in progress, bounded by
-    ``connect_timeout``.  The outcome is the one ``tcp_probe`` would give.
+    Each call starts one check.  It returns the result itself when the
+    connection was established or refused straight away (loopback, a local
+    refusal), with no task switch and no trip through epoll, otherwise an
+    awaitable that waits for the handshake in progress, bounded by
+    ``connect_timeout``.  Raises ValueError now if there is no port to check.
     """
     ip, port = _target(spec, rs)
     family = socket.AF_INET6 if isinstance(ip, IPv6Address) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-    try:
-        if spec.bindto is not None or spec.bind_port is not None:
-            sock.bind(("" if spec.bindto is None else _text(spec.bindto), spec.bind_port or 0))
-        addr = (_text(ip), port)
-        err = sock.connect_ex(addr)
+    addr = (str(ip), port)
+    bind = _bind_address(spec.bindto, spec.bind_port)
+    where = _where(ip, port)
+    connected = ProbeResult(True, f"connected to {where}")
+    timeout = spec.connect_timeout
+    new_socket = _socket.socket  # the C type: socket.socket's Python layer costs per check
+    stream = socket.SOCK_STREAM | socket.SOCK_NONBLOCK  # no fcntl call
+
+    def start() -> ProbeResult | Awaitable[ProbeResult]:
+        sock = new_socket(family, stream)
+        try:
+            if bind is not None:
+                sock.bind(bind)
+            err = _connect_at_once(sock, addr)
+        except OSError as exc:
+            sock.close()
+            return ProbeResult(False, f"connect to {where}: {_strerror(exc)}")
+        except BaseException:
+            sock.close()
+            raise
         if err == errno.EINPROGRESS:
-            err = sock.connect_ex(addr)
-            if err in (errno.EALREADY, errno.EINPROGRESS):
-                return _tcp_probe_finish(spec, sock, ip, port)
-            if err == errno.EISCONN:
-                err = 0
-    except OSError as exc:
+            return _tcp_finish(sock, timeout, where, connected)
         sock.close()
-        return ProbeResult(False, f"connect to {_where(ip, port)}: {_strerror(exc)}")
-    except BaseException:
-        sock.close()
-        raise
-    sock.close()
-    if err:
-        return ProbeResult(False, f"connect to {_where(ip, port)}: {os.strerror(err).lower()}")
-    return _connected(ip, port)
+        if err:
+            return ProbeResult(False, f"connect to {where}: {os.strerror(err).lower()}")
+        return connected
+
+    return start
 
 
-async def _tcp_probe_finish(
-    spec: TcpCheck, sock: socket.socket, ip: IPAddress, port: int
+async def _tcp_finish(
+    sock: _socket.socket, timeout: float, where: str, connected: ProbeResult
 ) -> ProbeResult:
     try:
-        with trio.fail_after(spec.connect_timeout):
-            await trio.lowlevel.wait_writable(sock)
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        err = await _handshake(sock, timeout)
     except trio.TooSlowError:
-        return ProbeResult(False, f"timeout connecting to {_where(ip, port)}")
+        return ProbeResult(False, f"timeout connecting to {where}")
     finally:
         sock.close()
     if err:
-        return ProbeResult(False, f"connect to {_where(ip, port)}: {os.strerror(err).lower()}")
-    return _connected(ip, port)
+        return ProbeResult(False, f"connect to {where}: {os.strerror(err).lower()}")
+    return connected
+
+
+async def tcp_probe(spec: TcpCheck, rs: RealServerSpec) -> ProbeResult:
+    outcome = tcp_starter(spec, rs)()
+    return outcome if isinstance(outcome, ProbeResult) else await outcome
 
 
 _SSL_CONTEXTS: dict[tuple[bool, str | None], ssl.SSLContext] = {}
@@ -387,7 +382,7 @@ async def misc_probe(spec: MiscCheck) -> ProbeResult:
 class RealProber:
     """The production ``Prober``: dispatches on the checker type.
 
-    ``begin`` is the scheduler's fast path (see ``BeginProber``).
+    ``starter`` is the scheduler's fast path (see ``StartingProber``).
     """
 
     def __init__(self, max_body: int = MAX_BODY_BYTES) -> None:
@@ -403,10 +398,11 @@ class RealProber:
         except ValueError as exc:
             return ProbeResult(False, str(exc))
 
-    def begin(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult | Awaitable[ProbeResult]:
+    def starter(self, spec: CheckerSpec, rs: RealServerSpec) -> Starter:
         if isinstance(spec, TcpCheck):
             try:
-                return tcp_probe_begin(spec, rs)
+                return tcp_starter(spec, rs)
             except ValueError as exc:
-                return ProbeResult(False, str(exc))
-        return self.probe(spec, rs)
+                failed = ProbeResult(False, str(exc))
+                return lambda: failed
+        return lambda: self.probe(spec, rs)

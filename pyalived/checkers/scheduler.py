@@ -5,13 +5,17 @@ checker under its own nursery, and ``add``/``remove`` start and stop the
 checkers of single real servers while it runs (a reload keeps every other
 checker's state).  All checkers of all real servers sleep on one
 ``TimerQueue``, so thousands of them cost one trio deadline, not one each.
-With a prober that has ``begin`` (``BeginProber``), the queue's own task
-starts each due probe and, when it needed no waiting (a loopback connect, a
-refusal), finishes it on the spot: the checker's task stays parked and a
-check costs no task switch; a probe that must wait is handed to that task.
+With a prober that has ``starter`` (``StartingProber``), the queue's own
+task starts each due probe and, when it needed no waiting (a loopback
+connect, a refusal), finishes it on the spot: the checker's task stays parked
+and a check costs no task switch; a probe that must wait is handed to that
+task.
+A ``timer_granularity`` (the daemon uses 10 ms) lets the queue wake only on
+that grid, so checks due close together share one wake-up of the process.
 Each task loops: sleep until its ``CheckerPolicy`` timer, run one probe
 through the ``Prober`` interface, feed the result to the policy and the
-transitions to the real server's ``RealServerHealth``.  Tasks never wait for
+transitions to the real server's ``RealServerHealth`` (and its duration to
+``on_probe_done``, the metrics' hook).  Tasks never wait for
 each other, so a slow or hostile real server only delays its own checker
 (every probe is bounded in time by the probes themselves).  Whenever a real
 server's alive flag or effective weight changes, one ``RealServerEvent``
@@ -45,7 +49,7 @@ from pyalived.checkers.policy import (
     RealServerHealth,
     Verdict,
 )
-from pyalived.checkers.probes import Prober, RealProber
+from pyalived.checkers.probes import Prober, RealProber, Starter
 from pyalived.checkers.spec import (
     CheckerSpec,
     RealServerSpec,
@@ -114,7 +118,20 @@ class _Server:
     active: bool = True  # False once removed: it reports nothing more
 
 
+@dataclass(eq=False, slots=True)
+class _Checker:
+    """One checker of one real server, as its task runs it."""
+
+    server: _Server
+    index: int  # among the real server's checkers
+    spec: CheckerSpec
+    policy: CheckerPolicy
+    label: str
+    started: float = 0.0  # when the probe in progress started
+
+
 ProbeStartObserver = Callable[[float, float], None]  # (scheduled, actual) times
+ProbeDoneObserver = Callable[[CheckerSpec, float, bool], None]  # (spec, seconds taken, ok)
 
 
 class TimerQueue:
@@ -123,13 +140,38 @@ class TimerQueue:
     Cheaper than ``trio.sleep_until`` for thousands of periodic tasks: a
     parked task costs a heap entry, and waking it is a plain reschedule
     instead of a cancel scope delivering a ``Cancelled`` exception.
+
+    With a ``granularity`` g > 0 the queue's own task wakes only at multiples
+    of g (of trio's clock) and then runs everything due: an entry runs at its
+    deadline rounded up to the grid, never before it and less than g after.
+    Each wake-up of the process costs far more than the work of one check, so
+    thousands of checks a second sharing a few wake-ups cost much less CPU.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, granularity: float = 0.0) -> None:
+        if not granularity >= 0.0:
+            raise ValueError("granularity must not be negative")
         self._heap: list[tuple[float, int, list[trio.lowlevel.Task | None] | Callable[[], None]]]
         self._heap = []
         self._seq = 0
         self._scope: trio.CancelScope | None = None
+        self.granularity = granularity
+
+    def wake_time(self, deadline: float) -> float:
+        """When the queue's task wakes for an entry due at ``deadline``."""
+        g = self.granularity
+        if not g or math.isinf(deadline):
+            return deadline
+        wake = math.ceil(deadline / g) * g
+        return wake if wake >= deadline else wake + g  # float rounding: never early
+
+    def _wake_by(self, deadline: float) -> None:
+        scope = self._scope
+        assert scope is not None
+        if deadline < scope.deadline:
+            wake = self.wake_time(deadline)
+            if wake < scope.deadline:
+                scope.deadline = wake
 
     async def sleep_until(self, deadline: float) -> None:
         if self._scope is None:
@@ -137,8 +179,7 @@ class TimerQueue:
         slot: list[trio.lowlevel.Task | None] = [trio.lowlevel.current_task()]
         self._seq += 1
         heapq.heappush(self._heap, (deadline, self._seq, slot))
-        if deadline < self._scope.deadline:
-            self._scope.deadline = deadline
+        self._wake_by(deadline)
 
         def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
             slot[0] = None
@@ -152,8 +193,7 @@ class TimerQueue:
             raise RuntimeError("TimerQueue.run is not running")
         self._seq += 1
         heapq.heappush(self._heap, (deadline, self._seq, callback))
-        if deadline < self._scope.deadline:
-            self._scope.deadline = deadline
+        self._wake_by(deadline)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         heap = self._heap
@@ -169,7 +209,8 @@ class TimerQueue:
                         reschedule(item[0])
                 else:
                     item()
-            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+            wake = self.wake_time(heap[0][0]) if heap else math.inf
+            with trio.CancelScope(deadline=wake) as scope:
                 self._scope = scope
                 await trio.sleep_forever()
 
@@ -182,17 +223,21 @@ class CheckerScheduler:
         prober: Prober | None = None,
         rng: random.Random | None = None,
         on_probe_start: ProbeStartObserver | None = None,
+        timer_granularity: float = 0.0,
+        on_probe_done: ProbeDoneObserver | None = None,
     ) -> None:
         self._sink = sink
         self._prober: Prober = prober if prober is not None else RealProber()
         self._rng = rng if rng is not None else random.Random()
         self._on_probe_start = on_probe_start
+        self._on_probe_done = on_probe_done
+        self._now: Callable[[], float] = trio.current_time  # trio's clock, once ``run`` runs
         self._servers: dict[ServerKey, _Server] = {}
         for vs in virtual_servers:
             for rs in vs.real_servers:
                 self._servers.setdefault((vs.name, rs), self._new_server(vs, rs))
         self._nursery: trio.Nursery | None = None
-        self._timers = TimerQueue()
+        self._timers = TimerQueue(timer_granularity)
         self._unstarted = 0  # checker tasks started but not yet running
         self._all_running = trio.Event()
 
@@ -218,7 +263,8 @@ class CheckerScheduler:
         for index, spec in enumerate(s.rs.checkers):
             policy = CheckerPolicy.for_spec(spec, now, self._rng)
             self._unstarted += 1
-            nursery.start_soon(self._checker_task, s, index, spec, policy)
+            c = _Checker(s, index, spec, policy, checker_label(spec, index))
+            nursery.start_soon(self._checker_task, c)
 
     def add(self, vs: VirtualServerSpec, rs: RealServerSpec) -> None:
         """Start checking ``rs`` of ``vs`` (reporting its initial state now).
@@ -263,7 +309,8 @@ class CheckerScheduler:
                 scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        now = trio.current_time()
+        self._now = trio.lowlevel.current_clock().current_time  # skips trio.current_time's lookup
+        now = self._now()
         for s in self._servers.values():
             self._report_initial(s)
         try:
@@ -291,62 +338,66 @@ class CheckerScheduler:
         except Exception as exc:  # a probe bug must not take the other checkers down
             return self._probe_error(spec, rs, exc)
 
-    async def _checker_task(
-        self, s: _Server, index: int, spec: CheckerSpec, policy: CheckerPolicy
-    ) -> None:
-        if not s.active:
+    async def _checker_task(self, c: _Checker) -> None:
+        if not c.server.active:
             self._began()
             return
         scope = trio.CancelScope()
-        s.scopes.append(scope)
+        c.server.scopes.append(scope)
         with scope:
-            await self._checker_loop(s, index, spec, policy)
+            await self._checker_loop(c)
 
-    async def _checker_loop(
-        self, s: _Server, index: int, spec: CheckerSpec, policy: CheckerPolicy
-    ) -> None:
+    async def _checker_loop(self, c: _Checker) -> None:
         # A probe already due when the task begins (warmup 0) starts one
         # checkpoint later, before ``wait_running`` returns; later ones wait in
         # the queue.
-        label = checker_label(spec, index)
-        due = policy.get_timer()
-        assert due is not None
+        policy = c.policy
+        due = self._next_due(policy)
         if due > trio.current_time():
             self._began()
         else:
             await trio.lowlevel.checkpoint()
             self._began()
-            await self._probe_in_task(s, index, label, spec, policy, due)
-        begin = getattr(self._prober, "begin", None)
-        if begin is None:
+            await self._probe_in_task(c, due)
+        starter = getattr(self._prober, "starter", None)
+        if starter is None:
             sleep_until = self._timers.sleep_until
             while True:
-                due = policy.get_timer()
-                assert due is not None
+                due = self._next_due(policy)
                 await sleep_until(due)
-                await self._probe_in_task(s, index, label, spec, policy, due)
-        # Fast path: the timer queue's task starts each probe (``_fire``) and
+                await self._probe_in_task(c, due)
+        # Fast path: the timer queue's task starts each probe (``fire``) and
         # finishes it on the spot when it needs no waiting; only a probe that
         # must wait is handed to this task, which otherwise stays parked.
+        try:
+            start: Starter = starter(c.spec, c.server.rs)
+        except Exception as exc:  # a prober bug must not take the other checkers down
+            error = exc
+
+            def start() -> ProbeResult:
+                raise error
+
         task = trio.lowlevel.current_task()
         parked = [True]
+        server = c.server
+        now = self._now
+        call_at = self._timers.call_at
+        on_start = self._on_probe_start
 
         def fire() -> None:
-            if not parked[0] or not s.active:
+            if not parked[0] or not server.active:
                 return
-            started = trio.current_time()
-            due = policy.get_timer()
-            assert due is not None
-            if self._on_probe_start is not None:
-                self._on_probe_start(due, started)
+            started = c.started = now()
+            if on_start is not None:
+                on_start(self._next_due(policy), started)
             policy.probe_started(started)
             try:
-                outcome = begin(spec, s.rs)
+                outcome = start()
             except Exception as exc:  # a probe bug must not take the other checkers down
-                outcome = self._probe_error(spec, s.rs, exc)
+                outcome = self._probe_error(c.spec, server.rs, exc)
             if isinstance(outcome, ProbeResult):
-                self._probe_done(s, index, label, policy, outcome)
-                self._timers.call_at(self._next_due(policy), fire)
+                self._probe_done(c, outcome)
+                call_at(self._next_due(policy), fire)
             else:
                 parked[0] = False
                 trio.lowlevel.reschedule(task, Value(outcome))
@@ -357,13 +408,13 @@ class CheckerScheduler:
 
         while True:
             parked[0] = True
-            self._timers.call_at(self._next_due(policy), fire)
+            call_at(self._next_due(policy), fire)
             pending = await trio.lowlevel.wait_task_rescheduled(abort)
             try:
                 result = await pending
             except Exception as exc:
-                result = self._probe_error(spec, s.rs, exc)
-            self._probe_done(s, index, label, policy, result)
+                result = self._probe_error(c.spec, server.rs, exc)
+            self._probe_done(c, result)
 
     @staticmethod
     def _next_due(policy: CheckerPolicy) -> float:
@@ -376,26 +427,20 @@ class CheckerScheduler:
         log.error("%s on %s: probe error", spec.kind, rs, exc_info=exc)
         return ProbeResult(False, f"internal probe error: {exc!r}")
 
-    async def _probe_in_task(
-        self,
-        s: _Server,
-        index: int,
-        label: str,
-        spec: CheckerSpec,
-        policy: CheckerPolicy,
-        due: float,
-    ) -> None:
-        started = trio.current_time()
+    async def _probe_in_task(self, c: _Checker, due: float) -> None:
+        started = c.started = self._now()
         if self._on_probe_start is not None:
             self._on_probe_start(due, started)
-        policy.probe_started(started)
-        result = await self._probe(spec, s.rs)
-        self._probe_done(s, index, label, policy, result)
+        c.policy.probe_started(started)
+        result = await self._probe(c.spec, c.server.rs)
+        self._probe_done(c, result)
 
-    def _probe_done(
-        self, s: _Server, index: int, label: str, policy: CheckerPolicy, result: ProbeResult
-    ) -> None:
-        transitions = policy.probe_finished(result, trio.current_time())
+    def _probe_done(self, c: _Checker, result: ProbeResult) -> None:
+        now = self._now()
+        if self._on_probe_done is not None:
+            self._on_probe_done(c.spec, now - c.started, result.ok)
+        transitions = c.policy.probe_finished(result, now)
+        s, label = c.server, c.label
         verdict: Verdict | None = None
         reason = result.reason
         for tr in transitions:
@@ -404,7 +449,7 @@ class CheckerScheduler:
         weight = result.weight if result.ok else None
         if verdict is None and weight is None:
             return  # the common case: nothing changed
-        change = s.health.update(index, verdict, weight, reason)
+        change = s.health.update(c.index, verdict, weight, reason)
         if change is None or not s.active:
             return
         if verdict is None:

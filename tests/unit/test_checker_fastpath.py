@@ -1,9 +1,9 @@
-"""The scheduler's fast path (``begin``) behaves exactly like the task path.
+"""The scheduler's fast path (``starter``) behaves exactly like the task path.
 
-A scripted prober answers either synchronously (``begin`` returns the
-result) or after a delay (``begin`` returns an awaitable); the same script
-run through a prober without ``begin`` must give the same probe times and the
-same reported events, to the exact (autojump) time.
+A scripted prober answers either synchronously (its ``Starter`` returns the
+result) or after a delay (the ``Starter`` returns an awaitable); the same
+script run through a prober without ``starter`` must give the same probe
+times and the same reported events, to the exact (autojump) time.
 """
 
 from __future__ import annotations
@@ -16,8 +16,13 @@ import trio
 import trio.testing
 
 from pyalived.checkers.policy import ProbeResult
-from pyalived.checkers.probes import tcp_probe, tcp_probe_begin
-from pyalived.checkers.scheduler import CallbackSink, CheckerScheduler, RealServerEvent
+from pyalived.checkers.probes import Starter, tcp_probe, tcp_starter
+from pyalived.checkers.scheduler import (
+    CallbackSink,
+    CheckerScheduler,
+    RealServerEvent,
+    TimerQueue,
+)
 from pyalived.checkers.spec import (
     CheckerSpec,
     RealServerSpec,
@@ -25,7 +30,6 @@ from pyalived.checkers.spec import (
     Timing,
     VirtualServerSpec,
 )
-from pyalived.lvs import TimedProber
 
 OK = ProbeResult(True, "fine")
 FAIL = ProbeResult(False, "refused")
@@ -57,6 +61,9 @@ class Scripted:
 
 
 class ScriptedBegin(Scripted):
+    def starter(self, spec: CheckerSpec, rs: RealServerSpec) -> Starter:
+        return lambda: self.begin(spec, rs)
+
     def begin(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult | Awaitable[ProbeResult]:
         delay = self.delays.get(rs.port or 0, 0.0)
         result = self._next(rs)
@@ -150,31 +157,89 @@ async def test_remove_stops_parked_and_pending_checkers(
     ]
 
 
-async def test_timed_prober_observes_both_paths(autojump_clock: trio.testing.MockClock) -> None:
-    seen: list[tuple[float, bool]] = []
-    inner = ScriptedBegin({1: [FAIL]}, {2: 0.25})
-    timed = TimedProber(inner, lambda s, d, ok: seen.append((d, ok)))
-    spec = TcpCheck(timing=TIMING)
-    assert timed.begin(spec, server(1)) == FAIL
-    pending = timed.begin(spec, server(2))
-    assert not isinstance(pending, ProbeResult)
-    assert await pending == OK
-    assert seen == [(0.0, False), (0.25, True)]
+async def test_probe_durations_are_observed_on_both_paths(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[tuple[float, float, bool]] = []
+    prober = ScriptedBegin({1: [FAIL]}, {2: 0.25})
+    vs = VirtualServerSpec("vs", (server(1), server(2)))
+
+    def observe(spec: CheckerSpec, seconds: float, ok: bool) -> None:
+        seen.append((trio.current_time() - t0, seconds, ok))
+
+    t0 = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        sched = CheckerScheduler(
+            [vs], CallbackSink(lambda e: None), prober, on_probe_done=observe
+        )
+        await nursery.start(sched.run)
+        await trio.sleep(0.9)
+        nursery.cancel_scope.cancel()
+    # port 1 fails at once at 0 and its retry at 0.5 passes; port 2 takes 0.25 s
+    assert sorted(seen) == [(0.0, 0.0, False), (0.25, 0.25, True), (0.5, 0.0, True)]
 
 
-async def test_tcp_probe_begin_agrees_with_tcp_probe() -> None:
+async def test_tcp_starter_agrees_with_tcp_probe() -> None:
     with socket.socket() as lst:
         lst.bind(("127.0.0.1", 0))
         lst.listen(8)
         port = lst.getsockname()[1]
         spec = TcpCheck(timing=TIMING)
         rs = RealServerSpec(IPv4Address("127.0.0.1"), port, 1, (spec,))
-        outcome = tcp_probe_begin(spec, rs)
-        result = outcome if isinstance(outcome, ProbeResult) else await outcome
-        assert result == await tcp_probe(spec, rs)
-        assert result == ProbeResult(True, f"connected to 127.0.0.1:{port}")
-    outcome = tcp_probe_begin(spec, rs)  # the port is closed now
-    result = outcome if isinstance(outcome, ProbeResult) else await outcome
-    assert not result.ok
-    assert result == await tcp_probe(spec, rs)
-    assert result.reason == f"connect to 127.0.0.1:{port}: connection refused"
+        start = tcp_starter(spec, rs)
+        outcome = start()
+        assert isinstance(outcome, ProbeResult)  # loopback: established within connect()
+        assert outcome == await tcp_probe(spec, rs)
+        assert outcome == ProbeResult(True, f"connected to 127.0.0.1:{port}")
+    outcome = start()  # the same starter again: the port is closed now
+    assert isinstance(outcome, ProbeResult)
+    assert outcome == await tcp_probe(spec, rs)
+    assert outcome.reason == f"connect to 127.0.0.1:{port}: connection refused"
+
+
+async def test_timer_queue_granularity_wakes_on_its_grid(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fired: list[tuple[str, float]] = []
+    queue = TimerQueue(granularity=0.25)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        t0 = trio.current_time()
+        assert t0 == 0.0  # the grid is one of trio's clock
+
+        def at(name: str, deadline: float) -> None:
+            queue.call_at(deadline, lambda: fired.append((name, trio.current_time())))
+
+        at("c", 0.6)
+        at("a", 0.1)
+        at("b", 0.25)  # on the grid: exactly then, not a step later
+        at("d", 0.51)
+
+        async def sleeper() -> None:
+            await queue.sleep_until(0.3)
+            fired.append(("task", trio.current_time()))
+
+        nursery.start_soon(sleeper)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    # in deadline order, each at its deadline rounded up to a multiple of 0.25
+    assert fired == [("a", 0.25), ("b", 0.25), ("task", 0.5), ("d", 0.75), ("c", 0.75)]
+    assert queue.wake_time(0.1 + 0.2) >= 0.1 + 0.2  # float rounding never wakes it early
+    assert TimerQueue().wake_time(0.3) == 0.3  # no granularity: exact deadlines
+
+
+async def test_checks_start_on_the_timer_grid(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    prober = ScriptedBegin({}, {1: 0.0042})  # each probe takes 4.2 ms
+    vs = VirtualServerSpec("vs", (server(1),))
+    async with trio.open_nursery() as nursery:
+        sched = CheckerScheduler(
+            [vs], CallbackSink(lambda e: None), prober, timer_granularity=0.01
+        )
+        await nursery.start(sched.run)
+        await trio.sleep(3.5)
+        nursery.cancel_scope.cancel()
+    # due delay_loop after the last one ended (1.0042, 2.0142, ...), started on
+    # the next 10 ms mark
+    assert [round(t, 9) for _, t in prober.calls] == [0.0, 1.01, 2.02, 3.03]

@@ -14,7 +14,15 @@ import trio
 
 from pyalived.cli import DEFAULT_METRICS_LISTEN, UsageError, build_parser
 from pyalived.config.model import VirtualIP, VrrpInstance
-from pyalived.metrics import DEFAULT_LISTEN, Metrics, handle_request, parse_listen, serve_metrics
+from pyalived.metrics import (
+    DEFAULT_LISTEN,
+    PROBE_BUCKETS,
+    Metrics,
+    ProbeDurations,
+    handle_request,
+    parse_listen,
+    serve_metrics,
+)
 from pyalived.vrrp.fsm import State, StateChanged
 from pyalived.vrrp.instance import StateListener, VrrpCounters
 from pyalived.vrrp.tracking import InstanceTracking, Tracked
@@ -299,3 +307,32 @@ async def test_port_in_use_is_reported() -> None:
         with pytest.raises(OSError):
             await nursery.start(serve_metrics, metrics, "127.0.0.1", port)
         nursery.cancel_scope.cancel()
+
+
+def test_probe_durations_render_like_a_prometheus_client_histogram() -> None:
+    ours = prometheus_client.CollectorRegistry()
+    durations = ProbeDurations(PROBE_BUCKETS)
+    ours.register(durations)
+    theirs = prometheus_client.CollectorRegistry()
+    reference = prometheus_client.Histogram(
+        "pyalived_checker_probe_seconds",
+        "Duration of health-checker probes, by checker type",
+        labelnames=["checker"],
+        buckets=PROBE_BUCKETS,
+        registry=theirs,
+    )
+    # on a bound (le is inclusive), between bounds, above all of them, zero, and
+    # a clock step backwards (clamped to 0, as the checkers' hook always did)
+    samples = [("TCP_CHECK", 0.001), ("TCP_CHECK", 0.0011), ("TCP_CHECK", 31.0),
+               ("TCP_CHECK", 0.0), ("HTTP_GET", 1.0), ("HTTP_GET", 0.3), ("TCP_CHECK", -0.5)]
+    for checker, seconds in samples:
+        durations.observe(checker, seconds)
+        reference.labels(checker).observe(max(0.0, seconds))
+
+    def lines(registry: prometheus_client.CollectorRegistry) -> list[str]:
+        text = prometheus_client.generate_latest(registry).decode()
+        return sorted(line for line in text.splitlines() if "_created" not in line)
+
+    assert lines(ours) == lines(theirs)
+    bucket = 'pyalived_checker_probe_seconds_bucket{checker="TCP_CHECK",le="0.001"}'
+    assert f"{bucket} 3.0" in lines(ours)
