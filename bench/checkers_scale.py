@@ -221,12 +221,16 @@ def lateness_report(stamps: dict[int, list[float]], delay_loop: float,
         checks += len(ts)
         late += [b - a - delay_loop for a, b in itertools.pairwise(ts)]
     late.sort()
+    if os.environ.get("LATE_DUMP"):
+        Path(os.environ["LATE_DUMP"]).write_text(json.dumps(late))
     silent = sum(1 for ts in stamps.values() if not ts)
     return {
         "checks": checks,
         "checks_per_s": round(checks / window, 1),
         "intervals": len(late),
+        "lateness_mean_ms": round(1000 * sum(late) / len(late), 2) if late else float("nan"),
         "lateness_p50_ms": round(1000 * percentile(late, 0.50), 2),
+        "lateness_p90_ms": round(1000 * percentile(late, 0.90), 2),
         "lateness_p99_ms": round(1000 * percentile(late, 0.99), 2),
         "lateness_max_ms": round(1000 * (late[-1] if late else float("nan")), 2),
         "ports_never_checked": silent,

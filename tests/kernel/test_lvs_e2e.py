@@ -237,7 +237,7 @@ class Topology:
         self.servers.append(server)
         return server
 
-    def start_daemon(self, role: str, config: str) -> Daemon:
+    def start_daemon(self, role: str, config: str, impl: Impl = IMPL) -> Daemon:
         conf = self.workdir / f"{role}.conf"
         conf.write_text(config)
         env = dict(os.environ)
@@ -245,11 +245,11 @@ class Topology:
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
         env["PYTHONUNBUFFERED"] = "1"
-        tag = f"{role}-{IMPL}-{next(_counter)}"
-        argv = daemon_argv(IMPL, conf, self.workdir / tag)
+        tag = f"{role}-{impl}-{next(_counter)}"
+        argv = daemon_argv(impl, conf, self.workdir / tag)
         log = self.workdir / f"{tag}.log"
         proc: Daemon
-        if IMPL == "pyalived":
+        if impl == "pyalived":
             assert argv[1:3] == ["-m", "pyalived"], argv
             proc = ForkedDaemon(tag, self.ns(role), argv[3:], log)
         else:
@@ -681,6 +681,60 @@ def test_e2e_director_pair_failover(pair: Topology) -> None:
     # The connections went through d2's IPVS table (its counters are summed
     # by the kernel's estimator every few seconds, hence the wait).
     settle(pair, "connections counted by d2", lambda: connections(d2, f"TCP {VIP}:80") >= 4)
+
+
+# misc_dynamic: (real server, configured weight, the script's exit status).
+MISC_SERVERS = (("198.19.0.41", 1, 12), ("198.19.0.42", 7, 12), ("198.19.0.43", 7, 0),
+                ("198.19.0.44", 7, 2), ("198.19.0.45", 7, 1))  # fmt: skip
+
+
+def misc_dynamic_config() -> str:
+    servers = "".join(
+        f"""
+    real_server {ip} 80 {{
+        weight {weight}
+        MISC_CHECK {{
+            misc_path "/bin/sh -c 'exit {status}'"
+            misc_dynamic
+        }}
+    }}"""
+        for ip, weight, status in MISC_SERVERS
+    )
+    return f"""
+virtual_server {VIP} 80 {{
+    delay_loop {DELAY_LOOP}
+    lb_algo wrr
+    lb_kind NAT
+    protocol TCP{servers}
+}}
+"""
+
+
+@pytest.mark.interop
+def test_misc_dynamic_weights_agree_with_keepalived(workdir: Path) -> None:
+    """Exit status s in 2..255 sets the weight to s - 2, 0 keeps it, 1 fails: both daemons."""
+    topo = Topology(workdir)
+    try:
+        for impl in ("keepalived", "pyalived"):
+            topo.add(impl)
+            topo.start_daemon(impl, misc_dynamic_config(), impl=impl)
+        # keepalived 2.2.7's behaviour, read off its table (its man page says
+        # both "exit status 10 sets the weight to 10" and "two less than the
+        # exit status"); the server whose script exits 1 is never added.
+        expected = {"198.19.0.41": 10, "198.19.0.42": 10, "198.19.0.43": 7, "198.19.0.44": 0}
+        tables = {}
+        for impl in ("keepalived", "pyalived"):
+            ns = topo.ns(impl)
+
+            def weights(ns: str = ns) -> dict[str, int]:
+                return destinations(ns, f"TCP {VIP}:80")
+
+            settle(topo, f"{impl}: the misc_dynamic weights",
+                   lambda: weights() == expected, timeout=STARTUP_TIMEOUT)  # fmt: skip
+            tables[impl] = weights()
+        assert tables["pyalived"] == tables["keepalived"] == expected
+    finally:
+        topo.close()
 
 
 def _all_served(client: str) -> list[str] | None:
