@@ -17,6 +17,13 @@ keepalived 2.2.7:
 * While DOWN, a single successful probe brings it UP; failures are not
   retried, the next probe simply comes ``delay_loop`` later.
 * Otherwise the next probe starts ``delay_loop`` after the previous one ends.
+* A checker of several steps (HTTP_GET/SSL_GET with several URLs) probes one
+  step at a time, ``step`` being the URL to check: each success moves on to
+  the next (after the last, the first), a failure stays on the failing one
+  (its retries check it again).  While DOWN, the first success starts a pass
+  from the first URL, and only a success of every URL in turn, the last one
+  included, brings the checker UP.  This is what keepalived 2.2.7 does on
+  the wire (one URL per ``delay_loop``).
 
 ``RealServerHealth`` combines the checkers of one real server: the server is
 alive only when every one of its checkers is UP (a server without checkers is
@@ -30,7 +37,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pyalived.checkers.spec import CheckerSpec, MiscCheck
+from pyalived.checkers.spec import CheckerSpec, HttpGet, MiscCheck
 
 
 class Verdict(enum.Enum):
@@ -63,9 +70,12 @@ class CheckerPolicy:
         alpha: bool,
         now: float,
         first_delay: float = 0.0,
+        steps: int = 1,
     ) -> None:
         if delay_loop <= 0:
             raise ValueError("delay_loop must be positive")
+        if steps < 1:
+            raise ValueError("a checker has at least one step")
         if retry < 0 or delay_before_retry < 0 or first_delay < 0:
             raise ValueError("retry, delay_before_retry and first_delay must not be negative")
         self.delay_loop = delay_loop
@@ -73,6 +83,9 @@ class CheckerPolicy:
         self.delay_before_retry = delay_before_retry
         self.up = not alpha
         self.retries_done = 0
+        self.steps = steps
+        self.step = 0  # the step (URL) the next probe checks
+        self._passing = False  # DOWN, in a pass over every step that would bring it UP
         self._next: float | None = now + first_delay
         self.last_reason = "initial state (alpha)" if alpha else "initial state"
 
@@ -87,6 +100,7 @@ class CheckerPolicy:
             alpha=spec.timing.alpha,
             now=now,
             first_delay=rng.uniform(0.0, warmup) if warmup > 0 else 0.0,
+            steps=max(1, len(spec.urls)) if isinstance(spec, HttpGet) else 1,
         )
 
     @property
@@ -112,11 +126,20 @@ class CheckerPolicy:
         out: list[CheckerTransition] = []
         if result.ok:
             self.retries_done = 0
-            if not self.up:
-                self.up = True
+            if self.up:
+                self.step = (self.step + 1) % self.steps
+            elif not self._passing and self.steps > 1:
+                self._passing, self.step = True, 0
+            elif self.step + 1 < self.steps:
+                self.step += 1
+            else:
+                self.up, self._passing, self.step = True, False, 0
                 out.append(CheckerTransition(Verdict.UP, result.reason))
             self._next = now + self.delay_loop
-        elif self.up and self.retries_done < self.retry:
+            self.last_reason = result.reason
+            return out
+        self._passing = False
+        if self.up and self.retries_done < self.retry:
             self.retries_done += 1
             self._next = now + self.delay_before_retry
         else:

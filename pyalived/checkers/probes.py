@@ -9,14 +9,15 @@ peer does (accept and stay silent, send garbage, send an endless body, reset).
   to ``connect_ip:connect_port`` (default: the real server's), bounded by
   ``connect_timeout``; success is an established connection, which is then
   closed.
-* HTTP_GET / SSL_GET: for every URL in turn, connect, (TLS handshake), send
-  the GET request built by ``pyalived.checkers.http`` and read the response.
+* HTTP_GET / SSL_GET: for one URL (the policy's ``step``: keepalived checks
+  one URL per check, in turn), connect, (TLS handshake), send the GET
+  request built by ``pyalived.checkers.http`` and read the response.
   Each network step (connect, handshake, send, each receive) must progress
   within ``connect_timeout``, as keepalived does, and the whole URL check is
   also capped at ``total_timeout_factor * connect_timeout`` so that a slowly
   dripping server cannot hold it forever; the body is capped at
-  ``max_body`` bytes.  The check passes when every URL's status code is
-  in its ``status_code`` set and, if a ``digest`` is configured, the MD5 of
+  ``max_body`` bytes.  The check passes when the status code is in the
+  URL's ``status_code`` set and, if a ``digest`` is configured, the MD5 of
   the body equals it.  SSL_GET does not verify the server certificate
   unless asked to (keepalived's default), and sends SNI only with
   ``enable_sni``.
@@ -79,7 +80,9 @@ Starter = Callable[[], ProbeResult | Awaitable[ProbeResult]]
 
 
 class Prober(Protocol):
-    async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult: ...
+    async def probe(self, spec: CheckerSpec, rs: RealServerSpec, step: int = 0) -> ProbeResult:
+        """One check of ``rs``; ``step`` picks the URL of an HTTP_GET/SSL_GET."""
+        ...
 
 
 class StartingProber(Prober, Protocol):
@@ -312,20 +315,13 @@ async def check_url(
 
 
 async def http_probe(
-    spec: HttpGet, rs: RealServerSpec, max_body: int = MAX_BODY_BYTES
+    spec: HttpGet, rs: RealServerSpec, max_body: int = MAX_BODY_BYTES, step: int = 0
 ) -> ProbeResult:
-    """Checks every URL in turn; the first failing one fails the probe."""
+    """Checks URL number ``step`` (modulo their number) of ``spec``."""
     ip, port = _target(spec, rs)
     if not spec.urls:
         return ProbeResult(False, f"{spec.kind} has no url")
-    result = ProbeResult(False, "")
-    for url in spec.urls:
-        result = await check_url(spec, ip, port, url, max_body)
-        if not result.ok:
-            return result
-    if len(spec.urls) > 1:
-        return ProbeResult(True, f"all {len(spec.urls)} URLs OK on {host_header(ip, port)}")
-    return result
+    return await check_url(spec, ip, port, spec.urls[step % len(spec.urls)], max_body)
 
 
 def interpret_exit(status: int, dynamic: bool) -> ProbeResult:
@@ -388,12 +384,12 @@ class RealProber:
     def __init__(self, max_body: int = MAX_BODY_BYTES) -> None:
         self.max_body = max_body
 
-    async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult:
+    async def probe(self, spec: CheckerSpec, rs: RealServerSpec, step: int = 0) -> ProbeResult:
         try:
             if isinstance(spec, TcpCheck):
                 return await tcp_probe(spec, rs)
             if isinstance(spec, HttpGet):
-                return await http_probe(spec, rs, self.max_body)
+                return await http_probe(spec, rs, self.max_body, step)
             return await misc_probe(spec)
         except ValueError as exc:
             return ProbeResult(False, str(exc))

@@ -332,11 +332,11 @@ class CheckerScheduler:
     def _emit(self, event: RealServerEvent) -> None:
         self._sink.real_server_changed(event)
 
-    async def _probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult:
+    async def _probe(self, c: _Checker) -> ProbeResult:
         try:
-            return await self._prober.probe(spec, rs)
+            return await self._prober.probe(c.spec, c.server.rs, c.policy.step)
         except Exception as exc:  # a probe bug must not take the other checkers down
-            return self._probe_error(spec, rs, exc)
+            return self._probe_error(c.spec, c.server.rs, exc)
 
     async def _checker_task(self, c: _Checker) -> None:
         if not c.server.active:
@@ -359,7 +359,8 @@ class CheckerScheduler:
             await trio.lowlevel.checkpoint()
             self._began()
             await self._probe_in_task(c, due)
-        starter = getattr(self._prober, "starter", None)
+        # (A checker of several steps always probes in its task: each probe names its step.)
+        starter = getattr(self._prober, "starter", None) if policy.steps == 1 else None
         if starter is None:
             sleep_until = self._timers.sleep_until
             while True:
@@ -432,7 +433,7 @@ class CheckerScheduler:
         if self._on_probe_start is not None:
             self._on_probe_start(due, started)
         c.policy.probe_started(started)
-        result = await self._probe(c.spec, c.server.rs)
+        result = await self._probe(c)
         self._probe_done(c, result)
 
     def _probe_done(self, c: _Checker, result: ProbeResult) -> None:

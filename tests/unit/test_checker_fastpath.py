@@ -54,7 +54,7 @@ class Scripted:
         todo = self.script.get(rs.port, [])
         return todo.pop(0) if todo else OK
 
-    async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult:
+    async def probe(self, spec: CheckerSpec, rs: RealServerSpec, step: int = 0) -> ProbeResult:
         result = self._next(rs)
         await trio.sleep(self.delays.get(rs.port or 0, 0.0))
         return result

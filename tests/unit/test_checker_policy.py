@@ -34,6 +34,7 @@ from pyalived.checkers.spec import (
     RealServerSpec,
     TcpCheck,
     Timing,
+    UrlSpec,
     VirtualServerSpec,
 )
 
@@ -109,6 +110,39 @@ def test_alpha_starts_down_and_needs_one_success() -> None:
     assert run(p, FAIL) == []  # already down: nothing to report, no retries
     assert p.get_timer() == 106.0
     assert run(p, OK) == [CheckerTransition(Verdict.UP, "connected")]
+
+
+def test_several_urls_one_per_check_like_keepalived() -> None:
+    """keepalived 2.2.7's HTTP_GET with urls /a /b /c, delay_loop 2, retry 1,
+    delay_before_retry 1, /b failing for a while: the sequence of (time, URL,
+    verdict) read off its requests, with instant probes and t=0 at a check of /a."""
+    p = make(delay_loop=2.0, retry=1, delay_before_retry=1.0, now=0.0, steps=3)
+    seen: list[tuple[float, str, str]] = []
+    while (t := p.get_timer()) is not None and t <= 25.0:
+        url = "abc"[p.step]
+        ok = not (url == "b" and 2.0 <= t < 12.0)
+        changes = run(p, OK if ok else FAIL)
+        verdict = changes[-1].verdict.value if changes else ""
+        seen.append((t, url, "ok" if ok else "fail") + ((verdict,) if verdict else ()))
+    assert seen == [
+        (0.0, "a", "ok"), (2.0, "b", "fail"), (3.0, "b", "fail", "DOWN"),  # one retry
+        (5.0, "b", "fail"), (7.0, "b", "fail"), (9.0, "b", "fail"), (11.0, "b", "fail"),
+        (13.0, "b", "ok"),  # the failing URL passes: a pass over every URL starts
+        (15.0, "a", "ok"), (17.0, "b", "ok"), (19.0, "c", "ok", "UP"),
+        (21.0, "a", "ok"), (23.0, "b", "ok"), (25.0, "c", "ok"),
+    ]  # fmt: skip
+
+
+def test_several_urls_after_alpha_need_a_full_pass() -> None:
+    p = make(alpha=True, now=0.0, steps=2)
+    assert [run(p, OK), run(p, OK)] == [[], []]  # the first success starts the pass
+    assert run(p, OK) == [CheckerTransition(Verdict.UP, "connected")]
+    assert p.step == 0
+    assert CheckerPolicy.for_spec(
+        HttpGet(urls=(UrlSpec("/a"), UrlSpec("/b"))), 0.0, random.Random(1)
+    ).steps == 2
+    with pytest.raises(ValueError):
+        make(steps=0)
 
 
 def test_probe_protocol_misuse_is_rejected() -> None:
@@ -201,7 +235,7 @@ class FakeProber:
         self.durations = durations
         self.calls: list[tuple[int, float, float]] = []
 
-    async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult:
+    async def probe(self, spec: CheckerSpec, rs: RealServerSpec, step: int = 0) -> ProbeResult:
         assert rs.port is not None
         start = trio.current_time()
         await trio.sleep(self.durations.get(rs.port, 0.0))
@@ -312,7 +346,7 @@ def receive_all(ch: trio.MemoryReceiveChannel[RealServerEvent]) -> list[RealServ
 
 async def test_probe_exception_counts_as_failure(autojump_clock: trio.testing.MockClock) -> None:
     class Broken:
-        async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult:
+        async def probe(self, spec: CheckerSpec, rs: RealServerSpec, step: int = 0) -> ProbeResult:
             raise RuntimeError("bug")
 
     vs = VirtualServerSpec("vs", (server(1, MiscCheck("x", timing=NOWARM)),))

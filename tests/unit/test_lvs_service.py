@@ -137,7 +137,7 @@ class FakeProber:
     def set(self, dest: DestKey, ok: bool, weight: int | None = None) -> None:
         self.results[dest] = ProbeResult(ok, "fine" if ok else "refused", weight)
 
-    async def probe(self, spec: CheckerSpec, rs: RealServerSpec) -> ProbeResult:
+    async def probe(self, spec: CheckerSpec, rs: RealServerSpec, step: int = 0) -> ProbeResult:
         key = DestKey(rs.ip, rs.port or 0)
         self.calls.append((trio.current_time(), key))
         return self.results.get(key, ProbeResult(True, "fine"))

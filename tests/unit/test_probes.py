@@ -239,11 +239,15 @@ async def test_http_request_host_header_and_status_codes() -> None:
         assert (await http_probe(HttpGet(urls=(UrlSpec("/b"),)), rs(port))).ok
         assert f"\r\nHost: 127.0.0.1:{port}\r\n".encode() in seen[-1]
         down = HttpGet(urls=(UrlSpec("/a"), UrlSpec("/down")))
-        res = await http_probe(down, rs(port))
+        assert (await http_probe(down, rs(port), step=0)).ok  # one URL per probe
+        assert seen[-1].startswith(b"GET /a ")
+        res = await http_probe(down, rs(port), step=1)
         assert not res.ok and "/down" in res.reason and "503" in res.reason
+        assert (await http_probe(down, rs(port), step=2)).ok  # steps wrap around
+        assert seen[-1].startswith(b"GET /a ")
         ranges = (StatusRange(200, 200), StatusRange(500, 599))
         allowed = HttpGet(urls=(UrlSpec("/a"), UrlSpec("/down", status_code=ranges)))
-        assert (await http_probe(allowed, rs(port))).ok
+        assert (await http_probe(allowed, rs(port), step=1)).ok
 
 
 async def _hostile(handler: Handler, *, max_body: int = 1 << 20) -> str:
