@@ -317,8 +317,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def do_GET(self) -> None:
-        body = f"{self.server.name}\n".encode()  # type: ignore[attr-defined]
-        self.send_response(200)
+        server = self.server
+        assert isinstance(server, _Server)
+        body = f"{server.name}\n".encode()
+        code = 404 if self.path in server.failing else 200
+        server.requests.append((time.monotonic(), self.path, code))
+        self.send_response(code)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -331,20 +335,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     name = ""
+    failing: frozenset[str] = frozenset()  # paths answered with 404
+    requests: list[tuple[float, str, int]]  # (time, path, status) of every request
 
 
 class NamedServer:
-    """An HTTP server answering its name, listening inside a namespace; restartable."""
+    """An HTTP server answering its name, listening inside a namespace; restartable.
+
+    ``requests`` logs every request; paths in ``failing`` get a 404.
+    """
 
     def __init__(self, ns: str, ip: str, port: int, name: str) -> None:
         self.ns, self.ip, self.port, self.name = ns, ip, port, name
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.requests: list[tuple[float, str, int]] = []
+
+    def fail(self, *paths: str) -> None:
+        assert self._server is not None
+        self._server.failing = frozenset(paths)
 
     def start(self) -> NamedServer:
         assert self._server is None
         server = in_netns(self.ns, lambda: _Server((self.ip, self.port), _Handler))
         server.name = self.name
+        server.requests = self.requests
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                   daemon=True)  # fmt: skip
         thread.start()
@@ -733,6 +748,83 @@ def test_misc_dynamic_weights_agree_with_keepalived(workdir: Path) -> None:
                    lambda: weights() == expected, timeout=STARTUP_TIMEOUT)  # fmt: skip
             tables[impl] = weights()
         assert tables["pyalived"] == tables["keepalived"] == expected
+    finally:
+        topo.close()
+
+
+def http_urls_config() -> str:
+    urls = "".join(
+        f"""
+            url {{
+                path /{name}
+                status_code 200
+            }}"""
+        for name in "abc"
+    )
+    return f"""
+virtual_server {VIP} 80 {{
+    delay_loop 1
+    lb_algo rr
+    lb_kind NAT
+    protocol TCP
+    real_server 127.0.0.1 8080 {{
+        weight 1
+        HTTP_GET {{{urls}
+            connect_timeout 2
+            retry 1
+            delay_before_retry 1
+        }}
+    }}
+}}
+"""
+
+
+def _url_pattern(requests: list[tuple[float, str, int]]) -> tuple[str, list[str]]:
+    """The three paths before the first 404, and from it on: the failing run, then six more."""
+    codes = [code for _, _, code in requests]
+    before = "".join(path[1:] for _, path, _ in requests[codes.index(404) - 3:codes.index(404)])
+    start = codes.index(404)
+    end = max(i for i, code in enumerate(codes) if code == 404) + 1
+    failing = {f"{path} {code}" for _, path, code in requests[start:end]}
+    return before, sorted(failing) + [f"{path} {code}" for _, path, code in requests[end:end + 6]]
+
+
+@pytest.mark.interop
+def test_http_urls_checked_in_turn_like_keepalived(workdir: Path) -> None:
+    """One URL per delay_loop; a failing URL is checked until it passes, then
+    /a, /b, /c in turn bring the real server back: keepalived and pyalived alike."""
+    topo = Topology(workdir)
+    try:
+        servers: dict[str, NamedServer] = {}
+        for impl in ("keepalived", "pyalived"):
+            topo.add(impl)
+            servers[impl] = topo.serve(impl, "127.0.0.1", 8080, impl).start()
+            topo.start_daemon(impl, http_urls_config(), impl=impl)
+
+        def count(server: NamedServer, code: int | None = None) -> int:
+            return sum(1 for _, _, c in server.requests if code is None or c == code)
+
+        def after_last_404(server: NamedServer) -> int:
+            codes = [c for _, _, c in server.requests]
+            return len(codes) - 1 - max(i for i, c in enumerate(codes) if c == 404)
+
+        for impl, server in servers.items():
+            settle(topo, f"{impl}: six checks",
+                   lambda server=server: count(server) >= 6, timeout=STARTUP_TIMEOUT)  # fmt: skip
+            server.fail("/b")
+        for impl, server in servers.items():
+            # /b fails, its retry fails (down), then it is checked twice more
+            settle(topo, f"{impl}: /b failing",
+                   lambda server=server: count(server, 404) >= 4)  # fmt: skip
+            server.fail()
+        for impl, server in servers.items():
+            settle(topo, f"{impl}: six checks after the last 404",
+                   lambda server=server: after_last_404(server) >= 6)  # fmt: skip
+        patterns = {impl: _url_pattern(server.requests) for impl, server in servers.items()}
+        # Before the failure: one URL per check, in turn (the 404 came on /b).
+        assert {before for before, _ in patterns.values()} == {"bca"}, patterns
+        expected = ["/b 404", "/b 200", "/a 200", "/b 200", "/c 200", "/a 200", "/b 200"]
+        assert patterns["keepalived"][1] == patterns["pyalived"][1] == expected, patterns
     finally:
         topo.close()
 
