@@ -17,13 +17,14 @@ keepalived 2.2.7:
 * While DOWN, a single successful probe brings it UP; failures are not
   retried, the next probe simply comes ``delay_loop`` later.
 * Otherwise the next probe starts ``delay_loop`` after the previous one ends.
-* A checker of several steps (HTTP_GET/SSL_GET with several URLs) probes one
-  step at a time, ``step`` being the URL to check: each success moves on to
-  the next (after the last, the first), a failure stays on the failing one
-  (its retries check it again).  While DOWN, the first success starts a pass
-  from the first URL, and only a success of every URL in turn, the last one
-  included, brings the checker UP.  This is what keepalived 2.2.7 does on
-  the wire (one URL per ``delay_loop``).
+* HTTP_GET/SSL_GET (``urls`` > 0) probe one URL at a time, ``step`` being the
+  one to check: each success moves on to the next (after the last, the
+  first), a failure stays on the failing one (its retries check it again).
+  Such a checker comes UP only after a pass over every URL in turn, the
+  last one included; when it went DOWN by failing, the first success only
+  starts that pass, from the first URL (so a single URL needs two successes),
+  while with ``alpha`` the pass starts at once.  This is what keepalived
+  2.2.7 does on the wire (one URL per ``delay_loop``).
 
 ``RealServerHealth`` combines the checkers of one real server: the server is
 alive only when every one of its checkers is UP (a server without checkers is
@@ -70,12 +71,12 @@ class CheckerPolicy:
         alpha: bool,
         now: float,
         first_delay: float = 0.0,
-        steps: int = 1,
+        urls: int = 0,
     ) -> None:
         if delay_loop <= 0:
             raise ValueError("delay_loop must be positive")
-        if steps < 1:
-            raise ValueError("a checker has at least one step")
+        if urls < 0:
+            raise ValueError("urls must not be negative")
         if retry < 0 or delay_before_retry < 0 or first_delay < 0:
             raise ValueError("retry, delay_before_retry and first_delay must not be negative")
         self.delay_loop = delay_loop
@@ -83,9 +84,10 @@ class CheckerPolicy:
         self.delay_before_retry = delay_before_retry
         self.up = not alpha
         self.retries_done = 0
-        self.steps = steps
-        self.step = 0  # the step (URL) the next probe checks
-        self._passing = False  # DOWN, in a pass over every step that would bring it UP
+        self.steps = max(1, urls)  # what the probes go through in turn: the URLs
+        self.step = 0  # the URL the next probe checks
+        self._passes = urls > 0  # UP only after a pass over every URL
+        self._passing = alpha  # DOWN, in a pass over every URL that would bring it UP
         self._next: float | None = now + first_delay
         self.last_reason = "initial state (alpha)" if alpha else "initial state"
 
@@ -100,7 +102,7 @@ class CheckerPolicy:
             alpha=spec.timing.alpha,
             now=now,
             first_delay=rng.uniform(0.0, warmup) if warmup > 0 else 0.0,
-            steps=max(1, len(spec.urls)) if isinstance(spec, HttpGet) else 1,
+            urls=max(1, len(spec.urls)) if isinstance(spec, HttpGet) else 0,
         )
 
     @property
@@ -128,9 +130,9 @@ class CheckerPolicy:
             self.retries_done = 0
             if self.up:
                 self.step = (self.step + 1) % self.steps
-            elif not self._passing and self.steps > 1:
+            elif self._passes and not self._passing:
                 self._passing, self.step = True, 0
-            elif self.step + 1 < self.steps:
+            elif self._passes and self.step + 1 < self.steps:
                 self.step += 1
             else:
                 self.up, self._passing, self.step = True, False, 0

@@ -752,15 +752,23 @@ def test_misc_dynamic_weights_agree_with_keepalived(workdir: Path) -> None:
         topo.close()
 
 
-def http_urls_config() -> str:
+def _http_get(*paths: str) -> str:
     urls = "".join(
         f"""
             url {{
-                path /{name}
+                path {path}
                 status_code 200
             }}"""
-        for name in "abc"
+        for path in paths
     )
+    return f"""HTTP_GET {{{urls}
+            connect_timeout 2
+            retry 1
+            delay_before_retry 1
+        }}"""
+
+
+def http_urls_config() -> str:
     return f"""
 virtual_server {VIP} 80 {{
     delay_loop 1
@@ -769,62 +777,91 @@ virtual_server {VIP} 80 {{
     protocol TCP
     real_server 127.0.0.1 8080 {{
         weight 1
-        HTTP_GET {{{urls}
-            connect_timeout 2
-            retry 1
-            delay_before_retry 1
-        }}
+        {_http_get("/a", "/b", "/c")}
+    }}
+    real_server 127.0.0.1 8081 {{
+        weight 1
+        {_http_get("/x")}
     }}
 }}
 """
 
 
-def _url_pattern(requests: list[tuple[float, str, int]]) -> tuple[str, list[str]]:
+Requests = list[tuple[float, str, int]]
+
+
+def _since_last_404(requests: Requests) -> Requests:
+    codes = [code for _, _, code in requests]
+    return requests[max(i for i, code in enumerate(codes) if code == 404) + 1:]
+
+
+def _url_pattern(requests: Requests) -> tuple[str, list[str]]:
     """The three paths before the first 404, and from it on: the failing run, then six more."""
     codes = [code for _, _, code in requests]
-    before = "".join(path[1:] for _, path, _ in requests[codes.index(404) - 3:codes.index(404)])
-    start = codes.index(404)
-    end = max(i for i, code in enumerate(codes) if code == 404) + 1
-    failing = {f"{path} {code}" for _, path, code in requests[start:end]}
-    return before, sorted(failing) + [f"{path} {code}" for _, path, code in requests[end:end + 6]]
+    first = codes.index(404)
+    before = "".join(path[1:] for _, path, _ in requests[first - 3:first])
+    after = _since_last_404(requests)
+    failing = {f"{path} {code}" for _, path, code in requests[first:len(requests) - len(after)]}
+    return before, sorted(failing) + [f"{path} {code}" for _, path, code in after[:6]]
 
 
 @pytest.mark.interop
 def test_http_urls_checked_in_turn_like_keepalived(workdir: Path) -> None:
-    """One URL per delay_loop; a failing URL is checked until it passes, then
-    /a, /b, /c in turn bring the real server back: keepalived and pyalived alike."""
+    """One URL per delay_loop; a failing URL is checked until it passes, then a
+    pass over every URL (/a, /b, /c; or /x twice) brings the real server back:
+    keepalived and pyalived alike, on the wire and in the IPVS table."""
+    impls: tuple[Impl, Impl] = ("keepalived", "pyalived")
     topo = Topology(workdir)
     try:
-        servers: dict[str, NamedServer] = {}
-        for impl in ("keepalived", "pyalived"):
+        three: dict[str, NamedServer] = {}  # /a /b /c on port 8080
+        one: dict[str, NamedServer] = {}  # /x on port 8081
+        for impl in impls:
             topo.add(impl)
-            servers[impl] = topo.serve(impl, "127.0.0.1", 8080, impl).start()
+            three[impl] = topo.serve(impl, "127.0.0.1", 8080, impl).start()
+            one[impl] = topo.serve(impl, "127.0.0.1", 8081, impl).start()
             topo.start_daemon(impl, http_urls_config(), impl=impl)
 
         def count(server: NamedServer, code: int | None = None) -> int:
             return sum(1 for _, _, c in server.requests if code is None or c == code)
 
-        def after_last_404(server: NamedServer) -> int:
-            codes = [c for _, _, c in server.requests]
-            return len(codes) - 1 - max(i for i, c in enumerate(codes) if c == 404)
+        def in_table(impl: str) -> bool:  # the /x real server
+            table = ipvsadm_table(topo.ns(impl))
+            return any("127.0.0.1:8081 " in line for dests in table.values() for line in dests)
 
-        for impl, server in servers.items():
-            settle(topo, f"{impl}: six checks",
-                   lambda server=server: count(server) >= 6, timeout=STARTUP_TIMEOUT)  # fmt: skip
-            server.fail("/b")
-        for impl, server in servers.items():
+        for impl in impls:
+            settle(topo, f"{impl}: six checks and /x in the table",
+                   lambda impl=impl: count(three[impl]) >= 6 and in_table(impl),
+                   timeout=STARTUP_TIMEOUT)  # fmt: skip
+            three[impl].fail("/b")
+            one[impl].fail("/x")
+        for impl in impls:
             # /b fails, its retry fails (down), then it is checked twice more
-            settle(topo, f"{impl}: /b failing",
-                   lambda server=server: count(server, 404) >= 4)  # fmt: skip
-            server.fail()
-        for impl, server in servers.items():
+            settle(topo, f"{impl}: /b and /x failing", lambda impl=impl: (
+                count(three[impl], 404) >= 4 and not in_table(impl)))  # fmt: skip
+            three[impl].fail()
+            one[impl].fail()
+        back: dict[str, float] = {}
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while len(back) < len(impls) and time.monotonic() < deadline:
+            for impl in impls:
+                if impl not in back and in_table(impl):
+                    back[impl] = time.monotonic()
+            time.sleep(0.1)
+        assert len(back) == len(impls), (back, topo.logs())
+        for impl in impls:
             settle(topo, f"{impl}: six checks after the last 404",
-                   lambda server=server: after_last_404(server) >= 6)  # fmt: skip
-        patterns = {impl: _url_pattern(server.requests) for impl, server in servers.items()}
+                   lambda impl=impl: len(_since_last_404(three[impl].requests)) >= 6)  # fmt: skip
+        patterns = {impl: _url_pattern(three[impl].requests) for impl in impls}
         # Before the failure: one URL per check, in turn (the 404 came on /b).
         assert {before for before, _ in patterns.values()} == {"bca"}, patterns
         expected = ["/b 404", "/b 200", "/a 200", "/b 200", "/c 200", "/a 200", "/b 200"]
         assert patterns["keepalived"][1] == patterns["pyalived"][1] == expected, patterns
+        # The single URL came back into the table with its second success.
+        successes = {
+            impl: sum(1 for t, _, _ in _since_last_404(one[impl].requests) if t < back[impl])
+            for impl in impls
+        }
+        assert successes == {"keepalived": 2, "pyalived": 2}, (successes, one)
     finally:
         topo.close()
 

@@ -116,7 +116,7 @@ def test_several_urls_one_per_check_like_keepalived() -> None:
     """keepalived 2.2.7's HTTP_GET with urls /a /b /c, delay_loop 2, retry 1,
     delay_before_retry 1, /b failing for a while: the sequence of (time, URL,
     verdict) read off its requests, with instant probes and t=0 at a check of /a."""
-    p = make(delay_loop=2.0, retry=1, delay_before_retry=1.0, now=0.0, steps=3)
+    p = make(delay_loop=2.0, retry=1, delay_before_retry=1.0, now=0.0, urls=3)
     seen: list[tuple[float, str, str]] = []
     while (t := p.get_timer()) is not None and t <= 25.0:
         url = "abc"[p.step]
@@ -133,16 +133,33 @@ def test_several_urls_one_per_check_like_keepalived() -> None:
     ]  # fmt: skip
 
 
-def test_several_urls_after_alpha_need_a_full_pass() -> None:
-    p = make(alpha=True, now=0.0, steps=2)
-    assert [run(p, OK), run(p, OK)] == [[], []]  # the first success starts the pass
-    assert run(p, OK) == [CheckerTransition(Verdict.UP, "connected")]
+def test_urls_come_back_after_a_full_pass_like_keepalived() -> None:
+    """Also read off keepalived 2.2.7 (delay_loop 2, retry 1): with alpha the
+    pass starts at once; after a failure a single URL needs two successes; a
+    retry that passes while UP just moves on to the next URL."""
+    p = make(alpha=True, now=0.0, urls=3)
+    assert [run(p, OK), run(p, OK)] == [[], []]
+    assert run(p, OK) == [CheckerTransition(Verdict.UP, "connected")]  # /a /b /c
     assert p.step == 0
+
+    one = make(retry=0, now=0.0, urls=1)
+    assert run(one, FAIL)[0].verdict is Verdict.DOWN
+    assert run(one, OK) == []  # starts the pass
+    assert run(one, OK) == [CheckerTransition(Verdict.UP, "connected")]
+    tcp = make(retry=0, now=0.0)  # not a URL checker: one success is enough
+    assert run(tcp, FAIL)[0].verdict is Verdict.DOWN
+    assert run(tcp, OK) == [CheckerTransition(Verdict.UP, "connected")]
+
+    up = make(retry=1, now=0.0, urls=3)
+    run(up, OK)  # /a
+    assert (up.step, run(up, FAIL), up.step) == (1, [], 1)  # /b fails, retried
+    assert (run(up, OK), up.step) == ([], 2)  # the retry of /b passes: /c is next
+
     assert CheckerPolicy.for_spec(
         HttpGet(urls=(UrlSpec("/a"), UrlSpec("/b"))), 0.0, random.Random(1)
     ).steps == 2
     with pytest.raises(ValueError):
-        make(steps=0)
+        make(urls=-1)
 
 
 def test_probe_protocol_misuse_is_rejected() -> None:
