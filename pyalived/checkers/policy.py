@@ -14,8 +14,9 @@ keepalived 2.2.7:
 * While UP, a failed probe is retried ``retry`` more times, each
   ``delay_before_retry`` after the previous one ends; only when all of those
   fail too does the checker go DOWN.  Any success resets the retry count.
-* While DOWN, a single successful probe brings it UP; failures are not
-  retried, the next probe simply comes ``delay_loop`` later.
+* While DOWN, a single successful probe brings it UP (HTTP_GET and SSL_GET:
+  see below); failures are not retried, the next probe simply comes
+  ``delay_loop`` later.
 * Otherwise the next probe starts ``delay_loop`` after the previous one ends.
 * HTTP_GET/SSL_GET (``urls`` > 0) probe one URL at a time, ``step`` being the
   one to check: each success moves on to the next (after the last, the
