@@ -54,25 +54,60 @@ class Diagnostic:
         return f"{self.location}: {self.severity.value}: {self.message}"
 
 
+MAX_DIAGNOSTICS = 1000
+
+
 @dataclass
 class DiagnosticSink:
-    """Mutable collector used while lexing and parsing."""
+    """Mutable collector used while lexing and parsing.
+
+    It keeps at most ``limit`` diagnostics, so that a hostile file cannot fill
+    memory or the log with them; past that it only counts them (``suppressed``),
+    still keeping the first of each severity and category so that the verdict
+    and the ``-t`` exit status stay exact.
+    """
 
     items: list[Diagnostic] = field(default_factory=list)
+    limit: int = MAX_DIAGNOSTICS
+    suppressed: int = 0
+    error_count: int = 0
+    _kinds: set[tuple[Severity, Category]] = field(default_factory=set)
+
+    def _add(self, diagnostic: Diagnostic) -> None:
+        if diagnostic.severity is Severity.ERROR:
+            self.error_count += 1
+        kind = (diagnostic.severity, diagnostic.category)
+        if len(self.items) >= self.limit and kind in self._kinds:
+            self.suppressed += 1
+            return
+        self._kinds.add(kind)
+        self.items.append(diagnostic)
 
     def error(
         self, location: Location, message: str, category: Category = Category.GENERAL
     ) -> None:
-        self.items.append(Diagnostic(Severity.ERROR, location, message, category))
+        self._add(Diagnostic(Severity.ERROR, location, message, category))
 
     def warning(
         self, location: Location, message: str, category: Category = Category.GENERAL
     ) -> None:
-        self.items.append(Diagnostic(Severity.WARNING, location, message, category))
+        self._add(Diagnostic(Severity.WARNING, location, message, category))
 
     @property
     def has_errors(self) -> bool:
-        return any(d.severity is Severity.ERROR for d in self.items)
+        return self.error_count > 0 or any(d.severity is Severity.ERROR for d in self.items)
+
+    def diagnostics(self) -> tuple[Diagnostic, ...]:
+        """What was kept, with a last note saying how many were left out."""
+        if not self.suppressed:
+            return tuple(self.items)
+        last = max(self.items, key=lambda d: (d.location.file, d.location.line))
+        note = Diagnostic(
+            Severity.WARNING,
+            last.location,
+            f"{self.suppressed} more diagnostic(s) not shown (at most {self.limit} are kept)",
+        )
+        return (*self.items, note)
 
 
 def exit_code_for(diagnostics: Iterable[Diagnostic]) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from ipaddress import IPv4Address, IPv4Interface
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Location:
     file: str
     line: int

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_address, ip_interface
 
 from pyalived.config.diagnostics import Category, Diagnostic, DiagnosticSink, exit_code_for
-from pyalived.config.lexer import lex
+from pyalived.config.lexer import DEFAULT_LIMITS, Lexer, ReaderLimits, default_config_id
 from pyalived.config.lvs_parse import LvsParser
 from pyalived.config.model import (
     Authentication,
@@ -52,6 +52,7 @@ from pyalived.config.tree import Node, build_tree
 InterfaceExists = Callable[[str], bool]
 
 WEIGHT_MIN, WEIGHT_MAX = -253, 253
+MAX_ADVERT_ADDRESSES = 255  # RFC 3768 §5.3.5: Count IP Addrs is 8 bits
 
 # Keywords keepalived 2.2.7 accepts that this project does not implement yet.
 UNSUPPORTED_TOP = frozenset(
@@ -126,8 +127,12 @@ def load(
     *,
     config_id: str | None = None,
     interface_exists: InterfaceExists | None = None,
+    limits: ReaderLimits = DEFAULT_LIMITS,
 ) -> LoadResult:
-    """Read, check and model the configuration in ``path`` and its includes."""
+    """Read, check and model the configuration in ``path`` and its includes.
+
+    The reading is bounded by ``limits`` (see ``pyalived.config.lexer``).
+    """
     sink = DiagnosticSink()
     if not os.path.isfile(path):
         sink.error(
@@ -136,10 +141,13 @@ def load(
             Category.MISSING_FILE,
         )
         return LoadResult(None, tuple(sink.items), exit_code_for(sink.items))
-    tokens = lex(path, config_id=config_id, sink=sink)
-    nodes = build_tree(tokens, sink)
+    lexer = Lexer(config_id if config_id is not None else default_config_id(), sink, limits)
+    if not lexer.read(path):  # a limit was reached: refused, the rest is not worth parsing
+        return LoadResult(None, sink.diagnostics(), exit_code_for(sink.items))
+    nodes = build_tree(lexer.tokens, sink)
+    del lexer
     config = parse_tree(nodes, sink, interface_exists or system_interface_exists)
-    diags = tuple(sink.items)
+    diags = sink.diagnostics()
     return LoadResult(None if sink.has_errors else config, diags, exit_code_for(diags))
 
 
@@ -702,6 +710,18 @@ class _Parser:
             return None
         if not vips:
             self.sink.warning(node.location, f"{where} has no virtual_ipaddress")
+        if len(vips) > MAX_ADVERT_ADDRESSES:
+            # RFC 3768 §5.3.5: the count is one octet.  As keepalived does, the excess
+            # is still configured on MASTER, but as excluded addresses, not advertised.
+            excess = vips[MAX_ADVERT_ADDRESSES:]
+            self.sink.warning(
+                excess[0].location,
+                f"{where} has {len(vips)} virtual addresses but an advert carries at most "
+                f"{MAX_ADVERT_ADDRESSES}; the {len(excess)} from here on are configured "
+                "as virtual_ipaddress_excluded",
+            )
+            vips_excl = excess + vips_excl
+            del vips[MAX_ADVERT_ADDRESSES:]
         if "state" not in fields and fields.get("priority") == 255:
             # keepalived: the address owner with no `state` line starts as MASTER.
             fields["state"] = InitialState.MASTER

@@ -18,7 +18,7 @@ from pyalived.config.lexer import Token
 from pyalived.config.model import Location
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     keyword: Token
     args: tuple[Token, ...]
