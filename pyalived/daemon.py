@@ -11,7 +11,14 @@ gracefully (priority-0 advert, VIPs removed, VMAC deleted) inside its own
 shielded scope, and ``run_daemon`` returns.  SIGHUP re-reads the
 configuration file: a config with errors is refused (diagnostics logged, the
 running one untouched); a valid one is applied as a difference
-(``pyalived.reload``), leaving unchanged instances alone.  SIGUSR1, SIGUSR2
+(``pyalived.reload``), leaving unchanged instances alone.  Reloads run in a
+service of their own (``_reloader``), never in the signal loop, so a slow
+reload cannot hold up SIGTERM; SIGHUPs that arrive during a reload are
+coalesced into one more.  The file is read in a worker thread that the
+reload abandons after ``DaemonOptions.reload_timeout`` seconds (a file on a
+hung network mount): the reload is then refused, and so is every later one
+until that read has returned.  Any exception from the reader refuses the
+reload too, with a logged traceback; the running configuration stays.  SIGUSR1, SIGUSR2
 and SIGRTMIN+2 write the state, statistics and JSON dumps (``pyalived.dump``).
 
 Operations hooks: with ``metrics_listen`` set, a ``pyalived.metrics`` HTTP
@@ -54,6 +61,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyalived.daemon")
 
+# Twice the time the largest hostile file the reader accepts takes to refuse on a
+# 2-core machine (the reader's own caps, ``pyalived.config.lexer.ReaderLimits``).
+RELOAD_TIMEOUT = 30.0
+
 PortsFactory = Callable[[Config], AbstractAsyncContextManager[VrrpPorts]]
 Loader = Callable[[], Awaitable[Any]]  # re-reads the config: a pyalived.config.LoadResult
 LvsFactory = Callable[[Config, Metrics], "LvsService"]
@@ -67,6 +78,7 @@ class DaemonOptions:
     config_path: str | None = None  # re-read on SIGHUP; None: reload refused
     config_id: str | None = None  # -i, for '@' lines on reload
     dump_dir: str = "/tmp"  # where SIGUSR1/SIGUSR2/SIGRTMIN+2 write their dumps
+    reload_timeout: float = RELOAD_TIMEOUT  # seconds a SIGHUP's read may take before refusal
 
 
 class _NetSockets:
@@ -169,11 +181,17 @@ async def run_daemon(
             if options.metrics_listen is not None:
                 await _start_metrics(nursery, metrics, *options.metrics_listen)
             await nursery.start(run_watchdog, notifier)
+            reloads = await nursery.start(
+                _reloader, runtime, lvs_service, loader, notifier, metrics, options.reload_timeout
+            )
             notifier.ready(status=_status(runtime, lvs_service))
             task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await _reload(runtime, lvs_service, loader, notifier, metrics)
+                    try:
+                        reloads.send_nowait(None)
+                    except trio.WouldBlock:
+                        log.info("SIGHUP received: a reload is already queued")
                     continue
                 if signum in dump_signals:
                     await _dump(signum, runtime, counters, options.dump_dir)
@@ -230,14 +248,76 @@ def _file_loader(options: DaemonOptions) -> Loader | None:
             return False
         return True
 
-    async def load() -> Any:
+    def read() -> Any:
         from pyalived.config import load as load_config
 
-        return await trio.to_thread.run_sync(
-            lambda: load_config(path, config_id=config_id, interface_exists=interface_exists)
-        )
+        return load_config(path, config_id=config_id, interface_exists=interface_exists)
 
-    return load
+    return ThreadLoader(read, path)
+
+
+class ThreadLoader:
+    """A loader running ``read`` in a worker thread that a timeout may abandon.
+
+    While an abandoned read has not returned (``busy``), later loads raise
+    ``ReloadBusy`` at once rather than pile up more hung threads.
+    """
+
+    def __init__(self, read: Callable[[], Any], what: str) -> None:
+        self._read = read
+        self._what = what
+        self.busy = False  # set and cleared by the worker thread itself
+
+    def _run(self) -> Any:
+        self.busy = True
+        try:
+            return self._read()
+        finally:
+            self.busy = False
+
+    async def __call__(self) -> Any:
+        if self.busy:
+            raise ReloadBusy(f"the previous read of {self._what} has not returned yet")
+        return await trio.to_thread.run_sync(self._run, abandon_on_cancel=True)
+
+
+class ReloadBusy(Exception):
+    """The loader cannot read now (an earlier, abandoned read is still hung)."""
+
+
+async def _reloader(
+    runtime: VrrpRuntime | None,
+    lvs: LvsService | None,
+    loader: Loader | None,
+    notifier: Notifier,
+    metrics: Metrics,
+    timeout: float,
+    *,
+    task_status: trio.TaskStatus[trio.MemorySendChannel[None]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The reload service: one reload per item sent, one at a time.
+
+    The channel holds one item, so SIGHUPs during a reload make exactly one more.
+    """
+    send, receive = trio.open_memory_channel[None](1)
+    task_status.started(send)
+    async for _ in receive:
+        await _reload(runtime, lvs, loader, notifier, metrics, timeout)
+
+
+async def _read(loader: Loader, timeout: float) -> Any:
+    """The loader's result, or None (logged) if the read failed or took over ``timeout`` s."""
+    with trio.move_on_after(timeout):
+        try:
+            return await loader()
+        except ReloadBusy as exc:
+            log.error("reload refused: %s", exc)
+            return None
+        except Exception:
+            log.exception("reload refused: reading the configuration failed")
+            return None
+    log.error("reload refused: reading the configuration took more than %g s", timeout)
+    return None
 
 
 async def _reload(
@@ -246,6 +326,7 @@ async def _reload(
     loader: Loader | None,
     notifier: Notifier,
     metrics: Metrics,
+    timeout: float,
 ) -> None:
     """SIGHUP: re-read the config; refuse it whole on errors, else apply the difference."""
     from pyalived.reload import plan_reload
@@ -256,12 +337,16 @@ async def _reload(
     log.info("SIGHUP received: reloading the configuration")
     notifier.reloading()
     try:
-        result = await loader()
-        for diagnostic in result.diagnostics:
-            log.warning("reload: %s", diagnostic)
-        new: Config | None = result.config
+        result = await _read(loader, timeout)
+        new: Config | None = None
+        if result is not None:
+            for diagnostic in result.diagnostics:
+                log.warning("reload: %s", diagnostic)
+            new = result.config
+            if new is None:
+                log.error("reload refused: the new configuration has errors")
         if new is None:
-            log.error("reload refused: the new configuration has errors; keeping the running one")
+            log.error("reload refused: keeping the running configuration")
             metrics.reloaded(False)
             return
         if runtime is not None:

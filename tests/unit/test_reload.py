@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -25,7 +27,7 @@ from pyalived.config.model import (
     VrrpScript,
     VrrpSyncGroup,
 )
-from pyalived.daemon import DaemonOptions, run_daemon
+from pyalived.daemon import DaemonOptions, Loader, ThreadLoader, run_daemon
 from pyalived.metrics import Metrics
 from pyalived.reload import instance_key, plan_reload
 from pyalived.sdnotify import Notifier
@@ -369,4 +371,148 @@ async def test_sighup_applies_a_valid_config_and_refuses_an_invalid_one(
         assert rig.addresses.present == {
             ("eth0", "198.18.0.100/24"), ("eth0", "198.18.0.101/24")}
         assert advert_times(rig, start) == [0, 1, 2, 3]  # nothing extra
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class TimedNotifier(RecordingNotifier):
+    """Records when each READY/RELOADING was sent, in trio time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[tuple[float, str]] = []
+
+    def notify(self, fields: Mapping[str, str | int]) -> bool:
+        self.times.extend((trio.current_time(), k) for k in fields if k in ("READY", "RELOADING"))
+        return super().notify(fields)
+
+
+@asynccontextmanager
+async def daemon_with(
+    rig: Rig, loader: Loader, notifier: Notifier, metrics: Metrics, timeout: float = 30.0
+) -> AsyncIterator[trio.Nursery]:
+    @asynccontextmanager
+    async def fake_ports(config: Config) -> AsyncIterator[VrrpPorts]:
+        yield rig.ports
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_daemon(
+                owner(), DaemonOptions(reload_timeout=timeout), ports=fake_ports,
+                counters=rig.counters, notifier=notifier, metrics=metrics, loader=loader,
+                task_status=task_status,
+            )
+        )
+        yield nursery
+
+
+async def test_a_hung_read_is_refused_after_its_timeout_and_blocks_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The config lives on a mount that stopped answering: the read never returns.
+
+    The reload is refused at the timeout, the running instance is untouched, a
+    second SIGHUP while the read still hangs is refused at once, and once the
+    mount answers again the next SIGHUP applies the new config.
+    """
+    rig = Rig()
+    notifier = TimedNotifier()
+    metrics = Metrics(rig.counters)
+    mount_back = threading.Event()
+    good = LoadResult(owner(virtual_ipaddress=(VIP, VIP2)), (), 0)
+
+    def read() -> LoadResult:
+        mount_back.wait()
+        return good
+
+    loader = ThreadLoader(read, "keepalived.conf")
+    async with daemon_with(rig, loader, notifier, metrics):
+        (inst,) = metrics.instances
+        start = trio.current_time()
+        await trio.sleep(2.5)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await trio.sleep(40)
+        assert [(round(t - start, 3), k) for t, k in notifier.times[-2:]] == [
+            (2.5, "RELOADING"), (32.5, "READY")]
+        assert not metrics.reload_success
+        assert inst.state is State.MASTER and metrics.instances == (inst,)
+        assert advert_times(rig, start) == list(range(43))  # not one advert late or missing
+        os.kill(os.getpid(), signal.SIGHUP)  # the mount still hangs: refused at once
+        await trio.sleep(1)
+        assert [round(t - start, 3) for t, _k in notifier.times[-2:]] == [42.5, 42.5]
+        assert not metrics.reload_success
+        await trio.to_thread.run_sync(mount_back.set)
+        while loader.busy:  # the abandoned read returns in its own (real) time
+            await trio.to_thread.run_sync(time.sleep, 0.01)
+        # From here the read takes real time, which the clock must not jump over.
+        autojump_clock.autojump_threshold = 0.5
+        os.kill(os.getpid(), signal.SIGHUP)
+        await trio.sleep(1)
+        assert metrics.reload_success
+        assert rig.addresses.present == {
+            ("eth0", "198.18.0.100/24"), ("eth0", "198.18.0.101/24")}
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def test_sigterm_during_a_hung_reload_stops_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rig = Rig()
+    never = threading.Event()
+    metrics = Metrics(rig.counters)
+    try:
+        async with daemon_with(rig, ThreadLoader(never.wait, "k.conf"), Notifier(None),
+                               metrics, timeout=1000):
+            await trio.sleep(1.5)
+            os.kill(os.getpid(), signal.SIGHUP)
+            await trio.sleep(3)
+            stop_at = trio.current_time()
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert trio.current_time() - stop_at < 0.1
+        assert rig.priorities()[-1] == 0  # the graceful stop advert (RFC 3768 §6.4.3)
+        assert rig.addresses.present == set()
+    finally:
+        never.set()
+
+
+async def test_a_reader_that_raises_refuses_the_reload_and_the_daemon_runs_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rig = Rig()
+    metrics = Metrics(rig.counters)
+    raised: list[type[BaseException]] = [RecursionError, MemoryError, UnicodeError]
+
+    async def loader() -> LoadResult:
+        raise raised.pop(0)("from the reader")
+
+    async with daemon_with(rig, loader, Notifier(None), metrics):
+        (inst,) = metrics.instances
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGHUP)
+            await trio.sleep(1)
+            assert not metrics.reload_success
+        assert not raised
+        assert inst.state is State.MASTER and rig.addresses.present
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def test_sighups_during_a_reload_make_exactly_one_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rig = Rig()
+    metrics = Metrics(rig.counters)
+    reads: list[float] = []
+
+    async def slow_loader() -> LoadResult:
+        reads.append(trio.current_time())
+        await trio.sleep(5)
+        return LoadResult(owner(), (), 0)
+
+    async with daemon_with(rig, slow_loader, Notifier(None), metrics):
+        start = trio.current_time()
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(4):
+            await trio.sleep(1)
+            os.kill(os.getpid(), signal.SIGHUP)
+        await trio.sleep(20)
+        assert [round(t - start, 3) for t in reads] == [0, 5]
         os.kill(os.getpid(), signal.SIGTERM)
