@@ -378,7 +378,7 @@ class Capture:
         self._err: IO[bytes] = open(self._stderr, "wb")
         self.popen = subprocess.Popen(
             ["ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-nn", "-U", "-Z", "root",
-             "-s", "256", "-w", str(path), "ip proto 112 or ip proto 51 or arp"],
+             "-s", "2048", "-w", str(path), "ip proto 112 or ip proto 51 or arp"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
         )
         try:
