@@ -270,6 +270,9 @@ class ThreadLoader:
 
     def _run(self) -> Any:
         self.busy = True
+        # Signals are for the main thread, where trio handles them, never for a read
+        # that may hang.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             return self._read()
         finally:

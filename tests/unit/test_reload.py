@@ -3,6 +3,7 @@ trio's MockClock, exact times)."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -418,9 +419,11 @@ async def test_a_hung_read_is_refused_after_its_timeout_and_blocks_nothing(
     notifier = TimedNotifier()
     metrics = Metrics(rig.counters)
     mount_back = threading.Event()
+    read_started = threading.Event()
     good = LoadResult(owner(virtual_ipaddress=(VIP, VIP2)), (), 0)
 
     def read() -> LoadResult:
+        read_started.set()
         mount_back.wait()
         return good
 
@@ -430,6 +433,11 @@ async def test_a_hung_read_is_refused_after_its_timeout_and_blocks_nothing(
         start = trio.current_time()
         await trio.sleep(2.5)
         os.kill(os.getpid(), signal.SIGHUP)
+        # Virtual time stands still until the read has really begun in its thread.
+        autojump_clock.autojump_threshold = math.inf
+        while not read_started.is_set():
+            await trio.to_thread.run_sync(time.sleep, 0.01)
+        autojump_clock.autojump_threshold = 0
         await trio.sleep(40)
         assert [(round(t - start, 3), k) for t, k in notifier.times[-2:]] == [
             (2.5, "RELOADING"), (32.5, "READY")]
