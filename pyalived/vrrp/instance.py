@@ -411,11 +411,7 @@ class Instance:
             if conf.authentication is not None and conf.authentication.type is AuthType.AH
             else packet.VRRP_PROTO
         )
-        vmac_name = conf.effective_vmac_name
-        # VIPs live on the VMAC when there is one; adverts and GARPs leave from it.
-        self.vip_dev = vmac_name or conf.interface
-        self.xmit_dev = conf.interface if (vmac_name is None or conf.vmac_xmit_base) else vmac_name
-        self.garp_dev = vmac_name or conf.interface
+        self._use_vmac_name(conf.effective_vmac_name)
         self.destinations: tuple[IPv4Address, ...] = conf.unicast_peer or (multicast_group,)
         self.vips: tuple[VirtualIP, ...] = conf.virtual_ipaddress + conf.virtual_ipaddress_excluded
         self.tracking = tracking or InstanceTracking(conf.priority)
@@ -437,6 +433,15 @@ class Instance:
         # The latest ``now`` given to the machine for anything but an advert:
         # an advert that arrived earlier is handled as of this time.
         self._floor = -math.inf
+
+    def _use_vmac_name(self, vmac_name: str | None) -> None:
+        """The VMAC's actual name (``VmacManager.create`` may pick another than configured)."""
+        conf = self.conf
+        self.vmac_name = vmac_name
+        # VIPs live on the VMAC when there is one; adverts and GARPs leave from it.
+        self.vip_dev = vmac_name or conf.interface
+        self.xmit_dev = conf.interface if (vmac_name is None or conf.vmac_xmit_base) else vmac_name
+        self.garp_dev = vmac_name or conf.interface
 
     # -- inputs (any task; never block) --
 
@@ -493,9 +498,9 @@ class Instance:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             if self._vmac is not None and self.conf.effective_vmac_name is not None:
-                await self._vmac.create(
+                self._use_vmac_name(await self._vmac.create(
                     self.conf.interface, self.conf.effective_vmac_name, self.conf.virtual_router_id
-                )
+                ))
             self._sockets.advert(self.xmit_dev, self.proto)
             # With a VMAC the peers' adverts carry the virtual MAC as source; a private
             # macvlan delivers those frames to the VMAC only, so listen where we send
@@ -788,13 +793,11 @@ class Instance:
                 log.info("(%s) stopped", self.name)
                 self._notify(State.INIT)
                 self._stop_notified = True
-        if self._vmac is not None and self.conf.effective_vmac_name is not None:
+        if self._vmac is not None and self.vmac_name is not None:
             try:
-                await self._vmac.delete(self.conf.effective_vmac_name)
+                await self._vmac.delete(self.vmac_name)
             except OSError as exc:
-                log.error(
-                    "(%s) deleting %s failed: %s", self.name, self.conf.effective_vmac_name, exc
-                )
+                log.error("(%s) deleting %s failed: %s", self.name, self.vmac_name, exc)
 
 
 # ---- all instances of a config ----------------------------------------------

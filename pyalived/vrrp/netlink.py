@@ -11,11 +11,13 @@ cancelled, which is what keeps ``AddressManager.remove`` from leaving a VIP
 behind: its retries happen inside the job.  ``AddressManager`` and
 ``VmacManager`` are idempotent (an existing address or a missing one is not an
 error) and retry a failing call a few times with a growing back-off before
-raising ``OSError``.  ``VmacManager`` creates the RFC 3768 §7.3 virtual
-router MAC as a macvlan in private mode and applies the same per-interface
-sysctls keepalived 2.2.7 applies (arp_ignore=1 and arp_filter=1 on the parent;
-arp_ignore=1, accept_local=1, promote_secondaries=1 and IPv6 off on the VMAC),
-so that only the VMAC answers ARP for the virtual addresses.
+raising ``OSError``.  ``VmacManager`` gets the RFC 3768 §7.3 virtual router
+MAC as a private-mode macvlan with the per-interface sysctls keepalived 2.2.7
+applies, so that only the VMAC answers ARP for the virtual addresses; what to
+do with a VMAC left behind by an earlier run, or with a foreign interface
+holding the configured name, is decided in ``pyalived.vrrp.vmac``, whose
+``LinkOps`` port ``RtnlLinkOps`` implements here (links and addresses read
+with the small codec below, changes made through pyroute2).
 
 ``LinkWatcher`` needs no thread: it reads RTM_NEWLINK/RTM_DELLINK from a
 non-blocking rtnetlink socket subscribed to RTMGRP_LINK, decoding the few
@@ -42,7 +44,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +53,7 @@ import trio
 
 from pyalived.config.model import VirtualIP
 from pyalived.vrrp.ports import LinkEvent
+from pyalived.vrrp.vmac import LinkInfo, prepare_vmac, remove_vmac
 
 log = logging.getLogger("pyalived.vrrp.netlink")
 
@@ -112,6 +115,13 @@ NLM_F_DUMP = 0x300
 RTMGRP_LINK = 0x1
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
+IFLA_LINK = 5
+IFLA_LINKINFO = 18
+IFLA_LINK_NETNSID = 37
+IFLA_INFO_KIND = 1
+IFLA_INFO_DATA = 2
+IFLA_MACVLAN_MODE = 1
+MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFF_UP = 0x1
@@ -202,6 +212,42 @@ def _parse_link(body: bytes) -> LinkState | None:
     return LinkState(index, name.rstrip(b"\0").decode(), flags, attrs.get(IFLA_ADDRESS, b""))
 
 
+def _parse_link_info(body: bytes) -> LinkInfo | None:
+    """The ``pyalived.vrrp.vmac`` view of an RTM_NEWLINK message."""
+    if len(body) < _IFINFOMSG.size:
+        return None
+    _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(body)
+    attrs = _attrs(body, _IFINFOMSG.size)
+    raw_name = attrs.get(IFLA_IFNAME)
+    if raw_name is None:
+        return None
+    kind: str | None = None
+    mode: str | None = None
+    info = _attrs(attrs.get(IFLA_LINKINFO, b""), 0)
+    if IFLA_INFO_KIND in info:
+        kind = info[IFLA_INFO_KIND].rstrip(b"\0").decode(errors="replace")
+        data = _attrs(info.get(IFLA_INFO_DATA, b""), 0)
+        raw_mode = data.get(IFLA_MACVLAN_MODE)
+        if kind == "macvlan" and raw_mode is not None and len(raw_mode) >= 4:
+            (number,) = struct.unpack_from("=I", raw_mode)
+            mode = MACVLAN_MODES.get(number, str(number))
+    parent: int | None = None
+    raw_link = attrs.get(IFLA_LINK)
+    # With IFLA_LINK_NETNSID the lower device lives in another namespace.
+    if raw_link is not None and len(raw_link) >= 4 and IFLA_LINK_NETNSID not in attrs:
+        (parent,) = struct.unpack_from("=i", raw_link)
+    mac = ":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b""))
+    return LinkInfo(index, raw_name.rstrip(b"\0").decode(errors="replace"), kind, parent,
+                    mac, mode, bool(flags & IFF_UP))
+
+
+def link_infos() -> list[LinkInfo]:
+    """Every interface of the calling thread's namespace, as ``pyalived.vrrp.vmac`` sees it."""
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    links = (_parse_link_info(b) for t, b in _dump(RTM_GETLINK, body) if t == RTM_NEWLINK)
+    return [link for link in links if link is not None]
+
+
 def dump_links() -> list[LinkState]:
     """Every interface of the calling thread's namespace."""
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
@@ -209,20 +255,25 @@ def dump_links() -> list[LinkState]:
     return [link for link in links if link is not None]
 
 
-def ipv4_addresses(index: int) -> list[IPv4Address]:
-    """The IPv4 addresses of interface ``index`` in the kernel's order (primary first)."""
-    result: list[IPv4Address] = []
+def ipv4_interfaces(index: int) -> list[IPv4Interface]:
+    """The IPv4 addresses (with prefix length) of interface ``index``, primary first."""
+    result: list[IPv4Interface] = []
     for mtype, body in _dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)):
         if mtype != RTM_NEWADDR or len(body) < _IFADDRMSG.size:
             continue
-        family, _plen, _flags, _scope, ifindex = _IFADDRMSG.unpack_from(body)
+        family, plen, _flags, _scope, ifindex = _IFADDRMSG.unpack_from(body)
         if family != socket.AF_INET or ifindex != index:
             continue
         attrs = _attrs(body, _IFADDRMSG.size)
         raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
         if raw is not None and len(raw) == 4:
-            result.append(IPv4Address(raw))
+            result.append(IPv4Interface((IPv4Address(raw), plen)))
     return result
+
+
+def ipv4_addresses(index: int) -> list[IPv4Address]:
+    """The IPv4 addresses of interface ``index`` in the kernel's order (primary first)."""
+    return [interface.ip for interface in ipv4_interfaces(index)]
 
 
 # ---- the netlink thread ----------------------------------------------------
@@ -335,13 +386,12 @@ def _netlink_errno(exc: Exception) -> int | None:
 PERMANENT_ERRORS = frozenset({errno.EINVAL, errno.EPERM, errno.EACCES, errno.EOPNOTSUPP})
 
 
-def _retrying(what: str, attempts: int, first_delay: float, op: Callable[[], None]) -> None:
+def _retrying(what: str, attempts: int, first_delay: float, op: Callable[[], T]) -> T:
     """Run ``op`` until it succeeds, sleeping (in the netlink thread) between tries."""
     delay = first_delay
     for attempt in range(1, attempts + 1):
         try:
-            op()
-            return
+            return op()
         except Exception as exc:
             if attempt == attempts or _netlink_errno(exc) in PERMANENT_ERRORS:
                 code = _netlink_errno(exc) or errno.EIO
@@ -350,6 +400,7 @@ def _retrying(what: str, attempts: int, first_delay: float, op: Callable[[], Non
                         attempts - 1, delay)
             time.sleep(delay)
             delay *= 2
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _lookup(ipr: Any, ifname: str) -> int | None:
@@ -435,15 +486,6 @@ class AddressManager:
 
 # ---- VMAC --------------------------------------------------------------------
 
-VMAC_SYSCTLS = {"arp_ignore": "1", "accept_local": "1", "promote_secondaries": "1"}
-PARENT_SYSCTLS = {"arp_ignore": "1", "arp_filter": "1"}
-
-
-def _vmac(vrid: int) -> str:
-    if not 1 <= vrid <= 255:
-        raise ValueError(f"VRID {vrid} is outside 1..255")
-    return f"00:00:5e:00:01:{vrid:02x}"
-
 
 def _write_sysctl(path: str, value: str) -> None:
     p = Path(path)
@@ -451,63 +493,86 @@ def _write_sysctl(path: str, value: str) -> None:
         p.write_text(value)
 
 
-def _ipv4_conf(ifname: str, values: dict[str, str]) -> None:
-    for key, value in values.items():
-        _write_sysctl(f"/proc/sys/net/ipv4/conf/{ifname}/{key}", value)
+class RtnlLinkOps:
+    """``pyalived.vrrp.vmac.LinkOps`` in the netlink thread: reads through the codec
+    above, changes through the thread's pyroute2 ``IPRoute``; errors become ``OSError``."""
+
+    def __init__(self, ipr: Any) -> None:
+        self._ipr = ipr
+
+    @staticmethod
+    def _call(what: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except OSError:
+            raise
+        except Exception as exc:
+            raise OSError(_netlink_errno(exc) or errno.EIO, f"{what}: {exc}") from exc
+
+    def links(self) -> list[LinkInfo]:
+        return link_infos()
+
+    def add_macvlan(self, name: str, parent: int, mac: str) -> None:
+        self._call(f"add macvlan {name}", lambda: self._ipr.link(
+            "add", ifname=name, kind="macvlan", link=parent, macvlan_mode="private",
+            address=mac))
+
+    def delete(self, index: int) -> None:
+        self._call(f"delete ifindex {index}", lambda: self._ipr.link("del", index=index))
+
+    def set_up(self, index: int, up: bool) -> None:
+        state = "up" if up else "down"
+        self._call(f"set ifindex {index} {state}",
+                   lambda: self._ipr.link("set", index=index, state=state))
+
+    def rename(self, index: int, name: str) -> None:
+        self._call(f"rename ifindex {index} to {name}",
+                   lambda: self._ipr.link("set", index=index, ifname=name))
+
+    def set_private(self, index: int) -> None:
+        self._call(f"set ifindex {index} macvlan mode private", lambda: self._ipr.link(
+            "set", index=index, kind="macvlan", macvlan_mode="private"))
+
+    def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
+        return ipv4_interfaces(index)
+
+    def delete_address(self, index: int, address: IPv4Interface) -> None:
+        try:
+            self._call(f"delete {address} from ifindex {index}", lambda: self._ipr.addr(
+                "del", index=index, address=str(address.ip),
+                prefixlen=address.network.prefixlen))
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL:
+                raise
+
+    def write_sysctl(self, path: str, value: str) -> None:
+        _write_sysctl(f"/proc/sys/net/{path}", value)
 
 
 class VmacManager:
-    """``ports.VmacManager``: a private-mode macvlan with the VRRP virtual MAC."""
+    """``ports.VmacManager``: a private-mode macvlan with the VRRP virtual MAC.
+
+    ``create`` adopts a leftover VMAC rather than failing on it and returns
+    the name the VMAC ended up with (``pyalived.vrrp.vmac`` has the rules);
+    ``delete`` deletes only a VMAC, never another kind of interface.
+    """
 
     def __init__(self, thread: NetlinkThread | None = None) -> None:
         self._thread = thread or default_thread()
 
-    async def create(self, parent: str, name: str, vrid: int) -> None:
-        mac = _vmac(vrid)
+    async def create(self, parent: str, name: str, vrid: int) -> str:
+        def job(ipr: Any) -> str:
+            ops = RtnlLinkOps(ipr)
+            return _retrying(f"create VMAC {name} on {parent}", ADD_ATTEMPTS, FIRST_DELAY,
+                             lambda: prepare_vmac(ops, parent, name, vrid))
 
-        def job(ipr: Any) -> None:
-            def op() -> None:
-                parent_index = _lookup(ipr, parent)
-                if parent_index is None:
-                    raise OSError(errno.ENODEV, f"no interface {parent}")
-                index = _lookup(ipr, name)
-                if index is not None:
-                    link = ipr.get_links(index)[0]
-                    same = (link.get_attr("IFLA_ADDRESS") == mac
-                            and link.get_attr("IFLA_LINK") == parent_index)
-                    if not same:
-                        ipr.link("del", index=index)
-                        index = None
-                if index is None:
-                    ipr.link("add", ifname=name, kind="macvlan", link=parent_index,
-                             macvlan_mode="private", address=mac)
-                    index = _lookup(ipr, name)
-                    if index is None:
-                        raise OSError(errno.ENODEV, f"{name} vanished after creation")
-                # IPv6 off (VRRPv2 is IPv4 only) and no link-local address.
-                _write_sysctl(f"/proc/sys/net/ipv6/conf/{name}/addr_gen_mode", "1")
-                _write_sysctl(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "1")
-                _ipv4_conf(name, VMAC_SYSCTLS)
-                _ipv4_conf(parent, PARENT_SYSCTLS)
-                ipr.link("set", index=index, state="up")
-
-            _retrying(f"create VMAC {name} on {parent}", ADD_ATTEMPTS, FIRST_DELAY, op)
-
-        await self._thread.call(job)
+        return await self._thread.call(job)
 
     async def delete(self, name: str) -> None:
         def job(ipr: Any) -> None:
-            def op() -> None:
-                index = _lookup(ipr, name)
-                if index is None:
-                    return
-                try:
-                    ipr.link("del", index=index)
-                except Exception as exc:
-                    if _netlink_errno(exc) != errno.ENODEV:
-                        raise
-
-            _retrying(f"delete VMAC {name}", REMOVE_ATTEMPTS, FIRST_DELAY, op)
+            ops = RtnlLinkOps(ipr)
+            _retrying(f"delete VMAC {name}", REMOVE_ATTEMPTS, FIRST_DELAY,
+                      lambda: remove_vmac(ops, name))
 
         await self._thread.call(job)
 

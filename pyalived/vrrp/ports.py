@@ -52,7 +52,12 @@ class AddressManager(Protocol):
 class VmacManager(Protocol):
     """Creates/removes the macvlan ``name`` on ``parent`` with MAC 00:00:5e:00:01:VRID."""
 
-    async def create(self, parent: str, name: str, vrid: int) -> None: ...
+    async def create(self, parent: str, name: str, vrid: int) -> str:
+        """Adopt (a leftover) or create the VMAC, bring it up; return the name it has.
+
+        That is ``name`` unless a foreign interface holds it (``pyalived.vrrp.vmac``).
+        """
+        ...
 
     async def delete(self, name: str) -> None: ...
 

@@ -1,4 +1,4 @@
-"""Fakes for every protocol of ``pyalived.vrrp.ports``.
+"""Fakes for every protocol of ``pyalived.vrrp.ports`` (and ``pyalived.vrrp.vmac.LinkOps``).
 
 Each fake records what it was asked to do, stamped with ``trio.current_time()``
 so that tests under trio's MockClock can assert exact times.  Nothing here
@@ -7,15 +7,17 @@ touches the host.
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 
 import trio
 
 from pyalived.config.model import VirtualIP
 from pyalived.vrrp.ports import LinkEvent
+from pyalived.vrrp.vmac import LinkInfo
 
 
 def _now() -> float:
@@ -137,13 +139,18 @@ class FakeAddressManager:
 
 
 class FakeVmacManager:
-    def __init__(self) -> None:
+    """``names`` maps a configured VMAC name to the one ``create`` ends up using."""
+
+    def __init__(self, names: dict[str, str] | None = None) -> None:
         self.present: dict[str, tuple[str, int]] = {}
         self.calls: list[tuple[float, str, str]] = []
+        self.names = dict(names or {})
 
-    async def create(self, parent: str, name: str, vrid: int) -> None:
+    async def create(self, parent: str, name: str, vrid: int) -> str:
         self.calls.append((_now(), "create", name))
-        self.present[name] = (parent, vrid)
+        actual = self.names.get(name, name)
+        self.present[actual] = (parent, vrid)
+        return actual
 
     async def delete(self, name: str) -> None:
         self.calls.append((_now(), "delete", name))
@@ -209,3 +216,126 @@ class FakeScriptRunner:
 
     def notify(self, argv: Sequence[str], user: str | None) -> None:
         self.notified.append(ScriptCall(_now(), tuple(argv), user))
+
+
+@dataclass
+class FakeLink:
+    name: str
+    kind: str | None = None
+    parent: int | None = None
+    mac: str = ""
+    mode: str | None = None
+    up: bool = False
+    addresses: list[IPv4Interface] = field(default_factory=list)
+    fixed_mode: bool = False  # the fake kernel refuses to change its macvlan mode
+
+
+class FakeLinkOps:
+    """``pyalived.vrrp.vmac.LinkOps`` over an in-memory model of the kernel's rules.
+
+    It enforces what makes leftover VMACs hard: two macvlans of one parent
+    with the same MAC cannot both be up (EADDRINUSE), a name is unique
+    (EEXIST), and (as on kernels before 6.x) a running interface cannot be
+    renamed (EBUSY).  Deleting a link deletes its macvlan children.  ``ops``
+    records every change made, in order.
+    """
+
+    def __init__(self) -> None:
+        self.table: dict[int, FakeLink] = {}
+        self.sysctls: dict[str, str] = {}
+        self.ops: list[tuple[object, ...]] = []
+        self._next = 1
+
+    # -- building the scene --
+
+    def add(self, name: str, *, kind: str | None = None, parent: str | None = None,
+            mac: str = "", mode: str | None = None, up: bool = False,
+            addresses: tuple[str, ...] = (), fixed_mode: bool = False) -> int:
+        index = self._next
+        self._next += 1
+        parent_index = None if parent is None else self.index(parent)
+        if kind == "macvlan" and mode is None:
+            mode = "private"
+        self.table[index] = FakeLink(name, kind, parent_index, mac, mode, up,
+                                     [IPv4Interface(a) for a in addresses], fixed_mode)
+        return index
+
+    def index(self, name: str) -> int:
+        for index, link in self.table.items():
+            if link.name == name:
+                return index
+        raise KeyError(name)
+
+    def get(self, name: str) -> FakeLink:
+        return self.table[self.index(name)]
+
+    def names(self) -> set[str]:
+        return {link.name for link in self.table.values()}
+
+    # -- LinkOps --
+
+    def _link(self, index: int) -> FakeLink:
+        try:
+            return self.table[index]
+        except KeyError:
+            raise OSError(errno.ENODEV, f"no ifindex {index}") from None
+
+    def links(self) -> list[LinkInfo]:
+        return [LinkInfo(i, link.name, link.kind, link.parent, link.mac, link.mode, link.up)
+                for i, link in sorted(self.table.items())]
+
+    def add_macvlan(self, name: str, parent: int, mac: str) -> None:
+        self.ops.append(("add_macvlan", name, parent, mac))
+        self._link(parent)
+        if name in self.names():
+            raise OSError(errno.EEXIST, f"{name} exists")
+        index = self._next
+        self._next += 1
+        self.table[index] = FakeLink(name, "macvlan", parent, mac, "private")
+
+    def delete(self, index: int) -> None:
+        self.ops.append(("delete", self._link(index).name))
+        del self.table[index]
+        for child in [i for i, link in self.table.items() if link.parent == index]:
+            del self.table[child]
+
+    def set_up(self, index: int, up: bool) -> None:
+        link = self._link(index)
+        self.ops.append(("set_up", link.name, up))
+        if up and link.kind == "macvlan" and not link.up:
+            for other_index, other in self.table.items():
+                if (other_index != index and other.up and other.kind == "macvlan"
+                        and other.parent == link.parent and other.mac == link.mac):
+                    raise OSError(errno.EADDRINUSE, "Address already in use")
+        link.up = up
+
+    def rename(self, index: int, name: str) -> None:
+        link = self._link(index)
+        self.ops.append(("rename", link.name, name))
+        if name in self.names() - {link.name}:
+            raise OSError(errno.EEXIST, f"{name} exists")
+        if link.up:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        for key in [k for k in self.sysctls if f"/conf/{link.name}/" in k]:
+            family, _conf, _old, leaf = key.split("/")
+            self.sysctls[f"{family}/conf/{name}/{leaf}"] = self.sysctls.pop(key)
+        link.name = name
+
+    def set_private(self, index: int) -> None:
+        link = self._link(index)
+        self.ops.append(("set_private", link.name))
+        if link.kind != "macvlan" or link.fixed_mode:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        link.mode = "private"
+
+    def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
+        return list(self._link(index).addresses)
+
+    def delete_address(self, index: int, address: IPv4Interface) -> None:
+        link = self._link(index)
+        self.ops.append(("delete_address", link.name, str(address)))
+        link.addresses.remove(address)
+
+    def write_sysctl(self, path: str, value: str) -> None:
+        if path.split("/")[2] in self.names():  # as /proc/sys/net: only existing interfaces
+            self.sysctls[path] = value
