@@ -12,7 +12,9 @@ protocol), parses each datagram (``parse_datagram``: RFC 3768 §7.1 structural
 checks) and hands it to the instance owning the VRID, which applies its own
 checks (``verify``: authentication, address list, advert interval) before the
 machine sees it.  Every ``PacketError`` is counted by reason in
-``VrrpCounters`` and dropped; no malformed datagram reaches a machine.
+``VrrpCounters`` and dropped; no malformed datagram reaches a machine.  A peer
+announcing other addresses than ours is also logged, as a warning once per
+change of its list (``pyalived.vrrp.peer_addresses``), not once per advert.
 
 Timing: an advert's ``now`` is the time it arrived, not the time its
 instance got round to it.  A socket with ``receive_timed``
@@ -79,6 +81,7 @@ from pyalived.vrrp.fsm import (
     StateChanged,
     VrrpMachine,
 )
+from pyalived.vrrp.peer_addresses import PeerAddressWatch
 from pyalived.vrrp.ports import (
     AddressManager,
     AdvertSocket,
@@ -422,6 +425,7 @@ class Instance:
         self._ip_id = 0
         self._ah_seq = 0
         self._ah_last: int | None = None  # last accepted AH sequence number (anti-replay)
+        self._peer_lists = PeerAddressWatch()  # peers' differing address lists, to log
         self._auth_type, self._auth_data = auth_fields(conf)
         self._expect = _expectation(conf)
         self._applied: Verdict | None = None
@@ -586,8 +590,10 @@ class Instance:
             self._ah_last = packet.check_ah_sequence(self._ah_last, received)
         except packet.PacketError as exc:
             self._counters.rx_error(exc.reason, self.name)
+            self._note_peer_addresses(received, exc.reason)
             log.debug("(%s) dropped advert from %s: %s", self.name, received.src, exc)
             return
+        self._note_peer_addresses(received, None)
         self._counters.adverts_received[self.name] += 1
         self._counters.last_advert_received[self.name] = now
         if received.advert.priority == 0:
@@ -595,6 +601,14 @@ class Instance:
         await self._execute(
             self.machine.advert_received(now, received.src, received.advert.priority)
         )
+
+    def _note_peer_addresses(self, received: packet.Received, reason: str | None) -> None:
+        """Log a change of a peer's address list (keepalived logs each such advert)."""
+        note = self._peer_lists.observe(
+            received.src, received.advert.addresses, self._expect.addresses, reason
+        )
+        if note is not None:
+            log.log(note.level, "(%s) %s", self.name, note.message)
 
     async def _apply_tracking(self) -> None:
         verdict = self.tracking.verdict()

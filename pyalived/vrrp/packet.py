@@ -28,6 +28,32 @@ captures of its adverts):
   advert interval in seconds, checksum (§5.3.8: one's complement sum over the
   VRRP message alone, no pseudo-header), the addresses and 8 bytes of
   authentication data (the zero-padded password for PASS, §5.3.10).
+
+Lengths are exact, as in keepalived 2.2.7.  The VRRP message must be exactly
+8 + 4 * count + 8 bytes (§5.1 with the count of §5.3.5), and the datagram
+exactly as long as its IPv4 total length.  §7.1 only requires "the complete
+VRRP packet"; keepalived refuses a longer one as well, and so do we: anything
+else is ``bad_length`` (keepalived's ``packet_len_err``), too short and too
+long alike:
+
+* Trailing bytes *inside* the IPv4 total length (an advert padded to 1,040
+  bytes with a checksum over the whole payload) are dropped; keepalived logs
+  "vrrp packet too long, length 1040 and expect 40" and keeps its state.
+* A buffer *longer* than its IPv4 total length is dropped too (keepalived:
+  "ip_tot_len mismatch against received length").  On a real link such
+  bytes never reach either daemon: the kernel trims a received datagram to
+  its total length before a raw socket sees it, so an Ethernet frame with
+  bytes after a well-formed datagram (padding, or junk) is accepted by both
+  keepalived and pyalived.  ``parse_datagram`` takes what a raw IPv4 socket
+  returns; whoever reads frames (a pcap) must cut them at the total length.
+* A buffer *shorter* than its total length is ``truncated`` (the kernel drops
+  such datagrams before delivery).
+
+Observed on keepalived 2.2.7 in a namespace lab, against a MASTER of
+priority 100 (tests/netns/test_advert_length.py runs the same against both
+daemons): a priority-200 advert with 1,000 bytes inside its total length is
+ignored; the same advert with 1,000 bytes after it in the Ethernet frame,
+outside its total length, wins the election.
 """
 
 from __future__ import annotations
@@ -69,7 +95,7 @@ DROP_REASONS: tuple[str, ...] = (
     "bad_ah_header",  # AH not carrying VRRP, or an ICV size other than 96 bits
     "bad_version",  # VRRP version is not 2 (§7.1)
     "bad_type",  # VRRP type is not 1 = ADVERTISEMENT (§5.3.2)
-    "bad_length",  # VRRP length does not fit the address count (§7.1)
+    "bad_length",  # VRRP length is not 8 + 4 * count + 8, or bytes past the total length
     "bad_checksum",  # VRRP checksum does not verify (§5.3.8, §7.1)
     "auth_type_mismatch",  # auth type differs from the local one (§7.1)
     "auth_failure",  # PASS password or AH ICV does not match (§7.1)
@@ -280,6 +306,8 @@ def _layout(datagram: bytes) -> _Layout:
         raise PacketError("bad_ip_header", f"total length {total} < header length {ihl}")
     if len(datagram) < total:
         raise PacketError("truncated", f"{len(datagram)} bytes, IPv4 total length {total}")
+    if len(datagram) > total:
+        raise PacketError("bad_length", f"{len(datagram)} bytes, IPv4 total length {total}")
     (frag,) = struct.unpack_from("!H", datagram, 6)
     if frag & 0x3FFF:  # MF flag or a fragment offset
         raise PacketError("bad_ip_header", "fragment")
@@ -304,10 +332,14 @@ def _layout(datagram: bytes) -> _Layout:
 
 
 def parse_datagram(datagram: bytes) -> Received:
-    """Structural checks: IPv4 header, TTL 255, optional AH, version 2, type 1, checksum.
+    """Structural checks: IPv4 header, TTL 255, optional AH, version 2, type 1,
+    exact length, checksum.
 
-    Bytes beyond the IPv4 total length are ignored.  The IPv4 header checksum
-    is verified too (the kernel has normally done so already).
+    ``datagram`` is one whole IPv4 datagram as a raw socket returns it: its
+    length must equal the IPv4 total length, and the VRRP message must be
+    exactly as long as its address count says (see the module docstring).
+    The IPv4 header checksum is verified too (the kernel has normally done so
+    already).
     """
     datagram = bytes(datagram)  # also accept a bytearray or memoryview
     lay = _layout(datagram)
@@ -321,8 +353,11 @@ def parse_datagram(datagram: bytes) -> Received:
         raise PacketError("bad_type", f"type {vtype}")  # §5.3.2
     vrid, priority, count, auth_type, advert_int = struct.unpack_from("!BBBBB", vrrp, 1)
     want = VRRP_HEADER_LEN + 4 * count + AUTH_DATA_LEN
-    if len(vrrp) < want:
-        raise PacketError("bad_length", f"{len(vrrp)} bytes for {count} addresses")  # §7.1
+    if len(vrrp) != want:  # §7.1; too long as well, as keepalived 2.2.7
+        too = "long" if len(vrrp) > want else "short"
+        raise PacketError(
+            "bad_length", f"too {too}: {len(vrrp)} bytes for {count} addresses, want {want}"
+        )
     if internet_checksum(vrrp) != 0:
         raise PacketError("bad_checksum")  # §5.3.8, §7.1
     addrs_end = VRRP_HEADER_LEN + 4 * count

@@ -135,7 +135,13 @@ def read_pcap(path: Path) -> list[bytes]:
 
 
 def ip_datagrams(frames: list[bytes]) -> list[bytes]:
-    return [f[14:] for f in frames if f[12:14] == b"\x08\x00" and f[23] in (51, 112)]
+    """The IPv4 datagrams of VRRP/AH frames, each cut at its total length (as the kernel
+    does before a raw socket sees it: a frame may be padded past the datagram)."""
+    return [
+        f[14 : 14 + struct.unpack_from("!H", f, 16)[0]]
+        for f in frames
+        if f[12:14] == b"\x08\x00" and f[23] in (51, 112)
+    ]
 
 
 def garps(frames: list[bytes]) -> list[bytes]:

@@ -223,8 +223,30 @@ def test_parse_ah() -> None:
     assert received.ah_seq == 1
 
 
-def test_parse_ignores_bytes_past_total_length() -> None:
-    assert parse_datagram(PLAIN + b"\0" * 6) == parse_datagram(PLAIN)
+def with_trailer(datagram: bytes, trailer: bytes, vrrp_at: int = 20) -> bytes:
+    """``datagram`` with ``trailer`` appended inside its IPv4 total length, every
+    checksum recomputed (the VRRP one over the whole payload): an advert that is
+    well formed except for its length, as an attacker would send it."""
+    d = bytearray(datagram + trailer)
+    d[2:4] = struct.pack("!H", len(d))
+    return fix_checksums(d, vrrp_at)
+
+
+def test_trailing_bytes_inside_total_length_are_bad_length() -> None:
+    # keepalived 2.2.7 logs "vrrp packet too long, length 1040 and expect 40" and drops it.
+    attack = with_trailer(PLAIN, b"\xa5" * 1000)
+    assert len(attack) == 1044
+    assert internet_checksum(attack[20:]) == 0  # checksum right, length wrong
+    assert reason_of(attack) == "bad_length"
+    assert reason_of(with_trailer(PASS, bytes(1))) == "bad_length"
+    assert reason_of(with_trailer(AH, bytes(4), vrrp_at=44), EXPECT_AH) == "bad_length"
+
+
+def test_bytes_past_total_length_are_bad_length() -> None:
+    # keepalived 2.2.7: "ip_tot_len mismatch against received length".  (The kernel
+    # trims a datagram to its total length before a raw socket sees it.)
+    assert reason_of(PLAIN + b"\0" * 6) == "bad_length"
+    assert reason_of(AH + b"\0") == "bad_length"
 
 
 def test_parse_accepts_ip_options() -> None:
@@ -247,8 +269,8 @@ def test_parse_zero_addresses() -> None:
         (b"", "truncated"),
         (PLAIN[:19], "truncated"),
         (PLAIN[:-1], "truncated"),  # shorter than the IPv4 total length
-        (patched(PLAIN, 2, b"\x00\x1b"), "truncated"),  # VRRP part of 7 bytes
-        (patched(AH, 2, b"\x00\x2b"), "truncated"),  # AH header cut short
+        (patched(PLAIN, 2, b"\x00\x1b")[:27], "truncated"),  # VRRP part of 7 bytes
+        (patched(AH, 2, b"\x00\x2b")[:43], "truncated"),  # AH header cut short
         (patched(PLAIN, 0, b"\x65"), "bad_ip_header"),  # IPv6 version nibble
         (patched(PLAIN, 0, b"\x44"), "bad_ip_header"),  # IHL 16 bytes
         (patched(PLAIN, 2, b"\x00\x10"), "bad_ip_header"),  # total length < IHL
@@ -264,6 +286,8 @@ def test_parse_zero_addresses() -> None:
         (patched(PLAIN, 20, b"\x11"), "bad_version"),
         (patched(PLAIN, 20, b"\x22"), "bad_type"),
         (patched(PLAIN, 23, b"\x03"), "bad_length"),  # 3 addresses announced, 2 sent
+        (patched(PLAIN, 23, b"\x01"), "bad_length"),  # 1 address announced, 2 sent
+        (PLAIN + b"\0", "bad_length"),  # a byte past the IPv4 total length
         (PLAIN[:26] + b"\xbb\xdb" + PLAIN[28:], "bad_checksum"),
         (PLAIN[:-1] + b"\x01", "bad_checksum"),  # payload corrupted
     ],
@@ -484,6 +508,20 @@ def mutations(draw: st.DrawFn) -> bytes:
 @given(mutations(), expectations)
 def test_mutated_datagrams_only_raise_packet_error(data: bytes, expect: Expectation) -> None:
     parse_and_verify_only_raise_packet_error(data, expect)
+
+
+@given(
+    st.sampled_from([(PLAIN, 20), (PASS, 20), (AH, 44)]),
+    st.binary(min_size=1, max_size=1500),
+    st.booleans(),
+    expectations,
+)
+def test_any_extra_bytes_are_bad_length(
+    base: tuple[bytes, int], extra: bytes, inside: bool, expect: Expectation
+) -> None:
+    datagram, vrrp_at = base
+    d = with_trailer(datagram, extra, vrrp_at) if inside else datagram + extra
+    assert reason_of(d, expect) == "bad_length"
 
 
 @given(adverts, addresses, addresses, st.integers(0, 0xFFFF))
