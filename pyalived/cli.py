@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from pyalived import __version__
+from pyalived.limits import raise_nofile_limit
 from pyalived.log import parse_facility, setup_logging
 from pyalived.pidfile import PidFileError, check_not_running, remove_pid, write_pid
 
@@ -307,6 +308,7 @@ def _run(config: object, options: DaemonOptions) -> int:
 
     assert isinstance(config, Config)
     log.info("pyalived %s starting (pid %d)", __version__, os.getpid())
+    raise_nofile_limit()  # sockets are file descriptors: lift the soft limit to the hard one
     notifier = Notifier.from_environment()
     try:
         trio.run(functools.partial(run_daemon, notifier=notifier), config, options)

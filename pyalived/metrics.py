@@ -46,18 +46,43 @@ checker type, fed by the checker scheduler's ``on_probe_done`` hook.
 
 The HTTP side (``serve_metrics``) is a deliberately small HTTP/1.0 server
 on trio: one request per connection, GET or HEAD of ``/metrics``, bounded
-request size and a read timeout.  Rendering happens on the event loop
-itself, so the collector reads the counters without locks or threads; only
-the IPVS statistics need I/O, done beforehand by ``Metrics.refresh``.
+request size.  Rendering happens on the event loop itself, so the collector
+reads the counters without locks or threads; only the IPVS statistics need
+I/O, done beforehand by ``Metrics.refresh``.
+
+The port must not be a way to starve the daemon (its file descriptors above
+all, which the checkers, gratuitous ARPs and netlink need too), so every
+cost of a client is bounded:
+
+* At most ``MAX_CONNECTIONS`` connections are served at once.  One accepted
+  beyond that is refused on the spot -- a best-effort ``503`` and closed, in
+  the accept loop itself, without a task -- never queued, so the server
+  holds at most ``MAX_CONNECTIONS + 1`` descriptors besides its listeners,
+  however many clients connect.
+* A client has ``REQUEST_HEAD_TIMEOUT`` seconds from the accept to send its
+  whole request head (at most ``MAX_REQUEST`` bytes), and every connection
+  is closed ``CONNECTION_TIMEOUT`` seconds after the accept, whatever it is
+  doing (a slow reader of the response included).  Idle and "slowloris"
+  connections thus free their slot within seconds, and a scrape retried
+  after that succeeds even while they keep coming.
+* ``accept`` failing for lack of resources (EMFILE, ENFILE, ENOBUFS,
+  ENOMEM: something else exhausted them) pauses the accept loop for
+  ``ACCEPT_RETRY_DELAY`` and is logged through a ``LogThrottle`` without a
+  traceback, as are refusals: at most one line per ``LOG_INTERVAL``.
+
+``HttpStats`` counts what happened (open, refused, timed-out connections,
+accept errors); ``HttpCollector`` exports it as ``pyalived_metrics_http_*``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import accumulate
 from socket import AF_INET6
 from typing import Protocol
@@ -80,6 +105,7 @@ from pyalived.ipvs.genl import Stats
 from pyalived.ipvs.model import Protocol as IpvsProtocol
 from pyalived.ipvs.model import ServiceKey, Table
 from pyalived.ipvs.netlink import ServiceDump
+from pyalived.limits import LogThrottle, is_resource_exhaustion
 from pyalived.vrrp.fsm import State, StateChanged
 from pyalived.vrrp.packet import DROP_REASONS
 from pyalived.vrrp.tracking import InstanceTracking
@@ -89,9 +115,17 @@ log = logging.getLogger("pyalived.metrics")
 DEFAULT_LISTEN = "127.0.0.1:9165"
 METRICS_PATH = "/metrics"
 MAX_REQUEST = 8192  # bytes of request head accepted
-REQUEST_TIMEOUT = 10.0  # seconds a client gets to send its request
-MAX_CONNECTIONS = 8  # concurrent scrapes served; others wait
+#: Connections served at once; one more is refused (503, closed), never queued.
+MAX_CONNECTIONS = 16
+#: Seconds from the accept to the end of the request head (idle and slow clients go).
+REQUEST_HEAD_TIMEOUT = 3.0
+#: Seconds a connection may last in all: request head, IPVS refresh, response.
+CONNECTION_TIMEOUT = 10.0
 REFRESH_TIMEOUT = 5.0  # seconds a scrape waits for fresh IPVS statistics
+#: Seconds the accept loop pauses after ``accept`` failed for lack of resources.
+ACCEPT_RETRY_DELAY = 0.5
+#: Seconds between two log lines about refusals, or about accept errors.
+LOG_INTERVAL = 10.0
 
 #: Drop reasons of the driver besides the codec's.
 DRIVER_DROP_REASONS = ("unknown_vrid", "queue_full")
@@ -517,6 +551,42 @@ def _ipvs_stats(dumps: Mapping[ServiceKey, ServiceDump], owned: Table) -> Iterat
     yield persistent
 
 
+@dataclass
+class HttpStats:
+    """What the metrics server saw, kept by ``serve_metrics``."""
+
+    open: int = 0  # connections being served now
+    refused: int = 0  # refused at the MAX_CONNECTIONS bound
+    timed_out: int = 0  # closed at REQUEST_HEAD_TIMEOUT or CONNECTION_TIMEOUT
+    accept_errors: int = 0  # accept failed for lack of resources (EMFILE, ...)
+
+
+class HttpCollector(Collector):
+    """The metrics server's own health (``HttpStats``)."""
+
+    def __init__(self, stats: HttpStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats
+        open_ = GaugeMetricFamily("pyalived_metrics_http_connections",
+                                  "Connections the metrics server is serving")
+        open_.add_metric([], stats.open)
+        yield open_
+        for name, doc, value in (
+            ("pyalived_metrics_http_refused",
+             f"Connections refused because {MAX_CONNECTIONS} were being served", stats.refused),
+            ("pyalived_metrics_http_timeouts",
+             "Connections closed at the request-head or connection deadline", stats.timed_out),
+            ("pyalived_metrics_http_accept_errors",
+             "Failed accepts for lack of resources (file descriptors, memory)",
+             stats.accept_errors),
+        ):
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], value)
+            yield counter
+
+
 class Metrics:
     """The daemon's metrics: a private registry, the collector and the pushed values."""
 
@@ -547,6 +617,8 @@ class Metrics:
         self.probe_seconds = ProbeDurations(PROBE_BUCKETS)
         self.registry.register(self.probe_seconds)
         self.registry.register(LvsCollector(self))
+        self.http = HttpStats()
+        self.registry.register(HttpCollector(self.http))
 
     def observe_probe(self, spec: CheckerSpec, seconds: float, ok: bool) -> None:
         """Checker hook (``ProbeDoneObserver``): one probe took ``seconds``."""
@@ -636,30 +708,45 @@ def _is_metrics_request(head: bytes) -> bool:
         parts[1].split(b"?", 1)[0] == METRICS_PATH.encode())
 
 
-async def _serve_connection(metrics: Metrics, stream: trio.SocketStream) -> None:
-    async with stream:
+_REFUSED = _response("503 Service Unavailable", "text/plain", b"too many connections\n")
+
+
+async def _serve_connection(metrics: Metrics, stream: trio.abc.Stream, stats: HttpStats) -> None:
+    """One request and its response, within ``REQUEST_HEAD_TIMEOUT``/``CONNECTION_TIMEOUT``."""
+    with trio.move_on_after(CONNECTION_TIMEOUT) as whole:
         buf = b""
-        with trio.move_on_after(REQUEST_TIMEOUT):
+        with trio.move_on_after(REQUEST_HEAD_TIMEOUT) as head:
             while b"\r\n\r\n" not in buf and len(buf) <= MAX_REQUEST:
                 data = await stream.receive_some(4096)
                 if not data:
                     break
                 buf += data
+        if head.cancelled_caught:
+            stats.timed_out += 1
+            return
         end = buf.find(b"\r\n\r\n")
         if end < 0 or end > MAX_REQUEST:
             if len(buf) <= MAX_REQUEST:
-                return  # the client went away or timed out
+                return  # the client went away
             response = _response("431 Request Header Fields Too Large", "text/plain",
                                  b"request too large\n")
         else:
             if _is_metrics_request(buf[:end]):
                 await metrics.refresh()
             response = handle_request(metrics, buf[:end])
-        try:
-            with trio.move_on_after(REQUEST_TIMEOUT):
-                await stream.send_all(response)
-        except trio.BrokenResourceError:
-            pass
+        await stream.send_all(response)
+    if whole.cancelled_caught:
+        stats.timed_out += 1
+
+
+def _refuse(stream: trio.SocketStream) -> None:
+    """Best-effort 503 without waiting (a fresh socket's send buffer is empty), then close."""
+    sock = stream.socket
+    try:
+        os.write(sock.fileno(), _REFUSED)
+    except OSError:
+        pass
+    sock.close()
 
 
 async def serve_metrics(
@@ -671,18 +758,49 @@ async def serve_metrics(
 ) -> None:
     """Serve ``metrics`` on http://host:port/metrics until cancelled.
 
-    Reports the listeners as started (``port`` 0 picks a free port).
+    Reports the listeners as started (``port`` 0 picks a free port).  See
+    the module docstring for the bounds on connections and their time.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
-    limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
+    stats = metrics.http
+    refusals = LogThrottle(log, LOG_INTERVAL, trio.current_time)
+    accept_errors = LogThrottle(log, LOG_INTERVAL, trio.current_time)
 
     async def handler(stream: trio.SocketStream) -> None:
-        async with limiter:
-            try:
-                await _serve_connection(metrics, stream)
-            except (trio.BrokenResourceError, OSError) as exc:
-                log.debug("metrics connection: %s", exc)
+        try:
+            async with stream:
+                await _serve_connection(metrics, stream, stats)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.debug("metrics connection: %s", exc)
+        finally:
+            stats.open -= 1
+
+    async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if not is_resource_exhaustion(exc):
+                        raise
+                    stats.accept_errors += 1
+                    accept_errors.log(
+                        logging.ERROR,
+                        "metrics: accept failed: %s (internal error); pausing %g s",
+                        os.strerror(exc.errno or 0), ACCEPT_RETRY_DELAY)
+                    await trio.sleep(ACCEPT_RETRY_DELAY)
+                    continue
+                if stats.open >= MAX_CONNECTIONS:
+                    stats.refused += 1
+                    _refuse(stream)
+                    refusals.log(logging.WARNING,
+                                 "metrics: connection refused, %d already open (the limit)",
+                                 MAX_CONNECTIONS)
+                    continue  # (accept is a checkpoint: a flood does not starve other tasks)
+                stats.open += 1
+                nursery.start_soon(handler, stream)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        for listener in listeners:
+            nursery.start_soon(accept_loop, listener, nursery)
         task_status.started(listeners)

@@ -18,6 +18,12 @@ keepalived 2.2.7:
   see below); failures are not retried, the next probe simply comes
   ``delay_loop`` later.
 * Otherwise the next probe starts ``delay_loop`` after the previous one ends.
+* A result marked ``internal`` is not a check at all: the probe could not
+  run because this process lacked a resource (file descriptors, memory; see
+  ``pyalived.limits``).  It changes nothing -- verdict, retry count, URL --
+  and the probe is simply tried again ``INTERNAL_RETRY_DELAY`` later (or
+  ``delay_loop``, if shorter).  Exhaustion of the director's own resources
+  must never take real servers out of service.
 * HTTP_GET/SSL_GET (``urls`` > 0) probe one URL at a time, ``step`` being the
   one to check: each success moves on to the next (after the last, the
   first), a failure stays on the failing one (its retries check it again).
@@ -41,6 +47,9 @@ from dataclasses import dataclass
 
 from pyalived.checkers.spec import CheckerSpec, HttpGet, MiscCheck
 
+#: Seconds before a probe that could not run (an internal error) is tried again.
+INTERNAL_RETRY_DELAY = 1.0
+
 
 class Verdict(enum.Enum):
     UP = "UP"
@@ -52,6 +61,7 @@ class ProbeResult:
     ok: bool
     reason: str  # short human-readable outcome, e.g. "connection refused"
     weight: int | None = None  # misc_dynamic: the weight the probe asks for
+    internal: bool = False  # the probe could not run here (EMFILE, ...): not a verdict
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,9 @@ class CheckerPolicy:
     def probe_finished(self, result: ProbeResult, now: float) -> list[CheckerTransition]:
         if self._next is not None:
             raise RuntimeError("no probe in progress")
+        if result.internal:
+            self._next = now + min(self.delay_loop, INTERNAL_RETRY_DELAY)
+            return []
         out: list[CheckerTransition] = []
         if result.ok:
             self.retries_done = 0

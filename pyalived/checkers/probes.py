@@ -28,6 +28,13 @@ peer does (accept and stay silent, send garbage, send an endless body, reset).
   ``status - 2``, without it any non-zero status is failure, as is death by
   a signal or a timeout.
 
+A probe that cannot even start because this process is out of a resource
+-- creating its socket fails with EMFILE, ENFILE, ENOBUFS or ENOMEM, or
+MISC_CHECK's spawn fails with those or with EAGAIN (the process limit) --
+returns a result marked ``internal``: it says nothing about the real server,
+and the policy neither counts it nor lets it change the verdict
+(``pyalived.limits``, ``pyalived.checkers.policy``).
+
 ``Prober`` is the interface the scheduler calls; ``RealProber`` dispatches
 to these functions and tests substitute fakes.  ``RealProber.starter`` (the
 ``StartingProber`` fast path) prepares one TCP_CHECK per real server: each
@@ -70,6 +77,7 @@ from pyalived.checkers.spec import (
     TcpCheck,
     UrlSpec,
 )
+from pyalived.limits import is_resource_exhaustion
 
 RECEIVE_CHUNK = 65536
 TOTAL_TIMEOUT_FACTOR = 3.0
@@ -115,6 +123,15 @@ def _strerror(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
+class LocalResourceError(OSError):
+    """A probe's socket could not be created: this process, not the real server, is short."""
+
+
+def _not_run(what: str, exc: OSError) -> ProbeResult:
+    """A probe that failed before touching the network: internal if for lack of resources."""
+    return ProbeResult(False, f"{what}: {_strerror(exc)}", internal=is_resource_exhaustion(exc))
+
+
 def _bind_address(bindto: IPAddress | None, bind_port: int | None) -> tuple[str, int] | None:
     if bindto is None and bind_port is None:
         return None
@@ -156,7 +173,12 @@ async def connect_within(
     The cancel scope is only entered while the handshake is still in progress.
     """
     family = socket.AF_INET6 if isinstance(ip, IPv6Address) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)  # no fcntl call
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)  # no fcntl call
+    except OSError as exc:
+        if is_resource_exhaustion(exc):
+            raise LocalResourceError(exc.errno, exc.strerror) from exc
+        raise
     try:
         bind = _bind_address(bindto, bind_port)
         if bind is not None:
@@ -192,7 +214,10 @@ def tcp_starter(spec: TcpCheck, rs: RealServerSpec) -> Starter:
     stream = socket.SOCK_STREAM | socket.SOCK_NONBLOCK  # no fcntl call
 
     def start() -> ProbeResult | Awaitable[ProbeResult]:
-        sock = new_socket(family, stream)
+        try:
+            sock = new_socket(family, stream)
+        except OSError as exc:
+            return _not_run(f"socket for {where}", exc)
         try:
             if bind is not None:
                 sock.bind(bind)
@@ -297,6 +322,8 @@ async def check_url(
             reader = await _fetch(spec, ip, port, url, max_body)
     except trio.TooSlowError:
         return ProbeResult(False, f"{what}: timeout")
+    except LocalResourceError as exc:
+        return _not_run(f"{what}: socket", exc)
     except OSError as exc:
         return ProbeResult(False, f"{what}: {_strerror(exc)}")
     except trio.BrokenResourceError as exc:
@@ -369,7 +396,9 @@ async def misc_probe(spec: MiscCheck) -> ProbeResult:
     except trio.TooSlowError:
         return ProbeResult(False, f"timeout after {spec.effective_timeout:g} s")
     except OSError as exc:
-        return ProbeResult(False, f"cannot run {argv[0]}: {_strerror(exc)}")
+        # EAGAIN from fork: the process limit, as much this host's trouble as EMFILE.
+        internal = is_resource_exhaustion(exc) or exc.errno == errno.EAGAIN
+        return ProbeResult(False, f"cannot run {argv[0]}: {_strerror(exc)}", internal=internal)
     except (KeyError, ValueError) as exc:  # unknown user or group
         return ProbeResult(False, f"cannot run {argv[0]}: {exc}")
     return interpret_exit(proc.returncode, spec.misc_dynamic)

@@ -28,6 +28,14 @@ once has then started); when the scheduler is cancelled, real servers of
 virtual servers with ``omega`` are reported down (a removed real server
 reports nothing more).  Every checker transition is logged once, naming the
 virtual server, real server, checker and reason.
+
+A probe that could not run for lack of this process's resources (a result
+marked ``internal``, or an ``OSError`` such as EMFILE escaping the prober:
+``pyalived.limits.is_resource_exhaustion``) is an internal error, not a
+check: the policy retries it soon without touching the verdict, it is not
+fed to ``on_probe_done``, and it is counted in ``internal_errors`` and
+logged without a traceback through a ``LogThrottle`` shared by every checker
+(one line per ``INTERNAL_ERROR_LOG_INTERVAL``, however many checkers hit it).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import trio
 from outcome import Value
 
 from pyalived.checkers.policy import (
+    INTERNAL_RETRY_DELAY,
     CheckerPolicy,
     ProbeResult,
     RealServerHealth,
@@ -56,8 +65,12 @@ from pyalived.checkers.spec import (
     VirtualServerSpec,
     checker_label,
 )
+from pyalived.limits import LogThrottle, is_resource_exhaustion
 
 log = logging.getLogger("pyalived.checkers")
+
+#: Seconds between two log lines about probes that could not run (internal errors).
+INTERNAL_ERROR_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,8 @@ class CheckerScheduler:
         self._timers = TimerQueue(timer_granularity)
         self._unstarted = 0  # checker tasks started but not yet running
         self._all_running = trio.Event()
+        self.internal_errors = 0  # probes that could not run (see the module docstring)
+        self._internal_log = LogThrottle(log, INTERNAL_ERROR_LOG_INTERVAL, lambda: self._now())
 
     @staticmethod
     def _new_server(vs: VirtualServerSpec, rs: RealServerSpec) -> _Server:
@@ -425,6 +440,9 @@ class CheckerScheduler:
 
     @staticmethod
     def _probe_error(spec: CheckerSpec, rs: RealServerSpec, exc: Exception) -> ProbeResult:
+        if is_resource_exhaustion(exc):
+            assert isinstance(exc, OSError)
+            return ProbeResult(False, str(exc.strerror or exc).lower(), internal=True)
         log.error("%s on %s: probe error", spec.kind, rs, exc_info=exc)
         return ProbeResult(False, f"internal probe error: {exc!r}")
 
@@ -438,6 +456,17 @@ class CheckerScheduler:
 
     def _probe_done(self, c: _Checker, result: ProbeResult) -> None:
         now = self._now()
+        if result.internal:
+            self.internal_errors += 1
+            c.policy.probe_finished(result, now)  # no transition: only the next probe's time
+            self._internal_log.log(
+                logging.ERROR,
+                "%s: real server %s: %s could not run: %s (internal error, not counted "
+                "against the real server; retrying in %g s)",
+                c.server.vs, c.server.rs, c.label, result.reason,
+                min(c.policy.delay_loop, INTERNAL_RETRY_DELAY),
+            )
+            return
         if self._on_probe_done is not None:
             self._on_probe_done(c.spec, now - c.started, result.ok)
         transitions = c.policy.probe_finished(result, now)

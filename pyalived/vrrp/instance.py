@@ -29,6 +29,15 @@ timeout ends.
 Actions are executed in the machine's order, with one exception: adding or
 removing VIPs (a netlink round trip) is done after the adverts and gratuitous
 ARPs of the same batch, so that a new master announces itself first.
+Gratuitous ARPs must not be lost to a passing shortage of this process's
+resources.  An instance opens its GARP socket when it starts, so that a
+failover needs no new file descriptor, and a burst that fails for lack of
+resources (``pyalived.limits``: EMFILE, ENFILE, ENOBUFS, ENOMEM, or EAGAIN
+from a full send buffer) is logged as an internal error -- through a
+``LogThrottle``, no traceback -- and sent again ``GARP_RETRY_INTERVAL``
+later, up to ``GARP_RETRY_LIMIT`` attempts, for as long as the instance is
+MASTER.  The task's wait covers the earliest pending retry.
+
 Adverts go to the VRRP multicast group (RFC 3768 §5.2.2) or to each
 ``unicast_peer``, from the interface's primary address or
 ``unicast_src_ip``; with ``use_vmac`` they and the GARPs leave through the
@@ -68,6 +77,7 @@ from pyalived.config.model import (
     VrrpScript,
     VrrpSyncGroup,
 )
+from pyalived.limits import LogThrottle, is_resource_exhaustion
 from pyalived.vrrp import packet
 from pyalived.vrrp.fsm import (
     Action,
@@ -104,6 +114,12 @@ log = logging.getLogger("pyalived.vrrp")
 
 STOP_TIMEOUT = 5.0  # seconds allowed for a graceful stop of one instance
 INBOX_SIZE = 256  # queued events per instance before received adverts are dropped
+#: Seconds between attempts at a GARP burst that failed for lack of resources.
+GARP_RETRY_INTERVAL = 0.5
+#: Attempts at such a burst (the first included) before it is given up.
+GARP_RETRY_LIMIT = 20
+#: Seconds between two log lines about GARP bursts failing for lack of resources.
+GARP_ERROR_LOG_INTERVAL = 10.0
 
 
 # ---- counters --------------------------------------------------------------
@@ -320,6 +336,22 @@ class _Reconf:
 
 _Event = _Rx | _Script | _Link | _Force | _Reconf | _Tick
 
+
+@dataclass(frozen=True)
+class _GarpRetry:
+    """A GARP burst to send again (it failed for lack of resources)."""
+
+    due: float  # trio time
+    dev: str
+    ips: tuple[IPv4Address, ...]
+    count: int
+    attempt: int  # the attempt this will be (2 for the first retry)
+
+
+def _garp_retryable(exc: OSError) -> bool:
+    """A send that failed because this host was short of something, not the link."""
+    return is_resource_exhaustion(exc) or isinstance(exc, BlockingIOError)
+
 StateListener = Callable[["Instance", StateChanged], None]
 
 _NOTIFY_STATE = {
@@ -437,6 +469,8 @@ class Instance:
         # The latest ``now`` given to the machine for anything but an advert:
         # an advert that arrived earlier is handled as of this time.
         self._floor = -math.inf
+        self._garp_retries: list[_GarpRetry] = []
+        self._garp_log = LogThrottle(log, GARP_ERROR_LOG_INTERVAL, trio.current_time)
 
     def _use_vmac_name(self, vmac_name: str | None) -> None:
         """The VMAC's actual name (``VmacManager.create`` may pick another than configured)."""
@@ -506,6 +540,7 @@ class Instance:
                     self.conf.interface, self.conf.effective_vmac_name, self.conf.virtual_router_id
                 ))
             self._sockets.advert(self.xmit_dev, self.proto)
+            self._open_garp_sockets()
             # With a VMAC the peers' adverts carry the virtual MAC as source; a private
             # macvlan delivers those frames to the VMAC only, so listen where we send
             # (and only once the VMAC exists).
@@ -539,6 +574,7 @@ class Instance:
 
     async def _loop(self) -> None:
         while True:
+            self._retry_garps(trio.current_time())
             timer = self.machine.get_timer()
             wait_until = math.inf if timer is None else timer
             if self._wakeup is not None:
@@ -546,12 +582,15 @@ class Instance:
                 # is only the fallback.
                 self._wakeup.wake_at(self._tick, timer)
                 wait_until += self._wakeup.fallback
+            retry_at = min((r.due for r in self._garp_retries), default=math.inf)
             event: _Event | None = None
-            with trio.move_on_at(wait_until):
+            with trio.move_on_at(min(wait_until, retry_at)):
                 event = await self._inbox_rx.receive()
             if event is not None and not isinstance(event, _Tick):
                 await self._handle(event)
                 continue
+            if event is None and retry_at < wait_until and trio.current_time() < wait_until:
+                continue  # woken for a GARP retry only
             self._floor = now = trio.current_time()
             if timer is not None and now >= timer:
                 await self._execute(self.machine.timer_expired(now))
@@ -723,22 +762,65 @@ class Instance:
             return self.conf.garp_lower_prio_repeat
         return self.conf.garp_master_repeat
 
+    def _garp_devs(self, vips: Sequence[VirtualIP]) -> dict[str, tuple[IPv4Address, ...]]:
+        by_dev: dict[str, list[IPv4Address]] = {}
+        for vip in vips:
+            by_dev.setdefault(vip.dev or self.garp_dev, []).append(vip.ip)
+        return {dev: tuple(ips) for dev, ips in by_dev.items()}
+
+    def _open_garp_sockets(self) -> None:
+        """Open the GARP sockets now: a failover then needs no new file descriptor."""
+        for dev in self._garp_devs(self.vips):
+            try:
+                self._sockets.garp(dev)
+            except OSError as exc:  # tried again when a burst is due
+                log.warning("(%s) cannot open the gratuitous ARP socket on %s yet: %s",
+                            self.name, dev, exc)
+
     def _send_garp(self, kind: GarpKind, vips: Sequence[VirtualIP] | None = None) -> None:
         count = self._garp_count(kind)
         vips = self.vips if vips is None else vips
         if count <= 0 or not vips:
             return
-        by_dev: dict[str, list[IPv4Address]] = {}
-        for vip in vips:
-            by_dev.setdefault(vip.dev or self.garp_dev, []).append(vip.ip)
-        for dev, ips in by_dev.items():
-            try:
-                self._sockets.garp(dev).send_garp(ips, count)
-            except OSError as exc:
-                self._counters.tx_errors[self.name] += 1
+        for dev, ips in self._garp_devs(vips).items():
+            self._garp_burst(dev, ips, count, 1)
+
+    def _garp_burst(self, dev: str, ips: tuple[IPv4Address, ...], count: int,
+                    attempt: int) -> None:
+        try:
+            self._sockets.garp(dev).send_garp(ips, count)
+        except OSError as exc:
+            self._counters.tx_errors[self.name] += 1
+            if not _garp_retryable(exc):
                 log.warning("(%s) sending gratuitous ARP on %s failed: %s", self.name, dev, exc)
+            elif attempt < GARP_RETRY_LIMIT:
+                self._garp_retries.append(_GarpRetry(
+                    trio.current_time() + GARP_RETRY_INTERVAL, dev, ips, count, attempt + 1))
+                self._garp_log.log(
+                    logging.ERROR,
+                    "(%s) sending gratuitous ARP on %s failed: %s (internal error; "
+                    "retrying every %g s)", self.name, dev, exc, GARP_RETRY_INTERVAL)
             else:
-                self._counters.garps_sent[self.name] += count * len(ips)
+                log.error("(%s) sending gratuitous ARP on %s failed %d times, giving up: %s",
+                          self.name, dev, attempt, exc)
+        else:
+            self._counters.garps_sent[self.name] += count * len(ips)
+            if attempt > 1:
+                log.info("(%s) gratuitous ARP on %s sent at attempt %d",
+                         self.name, dev, attempt)
+
+    def _retry_garps(self, now: float) -> None:
+        """Send the failed GARP bursts that are due again (only while MASTER)."""
+        if not self._garp_retries:
+            return
+        if self.machine.state is not State.MASTER:
+            self._garp_retries.clear()
+            return
+        due = [r for r in self._garp_retries if r.due <= now]
+        if due:
+            self._garp_retries = [r for r in self._garp_retries if r.due > now]
+            for r in due:
+                self._garp_burst(r.dev, r.ips, r.count, r.attempt)
 
     async def _vip_action(self, action: AddVips | RemoveVips) -> None:
         await self._vip_change(self.vips, adding=isinstance(action, AddVips))
@@ -772,6 +854,8 @@ class Instance:
         if change.new is not State.BACKUP:
             # No longer listening to a master: accept its restarted AH count.
             self._ah_last = None
+        if change.new is not State.MASTER:
+            self._garp_retries.clear()  # announcing addresses is no longer ours to do
         if change.new is State.INIT:
             self._stop_notified = True
         self._notify(change.new)

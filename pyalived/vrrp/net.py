@@ -26,9 +26,13 @@ the datagram is dropped with ``BlockingIOError`` (an ``OSError``) -- VRRP
 tolerates a lost advert, a stalled event loop it does not.
 
 ``open_garp_socket`` returns an AF_PACKET socket bound to the interface; it
-reads the interface's MAC once (or takes the VMAC's MAC given explicitly)
-and sends complete Ethernet frames from ``pyalived.vrrp.garp``
-(RFC 3768 §6.4.1), with the same synchronous, non-blocking discipline.
+reads the interface's MAC once, from the bound socket's own address (or takes
+the VMAC's MAC given explicitly), so that opening it costs one file
+descriptor and nothing else, and sends complete Ethernet frames from
+``pyalived.vrrp.garp`` (RFC 3768 §6.4.1), with the same synchronous,
+non-blocking discipline.  Its failures are plain ``OSError``s; when the
+errno says the process is out of resources (``pyalived.limits``) the
+instance logs an internal error and tries the burst again.
 ``interface_info`` gives the index, MAC and primary IPv4 address (the first
 one the kernel lists, as keepalived picks it) of an interface.
 """
@@ -192,13 +196,16 @@ class PacketGarpSocket:
 
 def open_garp_socket(ifname: str, mac: bytes | None = None) -> PacketGarpSocket:
     """An ARP sender on ``ifname`` whose frames carry ``mac`` (default: the interface's)."""
-    if mac is None:
-        mac = interface_mac(ifname)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
     try:
         # Protocol 0 at creation and bind: a send-only socket that receives nothing.
         sock.bind((ifname, 0))
         sock.setblocking(False)
+        if mac is None:
+            # (ifname, proto, pkttype, hatype, address): the interface's MAC, no
+            # second socket needed.
+            address = bytes(sock.getsockname()[4])
+            mac = address if len(address) == 6 else interface_mac(ifname)
     except OSError:
         sock.close()
         raise

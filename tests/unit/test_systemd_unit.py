@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pyalived.cli import build_parser
+from pyalived.limits import NOFILE_CEILING
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "pyalived.service"
@@ -81,6 +82,11 @@ def test_service_promises() -> None:
     assert s["Service.KillMode"] == ["mixed"]
     assert s["Service.Restart"] == ["on-failure"]
     assert s["Service.WatchdogSec"] == ["10s"]
+    # An explicit descriptor budget, well above the soft default of 1024 and
+    # within what pyalived raises its own soft limit to.
+    (nofile,) = s["Service.LimitNOFILE"]
+    soft, _, hard = nofile.partition(":")
+    assert 4096 <= int(soft) <= int(hard or soft) <= NOFILE_CEILING
     caps = s["Service.CapabilityBoundingSet"][0].split()
     assert {"CAP_NET_ADMIN", "CAP_NET_RAW"} <= set(caps)
     families = s["Service.RestrictAddressFamilies"][0].split()
