@@ -93,6 +93,26 @@ class DiagnosticSink:
     ) -> None:
         self._add(Diagnostic(Severity.WARNING, location, message, category))
 
+    def absorb(self, other: DiagnosticSink) -> None:
+        """Take over what ``other`` collected, as if it had been reported here, in order.
+
+        ``other`` must keep at least as many diagnostics as this sink: it then
+        kept every diagnostic this sink would have kept (the first ``limit`` and
+        the first of each kind), so replaying its items gives this sink exactly
+        the items, counts and verdict that reporting them here would have given.
+        This is what lets the loader collect the tree builder's and the parser's
+        diagnostics while the lexer is still reading, and put them after the
+        lexer's as if each stage had run after the one before.
+        """
+        assert other.limit >= self.limit
+        dropped_errors = other.error_count
+        for diagnostic in other.items:
+            if diagnostic.severity is Severity.ERROR:
+                dropped_errors -= 1
+            self._add(diagnostic)
+        self.suppressed += other.suppressed
+        self.error_count += dropped_errors
+
     @property
     def has_errors(self) -> bool:
         return self.error_count > 0 or any(d.severity is Severity.ERROR for d in self.items)

@@ -22,9 +22,17 @@ lexer.  Each physical line goes through these steps, in this order:
    characters that matches nothing is silently empty, as in keepalived.
    Include loops are errors.
 
-Each token keeps the ``Location`` of the line it came from and the number of
-the logical line it belongs to, which is what the parser uses to tell where a
-statement ends.
+The lexer hands its words over one logical line at a time (``LineSink``:
+file, line number, words, which of them were quoted), which is what the tree
+builder uses to tell where a statement ends; ``load`` streams them straight
+into it, so the words of a large file never exist all at once.  ``lex``
+collects them instead as ``Token`` objects, each with the ``Location`` of its
+line and the number of its logical line.
+
+Most lines of a real file hold no ``$``, ``@`` nor ``"``: they are split with
+``str.split`` after cutting the comment and spacing out the braces, which
+gives exactly the words of step 3.  The other lines take the general path,
+steps 1 to 4 in full.
 
 Hostile files: the reader is the same for ``-t``, start-up and a reload, and
 it works in bounded time and memory whatever the file holds.  ``ReaderLimits``
@@ -49,8 +57,8 @@ import re
 import socket
 import stat
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TextIO
 
 from pyalived.config.diagnostics import Category, DiagnosticSink
@@ -79,6 +87,10 @@ class ReaderLimits:
 
 DEFAULT_LIMITS = ReaderLimits()
 
+# The words of one logical line, never none: (file, line number, words, quoted flags
+# or None when no word was quoted).  An unquoted "{" or "}" word is a brace.
+LineSink = Callable[[str, int, list[str], "list[bool] | None"], None]
+
 
 class _Stop(Exception):
     """A limit was reached: the error is reported, nothing more is read."""
@@ -86,6 +98,8 @@ class _Stop(Exception):
 
 class _TooLong(Exception):
     """Variable expansion made a line longer than allowed."""
+
+
 _VAR_DEF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 _VAR_USE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 _GLOB_CHARS = frozenset("*?[")
@@ -144,22 +158,35 @@ def split_words(text: str) -> list[tuple[str, bool]]:
     return words
 
 
-@dataclass
 class Lexer:
-    config_id: str
-    sink: DiagnosticSink
-    limits: ReaderLimits = DEFAULT_LIMITS
-    variables: dict[str, str] = field(default_factory=dict)
-    tokens: list[Token] = field(default_factory=list)
-    _line_id: int = 0
-    _stack: list[str] = field(default_factory=list)
-    _bytes: int = 0  # text charged against limits.max_bytes
-    _files: int = 0  # files opened
-    _lines_read: int = 0
-    _depth: int = 0  # open { blocks
+    """Reads a file and its includes, handing each logical line's words to ``on_line``.
+
+    Without ``on_line`` the words are collected in ``tokens``.
+    """
+
+    def __init__(
+        self,
+        config_id: str,
+        sink: DiagnosticSink,
+        limits: ReaderLimits = DEFAULT_LIMITS,
+        on_line: LineSink | None = None,
+    ) -> None:
+        self.config_id = config_id
+        self.sink = sink
+        self.limits = limits
+        self.variables: dict[str, str] = {}
+        self.tokens: list[Token] = []
+        self._on_line: LineSink = on_line if on_line is not None else self._collect
+        self._line_id = 0
+        self._stack: list[str] = []
+        self._bytes = 0  # text charged against limits.max_bytes
+        self._files = 0  # files opened
+        self._lines_read = 0
+        self._depth = 0  # open { blocks
+        self._words = 0  # words handed over
 
     def read(self, path: str) -> bool:
-        """Append the tokens of ``path`` and its includes; False if a limit stopped it."""
+        """Hand over the words of ``path`` and its includes; False if a limit stopped it."""
         try:
             self.lex_file(path)
         except _Stop:
@@ -167,7 +194,7 @@ class Lexer:
         return True
 
     def lex_file(self, path: str, where: Location | None = None) -> None:
-        """Append the tokens of ``path`` (``where``: the include line, if any).
+        """Hand over the words of ``path`` (``where``: the include line, if any).
 
         Raises ``_Stop`` once a limit is reached (the error is already reported).
         """
@@ -244,60 +271,208 @@ class Lexer:
         raise _Stop
 
     def _lines(self, f: TextIO, path: str) -> Iterator[tuple[int, str]]:
-        """``(line number, text)`` of each physical line, without its end-of-line.
+        """``(line number, text)`` of each physical line, its end-of-line included.
 
         A line longer than ``max_line`` is reported and skipped (its numbers stay right).
         """
-        limit = self.limits.max_line
+        limits = self.limits
+        limit = limits.max_line
+        max_bytes = limits.max_bytes
+        max_lines = limits.max_lines
+        max_errors = limits.max_errors
+        sink = self.sink
+        readline = f.readline
         lineno = 0
         while True:
-            if self.sink.error_count >= self.limits.max_errors:
-                self._stop(Location(path, lineno + 1), f"{self.sink.error_count} errors")
-            line = f.readline(limit + 1)
+            if sink.error_count >= max_errors:
+                self._stop(Location(path, lineno + 1), f"{sink.error_count} errors")
+            line = readline(limit + 1)
             if not line:
                 return
             lineno += 1
-            loc = Location(path, lineno)
-            self._charge(len(line), loc)
+            size = len(line)
+            self._bytes += size
+            if self._bytes > max_bytes:
+                self._stop(
+                    Location(path, lineno), f"configuration text exceeds {max_bytes} bytes"
+                )
             self._lines_read += 1
-            if self._lines_read > self.limits.max_lines:
-                self._stop(loc, f"more than {self.limits.max_lines} lines")
-            if len(line) > limit:
-                self.sink.error(loc, f"line longer than {limit} characters; skipped")
+            if self._lines_read > max_lines:
+                self._stop(Location(path, lineno), f"more than {max_lines} lines")
+            if size > limit:
+                loc = Location(path, lineno)
+                sink.error(loc, f"line longer than {limit} characters; skipped")
                 while not line.endswith("\n"):
-                    line = f.readline(limit)
+                    line = readline(limit)
                     if not line:
                         return
                     self._charge(len(line), loc)
                 continue
-            yield lineno, line.rstrip("\n")
+            yield lineno, line
 
     def _lex_lines(self, path: str, lines: Iterator[tuple[int, str]]) -> None:
+        on_line = self._on_line
+        max_tokens = self.limits.max_tokens
+        max_depth = self.limits.max_depth
         for lineno, line in lines:
-            loc = Location(path, lineno)
-            kept = self._conditional(line)
-            if kept is None:
-                continue
-            m = _VAR_DEF.match(kept.strip())
-            if m:
-                self._define(m.group(1), m.group(2), lines, loc)
-                continue
-            expanded = self._substitute(kept, loc)
-            if expanded is None:
-                continue
-            for sub in expanded.split("\n"):
+            if (
+                "{" not in line
+                and "}" not in line
+                and "#" not in line
+                and "!" not in line
+                and "$" not in line
+                and "@" not in line
+                and '"' not in line
+            ):
+                # Words and white space only (its end-of-line included): the usual line.
                 self._line_id += 1
-                words = split_words(sub)
-                if words and words[0] == ("include", False):
-                    if len(words) < 2:
-                        self.sink.error(loc, "include needs a file name or pattern")
-                    else:
-                        for pattern, _q in words[1:]:
-                            self._include(path, pattern, loc)
+                words = line.split()
+                if not words:
                     continue
-                for value, quoted in words:
-                    # Interned: a large config repeats a few keywords very many times.
-                    self._token(Token(sys.intern(value), loc, self._line_id, quoted))
+                if words[0] == "include":
+                    self._include_words(path, lineno, words)
+                    continue
+                if self._words + len(words) > max_tokens:
+                    self._too_many_words(path, lineno, words, None)
+                self._words += len(words)
+                on_line(path, lineno, words, None)
+                continue
+            if "$" in line or "@" in line or '"' in line:
+                self._general_line(path, lineno, line.rstrip("\n"), lines)
+                continue
+            # No variable, conditional nor quote (see the module docstring).
+            if "#" in line or "!" in line:
+                cut = line.find("#")
+                bang = line.find("!")
+                if cut < 0 or 0 <= bang < cut:
+                    cut = bang
+                line = line[:cut]
+            self._line_id += 1
+            words = line.replace("{", " { ").replace("}", " } ").split()
+            if not words:
+                continue
+            if words[0] == "include":
+                self._include_words(path, lineno, words)
+                continue
+            # Only opening or only closing braces, within the caps: counted at once.
+            if self._words + len(words) <= max_tokens:
+                if "}" not in line:
+                    depth = self._depth + line.count("{")
+                    if depth <= max_depth:
+                        self._depth = depth
+                        self._words += len(words)
+                        on_line(path, lineno, words, None)
+                        continue
+                elif "{" not in line:
+                    depth = self._depth - line.count("}")
+                    if depth >= 0:
+                        self._depth = depth
+                        self._words += len(words)
+                        on_line(path, lineno, words, None)
+                        continue
+            self._braces(path, lineno, words, None)
+
+    def _general_line(
+        self, path: str, lineno: int, line: str, lines: Iterator[tuple[int, str]]
+    ) -> None:
+        """Steps 1 to 4 of the module docstring, for a line the common case does not cover."""
+        loc = Location(path, lineno)
+        kept = self._conditional(line)
+        if kept is None:
+            return
+        m = _VAR_DEF.match(kept.strip())
+        if m:
+            self._define(m.group(1), m.group(2), lines, loc)
+            return
+        expanded = self._substitute(kept, loc)
+        if expanded is None:
+            return
+        for sub in expanded.split("\n"):
+            self._line_id += 1
+            pairs = split_words(sub)
+            if not pairs:
+                continue
+            words = [w for w, _q in pairs]
+            if pairs[0] == ("include", False):
+                self._include_words(path, lineno, words)
+                continue
+            quoted = [q for _w, q in pairs]
+            self._braces(path, lineno, words, quoted if any(quoted) else None)
+
+    def _include_words(self, path: str, lineno: int, words: list[str]) -> None:
+        loc = Location(path, lineno)
+        if len(words) < 2:
+            self.sink.error(loc, "include needs a file name or pattern")
+            return
+        for pattern in words[1:]:
+            self._include(path, pattern, loc)
+
+    def _braces(
+        self, path: str, lineno: int, words: list[str], quoted: list[bool] | None
+    ) -> None:
+        """Hand over a line that may hold braces, counting them one word at a time."""
+        if "{" not in words and "}" not in words:
+            if self._words + len(words) > self.limits.max_tokens:
+                self._too_many_words(path, lineno, words, quoted)
+            self._words += len(words)
+            self._on_line(path, lineno, words, quoted)
+            return
+        limits = self.limits
+        kept: list[str] = []
+        kept_quoted: list[bool] = []
+        for i, value in enumerate(words):
+            q = quoted is not None and quoted[i]
+            if value == "{" and not q:
+                self._depth += 1
+                if self._depth > limits.max_depth:
+                    self._flush(path, lineno, kept, kept_quoted, quoted)
+                    self._stop(
+                        Location(path, lineno),
+                        f"blocks nested deeper than {limits.max_depth} levels",
+                    )
+            elif value == "}" and not q:
+                if self._depth == 0:
+                    self.sink.error(Location(path, lineno), "'}' without a matching '{'")
+                    continue
+                self._depth -= 1
+            if self._words >= limits.max_tokens:
+                self._flush(path, lineno, kept, kept_quoted, quoted)
+                self._stop(Location(path, lineno), f"more than {limits.max_tokens} words")
+            self._words += 1
+            kept.append(value)
+            kept_quoted.append(q)
+        self._flush(path, lineno, kept, kept_quoted, quoted)
+
+    def _flush(
+        self,
+        path: str,
+        lineno: int,
+        words: list[str],
+        kept_quoted: list[bool],
+        quoted: list[bool] | None,
+    ) -> None:
+        if words:
+            self._on_line(path, lineno, words, kept_quoted if quoted is not None else None)
+
+    def _too_many_words(
+        self, path: str, lineno: int, words: list[str], quoted: list[bool] | None
+    ) -> None:
+        """Hand over the words that still fit, then stop at this line."""
+        room = self.limits.max_tokens - self._words
+        if room > 0:
+            self._words += room
+            self._on_line(path, lineno, words[:room], None if quoted is None else quoted[:room])
+        self._stop(Location(path, lineno), f"more than {self.limits.max_tokens} words")
+
+    def _collect(
+        self, path: str, lineno: int, words: list[str], quoted: list[bool] | None
+    ) -> None:
+        loc = Location(path, lineno)
+        line_id = self._line_id
+        for i, value in enumerate(words):
+            # Interned: a large config repeats a few keywords very many times.
+            q = quoted is not None and quoted[i]
+            self.tokens.append(Token(sys.intern(value), loc, line_id, q))
 
     def _define(
         self, name: str, value: str, lines: Iterator[tuple[int, str]], loc: Location
@@ -320,22 +495,6 @@ class Lexer:
             value = nxt[1]
         parts.append(value)
         self.variables[name] = "\n".join(p.strip() for p in parts)
-
-    def _token(self, token: Token) -> None:
-        if token.is_open:
-            self._depth += 1
-            if self._depth > self.limits.max_depth:
-                self._stop(
-                    token.location, f"blocks nested deeper than {self.limits.max_depth} levels"
-                )
-        elif token.is_close:
-            if self._depth == 0:
-                self.sink.error(token.location, "'}' without a matching '{'")
-                return
-            self._depth -= 1
-        if len(self.tokens) >= self.limits.max_tokens:
-            self._stop(token.location, f"more than {self.limits.max_tokens} words")
-        self.tokens.append(token)
 
     def _conditional(self, line: str) -> str | None:
         stripped = line.lstrip()
@@ -386,6 +545,14 @@ class Lexer:
     def _include(self, including: str, pattern: str, loc: Location) -> None:
         if not os.path.isabs(pattern):
             pattern = os.path.join(os.path.dirname(including), pattern)
+        if "\0" in pattern:  # no file name holds one; the system calls refuse it
+            shown = pattern.replace("\0", "\\0")
+            self.sink.error(
+                loc,
+                f"cannot read configuration file {shown}: embedded null byte",
+                Category.MISSING_FILE,
+            )
+            return
         if _GLOB_CHARS & set(pattern):
             for match in sorted(glob.iglob(pattern)):
                 if os.path.isfile(match):

@@ -72,6 +72,7 @@ _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
 _GENERIC = frozenset(
     "delay_loop connect_timeout retry nb_get_retry delay_before_retry warmup alpha".split()
 )
+_NO_OPTIONS = CheckerOptions()
 
 
 @dataclass
@@ -79,6 +80,10 @@ class LvsParser:
     p: _Parser
     servers: list[VirtualServer] = field(default_factory=list)
     groups: list[VirtualServerGroup] = field(default_factory=list)
+    _shared_options: dict[tuple[tuple[str, float | int | bool], ...], CheckerOptions] = field(
+        default_factory=dict
+    )
+    _groups_named: dict[str, list[VirtualServerGroup]] = field(default_factory=dict)  # so far
 
     # ---- value helpers ----------------------------------------------------------
 
@@ -103,17 +108,17 @@ class LvsParser:
 
     def _text(self, node: Node) -> str | None:
         self.p._no_block(node)
-        if not node.args:
+        if not node.values:
             self.p.sink.error(node.location, f"{node.name} needs a value")
             return None
         return " ".join(node.values)
 
     def _method(self, node: Node) -> LvsMethod | None:
         self.p._no_block(node)
-        if not node.args:
+        if not node.values:
             self.p.sink.error(node.location, f"{node.name} needs NAT, DR or TUN")
             return None
-        word = node.args[0].value.upper()
+        word = node.values[0].upper()
         if word == "MASQ":
             word = "NAT"
         try:
@@ -121,10 +126,10 @@ class LvsParser:
         except ValueError:
             self.p.sink.error(
                 node.location,
-                f"{node.name}: unknown forwarding method '{node.args[0].value}' (NAT, DR or TUN)",
+                f"{node.name}: unknown forwarding method '{node.values[0]}' (NAT, DR or TUN)",
             )
             return None
-        if len(node.args) > 1:
+        if len(node.values) > 1:
             self.p.sink.warning(
                 node.location,
                 f"{node.name}: tunnel options are not supported yet: {' '.join(node.values[1:])}",
@@ -135,27 +140,40 @@ class LvsParser:
         self.p.notify_locations.append(node.location)  # scripts need enable_script_security
         return self.p._command(node)
 
-    def _generic(self, node: Node, opts: CheckerOptions) -> CheckerOptions:
-        """The generic checker options, at any level."""
+    def _generic(self, node: Node, opts: dict[str, float | int | bool]) -> None:
+        """A generic checker option, at any level, into ``opts`` (see ``_options``)."""
         k = node.name
         p = self.p
-        if k == "delay_loop":
-            f = p._float(node, 0.001, MAX_TIMER)
-            return opts if f is None else replace(opts, delay_loop=f)
-        if k == "connect_timeout":
-            f = p._float(node, 0.001, MAX_TIMER)
-            return opts if f is None else replace(opts, connect_timeout=f)
-        if k in ("retry", "nb_get_retry"):
-            i = p._int(node, 0, U31)
-            return opts if i is None else replace(opts, retry=i)
-        if k == "delay_before_retry":
-            f = p._float(node, 0, MAX_TIMER)
-            return opts if f is None else replace(opts, delay_before_retry=f)
-        if k == "warmup":
-            f = p._float(node, 0, MAX_TIMER)
-            return opts if f is None else replace(opts, warmup=f)
-        assert k == "alpha"
-        return replace(opts, alpha=p._flag(node))
+        value: float | int | bool | None
+        if k == "retry" or k == "nb_get_retry":
+            k = "retry"
+            value = p._int(node, 0, U31)
+        elif k == "alpha":
+            value = p._flag(node)
+        elif k == "delay_loop" or k == "connect_timeout":
+            value = p._float(node, 0.001, MAX_TIMER)
+        else:
+            assert k == "delay_before_retry" or k == "warmup"
+            value = p._float(node, 0, MAX_TIMER)
+        if value is not None:  # a bad value is reported and leaves the option as it was
+            opts[k] = value
+
+    def _options(self, opts: dict[str, float | int | bool]) -> CheckerOptions:
+        """``CheckerOptions`` of the collected values, one shared object per set of values.
+
+        Frozen and compared by value, so sharing changes nothing but the memory
+        (a large configuration repeats the same few options on every checker).
+        A zero is never shared: 0.0 and -0.0 are equal as keys but print apart.
+        """
+        if not opts:
+            return _NO_OPTIONS
+        if 0 in opts.values():
+            return CheckerOptions(**opts)  # type: ignore[arg-type]
+        key = tuple(opts.items())
+        shared = self._shared_options.get(key)
+        if shared is None:
+            shared = self._shared_options[key] = CheckerOptions(**opts)  # type: ignore[arg-type]
+        return shared
 
     # ---- virtual_server_group -----------------------------------------------------
 
@@ -187,7 +205,9 @@ class LvsParser:
             entries.append(VirtualServerGroupEntry(first, last, port, location=n.location))
         if not entries:
             self.p.sink.warning(node.location, f"virtual_server_group {name} is empty")
-        self.groups.append(VirtualServerGroup(name, tuple(entries), node.location))
+        group = VirtualServerGroup(name, tuple(entries), node.location)
+        self.groups.append(group)
+        self._groups_named.setdefault(name, []).append(group)
 
     def _range(self, node: Node, text: str) -> tuple[IPv4Address, IPv4Address] | None:
         """``A.B.C.D``, ``A.B.C.D-E``, ``A.B.C.D-E.F.G.H`` or ``A.B.C.D/NN``."""
@@ -268,10 +288,10 @@ class LvsParser:
             p.sink.warning(node.location, f"virtual_server: extra words ignored: {' '.join(extra)}")
         where = f"virtual_server {vs.name}"
         fields: dict[str, object] = {}
-        opts = CheckerOptions()
+        opts: dict[str, float | int | bool] = {}
         flags: set[str] = set()
         real_servers: list[RealServer] = []
-        seen_rs: dict[tuple[IPv4Address, int | None], Location] = {}
+        seen_rs: dict[tuple[int, int | None], Location] = {}
 
         def setf(key: str, value: object) -> None:
             if value is not None:
@@ -279,7 +299,20 @@ class LvsParser:
 
         for n in body:
             k = n.name
-            if k in ("lvs_sched", "lb_algo"):
+            if k == "real_server":
+                rs = self._real_server(n)
+                if rs is None:
+                    continue
+                key = (int(rs.address), rs.port)
+                if key in seen_rs:
+                    p.sink.warning(
+                        n.location,
+                        f"real_server {rs} is already defined at {seen_rs[key]}; ignored",
+                    )
+                    continue
+                seen_rs[key] = n.location
+                real_servers.append(rs)
+            elif k in ("lvs_sched", "lb_algo"):
                 v = p._one(n)
                 if v is not None:
                     if v in SCHEDULERS:
@@ -293,7 +326,7 @@ class LvsParser:
                 setf("lvs_method", self._method(n))
             elif k == "persistence_timeout":
                 p._no_block(n)
-                if n.args:
+                if n.values:
                     setf("persistence_timeout", p._int(n, 1, U32))
                 else:
                     fields["persistence_timeout"] = DEFAULT_PERSISTENCE_TIMEOUT
@@ -334,23 +367,15 @@ class LvsParser:
             elif k == "inhibit_on_failure":
                 fields["inhibit_on_failure"] = p._flag(n)
             elif k in _GENERIC:
-                opts = self._generic(n, opts)
-            elif k == "real_server":
-                rs = self._real_server(n)
-                if rs is None:
-                    continue
-                key = (rs.address, rs.port)
-                if key in seen_rs:
-                    p.sink.warning(
-                        n.location,
-                        f"real_server {rs} is already defined at {seen_rs[key]}; ignored",
-                    )
-                    continue
-                seen_rs[key] = n.location
-                real_servers.append(rs)
+                self._generic(n, opts)
             else:
                 p._unknown(n, UNSUPPORTED_VS, where)
-        vs = replace(vs, options=opts, sched_flags=frozenset(flags), **fields)  # type: ignore[arg-type]
+        vs = replace(
+            vs,
+            options=self._options(opts),
+            sched_flags=frozenset(flags),
+            **fields,  # type: ignore[arg-type]
+        )
         vs = replace(vs, real_servers=tuple(real_servers))
         # a keyword given with a bad value is an error already: no "not set" warning too
         aliases = {"lb_algo": "lvs_sched", "lb_kind": "lvs_method"}
@@ -404,8 +429,10 @@ class LvsParser:
         vs_ports = self._ports(vs)
         for rs in vs.real_servers:
             method = rs.lvs_method or vs.lvs_method
+            if method is LvsMethod.NAT or rs.port is None:
+                continue
             others = sorted(p for p in vs_ports if p != rs.port)
-            if method is not LvsMethod.NAT and rs.port is not None and others:
+            if others:
                 sink.warning(
                     rs.location,
                     f"{where}: real_server {rs}: {method.value} cannot change the port;"
@@ -419,7 +446,9 @@ class LvsParser:
         if vs.fwmark is not None:
             return True
         return any(
-            e.fwmark is not None for g in self.groups if g.name == vs.group for e in g.entries
+            e.fwmark is not None
+            for g in self._named(vs.group)
+            for e in g.entries
         )
 
     def _ports(self, vs: VirtualServer) -> set[int]:
@@ -428,11 +457,20 @@ class LvsParser:
             return {vs.port} if vs.port is not None else set()
         return {
             e.port
-            for g in self.groups
-            if g.name == vs.group
+            for g in self._named(vs.group)
             for e in g.entries
             if e.port is not None
         }
+
+    def _named(self, name: str | None) -> list[VirtualServerGroup]:
+        """The groups of that name defined so far (a duplicate name is an error later)."""
+        return [] if name is None else self._groups_named.get(name, [])
+
+    def release(self) -> None:
+        """Forget the model built (see ``_Parser.finish``)."""
+        self.servers, self.groups = [], []
+        self._groups_named.clear()
+        self._shared_options.clear()
 
     def _granularity(self, node: Node) -> int | None:
         text = self.p._one(node)
@@ -453,15 +491,15 @@ class LvsParser:
 
     def _sorry(self, node: Node) -> SorryServer | None:
         self.p._no_block(node)
-        if not node.args:
+        if not node.values:
             self.p.sink.error(node.location, "sorry_server needs IP [PORT]")
             return None
-        addr = self.p._ipv4(node, node.args[0].value)
+        addr = self.p._ipv4(node, node.values[0])
         if addr is None:
             return None
         port: int | None = None
-        if len(node.args) > 1:
-            port = self._port(node, node.args[1].value, "sorry_server")
+        if len(node.values) > 1:
+            port = self._port(node, node.values[1], "sorry_server")
             if port is None:
                 return None
         return SorryServer(addr, port, node.location)
@@ -471,57 +509,66 @@ class LvsParser:
     def _real_server(self, node: Node) -> RealServer | None:
         p = self.p
         body = node.children or ()
-        if not node.args:
+        if not node.values:
             p.sink.error(node.location, "real_server needs IP [PORT]")
             return None
-        addr = p._ipv4(node, node.args[0].value)
+        addr = p._ipv4(node, node.values[0])
         if addr is None:
             return None
         port: int | None = None
-        if len(node.args) > 1:
-            port = self._port(node, node.args[1].value, "real_server")
+        if len(node.values) > 1:
+            port = self._port(node, node.values[1], "real_server")
             if port is None:
                 return None
-        rs = RealServer(addr, port, node.location)
-        where = f"real_server {rs}"
         fields: dict[str, object] = {}
-        opts = CheckerOptions()
+        opts: dict[str, float | int | bool] = {}
         checkers: list[Checker] = []
-
-        def setf(key: str, value: object) -> None:
-            if value is not None:
-                fields[key] = value
-
         for n in body:
             k = n.name
-            if k == "weight":
-                setf("weight", p._int(n, 0, U31))
-            elif k in ("lvs_method", "lb_kind"):
-                setf("lvs_method", self._method(n))
+            if k == "TCP_CHECK":
+                c = self._checker(n, CheckerType.TCP_CHECK)
+                if c is not None:
+                    checkers.append(c)
+            elif k == "weight":
+                if (i := p._int(n, 0, U31)) is not None:
+                    fields["weight"] = i
+            elif k in _GENERIC:
+                self._generic(n, opts)
+            elif k == "lvs_method" or k == "lb_kind":
+                if (method := self._method(n)) is not None:
+                    fields["lvs_method"] = method
             elif k == "inhibit_on_failure":
                 fields["inhibit_on_failure"] = p._flag(n)
-            elif k in ("notify_up", "notify_down"):
-                setf(k, self._script(n))
-            elif k == "uthreshold":
-                setf("uthreshold", p._int(n, 0, U32))
-            elif k == "lthreshold":
-                setf("lthreshold", p._int(n, 0, U32))
+            elif k == "notify_up" or k == "notify_down":
+                if (script := self._script(n)) is not None:
+                    fields[k] = script
+            elif k == "uthreshold" or k == "lthreshold":
+                if (i := p._int(n, 0, U32)) is not None:
+                    fields[k] = i
             elif k == "virtualhost":
-                setf("virtualhost", p._one(n))
-            elif k in _GENERIC:
-                opts = self._generic(n, opts)
-            elif k in ("TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK"):
+                if (v := p._one(n)) is not None:
+                    fields["virtualhost"] = v
+            elif k in ("HTTP_GET", "SSL_GET", "MISC_CHECK"):
                 c = self._checker(n, CheckerType(k))
                 if c is not None:
                     checkers.append(c)
-            elif k in UNSUPPORTED_CHECKERS:
-                p.sink.warning(
-                    n.location,
-                    f"checker {k} is not supported yet; skipped (the rest of {where} applies)",
-                )
             else:
-                p._unknown(n, UNSUPPORTED_RS, where)
-        return replace(rs, options=opts, checkers=tuple(checkers), **fields)  # type: ignore[arg-type]
+                where = f"real_server {addr}" if port is None else f"real_server {addr}:{port}"
+                if k in UNSUPPORTED_CHECKERS:
+                    p.sink.warning(
+                        n.location,
+                        f"checker {k} is not supported yet; skipped (the rest of {where} applies)",
+                    )
+                else:
+                    p._unknown(n, UNSUPPORTED_RS, where)
+        return RealServer(
+            addr,
+            port,
+            node.location,
+            options=self._options(opts),
+            checkers=tuple(checkers),
+            **fields,  # type: ignore[arg-type]
+        )
 
     # ---- checkers -----------------------------------------------------------------------
 
@@ -531,35 +578,32 @@ class LvsParser:
         if body is None:
             p.sink.error(node.location, f"{kind.value} needs a {{ ... }} block")
             return None
-        if node.args:
+        if node.values:
             p.sink.warning(
                 node.location, f"{kind.value}: extra words ignored: {' '.join(node.values)}"
             )
         is_http = kind in (CheckerType.HTTP_GET, CheckerType.SSL_GET)
         is_misc = kind is CheckerType.MISC_CHECK
         fields: dict[str, object] = {}
-        opts = CheckerOptions()
+        opts: dict[str, float | int | bool] = {}
         urls: list[UrlCheck] = []
-        where = kind.value
-
-        def setf(key: str, value: object) -> None:
-            if value is not None:
-                fields[key] = value
-
         for n in body:
             k = n.name
             if k in _GENERIC and not (is_misc and k == "connect_timeout"):
-                opts = self._generic(n, opts)
-            elif not is_misc and k in ("connect_ip", "bindto"):
-                setf(k, self._addr_value(n))
-            elif not is_misc and k in ("connect_port", "bind_port"):
-                setf(k, self._port_value(n))
+                self._generic(n, opts)
+            elif not is_misc and (k == "connect_port" or k == "bind_port"):
+                if (port := self._port_value(n)) is not None:
+                    fields[k] = port
+            elif not is_misc and (k == "connect_ip" or k == "bindto"):
+                if (addr := self._addr_value(n)) is not None:
+                    fields[k] = addr
             elif is_http and k == "url":
                 u = self._url(n)
                 if u is not None:
                     urls.append(u)
             elif is_http and k == "virtualhost":
-                setf("virtualhost", p._one(n))
+                if (v := p._one(n)) is not None:
+                    fields["virtualhost"] = v
             elif is_http and k == "http_protocol":
                 v = p._one(n)
                 if v is not None:
@@ -570,27 +614,35 @@ class LvsParser:
             elif kind is CheckerType.SSL_GET and k == "enable_sni":
                 fields["enable_sni"] = p._flag(n)
             elif is_misc and k == "misc_path":
-                setf("misc_path", self._script(n))
+                if (script := self._script(n)) is not None:
+                    fields["misc_path"] = script
             elif is_misc and k == "misc_timeout":
-                setf("misc_timeout", p._float(n, 0.001, MAX_TIMER))
+                if (f := p._float(n, 0.001, MAX_TIMER)) is not None:
+                    fields["misc_timeout"] = f
             elif is_misc and k == "misc_dynamic":
                 fields["misc_dynamic"] = p._flag(n)
             elif is_misc and k == "user":
                 p._no_block(n)
-                if not n.args or len(n.args) > 2:
+                if not n.values or len(n.values) > 2:
                     p.sink.error(n.location, "user needs USER [GROUP]")
                 else:
-                    fields["user"] = n.args[0].value
-                    fields["group"] = n.args[1].value if len(n.args) > 1 else None
+                    fields["user"] = n.values[0]
+                    fields["group"] = n.values[1] if len(n.values) > 1 else None
             else:
-                p._unknown(n, UNSUPPORTED_CHECKER_OPTS, where)
+                p._unknown(n, UNSUPPORTED_CHECKER_OPTS, kind.value)
         if is_misc and "misc_path" not in fields:
             p.sink.error(node.location, "MISC_CHECK has no misc_path")
             return None
         if is_http and not urls:
             p.sink.error(node.location, f"{kind.value} has no url")
             return None
-        return Checker(kind, node.location, opts, urls=tuple(urls), **fields)  # type: ignore[arg-type]
+        return Checker(
+            kind,
+            node.location,
+            self._options(opts),
+            urls=tuple(urls),
+            **fields,  # type: ignore[arg-type]
+        )
 
     def _url(self, node: Node) -> UrlCheck | None:
         p = self.p
@@ -611,7 +663,7 @@ class LvsParser:
                         p.sink.error(n.location, f"digest '{v}' is not 32 hexadecimal digits")
             elif k == "status_code":
                 p._no_block(n)
-                if not n.args:
+                if not n.values:
                     p.sink.error(n.location, "status_code needs a code or a range")
                 for word in n.values:
                     r = self._status(n, word)

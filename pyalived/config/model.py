@@ -12,6 +12,9 @@ The LVS half (``VirtualServer`` and friends) keeps the generic checker options
 (``delay_loop``, ``connect_timeout``, ``retry``, ...) as written at each level,
 ``None`` meaning "inherit from the enclosing block"; ``pyalived.config.lvs``
 resolves that inheritance when it builds the checker and IPVS specifications.
+Its classes have ``__slots__``: a configuration may hold tens of thousands of
+real servers and checkers, and a slotted object is less than half the size of
+one with a ``__dict__``.
 """
 
 from __future__ import annotations
@@ -202,7 +205,7 @@ class CheckerType(enum.Enum):
     MISC_CHECK = "MISC_CHECK"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CheckerOptions:
     """Generic checker options; each level (virtual server, real server, checker)
     may set them, ``None`` inherits the enclosing level's value."""
@@ -222,7 +225,7 @@ class CheckerOptions:
         return replace(self, **unset)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UrlCheck:
     """One ``url`` block of an HTTP_GET / SSL_GET checker."""
 
@@ -233,7 +236,7 @@ class UrlCheck:
     location: Location = NOWHERE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Checker:
     """One checker block of a real server; the fields used depend on ``type``."""
 
@@ -258,7 +261,7 @@ class Checker:
     group: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RealServer:
     address: IPv4Address
     port: int | None = None  # None: no port (fwmark services)
@@ -278,14 +281,14 @@ class RealServer:
         return str(self.address) if self.port is None else f"{self.address}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SorryServer:
     address: IPv4Address
     port: int | None = None
     location: Location = NOWHERE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VirtualServerGroupEntry:
     """``IP [PORT]``, ``IP-RANGE [PORT]`` (first..last inclusive) or ``fwmark N``."""
 
@@ -303,14 +306,14 @@ class VirtualServerGroupEntry:
             yield IPv4Address(n)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VirtualServerGroup:
     name: str
     entries: tuple[VirtualServerGroupEntry, ...] = ()
     location: Location = NOWHERE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VirtualServer:
     """One ``virtual_server`` block: exactly one of address, fwmark or group is set."""
 

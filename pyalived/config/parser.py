@@ -13,6 +13,19 @@ understands.  Range checks follow RFC 3768: VRID 1..255 (§5.3.3), priority
 1..255 where 255 is the address owner and 0 is reserved for the stop advert
 (§5.3.4), auth_pass at most 8 octets (§5.3.10).
 
+``load`` runs the three stages as one stream: the lexer hands each logical
+line to the tree builder, which hands each finished top-level statement to
+``_Parser.top``; only the ``vrrp_instance`` blocks wait for ``finish`` (they
+need the whole ``global_defs``), followed by the whole-config checks.  So a
+large file is never held as words nor as a tree, only as the model being
+built.  The verdict is the one of running the stages one after the other:
+the tree builder and the parser report into sinks of their own, merged after
+the lexer's (``DiagnosticSink.absorb``) in stage order, which keeps the
+lexer's error cap counting the lexer's errors only; and when a limit stops
+the lexer, what the later stages found is dropped, as they would not have run.
+The cyclic garbage collector is paused during a load on the main thread
+(see ``_collector_paused``).
+
 Deliberate choices: ``vrrp_version 3`` (or instance ``version 3``) is an
 ERROR, because this daemon only speaks VRRPv2 and silently advertising v2 to
 v3 peers would split the router group in two.  IPv6 addresses are warned
@@ -21,11 +34,15 @@ about and skipped.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
+import re
 import shlex
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_address, ip_interface
 
@@ -47,9 +64,14 @@ from pyalived.config.model import (
     VrrpScript,
     VrrpSyncGroup,
 )
-from pyalived.config.tree import Node, build_tree
+from pyalived.config.tree import Node, TreeBuilder
 
 InterfaceExists = Callable[[str], bool]
+
+# A dotted quad as ipaddress.IPv4Address accepts it: four decimal octets of at most
+# three digits, each 0..255 without a leading zero.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 
 WEIGHT_MIN, WEIGHT_MAX = -253, 253
 MAX_ADVERT_ADDRESSES = 255  # RFC 3768 §5.3.5: Count IP Addrs is 8 bits
@@ -141,14 +163,40 @@ def load(
             Category.MISSING_FILE,
         )
         return LoadResult(None, tuple(sink.items), exit_code_for(sink.items))
-    lexer = Lexer(config_id if config_id is not None else default_config_id(), sink, limits)
-    if not lexer.read(path):  # a limit was reached: refused, the rest is not worth parsing
-        return LoadResult(None, sink.diagnostics(), exit_code_for(sink.items))
-    nodes = build_tree(lexer.tokens, sink)
-    del lexer
-    config = parse_tree(nodes, sink, interface_exists or system_interface_exists)
+    parser = _Parser(DiagnosticSink(), interface_exists or system_interface_exists)
+    builder = TreeBuilder(parser.top)
+    cid = config_id if config_id is not None else default_config_id()
+    lexer = Lexer(cid, sink, limits, on_line=builder.line)
+    with _collector_paused():
+        if not lexer.read(path):  # a limit was reached: refused, the rest is not worth parsing
+            return LoadResult(None, sink.diagnostics(), exit_code_for(sink.items))
+        builder.finish()
+        config = parser.finish()
+    # In the order of a lexer, tree builder and parser each run after the one before.
+    sink.absorb(builder.errors)
+    sink.absorb(parser.sink)
     diags = sink.diagnostics()
     return LoadResult(None if sink.has_errors else config, diags, exit_code_for(diags))
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a load on the main thread.
+
+    A load only ever adds objects, most of them long-lived, and the collector
+    would scan them again and again as they pile up (a fifth of the time of a
+    large file).  Only on the main thread (``-t`` and start-up): a reload runs
+    in a worker thread that a hung read may leave behind, and the collector
+    must not stay off for the daemon meanwhile.
+    """
+    if not gc.isenabled() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def parse_tree(nodes: tuple[Node, ...], sink: DiagnosticSink, exists: InterfaceExists) -> Config:
@@ -181,6 +229,16 @@ class _Parser:
     sink: DiagnosticSink
     exists: InterfaceExists
     notify_locations: list[Location] = field(default_factory=list)
+    # What the top-level statements gave so far (see ``top`` and ``finish``).
+    global_defs: GlobalDefs = field(default_factory=GlobalDefs)
+    seen_global: bool = False
+    scripts: list[VrrpScript] = field(default_factory=list)
+    instance_nodes: list[Node] = field(default_factory=list)
+    sync_groups: list[VrrpSyncGroup] = field(default_factory=list)
+    lvs: LvsParser = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lvs = LvsParser(self)
 
     # ---- small value helpers ------------------------------------------------
 
@@ -189,14 +247,17 @@ class _Parser:
             self.sink.warning(node.location, f"{node.name} takes no block; block ignored")
 
     def _one(self, node: Node) -> str | None:
+        values = node.values
+        if len(values) == 1 and node.children is None:  # the usual case, nothing to report
+            return values[0]
         self._no_block(node)
-        if not node.args:
+        if not node.values:
             self.sink.error(node.location, f"{node.name} needs a value")
             return None
-        if len(node.args) > 1:
+        if len(node.values) > 1:
             extra = " ".join(node.values[1:])
             self.sink.warning(node.location, f"{node.name}: extra words ignored: {extra}")
-        return node.args[0].value
+        return node.values[0]
 
     def _int(self, node: Node, lo: int, hi: int) -> int | None:
         text = self._one(node)
@@ -230,17 +291,20 @@ class _Parser:
 
     def _flag(self, node: Node) -> bool:
         self._no_block(node)
-        if not node.args:
+        if not node.values:
             return True
-        word = node.args[0].value.lower()
+        word = node.values[0].lower()
         if word in ("true", "on", "yes", "1"):
             return True
         if word in ("false", "off", "no", "0"):
             return False
-        self.sink.error(node.location, f"{node.name}: '{node.args[0].value}' is not true/false")
+        self.sink.error(node.location, f"{node.name}: '{node.values[0]}' is not true/false")
         return True
 
     def _ipv4(self, node: Node, text: str) -> IPv4Address | None:
+        if _DOTTED_QUAD.fullmatch(text):
+            # What ip_address accepts as IPv4, exactly; converted without its slower checks.
+            return IPv4Address(int.from_bytes(socket.inet_aton(text), "big"))
         try:
             addr = ip_address(text)
         except ValueError:
@@ -257,13 +321,15 @@ class _Parser:
         self._no_block(node)
         if node.name in _NOTIFY_KEYS:
             self.notify_locations.append(node.location)
-        if not node.args:
+        if not node.values:
             self.sink.error(node.location, f"{node.name} needs a script")
             return None
-        if len(node.args) == 1:
-            return node.args[0].value
+        if len(node.values) == 1:
+            return node.values[0]
+        if node.quoted is None:
+            return " ".join(node.values)
         return " ".join(
-            shlex.quote(v) if t.quoted else v for t, v in zip(node.args, node.values, strict=True)
+            shlex.quote(v) if q else v for v, q in zip(node.values, node.quoted, strict=True)
         )
 
     def _weighted(self, node: Node, what: str) -> tuple[str, int | None] | None:
@@ -313,57 +379,64 @@ class _Parser:
         return node.children
 
     def _block_name(self, node: Node) -> str | None:
-        if not node.args:
+        if not node.values:
             self.sink.error(node.location, f"{node.name} needs a name")
             return None
-        if len(node.args) > 1:
+        if len(node.values) > 1:
             self.sink.warning(
                 node.location, f"{node.name}: extra words ignored: {' '.join(node.values[1:])}"
             )
-        return node.args[0].value
+        return node.values[0]
 
     # ---- top level ------------------------------------------------------------
 
     def parse(self, nodes: tuple[Node, ...]) -> Config:
-        global_defs = GlobalDefs()
-        seen_global = False
-        scripts: list[VrrpScript] = []
-        instance_nodes: list[Node] = []
-        groups: list[VrrpSyncGroup] = []
-        lvs = LvsParser(self)
         for node in nodes:
-            if node.name == "global_defs":
-                if seen_global:
-                    self.sink.warning(node.location, "second global_defs block merged into first")
-                global_defs = self._global_defs(node, global_defs)
-                seen_global = True
-            elif node.name == "vrrp_script":
-                s = self._vrrp_script(node)
-                if s is not None:
-                    scripts.append(s)
-            elif node.name == "vrrp_instance":
-                instance_nodes.append(node)  # parsed after global_defs (garp defaults)
-            elif node.name == "vrrp_sync_group":
-                g = self._sync_group(node)
-                if g is not None:
-                    groups.append(g)
-            elif node.name == "virtual_server":
-                lvs.virtual_server(node)
-            elif node.name == "virtual_server_group":
-                lvs.group(node)
-            else:
-                self._unknown(node, UNSUPPORTED_TOP, "the top level")
-        instances = [i for n in instance_nodes if (i := self._instance(n, global_defs))]
+            self.top(node)
+        return self.finish()
+
+    def top(self, node: Node) -> None:
+        """One top-level statement, in file order."""
+        name = node.name
+        if name == "virtual_server":
+            self.lvs.virtual_server(node)
+        elif name == "global_defs":
+            if self.seen_global:
+                self.sink.warning(node.location, "second global_defs block merged into first")
+            self.global_defs = self._global_defs(node, self.global_defs)
+            self.seen_global = True
+        elif name == "vrrp_script":
+            s = self._vrrp_script(node)
+            if s is not None:
+                self.scripts.append(s)
+        elif name == "vrrp_instance":
+            self.instance_nodes.append(node)  # parsed after global_defs (garp defaults)
+        elif name == "vrrp_sync_group":
+            g = self._sync_group(node)
+            if g is not None:
+                self.sync_groups.append(g)
+        elif name == "virtual_server_group":
+            self.lvs.group(node)
+        else:
+            self._unknown(node, UNSUPPORTED_TOP, "the top level")
+
+    def finish(self) -> Config:
+        """The configuration, once every top-level statement went through ``top``."""
+        lvs = self.lvs
+        instances = [i for n in self.instance_nodes if (i := self._instance(n, self.global_defs))]
         config = Config(
-            global_defs,
-            tuple(scripts),
+            self.global_defs,
+            tuple(self.scripts),
             tuple(instances),
-            tuple(groups),
+            tuple(self.sync_groups),
             tuple(lvs.servers),
             tuple(lvs.groups),
         )
         lvs.cross_check(config)
         self._cross_check(config)
+        # The parser and its LVS half refer to each other: let go of the model, so
+        # that reference counting alone frees it once its user does.
+        lvs.release()
         return self.strict_fixups(config)
 
     # ---- global_defs ----------------------------------------------------------
@@ -420,13 +493,13 @@ class _Parser:
                     g = replace(g, vrrp_garp_lower_prio_repeat=i)
             elif k == "script_user":
                 self._no_block(n)
-                if not n.args or len(n.args) > 2:
+                if not n.values or len(n.values) > 2:
                     self.sink.error(n.location, "script_user needs USER [GROUP]")
                 else:
                     g = replace(
                         g,
-                        script_user=n.args[0].value,
-                        script_group=n.args[1].value if len(n.args) > 1 else None,
+                        script_user=n.values[0],
+                        script_group=n.values[1] if len(n.values) > 1 else None,
                     )
             elif k == "enable_script_security":
                 g = replace(g, enable_script_security=self._flag(n))
@@ -486,13 +559,13 @@ class _Parser:
                     s = replace(s, fall=i)
             elif k == "user":
                 self._no_block(n)
-                if not n.args or len(n.args) > 2:
+                if not n.values or len(n.values) > 2:
                     self.sink.error(n.location, "user needs USER [GROUP]")
                 else:
                     s = replace(
                         s,
-                        user=n.args[0].value,
-                        group=n.args[1].value if len(n.args) > 1 else None,
+                        user=n.values[0],
+                        group=n.values[1] if len(n.values) > 1 else None,
                     )
             else:
                 self._unknown(n, UNSUPPORTED_SCRIPT, f"vrrp_script {name}")
@@ -658,7 +731,7 @@ class _Parser:
                     a = self._ipv4(m, m.name)
                     if a is not None:
                         peers.append(a)
-                    if m.args:
+                    if m.values:
                         self.sink.warning(
                             m.location,
                             f"unicast_peer options are not supported yet: {' '.join(m.values)}",
@@ -666,8 +739,8 @@ class _Parser:
             elif k == "use_vmac":
                 self._no_block(n)
                 fields["use_vmac"] = True
-                if n.args:
-                    fields["vmac_name"] = n.args[0].value
+                if n.values:
+                    fields["vmac_name"] = n.values[0]
             elif k == "vmac_xmit_base":
                 fields["vmac_xmit_base"] = self._flag(n)
             elif k == "garp_master_delay":
