@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "/etc/keepalived/keepalived.conf"
 DEFAULT_PIDFILE = "/run/pyalived.pid"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9165"  # pyalived.metrics.DEFAULT_LISTEN
+# The default given parsed: argparse passes a string default through ``type``, and
+# _listen imports pyalived.metrics (trio, prometheus_client), which -t does not need.
+DEFAULT_METRICS_ADDRESS = ("127.0.0.1", 9165)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EXIT_USAGE = 1  # as keepalived
 
@@ -156,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--config-test", metavar="LOG_FILE", nargs="?", const="-",
                    default=None, help="check the configuration and exit")
     p.add_argument("--metrics-listen", metavar="ADDR:PORT", type=_listen,
-                   default=DEFAULT_METRICS_LISTEN,
+                   default=DEFAULT_METRICS_ADDRESS,
                    help="serve Prometheus metrics on ADDR:PORT ([V6ADDR]:PORT for IPv6), "
                         f"'none' to disable (default {DEFAULT_METRICS_LISTEN})")
     p.add_argument("--dump-dir", metavar="DIR", default="/tmp",
