@@ -29,13 +29,12 @@ from its environment so that scripts do not inherit them.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -146,14 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-u", "--umask", metavar="MASK", type=_umask, default=None,
                    help="umask for created files (octal)")
     p.add_argument("-R", "--dont-respawn", action="store_true",
-                   help="accepted; pyalived has no child processes")
+                   help="do not restart a child that dies: stop the daemon instead")
     p.add_argument("-n", "--dont-fork", action="store_true", help="stay in the foreground")
     p.add_argument("-p", "--pid", metavar="FILE", default=DEFAULT_PIDFILE,
                    help=f"pid file (default {DEFAULT_PIDFILE})")
     p.add_argument("-r", "--vrrp_pid", metavar="FILE", default=None,
-                   help="VRRP pid file; pyalived writes its own pid there too")
+                   help="VRRP child's pid file")
     p.add_argument("-c", "--checkers_pid", metavar="FILE", default=None,
-                   help="checker pid file; pyalived writes its own pid there too")
+                   help="checker child's pid file")
     p.add_argument("-i", "--config-id", metavar="ID", default=None,
                    help="config id for '@' lines (default: the node name)")
     p.add_argument("-t", "--config-test", metavar="LOG_FILE", nargs="?", const="-",
@@ -280,18 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         write_pid(pid_path)
         written.append(pid_path)
-        if vrrp_pid_path and run_vrrp:
-            write_pid(vrrp_pid_path)
-            written.append(vrrp_pid_path)
-        if checkers_pid_path and run_checkers:
-            write_pid(checkers_pid_path)
-            written.append(checkers_pid_path)
         from pyalived.daemon import DaemonOptions
 
+        pid_files = {"vrrp": vrrp_pid_path, "checkers": checkers_pid_path}
         return _run(result.config, DaemonOptions(
             vrrp=run_vrrp, checkers=run_checkers, metrics_listen=args.metrics_listen,
             config_path=conf_path, config_id=args.config_id,
-            dump_dir=os.path.abspath(args.dump_dir)))
+            dump_dir=os.path.abspath(args.dump_dir)), pid_files, not args.dont_respawn)
     except PidFileError as exc:
         log.error("%s", exc)
         if args.dont_fork and not args.log_console:
@@ -302,28 +296,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             remove_pid(path)
 
 
-def _run(config: object, options: DaemonOptions) -> int:
-    import trio
-
+def _run(config: object, options: DaemonOptions, pid_files: dict[str, str | None],
+         respawn: bool) -> int:
     from pyalived.config.model import Config
-    from pyalived.daemon import run_daemon
     from pyalived.sdnotify import Notifier
+    from pyalived.supervisor import supervise
 
     assert isinstance(config, Config)
     log.info("pyalived %s starting (pid %d)", __version__, os.getpid())
     raise_nofile_limit()  # sockets are file descriptors: lift the soft limit to the hard one
     notifier = Notifier.from_environment()
     try:
-        trio.run(functools.partial(run_daemon, notifier=notifier), config, options)
+        return supervise(config, options, notifier, pid_files, respawn)
     except BaseException as exc:
-        messages = _expected_errors(exc)
-        if messages is None:
-            if isinstance(exc, KeyboardInterrupt):
-                return 1
-            raise
-        for message in messages:
-            log.error("%s", message)
-        return 1
+        return _failed(exc)
     finally:
         notifier.close()
+
+
+def run_trio(main: Callable[[], Awaitable[None]]) -> int:
+    """``trio.run(main)``; expected errors are logged, and the exit status returned."""
+    import trio
+
+    try:
+        trio.run(main)
+    except BaseException as exc:
+        return _failed(exc)
     return 0
+
+
+def _failed(exc: BaseException) -> int:
+    messages = _expected_errors(exc)
+    if messages is None:
+        if isinstance(exc, KeyboardInterrupt):
+            return 1
+        raise exc
+    for message in messages:
+        log.error("%s", message)
+    return 1

@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -64,6 +64,21 @@ log = logging.getLogger("pyalived.daemon")
 # Twice the time the largest hostile file the reader accepts takes to refuse on a
 # 2-core machine (the reader's own caps, ``pyalived.config.lexer.ReaderLimits``).
 RELOAD_TIMEOUT = 30.0
+
+class Control(Protocol):
+    """How a supervised child hears from its supervisor (``pyalived.supervisor``)."""
+
+    loader: Loader  # the configuration the supervisor sent last
+
+    async def serve(
+        self,
+        reloads: trio.MemorySendChannel[None],
+        metrics: Metrics,
+        stop: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None: ...
+
 
 PortsFactory = Callable[[Config], AbstractAsyncContextManager[VrrpPorts]]
 Loader = Callable[[], Awaitable[Any]]  # re-reads the config: a pyalived.config.LoadResult
@@ -146,12 +161,16 @@ async def run_daemon(
     metrics: Metrics | None = None,
     loader: Loader | None = None,
     lvs: LvsFactory | None = None,
+    control: Control | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until SIGTERM/SIGINT (or cancellation), then stop every service gracefully.
 
     ``loader`` re-reads the configuration on SIGHUP (default: ``options.config_path``);
     ``lvs`` builds the health-checker service (default: real probes and kernel IPVS).
+    ``control`` makes this a supervised child (``pyalived.supervisor``): the
+    configuration comes from it instead of the file, SIGHUP is the supervisor's
+    business and is ignored here, and the control link's end stops the daemon.
     """
     ports_factory = ports or production_ports
     counters = counters if counters is not None else VrrpCounters()
@@ -161,13 +180,15 @@ async def run_daemon(
 
     stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     dump_signals = (dump.SIGDATA, dump.SIGSTATS, dump.SIGJSON)
+    if control is not None:
+        loader = control.loader
     loader = loader or _file_loader(options)
     runtime: VrrpRuntime | None = None
     lvs_service: LvsService | None = None
     with trio.open_signal_receiver(*stop_signals, *dump_signals) as signals:
         # The command line blocks these until now (no-op otherwise); any that
         # arrived in between are delivered to the receiver.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (*stop_signals, *dump_signals))
         async with trio.open_nursery() as nursery:
             if options.vrrp:
                 runtime = await nursery.start(
@@ -184,9 +205,16 @@ async def run_daemon(
             reloads = await nursery.start(
                 _reloader, runtime, lvs_service, loader, notifier, metrics, options.reload_timeout
             )
+            if control is not None:
+                await nursery.start(
+                    control.serve, reloads, metrics, nursery.cancel_scope.cancel
+                )
             notifier.ready(status=_status(runtime, lvs_service))
             task_status.started()
             async for signum in signals:
+                if signum == signal.SIGHUP and control is not None:
+                    log.info("SIGHUP ignored: the supervisor reloads the configuration")
+                    continue
                 if signum == signal.SIGHUP:
                     try:
                         reloads.send_nowait(None)

@@ -260,13 +260,6 @@ class VrrpCollector(Collector):
         owner = self._owner
         counters = owner.counters
         instances = owner.instances
-        up = GaugeMetricFamily("keepalived_up", "Whether the daemon is running (always 1)")
-        up.add_metric([], 1)
-        yield up
-        info = GaugeMetricFamily("pyalived_build_info", "pyalived version (value 1)",
-                                 labels=["version"])
-        info.add_metric([__version__], 1)
-        yield info
 
         state = GaugeMetricFamily(
             "keepalived_vrrp_state",
@@ -363,6 +356,22 @@ class VrrpCollector(Collector):
                                        counters.transitions.get((inst.name, st.name), 0))
         yield transitions
 
+
+class DaemonCollector(Collector):
+    """What belongs to the daemon as a whole: liveness, version, the last reload."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterable[Metric]:
+        owner = self._owner
+        up = GaugeMetricFamily("keepalived_up", "Whether the daemon is running (always 1)")
+        up.add_metric([], 1)
+        yield up
+        info = GaugeMetricFamily("pyalived_build_info", "pyalived version (value 1)",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
         reload_ts = GaugeMetricFamily(
             "pyalived_reload_timestamp_seconds",
             "Unix time the configuration was last applied (start or reload)")
@@ -587,8 +596,15 @@ class HttpCollector(Collector):
             yield counter
 
 
+#: The families a process can serve: ``daemon`` (liveness, version, reload),
+#: ``vrrp``, ``lvs`` (checkers and IPVS) and ``http`` (the metrics server itself).
+#: One process serves them all, or each half serves its own and the supervisor
+#: the rest (``pyalived.supervisor``); either way every series appears once.
+ALL_PARTS = frozenset({"daemon", "vrrp", "lvs", "http"})
+
+
 class Metrics:
-    """The daemon's metrics: a private registry, the collector and the pushed values."""
+    """The daemon's metrics: a private registry, the collectors and the pushed values."""
 
     def __init__(
         self,
@@ -596,6 +612,7 @@ class Metrics:
         *,
         clock: Callable[[], float] = trio.current_time,
         wall_clock: Callable[[], float] = time.time,
+        parts: frozenset[str] = ALL_PARTS,
     ) -> None:
         self.counters = counters
         self.instances: Sequence[InstanceView] = ()
@@ -604,21 +621,26 @@ class Metrics:
         self._wall_clock = wall_clock
         self.reload_timestamp = wall_clock()
         self.reload_success = True
+        if "daemon" in parts:
+            self.registry.register(DaemonCollector(self))
         self.failover = Histogram(
             "pyalived_failover_duration_seconds",
             "From the last advert heard from the old master to this node's first advert "
             "as MASTER",
             labelnames=_VRRP_LABELS,
             buckets=FAILOVER_BUCKETS,
-            registry=self.registry,
+            registry=self.registry if "vrrp" in parts else None,
         )
-        self.registry.register(VrrpCollector(self))
+        if "vrrp" in parts:
+            self.registry.register(VrrpCollector(self))
         self.lvs: LvsView | None = None
         self.probe_seconds = ProbeDurations(PROBE_BUCKETS)
-        self.registry.register(self.probe_seconds)
-        self.registry.register(LvsCollector(self))
+        if "lvs" in parts:
+            self.registry.register(self.probe_seconds)
+            self.registry.register(LvsCollector(self))
         self.http = HttpStats()
-        self.registry.register(HttpCollector(self.http))
+        if "http" in parts:
+            self.registry.register(HttpCollector(self.http))
 
     def observe_probe(self, spec: CheckerSpec, seconds: float, ok: bool) -> None:
         """Checker hook (``ProbeDoneObserver``): one probe took ``seconds``."""
@@ -647,8 +669,10 @@ class Metrics:
         if success:
             self.reload_timestamp = self._wall_clock()
 
-    async def refresh(self) -> None:
+    async def refresh(self, accept: str = "") -> None:
         """Bring scrape-time data that needs I/O up to date (the IPVS statistics).
+
+        ``accept`` is the scrape's Accept header (the format ``render`` will use).
 
         Awaited by the HTTP server before it renders; waits at most
         ``REFRESH_TIMEOUT`` for the IPVS worker, else the last read is shown.
@@ -702,6 +726,14 @@ def handle_request(metrics: Metrics, request: bytes) -> bytes:
     return _response("404 Not Found", "text/plain", b"not found\n", head=method == "HEAD")
 
 
+def _accept(head: bytes) -> str:
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == "accept":
+            return value.strip()
+    return ""
+
+
 def _is_metrics_request(head: bytes) -> bool:
     parts = head.split(b"\r\n", 1)[0].split(b" ")
     return len(parts) == 3 and parts[0] in (b"GET", b"HEAD") and (
@@ -732,7 +764,7 @@ async def _serve_connection(metrics: Metrics, stream: trio.abc.Stream, stats: Ht
                                  b"request too large\n")
         else:
             if _is_metrics_request(buf[:end]):
-                await metrics.refresh()
+                await metrics.refresh(_accept(buf[:end]))
             response = handle_request(metrics, buf[:end])
         await stream.send_all(response)
     if whole.cancelled_caught:

@@ -71,9 +71,9 @@ def write_pid(path: str | os.PathLike[str], pid: int | None = None) -> None:
         raise PidFileError(f"cannot write pid file {path}: {exc.strerror or exc}") from exc
 
 
-def remove_pid(path: str | os.PathLike[str]) -> None:
-    """Remove ``path`` if it names this process."""
-    if read_pid(path) == os.getpid():
+def remove_pid(path: str | os.PathLike[str], pid: int | None = None) -> None:
+    """Remove ``path`` if it names ``pid`` (default: this process)."""
+    if read_pid(path) == (os.getpid() if pid is None else pid):
         try:
             Path(path).unlink()
         except OSError:

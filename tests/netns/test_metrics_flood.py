@@ -167,8 +167,19 @@ def start_director(lab: Lab, node: Node, config: str, nofile: str) -> None:
                                                       os.environ.get("PYTHONPATH", "")) if p))
     argv = ["prlimit", f"--nofile={nofile}", "--", sys.executable, "-m", "pyalived",
             "-n", "-l", "-D", "-f", str(conf), "-p", str(lab.workdir / "r2-director.pid"),
-            "--metrics-listen", f"{node.ip}:{PORT}"]
+            "-c", str(checker_pid_file(lab)), "--metrics-listen", f"{node.ip}:{PORT}"]
     node.daemon = lab.spawn(node, argv, "r2-director", env=env)
+
+
+def checker_pid_file(lab: Lab) -> Path:
+    return lab.workdir / "r2-director-checkers.pid"
+
+
+def checker_pid(lab: Lab) -> int:
+    """The checker child's pid: it holds the checkers' descriptors."""
+    return int(wait_for(lambda: checker_pid_file(lab).exists() and
+                        checker_pid_file(lab).read_text().strip(), SETTLE,
+                        what="the checker child's pid file"))
 
 
 def scrape(lab: Lab, monitor: Node, target: Node, timeout: float = 5.0) -> str | None:
@@ -318,12 +329,13 @@ def test_flood_under_service_manager_limits(make_lab: MakeLab) -> None:
     before = wait_for(lambda: scrape(lab, monitor, director), SETTLE, interval=0.5,
                       what="the director's metrics")
 
+    checkers = checker_pid(lab)
     attacked_at = time.monotonic()
     start_attack(lab, attacker, director)
     peak = 0
     deadline = time.monotonic() + 8.0
     while time.monotonic() < deadline:
-        peak = max(peak, open_fds(daemon.pid))
+        peak = max(peak, open_fds(checkers))
         time.sleep(0.2)
     during = scrape_after_deadline(lab, monitor, director, attacked_at)
     assert sample(during, "pyalived_real_server_up", real_server=rs) == 1
@@ -335,4 +347,5 @@ def test_flood_under_service_manager_limits(make_lab: MakeLab) -> None:
     assert "could not run" not in log  # no probe lacked a descriptor
     assert_log_is_quiet(log)
     assert peak > 1024  # the soft limit it started with would not have done
-    assert nofile_limits(daemon.pid) == (8192, 8192)  # raised at start
+    assert nofile_limits(daemon.pid) == (8192, 8192)  # raised at start...
+    assert nofile_limits(checkers) == (8192, 8192)  # ...before the children were forked

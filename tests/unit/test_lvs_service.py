@@ -503,7 +503,9 @@ def test_daemon_without_ipvs_keeps_checking_and_reloads(tmp_path: Path) -> None:
         assert series("pyalived_real_server_up", up) + " 1.0" in text
         assert "pyalived_ipvs_available 0.0" in text
         assert "keepalived_up 1.0" in text
-        assert cpid.read_text().strip() == str(proc.pid)
+        checker = int(cpid.read_text())  # -c names the checker child, as in keepalived
+        assert checker != proc.pid
+        assert f"PPid:\t{proc.pid}\n" in Path(f"/proc/{checker}/status").read_text()
         # reload without the dead real server: its series goes, the live one stays
         conf.write_text(DAEMON_CONF.format(up=up, extra=""))
         proc.send_signal(signal.SIGHUP)
