@@ -292,6 +292,7 @@ class Supervisor:
         self.announced_ready = False
         self.exit_code = 0
         self._restart: list[str] = []
+        self._orphaned_vips = False  # a VRRP child ended without releasing its VIPs
         self._failures: dict[str, int] = {}
         self._epoch_scope: trio.CancelScope | None = None
         self._ids = itertools.count(1)
@@ -313,17 +314,24 @@ class Supervisor:
                 self._spawn(half)
             while True:
                 trio.run(self._epoch)
-                if self.stopping and not self.children:
+                if self.stopping:
+                    for child in self.children.values():
+                        log.error("%s did not stop within %g s: killed", child.name,
+                                  STOP_TIMEOUT)
+                        if child.half == VRRP:
+                            self._orphaned_vips = True
                     break
                 for half in self._restart:
                     self._spawn(half)
                 self._restart.clear()
         finally:
-            for child in list(self.children.values()):  # only after an internal error
+            for child in list(self.children.values()):  # late to stop, or an internal error
                 _kill(child)
                 path = self.pid_files.get(child.half)
                 if path:
                     remove_pid(path, child.pid)
+            if self._orphaned_vips:
+                self._release_vips()
         return self.exit_code
 
     def _spawn(self, half: str) -> None:
@@ -354,6 +362,15 @@ class Supervisor:
         if path:
             write_pid(path, pid)
         log.info("%s started", child.name)
+
+    def _release_vips(self) -> None:
+        from pyalived.vrrp.netlink import release_addresses
+
+        log.warning("removing the VIPs the VRRP child left behind")
+        try:
+            release_addresses(self.config.vrrp_instances)
+        except OSError as exc:
+            log.error("removing the VIPs failed: %s", exc)
 
     # -- one epoch (inside trio) --
 
@@ -420,6 +437,7 @@ class Supervisor:
         log.error("%s died (%s)", child.name, describe_status(status))
         if not self.respawn:
             log.error("not respawning it (-R): stopping")
+            self._orphaned_vips = self._orphaned_vips or child.half == VRRP
             self.exit_code = 1
             self.stopping = True
             self.notifier.stopping(status=f"{NAMES[child.half]} died")

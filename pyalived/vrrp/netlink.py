@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
-from pyalived.config.model import VirtualIP
+from pyalived.config.model import VirtualIP, VrrpInstance
 from pyalived.vrrp.ports import LinkEvent
 from pyalived.vrrp.vmac import LinkInfo, prepare_vmac, remove_vmac
 
@@ -482,6 +482,23 @@ class AddressManager:
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error
+
+
+def release_addresses(instances: Sequence[VrrpInstance]) -> None:
+    """Remove every VIP of ``instances`` now, from a process without trio.
+
+    For the supervisor, when a VRRP child could not release them itself (it
+    had to be killed, or died with ``-R``): no VIP may outlive its daemon.
+    """
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for inst in instances:
+            vips = inst.virtual_ipaddress + inst.virtual_ipaddress_excluded
+            try:
+                AddressManager._apply(ipr, "del", inst.effective_vmac_name or inst.interface, vips)
+            except OSError:
+                pass  # logged per address; the others were still tried
 
 
 # ---- VMAC --------------------------------------------------------------------

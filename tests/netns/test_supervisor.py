@@ -35,6 +35,7 @@ from pyalived.lab import (
     wait_for,
 )
 from pyalived.pidfile import read_pid
+from pyalived.supervisor import STOP_TIMEOUT
 
 pytestmark = pytest.mark.netns
 
@@ -76,14 +77,16 @@ virtual_server 198.18.0.200 80 {{
 class Director:
     """r1's pyalived with all three pid files."""
 
-    def __init__(self, lab: Lab, node: Node, text: str, env: dict[str, str] | None = None):
+    def __init__(self, lab: Lab, node: Node, text: str, env: dict[str, str] | None = None,
+                 extra: tuple[str, ...] = ()):
         self.lab, self.node = lab, node
         self.conf = lab.write_config(node, text)
         base = lab.workdir / "r1"
         self.pid, self.vrrp_pid, self.checker_pid = (
             Path(f"{base}.pid"), Path(f"{base}.vrrp.pid"), Path(f"{base}.checkers.pid"))
         argv = [*daemon_argv("pyalived", self.conf, base), "--metrics-listen",
-                f"{node.ip}:{PORT}", "-r", str(self.vrrp_pid), "-c", str(self.checker_pid)]
+                f"{node.ip}:{PORT}", "-r", str(self.vrrp_pid), "-c", str(self.checker_pid),
+                *extra]
         full_env = dict(os.environ, PYTHONUNBUFFERED="1")
         full_env.update(env or {})
         node.daemon = lab.spawn(node, argv, "r1-pyalived", env=full_env)
@@ -109,12 +112,12 @@ def scrape(lab: Lab, node: Node) -> str:
                    f"http://{node.ip}:{PORT}/metrics").stdout
 
 
-def start_pair(make_lab: MakeLab, peer: str = "pyalived",
-               env: dict[str, str] | None = None) -> tuple[Lab, Node, Node, Director]:
+def start_pair(make_lab: MakeLab, peer: str = "pyalived", env: dict[str, str] | None = None,
+               extra: tuple[str, ...] = ()) -> tuple[Lab, Node, Node, Director]:
     lab = make_lab(routers=2)
     r1, r2 = lab.routers
     lab.spawn(r2, [sys.executable, "-c", LISTENER, str(RS_PORT)], "real-server")
-    director = Director(lab, r1, director_config(r2.ip), env)
+    director = Director(lab, r1, director_config(r2.ip), env, extra)
     lab.start_daemon(r2, render_config("r2", [R2]), impl=peer)  # type: ignore[arg-type]
     lab.wait_sole_holder(r1, timeout=SETTLE)
     return lab, r1, r2, director
@@ -233,3 +236,28 @@ def test_the_watchdog_notices_a_hung_child(make_lab: MakeLab, tmp_path: Path) ->
         assert sum("WATCHDOG=1" in m for m in messages(3)) >= 2
     finally:
         manager.close()
+
+
+def test_a_hung_vrrp_child_cannot_keep_the_daemon_up_nor_its_vip(make_lab: MakeLab) -> None:
+    lab, r1, r2, d = start_pair(make_lab)
+    vrrp, checkers = d.child(d.vrrp_pid), d.child(d.checker_pid)
+    os.kill(vrrp, signal.SIGSTOP)  # hung: it will never answer SIGTERM
+    d.proc.terminate()
+    assert d.proc.wait(STOP_TIMEOUT + 10) == 0
+    assert not alive(vrrp) and not alive(checkers)
+    assert VIP not in lab.addresses(r1)  # the parent removed what the child could not
+    assert f"VRRP child (pid {vrrp}) did not stop within" in d.log()
+    lab.wait_sole_holder(r2, timeout=SETTLE)
+
+
+def test_without_respawn_a_dead_vrrp_child_stops_the_daemon_and_its_vip(
+    make_lab: MakeLab,
+) -> None:
+    lab, r1, r2, d = start_pair(make_lab, extra=("-R",))
+    vrrp, checkers = d.child(d.vrrp_pid), d.child(d.checker_pid)
+    os.kill(vrrp, signal.SIGKILL)
+    assert d.proc.wait(SETTLE) == 1
+    assert not alive(checkers)
+    assert VIP not in lab.addresses(r1)
+    assert "not respawning it (-R)" in d.log()
+    lab.wait_sole_holder(r2, timeout=SETTLE)
