@@ -1,28 +1,37 @@
 """Parser for the LVS half of keepalived.conf: virtual_server and virtual_server_group.
 
-Theory of operation: ``LvsParser`` works on the statement tree like the VRRP
-parser and shares its value helpers and its ``DiagnosticSink`` (it is handed
-the ``_Parser`` instance).  It fills the frozen LVS dataclasses of
-``pyalived.config.model``, keeping the generic checker options exactly as
-written at each level (``None`` inherits); ``pyalived.config.lvs`` resolves
-the inheritance later.  As in keepalived 2.2.7, a virtual server given by
-address without ``protocol`` gets UDP (the kernel's choice for protocol 0),
-one without ``lvs_sched`` gets ``wlc`` and one without ``lvs_method`` gets
-NAT, each with a warning; ``ha_suspend`` is dropped for fwmark services and
-``ops`` for anything but UDP.  Checker types this project does not run yet
-(SMTP_CHECK, DNS_CHECK, UDP_CHECK, PING_CHECK, BFD_CHECK, FILE_CHECK) are
-warnings and skipped; the rest of their real server still applies.  Bad
-addresses, out-of-range numbers, unknown schedulers or forwarding methods and
+Theory of operation: ``LvsParser`` takes the top-level statements of its half
+from the loader (``pyalived.config.parser``) and fills the frozen LVS
+dataclasses of ``pyalived.config.model``.  The blocks ``virtual_server``,
+``real_server``, the checkers and ``url`` each have a keyword table
+(``pyalived.config.keywords``) of ``field`` lines and handlers, reading
+values with the shared readers of ``pyalived.config.values`` plus the LVS
+ones below (forwarding method, scheduler, netmask, sorry server, digest).
+The generic checker options (``delay_loop``, ``connect_timeout``, ``retry``,
+``delay_before_retry``, ``warmup``, ``alpha``) are one table part shared by
+the three levels, kept exactly as written at each level (``None`` inherits);
+``pyalived.config.lvs`` resolves the inheritance later.  A checker type's
+table says which keywords it takes: ``connect_timeout`` is unknown to
+MISC_CHECK, ``url`` to TCP_CHECK, ``enable_sni`` to all but SSL_GET.
+
+As in keepalived 2.2.7, a virtual server given by address without
+``protocol`` gets UDP (the kernel's choice for protocol 0), one without
+``lvs_sched`` gets ``wlc`` and one without ``lvs_method`` gets NAT, each with
+a warning; ``ha_suspend`` is dropped for fwmark services and ``ops`` for
+anything but UDP.  Checker types this project does not run yet (SMTP_CHECK,
+DNS_CHECK, UDP_CHECK, PING_CHECK, BFD_CHECK, FILE_CHECK) are warnings and
+skipped; the rest of their real server still applies.  Bad addresses,
+out-of-range numbers, unknown schedulers or forwarding methods and
 references to unknown groups are errors, which refuse the configuration.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
-from typing import TYPE_CHECKING
 
+from pyalived.config.keywords import Block, Handler, Keywords, field, user_fields
 from pyalived.config.lvs import service_keys
 from pyalived.config.model import (
     Checker,
@@ -40,15 +49,13 @@ from pyalived.config.model import (
     VirtualServerGroupEntry,
 )
 from pyalived.config.tree import Node
+from pyalived.config.values import Read, ValueReader, float_in, int_in, one_of
 from pyalived.ipvs.model import (
     DEFAULT_PERSISTENCE_TIMEOUT,
     DEFAULT_SCHEDULER,
     SCHEDULERS,
     ServiceKey,
 )
-
-if TYPE_CHECKING:
-    from pyalived.config.parser import _Parser
 
 U31 = 2**31 - 1
 U32 = 2**32 - 1
@@ -63,102 +70,406 @@ UNSUPPORTED_VS = frozenset(
     """persistence_engine smtp_alert snmp_name ip_family nat_mask lvs_sync_daemon
     tunnel_type""".split()
 )
-UNSUPPORTED_RS = frozenset("smtp_alert snmp_name".split()) | UNSUPPORTED_CHECKERS
+UNSUPPORTED_RS = frozenset("smtp_alert snmp_name".split())  # and UNSUPPORTED_CHECKERS
 UNSUPPORTED_CHECKER_OPTS = frozenset("bind_if fwmark log_all_failures fast_recovery".split())
 UNSUPPORTED_URL = frozenset(
     "regex regex_no_match regex_options regex_stack regex_min_offset regex_max_offset".split()
 )
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
-_GENERIC = frozenset(
-    "delay_loop connect_timeout retry nb_get_retry delay_before_retry warmup alpha".split()
-)
 _NO_OPTIONS = CheckerOptions()
+_PROTOCOLS = {p.value: p for p in LvsProtocol}
+_HTTP_PROTOCOLS = {v: v for v in ("1.0", "1.0C", "1.1")}
+
+Option = float | int | bool  # a generic checker option's value
 
 
-@dataclass
-class LvsParser:
-    p: _Parser
-    servers: list[VirtualServer] = field(default_factory=list)
-    groups: list[VirtualServerGroup] = field(default_factory=list)
-    _shared_options: dict[tuple[tuple[str, float | int | bool], ...], CheckerOptions] = field(
-        default_factory=dict
-    )
-    _groups_named: dict[str, list[VirtualServerGroup]] = field(default_factory=dict)  # so far
+# ---- block states ------------------------------------------------------------------
 
-    # ---- value helpers ----------------------------------------------------------
 
-    def _port(self, node: Node, text: str, what: str) -> int | None:
-        try:
-            port = int(text, 10)
-        except ValueError:
-            self.p.sink.error(node.location, f"{what}: '{text}' is not a port number")
-            return None
-        if not 1 <= port <= 65535:
-            self.p.sink.error(node.location, f"{what}: port {port} is outside [1, 65535]")
-            return None
-        return port
+class _Options(Block):
+    """A block that takes the generic checker options: virtual server, real server, checker.
 
-    def _port_value(self, node: Node) -> int | None:
-        text = self.p._one(node)
-        return None if text is None else self._port(node, text, node.name)
+    The constructors set every slot themselves: tens of thousands of real
+    servers and checkers make the calls up the class chain add up.
+    """
 
-    def _addr_value(self, node: Node) -> IPv4Address | None:
-        text = self.p._one(node)
-        return None if text is None else self.p._ipv4(node, text)
+    __slots__ = ("lvs", "opts")
+    lvs: LvsParser
+    opts: dict[str, Option]  # CheckerOptions' fields
 
-    def _text(self, node: Node) -> str | None:
-        self.p._no_block(node)
-        if not node.values:
-            self.p.sink.error(node.location, f"{node.name} needs a value")
-            return None
-        return " ".join(node.values)
 
-    def _method(self, node: Node) -> LvsMethod | None:
-        self.p._no_block(node)
-        if not node.values:
-            self.p.sink.error(node.location, f"{node.name} needs NAT, DR or TUN")
-            return None
-        word = node.values[0].upper()
-        if word == "MASQ":
-            word = "NAT"
-        try:
-            method = LvsMethod(word)
-        except ValueError:
-            self.p.sink.error(
-                node.location,
-                f"{node.name}: unknown forwarding method '{node.values[0]}' (NAT, DR or TUN)",
-            )
-            return None
-        if len(node.values) > 1:
-            self.p.sink.warning(
-                node.location,
-                f"{node.name}: tunnel options are not supported yet: {' '.join(node.values[1:])}",
-            )
-        return method
+class _VirtualServer(_Options):
+    __slots__ = ("flags", "real_servers", "seen")
 
-    def _script(self, node: Node) -> str | None:
-        self.p.notify_locations.append(node.location)  # scripts need enable_script_security
-        return self.p._command(node)
+    def __init__(self, r: ValueReader, label: str, lvs: LvsParser) -> None:
+        self.r, self.label, self.lvs = r, label, lvs
+        self.fields = {}
+        self.opts = {}
+        self.flags: set[str] = set()
+        self.real_servers: list[RealServer] = []
+        self.seen: dict[tuple[int, int | None], Location] = {}  # real servers so far
 
-    def _generic(self, node: Node, opts: dict[str, float | int | bool]) -> None:
-        """A generic checker option, at any level, into ``opts`` (see ``_options``)."""
-        k = node.name
-        p = self.p
-        value: float | int | bool | None
-        if k == "retry" or k == "nb_get_retry":
-            k = "retry"
-            value = p._int(node, 0, U31)
-        elif k == "alpha":
-            value = p._flag(node)
-        elif k == "delay_loop" or k == "connect_timeout":
-            value = p._float(node, 0.001, MAX_TIMER)
-        else:
-            assert k == "delay_before_retry" or k == "warmup"
-            value = p._float(node, 0, MAX_TIMER)
+
+class _RealServer(_Options):
+    __slots__ = ("address", "checkers", "port")
+
+    def __init__(
+        self, r: ValueReader, lvs: LvsParser, address: IPv4Address, port: int | None
+    ) -> None:
+        self.r, self.label, self.lvs = r, "", lvs
+        self.fields = {}
+        self.opts = {}
+        self.address = address
+        self.port = port
+        self.checkers: list[Checker] = []
+
+    def where(self) -> str:
+        addr, port = self.address, self.port
+        return f"real_server {addr}" if port is None else f"real_server {addr}:{port}"
+
+
+class _Checker(_Options):
+    __slots__ = ("urls",)
+
+    def __init__(self, r: ValueReader, label: str, lvs: LvsParser) -> None:
+        self.r, self.label, self.lvs = r, label, lvs
+        self.fields = {}
+        self.opts = {}
+        self.urls: list[UrlCheck] = []
+
+
+class _Url(Block):
+    __slots__ = ("status",)
+
+    def __init__(self, r: ValueReader) -> None:
+        super().__init__(r, "url")
+        self.status: list[tuple[int, int]] = []
+
+
+def option(name: str, read: Read[Option]) -> Handler[_Options]:
+    """A handler that reads one generic checker option into ``opts[name]``."""
+
+    def handle(block: _Options, node: Node) -> None:
+        value = read(block.r, node)
         if value is not None:  # a bad value is reported and leaves the option as it was
-            opts[k] = value
+            block.opts[name] = value
 
-    def _options(self, opts: dict[str, float | int | bool]) -> CheckerOptions:
+    return handle
+
+
+# ---- readers -------------------------------------------------------------------------
+
+
+def _method(r: ValueReader, node: Node) -> LvsMethod | None:
+    """``NAT``, ``DR`` or ``TUN`` (``MASQ`` is NAT); tunnel options are warned about."""
+    r.no_block(node)
+    if not node.values:
+        r.sink.error(node.location, f"{node.name} needs NAT, DR or TUN")
+        return None
+    word = node.values[0].upper()
+    if word == "MASQ":
+        word = "NAT"
+    try:
+        method = LvsMethod(word)
+    except ValueError:
+        r.sink.error(
+            node.location,
+            f"{node.name}: unknown forwarding method '{node.values[0]}' (NAT, DR or TUN)",
+        )
+        return None
+    if len(node.values) > 1:
+        r.sink.warning(
+            node.location,
+            f"{node.name}: tunnel options are not supported yet: {' '.join(node.values[1:])}",
+        )
+    return method
+
+
+def _scheduler(r: ValueReader, node: Node) -> str | None:
+    name = r.one(node)
+    if name is None:
+        return None
+    if name not in SCHEDULERS:
+        r.sink.error(
+            node.location,
+            f"{node.name}: unknown scheduler '{name}' ({', '.join(sorted(SCHEDULERS))})",
+        )
+        return None
+    return name
+
+
+def _granularity(r: ValueReader, node: Node) -> int | None:
+    """A prefix length, or a netmask as one."""
+    text = r.one(node)
+    if text is None:
+        return None
+    try:
+        if text.isdigit():
+            prefix = int(text)
+            if prefix > 32:
+                raise ValueError(text)
+            return prefix
+        return IPv4Network(f"0.0.0.0/{text.lstrip('/')}").prefixlen
+    except ValueError:
+        r.sink.error(node.location, f"persistence_granularity '{text}' is not an IPv4 netmask")
+        return None
+
+
+def _sorry_server(r: ValueReader, node: Node) -> SorryServer | None:
+    r.no_block(node)
+    if not node.values:
+        r.sink.error(node.location, "sorry_server needs IP [PORT]")
+        return None
+    addr = r.ipv4(node, node.values[0])
+    if addr is None:
+        return None
+    port: int | None = None
+    if len(node.values) > 1:
+        port = r.port(node, node.values[1], "sorry_server")
+        if port is None:
+            return None
+    return SorryServer(addr, port, node.location)
+
+
+def _digest(r: ValueReader, node: Node) -> str | None:
+    text = r.one(node)
+    if text is None:
+        return None
+    if not _HEX_DIGEST.fullmatch(text):
+        r.sink.error(node.location, f"digest '{text}' is not 32 hexadecimal digits")
+        return None
+    return text.lower()
+
+
+def _status(r: ValueReader, node: Node, word: str) -> tuple[int, int] | None:
+    """A ``status_code`` word: ``CODE`` or ``LOW-HIGH``."""
+    lo_s, sep, hi_s = word.partition("-")
+    try:
+        lo = int(lo_s, 10)
+        hi = int(hi_s, 10) if sep else lo
+    except ValueError:
+        r.sink.error(node.location, f"status_code '{word}' is not a code or a range")
+        return None
+    if not (100 <= lo <= hi <= 599):
+        r.sink.error(node.location, f"status_code {word}: codes must be in [100, 599], low to high")
+        return None
+    return lo, hi
+
+
+# ---- handlers ------------------------------------------------------------------------
+
+
+def _persistence_timeout(block: _VirtualServer, node: Node) -> None:
+    """Seconds; with no value, keepalived's default."""
+    block.r.no_block(node)
+    if node.values:
+        value = block.r.integer(node, 1, U32)
+        if value is not None:
+            block.fields["persistence_timeout"] = value
+    else:
+        block.fields["persistence_timeout"] = DEFAULT_PERSISTENCE_TIMEOUT
+
+
+def _sched_flag(block: _VirtualServer, node: Node) -> None:
+    if block.r.flag(node):
+        block.flags.add(node.name)
+
+
+def _real_server(block: _VirtualServer, node: Node) -> None:
+    rs = block.lvs.real_server(node)
+    if rs is None:
+        return
+    key = (int(rs.address), rs.port)
+    seen = block.seen
+    if key in seen:
+        block.r.sink.warning(
+            node.location, f"real_server {rs} is already defined at {seen[key]}; ignored"
+        )
+        return
+    seen[key] = node.location
+    block.real_servers.append(rs)
+
+
+def _unsupported_checker(block: _RealServer, node: Node) -> None:
+    block.r.sink.warning(
+        node.location,
+        f"checker {node.name} is not supported yet; skipped (the rest of {block.where()} applies)",
+    )
+
+
+def _url(block: _Checker, node: Node) -> None:
+    r = block.r
+    url = _Url(r)
+    _URL.run(url, r.block(node))
+    if url.fields.get("path") is None:
+        r.sink.error(node.location, "url has no path")
+        return
+    block.urls.append(
+        UrlCheck(
+            status_code=tuple(url.status),
+            location=node.location,
+            **url.fields,  # type: ignore[arg-type]
+        )
+    )
+
+
+def _status_code(block: _Url, node: Node) -> None:
+    r = block.r
+    r.no_block(node)
+    if not node.values:
+        r.sink.error(node.location, "status_code needs a code or a range")
+    for word in node.values:
+        span = _status(r, node, word)
+        if span is not None:
+            block.status.append(span)
+
+
+# ---- keyword tables --------------------------------------------------------------------
+
+# The generic checker options, taken at every level.
+_GENERIC: dict[str, Handler[_Options]] = {
+    "delay_loop": option("delay_loop", float_in(0.001, MAX_TIMER)),
+    "connect_timeout": option("connect_timeout", float_in(0.001, MAX_TIMER)),
+    "retry": option("retry", int_in(0, U31)),
+    "nb_get_retry": option("retry", int_in(0, U31)),
+    "delay_before_retry": option("delay_before_retry", float_in(0, MAX_TIMER)),
+    "warmup": option("warmup", float_in(0, MAX_TIMER)),
+    "alpha": option("alpha", ValueReader.flag),
+}
+
+_URL = Keywords[_Url](
+    {
+        # A bad path or virtualhost line unsets the one given before.
+        "path": field("path", ValueReader.one, unset_on_error=True),
+        "digest": field("digest", _digest),
+        "status_code": _status_code,
+        "virtualhost": field("virtualhost", ValueReader.one, unset_on_error=True),
+    },
+    UNSUPPORTED_URL,
+)
+
+_TCP_CHECK: dict[str, Handler[_Checker]] = {
+    **_GENERIC,
+    "connect_port": field("connect_port", ValueReader.port_value),
+    "bind_port": field("bind_port", ValueReader.port_value),
+    "connect_ip": field("connect_ip", ValueReader.address),
+    "bindto": field("bindto", ValueReader.address),
+}
+_HTTP_GET: dict[str, Handler[_Checker]] = {
+    **_TCP_CHECK,
+    "url": _url,
+    "virtualhost": field("virtualhost", ValueReader.one),
+    "http_protocol": field(
+        "http_protocol", one_of(_HTTP_PROTOCOLS, "http_protocol must be 1.0, 1.0C or 1.1")
+    ),
+}
+_SSL_GET: dict[str, Handler[_Checker]] = {
+    **_HTTP_GET,
+    "enable_sni": field("enable_sni", ValueReader.flag),
+}
+_MISC_CHECK: dict[str, Handler[_Checker]] = {
+    **{k: handle for k, handle in _GENERIC.items() if k != "connect_timeout"},
+    "misc_path": field("misc_path", ValueReader.script),
+    "misc_timeout": field("misc_timeout", float_in(0.001, MAX_TIMER)),
+    "misc_dynamic": field("misc_dynamic", ValueReader.flag),
+    "user": user_fields("user", "group"),
+}
+
+
+@dataclass(frozen=True)
+class _CheckerKind:
+    type: CheckerType
+    name: str  # type.value
+    keywords: Keywords[_Checker]
+    http: bool  # needs a url
+    misc: bool  # needs a misc_path
+
+
+def _checker(kind: CheckerType, keywords: dict[str, Handler[_Checker]]) -> Handler[_RealServer]:
+    """The handler of one checker type's block in a real server."""
+    spec = _CheckerKind(
+        kind,
+        kind.value,
+        Keywords(keywords, UNSUPPORTED_CHECKER_OPTS),
+        kind in (CheckerType.HTTP_GET, CheckerType.SSL_GET),
+        kind is CheckerType.MISC_CHECK,
+    )
+
+    def handle(block: _RealServer, node: Node) -> None:
+        checker = block.lvs.checker(node, spec)
+        if checker is not None:
+            block.checkers.append(checker)
+
+    return handle
+
+
+_REAL_SERVER = Keywords[_RealServer](
+    {
+        **_GENERIC,
+        "TCP_CHECK": _checker(CheckerType.TCP_CHECK, _TCP_CHECK),
+        "HTTP_GET": _checker(CheckerType.HTTP_GET, _HTTP_GET),
+        "SSL_GET": _checker(CheckerType.SSL_GET, _SSL_GET),
+        "MISC_CHECK": _checker(CheckerType.MISC_CHECK, _MISC_CHECK),
+        **dict.fromkeys(UNSUPPORTED_CHECKERS, _unsupported_checker),
+        "weight": field("weight", int_in(0, U31)),
+        "lvs_method": field("lvs_method", _method),
+        "lb_kind": field("lvs_method", _method),
+        "inhibit_on_failure": field("inhibit_on_failure", ValueReader.flag),
+        "notify_up": field("notify_up", ValueReader.script),
+        "notify_down": field("notify_down", ValueReader.script),
+        "uthreshold": field("uthreshold", int_in(0, U32)),
+        "lthreshold": field("lthreshold", int_in(0, U32)),
+        "virtualhost": field("virtualhost", ValueReader.one),
+    },
+    UNSUPPORTED_RS,
+)
+
+_VIRTUAL_SERVER = Keywords[_VirtualServer](
+    {
+        **_GENERIC,
+        "real_server": _real_server,
+        "lvs_sched": field("lvs_sched", _scheduler),
+        "lb_algo": field("lvs_sched", _scheduler),
+        "lvs_method": field("lvs_method", _method),
+        "lb_kind": field("lvs_method", _method),
+        "persistence_timeout": _persistence_timeout,
+        "persistence_granularity": field("persistence_granularity", _granularity),
+        "protocol": field("protocol", one_of(_PROTOCOLS, "protocol must be TCP, UDP or SCTP")),
+        "ops": field("ops", ValueReader.flag),
+        **dict.fromkeys(SCHED_FLAGS, _sched_flag),
+        "ha_suspend": field("ha_suspend", ValueReader.flag),
+        "virtualhost": field("virtualhost", ValueReader.one),
+        "sorry_server": field("sorry_server", _sorry_server),
+        "sorry_server_inhibit": field("sorry_server_inhibit", ValueReader.flag),
+        "sorry_server_lvs_method": field("sorry_server_lvs_method", _method),
+        "quorum": field("quorum", int_in(1, U31)),
+        "hysteresis": field("hysteresis", int_in(0, U31)),
+        "quorum_up": field("quorum_up", ValueReader.script),
+        "quorum_down": field("quorum_down", ValueReader.script),
+        # The virtual server's own alpha, not the generic option (see ``_finish``).
+        "alpha": field("alpha", ValueReader.flag),
+        "omega": field("omega", ValueReader.flag),
+        "inhibit_on_failure": field("inhibit_on_failure", ValueReader.flag),
+    },
+    UNSUPPORTED_VS,
+)
+_ALIASES = {"lb_algo": "lvs_sched", "lb_kind": "lvs_method"}
+
+
+# ---- the parser ------------------------------------------------------------------------
+
+
+class LvsParser:
+    """The LVS half of the configuration; see the module docstring."""
+
+    def __init__(self, r: ValueReader) -> None:
+        self.r = r
+        self.servers: list[VirtualServer] = []
+        self.groups: list[VirtualServerGroup] = []
+        self._shared_options: dict[tuple[tuple[str, Option], ...], CheckerOptions] = {}
+        self._groups_named: dict[str, list[VirtualServerGroup]] = {}  # so far
+
+    def _options(self, opts: dict[str, Option]) -> CheckerOptions:
         """``CheckerOptions`` of the collected values, one shared object per set of values.
 
         Frozen and compared by value, so sharing changes nothing but the memory
@@ -177,16 +488,17 @@ class LvsParser:
 
     # ---- virtual_server_group -----------------------------------------------------
 
-    def group(self, node: Node) -> None:
-        name = self.p._block_name(node)
-        body = self.p._block(node)
+    def virtual_server_group(self, node: Node) -> None:
+        r = self.r
+        name = r.block_name(node)
+        body = r.block(node)
         if name is None:
             return
         entries: list[VirtualServerGroupEntry] = []
         for n in body:
-            self.p._no_block(n)
+            r.no_block(n)
             if n.name == "fwmark":
-                mark = self.p._int(n, 1, U32)
+                mark = r.integer(n, 1, U32)
                 if mark is not None:
                     entries.append(VirtualServerGroupEntry(fwmark=mark, location=n.location))
                 continue
@@ -196,15 +508,15 @@ class LvsParser:
             port: int | None = None
             words = list(n.values)
             if words:
-                port = self._port(n, words.pop(0), f"virtual_server_group {name}")
+                port = r.port(n, words.pop(0), f"virtual_server_group {name}")
                 if port is None:
                     continue
             if words:
-                self.p.sink.warning(n.location, f"extra words ignored: {' '.join(words)}")
+                r.sink.warning(n.location, f"extra words ignored: {' '.join(words)}")
             first, last = span
             entries.append(VirtualServerGroupEntry(first, last, port, location=n.location))
         if not entries:
-            self.p.sink.warning(node.location, f"virtual_server_group {name} is empty")
+            r.sink.warning(node.location, f"virtual_server_group {name} is empty")
         group = VirtualServerGroup(name, tuple(entries), node.location)
         self.groups.append(group)
         self._groups_named.setdefault(name, []).append(group)
@@ -216,10 +528,10 @@ class LvsParser:
         try:
             first = ip_address(head)
         except ValueError:
-            self.p.sink.error(node.location, bad)
+            self.r.sink.error(node.location, bad)
             return None
         if isinstance(first, IPv6Address):
-            self.p.sink.warning(node.location, f"IPv6 address {text} is not supported yet; ignored")
+            self.r.sink.warning(node.location, f"IPv6 address {text} is not supported yet; ignored")
             return None
         last = first
         try:
@@ -235,13 +547,13 @@ class LvsParser:
                 else:
                     raise ValueError(bad)
         except ValueError:
-            self.p.sink.error(node.location, bad)
+            self.r.sink.error(node.location, bad)
             return None
         if last < first:
-            self.p.sink.error(node.location, f"address range {text} ends before it starts")
+            self.r.sink.error(node.location, f"address range {text} ends before it starts")
             return None
         if int(last) - int(first) >= MAX_GROUP_RANGE:
-            self.p.sink.error(
+            self.r.sink.error(
                 node.location, f"address range {text} has more than {MAX_GROUP_RANGE} addresses"
             )
             return None
@@ -250,16 +562,16 @@ class LvsParser:
     # ---- virtual_server -------------------------------------------------------------
 
     def virtual_server(self, node: Node) -> None:
-        p = self.p
-        body = p._block(node)
+        r = self.r
+        body = r.block(node)
         words = list(node.values)
         vs: VirtualServer
         if not words:
-            p.sink.error(node.location, "virtual_server needs IP [PORT], fwmark N or group NAME")
+            r.sink.error(node.location, "virtual_server needs IP [PORT], fwmark N or group NAME")
             return
         if words[0] in ("fwmark", "group"):
             if len(words) < 2:
-                p.sink.error(node.location, f"virtual_server {words[0]} needs a value")
+                r.sink.error(node.location, f"virtual_server {words[0]} needs a value")
                 return
             if words[0] == "group":
                 vs = VirtualServer(group=words[1], location=node.location)
@@ -269,122 +581,40 @@ class LvsParser:
                 except ValueError:
                     mark = 0
                 if not 1 <= mark <= U32:
-                    p.sink.error(node.location, f"virtual_server fwmark '{words[1]}' is invalid")
+                    r.sink.error(node.location, f"virtual_server fwmark '{words[1]}' is invalid")
                     return
                 vs = VirtualServer(fwmark=mark, location=node.location)
             extra = words[2:]
         else:
-            addr = p._ipv4(node, words[0])
+            addr = r.ipv4(node, words[0])
             if addr is None:
                 return
             port: int | None = None
             if len(words) > 1:
-                port = self._port(node, words[1], "virtual_server")
+                port = r.port(node, words[1], "virtual_server")
                 if port is None:
                     return
             vs = VirtualServer(address=addr, port=port, location=node.location)
             extra = words[2:]
         if extra:
-            p.sink.warning(node.location, f"virtual_server: extra words ignored: {' '.join(extra)}")
-        where = f"virtual_server {vs.name}"
-        fields: dict[str, object] = {}
-        opts: dict[str, float | int | bool] = {}
-        flags: set[str] = set()
-        real_servers: list[RealServer] = []
-        seen_rs: dict[tuple[int, int | None], Location] = {}
-
-        def setf(key: str, value: object) -> None:
-            if value is not None:
-                fields[key] = value
-
-        for n in body:
-            k = n.name
-            if k == "real_server":
-                rs = self._real_server(n)
-                if rs is None:
-                    continue
-                key = (int(rs.address), rs.port)
-                if key in seen_rs:
-                    p.sink.warning(
-                        n.location,
-                        f"real_server {rs} is already defined at {seen_rs[key]}; ignored",
-                    )
-                    continue
-                seen_rs[key] = n.location
-                real_servers.append(rs)
-            elif k in ("lvs_sched", "lb_algo"):
-                v = p._one(n)
-                if v is not None:
-                    if v in SCHEDULERS:
-                        fields["lvs_sched"] = v
-                    else:
-                        p.sink.error(
-                            n.location,
-                            f"{k}: unknown scheduler '{v}' ({', '.join(sorted(SCHEDULERS))})",
-                        )
-            elif k in ("lvs_method", "lb_kind"):
-                setf("lvs_method", self._method(n))
-            elif k == "persistence_timeout":
-                p._no_block(n)
-                if n.values:
-                    setf("persistence_timeout", p._int(n, 1, U32))
-                else:
-                    fields["persistence_timeout"] = DEFAULT_PERSISTENCE_TIMEOUT
-            elif k == "persistence_granularity":
-                setf("persistence_granularity", self._granularity(n))
-            elif k == "protocol":
-                v = p._one(n)
-                if v is not None:
-                    try:
-                        fields["protocol"] = LvsProtocol(v.upper())
-                    except ValueError:
-                        p.sink.error(n.location, f"protocol must be TCP, UDP or SCTP, not {v}")
-            elif k == "ops":
-                fields["ops"] = p._flag(n)
-            elif k in SCHED_FLAGS:
-                if p._flag(n):
-                    flags.add(k)
-            elif k == "ha_suspend":
-                fields["ha_suspend"] = p._flag(n)
-            elif k == "virtualhost":
-                setf("virtualhost", p._one(n))
-            elif k == "sorry_server":
-                setf("sorry_server", self._sorry(n))
-            elif k == "sorry_server_inhibit":
-                fields["sorry_server_inhibit"] = p._flag(n)
-            elif k == "sorry_server_lvs_method":
-                setf("sorry_server_lvs_method", self._method(n))
-            elif k == "quorum":
-                setf("quorum", p._int(n, 1, U31))
-            elif k == "hysteresis":
-                setf("hysteresis", p._int(n, 0, U31))
-            elif k in ("quorum_up", "quorum_down"):
-                setf(k, self._script(n))
-            elif k == "alpha":
-                fields["alpha"] = p._flag(n)
-            elif k == "omega":
-                fields["omega"] = p._flag(n)
-            elif k == "inhibit_on_failure":
-                fields["inhibit_on_failure"] = p._flag(n)
-            elif k in _GENERIC:
-                self._generic(n, opts)
-            else:
-                p._unknown(n, UNSUPPORTED_VS, where)
+            r.sink.warning(node.location, f"virtual_server: extra words ignored: {' '.join(extra)}")
+        block = _VirtualServer(r, f"virtual_server {vs.name}", self)
+        _VIRTUAL_SERVER.run(block, body)
+        fields = block.fields
         vs = replace(
             vs,
-            options=self._options(opts),
-            sched_flags=frozenset(flags),
+            options=self._options(block.opts),
+            sched_flags=frozenset(block.flags),
+            real_servers=tuple(block.real_servers),
             **fields,  # type: ignore[arg-type]
         )
-        vs = replace(vs, real_servers=tuple(real_servers))
         # a keyword given with a bad value is an error already: no "not set" warning too
-        aliases = {"lb_algo": "lvs_sched", "lb_kind": "lvs_method"}
-        given = set(fields) | {aliases.get(n.name, n.name) for n in body}
+        given = set(fields) | {_ALIASES.get(n.name, n.name) for n in body}
         self.servers.append(self._finish(vs, given))
 
     def _finish(self, vs: VirtualServer, given: set[str]) -> VirtualServer:
         """keepalived's end-of-block fix-ups, each with a warning."""
-        sink = self.p.sink
+        sink = self.r.sink
         where = f"virtual_server {vs.name}"
         loc = vs.location
         if vs.alpha and vs.options.alpha is None:
@@ -466,238 +696,64 @@ class LvsParser:
         """The groups of that name defined so far (a duplicate name is an error later)."""
         return [] if name is None else self._groups_named.get(name, [])
 
-    def release(self) -> None:
-        """Forget the model built (see ``_Parser.finish``)."""
-        self.servers, self.groups = [], []
-        self._groups_named.clear()
-        self._shared_options.clear()
+    # ---- real_server and checkers ---------------------------------------------------------
 
-    def _granularity(self, node: Node) -> int | None:
-        text = self.p._one(node)
-        if text is None:
-            return None
-        try:
-            if text.isdigit():
-                prefix = int(text)
-                if prefix > 32:
-                    raise ValueError(text)
-                return prefix
-            return IPv4Network(f"0.0.0.0/{text.lstrip('/')}").prefixlen
-        except ValueError:
-            self.p.sink.error(
-                node.location, f"persistence_granularity '{text}' is not an IPv4 netmask"
-            )
-            return None
-
-    def _sorry(self, node: Node) -> SorryServer | None:
-        self.p._no_block(node)
-        if not node.values:
-            self.p.sink.error(node.location, "sorry_server needs IP [PORT]")
-            return None
-        addr = self.p._ipv4(node, node.values[0])
-        if addr is None:
-            return None
-        port: int | None = None
-        if len(node.values) > 1:
-            port = self._port(node, node.values[1], "sorry_server")
-            if port is None:
-                return None
-        return SorryServer(addr, port, node.location)
-
-    # ---- real_server ------------------------------------------------------------------
-
-    def _real_server(self, node: Node) -> RealServer | None:
-        p = self.p
+    def real_server(self, node: Node) -> RealServer | None:
+        r = self.r
         body = node.children or ()
         if not node.values:
-            p.sink.error(node.location, "real_server needs IP [PORT]")
+            r.sink.error(node.location, "real_server needs IP [PORT]")
             return None
-        addr = p._ipv4(node, node.values[0])
+        addr = r.ipv4(node, node.values[0])
         if addr is None:
             return None
         port: int | None = None
         if len(node.values) > 1:
-            port = self._port(node, node.values[1], "real_server")
+            port = r.port(node, node.values[1], "real_server")
             if port is None:
                 return None
-        fields: dict[str, object] = {}
-        opts: dict[str, float | int | bool] = {}
-        checkers: list[Checker] = []
-        for n in body:
-            k = n.name
-            if k == "TCP_CHECK":
-                c = self._checker(n, CheckerType.TCP_CHECK)
-                if c is not None:
-                    checkers.append(c)
-            elif k == "weight":
-                if (i := p._int(n, 0, U31)) is not None:
-                    fields["weight"] = i
-            elif k in _GENERIC:
-                self._generic(n, opts)
-            elif k == "lvs_method" or k == "lb_kind":
-                if (method := self._method(n)) is not None:
-                    fields["lvs_method"] = method
-            elif k == "inhibit_on_failure":
-                fields["inhibit_on_failure"] = p._flag(n)
-            elif k == "notify_up" or k == "notify_down":
-                if (script := self._script(n)) is not None:
-                    fields[k] = script
-            elif k == "uthreshold" or k == "lthreshold":
-                if (i := p._int(n, 0, U32)) is not None:
-                    fields[k] = i
-            elif k == "virtualhost":
-                if (v := p._one(n)) is not None:
-                    fields["virtualhost"] = v
-            elif k in ("HTTP_GET", "SSL_GET", "MISC_CHECK"):
-                c = self._checker(n, CheckerType(k))
-                if c is not None:
-                    checkers.append(c)
-            else:
-                where = f"real_server {addr}" if port is None else f"real_server {addr}:{port}"
-                if k in UNSUPPORTED_CHECKERS:
-                    p.sink.warning(
-                        n.location,
-                        f"checker {k} is not supported yet; skipped (the rest of {where} applies)",
-                    )
-                else:
-                    p._unknown(n, UNSUPPORTED_RS, where)
+        block = _RealServer(r, self, addr, port)
+        _REAL_SERVER.run(block, body)
         return RealServer(
             addr,
             port,
             node.location,
-            options=self._options(opts),
-            checkers=tuple(checkers),
-            **fields,  # type: ignore[arg-type]
+            options=self._options(block.opts),
+            checkers=tuple(block.checkers),
+            **block.fields,  # type: ignore[arg-type]
         )
 
-    # ---- checkers -----------------------------------------------------------------------
-
-    def _checker(self, node: Node, kind: CheckerType) -> Checker | None:
-        p = self.p
+    def checker(self, node: Node, kind: _CheckerKind) -> Checker | None:
+        r = self.r
         body = node.children
         if body is None:
-            p.sink.error(node.location, f"{kind.value} needs a {{ ... }} block")
+            r.sink.error(node.location, f"{kind.name} needs a {{ ... }} block")
             return None
         if node.values:
-            p.sink.warning(
-                node.location, f"{kind.value}: extra words ignored: {' '.join(node.values)}"
-            )
-        is_http = kind in (CheckerType.HTTP_GET, CheckerType.SSL_GET)
-        is_misc = kind is CheckerType.MISC_CHECK
-        fields: dict[str, object] = {}
-        opts: dict[str, float | int | bool] = {}
-        urls: list[UrlCheck] = []
-        for n in body:
-            k = n.name
-            if k in _GENERIC and not (is_misc and k == "connect_timeout"):
-                self._generic(n, opts)
-            elif not is_misc and (k == "connect_port" or k == "bind_port"):
-                if (port := self._port_value(n)) is not None:
-                    fields[k] = port
-            elif not is_misc and (k == "connect_ip" or k == "bindto"):
-                if (addr := self._addr_value(n)) is not None:
-                    fields[k] = addr
-            elif is_http and k == "url":
-                u = self._url(n)
-                if u is not None:
-                    urls.append(u)
-            elif is_http and k == "virtualhost":
-                if (v := p._one(n)) is not None:
-                    fields["virtualhost"] = v
-            elif is_http and k == "http_protocol":
-                v = p._one(n)
-                if v is not None:
-                    if v.upper() in ("1.0", "1.0C", "1.1"):
-                        fields["http_protocol"] = v.upper()
-                    else:
-                        p.sink.error(n.location, f"http_protocol must be 1.0, 1.0C or 1.1, not {v}")
-            elif kind is CheckerType.SSL_GET and k == "enable_sni":
-                fields["enable_sni"] = p._flag(n)
-            elif is_misc and k == "misc_path":
-                if (script := self._script(n)) is not None:
-                    fields["misc_path"] = script
-            elif is_misc and k == "misc_timeout":
-                if (f := p._float(n, 0.001, MAX_TIMER)) is not None:
-                    fields["misc_timeout"] = f
-            elif is_misc and k == "misc_dynamic":
-                fields["misc_dynamic"] = p._flag(n)
-            elif is_misc and k == "user":
-                p._no_block(n)
-                if not n.values or len(n.values) > 2:
-                    p.sink.error(n.location, "user needs USER [GROUP]")
-                else:
-                    fields["user"] = n.values[0]
-                    fields["group"] = n.values[1] if len(n.values) > 1 else None
-            else:
-                p._unknown(n, UNSUPPORTED_CHECKER_OPTS, kind.value)
-        if is_misc and "misc_path" not in fields:
-            p.sink.error(node.location, "MISC_CHECK has no misc_path")
+            extra = " ".join(node.values)
+            r.sink.warning(node.location, f"{kind.name}: extra words ignored: {extra}")
+        block = _Checker(r, kind.name, self)
+        kind.keywords.run(block, body)
+        fields = block.fields
+        if kind.misc and "misc_path" not in fields:
+            r.sink.error(node.location, "MISC_CHECK has no misc_path")
             return None
-        if is_http and not urls:
-            p.sink.error(node.location, f"{kind.value} has no url")
+        if kind.http and not block.urls:
+            r.sink.error(node.location, f"{kind.name} has no url")
             return None
         return Checker(
-            kind,
+            kind.type,
             node.location,
-            self._options(opts),
-            urls=tuple(urls),
+            self._options(block.opts),
+            urls=tuple(block.urls),
             **fields,  # type: ignore[arg-type]
         )
-
-    def _url(self, node: Node) -> UrlCheck | None:
-        p = self.p
-        path: str | None = None
-        status: list[tuple[int, int]] = []
-        digest: str | None = None
-        vhost: str | None = None
-        for n in p._block(node):
-            k = n.name
-            if k == "path":
-                path = p._one(n)
-            elif k == "digest":
-                v = p._one(n)
-                if v is not None:
-                    if _HEX_DIGEST.fullmatch(v):
-                        digest = v.lower()
-                    else:
-                        p.sink.error(n.location, f"digest '{v}' is not 32 hexadecimal digits")
-            elif k == "status_code":
-                p._no_block(n)
-                if not n.values:
-                    p.sink.error(n.location, "status_code needs a code or a range")
-                for word in n.values:
-                    r = self._status(n, word)
-                    if r is not None:
-                        status.append(r)
-            elif k == "virtualhost":
-                vhost = p._one(n)
-            else:
-                p._unknown(n, UNSUPPORTED_URL, "url")
-        if path is None:
-            p.sink.error(node.location, "url has no path")
-            return None
-        return UrlCheck(path, tuple(status), digest, vhost, node.location)
-
-    def _status(self, node: Node, word: str) -> tuple[int, int] | None:
-        lo_s, sep, hi_s = word.partition("-")
-        try:
-            lo = int(lo_s, 10)
-            hi = int(hi_s, 10) if sep else lo
-        except ValueError:
-            self.p.sink.error(node.location, f"status_code '{word}' is not a code or a range")
-            return None
-        if not (100 <= lo <= hi <= 599):
-            self.p.sink.error(
-                node.location, f"status_code {word}: codes must be in [100, 599], low to high"
-            )
-            return None
-        return lo, hi
 
     # ---- whole-config checks --------------------------------------------------------
 
     def cross_check(self, config: Config) -> None:
         """Group names are unique and known; no IPVS service is claimed twice."""
-        sink = self.p.sink
+        sink = self.r.sink
         groups: dict[str, VirtualServerGroup] = {}
         for g in config.virtual_server_groups:
             if g.name in groups:

@@ -1,12 +1,13 @@
 """Typed, frozen model of a keepalived.conf.
 
-Theory of operation: the parser (``pyalived.config.parser``) turns the token
-stream of the lexer into these dataclasses.  Every object is immutable and
-carries the ``Location`` (file and line) it was declared at, so that any later
-diagnostic, including those found while the daemon applies the config, can
-name ``file:line``.  Defaults are keepalived 2.2.7's defaults.  Values are
-already validated when they reach the model: a ``VrrpInstance`` always has a
-VRID in 1..255 and a priority in 1..255, for example.
+Theory of operation: the parser (``pyalived.config.parser``, with its VRRP
+and LVS halves) turns the statements of the lexer and tree builder into these
+dataclasses.  Every object is immutable and carries the ``Location`` (file
+and line) it was declared at, so that any later diagnostic, including those
+found while the daemon applies the config, can name ``file:line``.
+Defaults are keepalived 2.2.7's defaults.  Values are already validated when
+they reach the model: a ``VrrpInstance`` always has a VRID in 1..255 and a
+priority in 1..255, for example.
 
 The LVS half (``VirtualServer`` and friends) keeps the generic checker options
 (``delay_loop``, ``connect_timeout``, ``retry``, ...) as written at each level,

@@ -24,8 +24,8 @@ from pyalived.config import Severity, load
 from pyalived.config.diagnostics import Category, Diagnostic, DiagnosticSink
 from pyalived.config.lexer import Lexer, Token, lex, split_words
 from pyalived.config.model import Location
-from pyalived.config.parser import _DOTTED_QUAD
 from pyalived.config.tree import Node, TreeBuilder
+from pyalived.config.values import _DOTTED_QUAD
 
 SETTINGS = settings(
     max_examples=300,

@@ -1,0 +1,693 @@
+"""Parser for the VRRP half of keepalived.conf: global_defs, scripts, instances, sync groups.
+
+Theory of operation: ``VrrpParser`` takes the top-level statements of its
+half from the loader (``pyalived.config.parser``) and fills the frozen model
+of ``pyalived.config.model``.  Each kind of block has a keyword table
+(``pyalived.config.keywords``): a regular keyword is one ``field`` line
+naming its reader (``pyalived.config.values``) and the model field it sets;
+the irregular ones (``interface``, ``virtual_router_id``, the address and
+tracking blocks, the notify scripts, ``use_vmac``...) have a handler below.
+``global_defs``, ``vrrp_script`` and ``vrrp_sync_group`` are modelled as
+they come; the ``vrrp_instance`` blocks wait for ``instances``, once the
+whole file is read, because an instance takes its gratuitous ARP defaults
+from ``global_defs`` wherever that block is.  ``cross_check`` then looks at
+the whole configuration (unique names, one VRID per interface, the
+references of sync groups and ``track_script``, ``enable_script_security``)
+and ``strict_fixups`` applies ``vrrp_strict``.
+
+Range checks follow RFC 3768: VRID 1..255 (§5.3.3), priority 1..255 where
+255 is the address owner and 0 is reserved for the stop advert (§5.3.4),
+auth_pass at most 8 octets (§5.3.10).  ``vrrp_version 3`` (or instance
+``version 3``) is an ERROR, because this daemon only speaks VRRPv2 and
+silently advertising v2 to v3 peers would split the router group in two.
+IPv6 addresses are warned about and skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Interface, ip_interface
+
+from pyalived.config.diagnostics import Category
+from pyalived.config.keywords import Block, Keywords, field, user_fields
+from pyalived.config.model import (
+    Authentication,
+    AuthType,
+    Config,
+    GlobalDefs,
+    InitialState,
+    Location,
+    Notify,
+    TrackInterface,
+    TrackScriptRef,
+    VirtualIP,
+    VrrpInstance,
+    VrrpScript,
+    VrrpSyncGroup,
+)
+from pyalived.config.tree import Node
+from pyalived.config.values import (
+    WEIGHT_MAX,
+    WEIGHT_MIN,
+    ValueReader,
+    float_in,
+    int_in,
+    one_of,
+)
+
+MAX_ADVERT_ADDRESSES = 255  # RFC 3768 §5.3.5: Count IP Addrs is 8 bits
+
+# Keywords keepalived 2.2.7 accepts that this project does not implement yet.
+UNSUPPORTED_GLOBAL = frozenset(
+    """notification_email notification_email_from smtp_server smtp_connect_timeout smtp_helo
+    smtp_alert smtp_alert_vrrp smtp_alert_checker no_email_faults email_faults lvs_id
+    lvs_sync_daemon lvs_flush lvs_flush_onstop lvs_timeouts lvs_timeout default_interface
+    dynamic_interfaces vrrp_mcast_group6 vrrp_iptables vrrp_ipsets vrrp_check_unicast_src
+    vrrp_skip_check_adv_addr vrrp_priority checker_priority bfd_priority vrrp_no_swap
+    checker_no_swap bfd_no_swap vrrp_rt_priority checker_rt_priority bfd_rt_priority
+    vrrp_rlimit_rtime checker_rlimit_rtime bfd_rlimit_rtime snmp_socket enable_snmp_vrrp
+    enable_snmp_keepalived enable_snmp_checker enable_snmp_rfc enable_snmp_rfcv2
+    enable_snmp_rfcv3 enable_traps enable_dbus enable_dbus_create_instance notify_fifo
+    notify_fifo_script vrrp_notify_fifo vrrp_notify_fifo_script lvs_notify_fifo
+    lvs_notify_fifo_script process_names process_name vrrp_process_name checker_process_name
+    bfd_process_name max_auto_priority min_auto_priority_delay nftables nftables_priority
+    nftables_counters nftables_ifindex nftables_ifname vrrp_startup_delay
+    vrrp_higher_prio_send_advert vrrp_lower_prio_no_advert vrrp_min_garp
+    vrrp_netlink_cmd_rcv_bufs vrrp_netlink_cmd_rcv_bufs_force vrrp_netlink_monitor_rcv_bufs
+    vrrp_netlink_monitor_rcv_bufs_force vrrp_rx_bufs_policy vrrp_rx_bufs_multiplier
+    lvs_netlink_cmd_rcv_bufs lvs_netlink_cmd_rcv_bufs_force lvs_netlink_monitor_rcv_bufs
+    lvs_netlink_monitor_rcv_bufs_force linkbeat_use_polling checker_log_all_failures umask
+    random_seed startup_script startup_script_timeout shutdown_script shutdown_script_timeout
+    reload_check_config reload_time_file reload_repeat reload_file config_save_dir
+    data_use_instance json_version tmp_config_directory vrrp_garp_master_refresh_repeat_delay
+    vrrp_garp_interval_startup vrrp_gna_interval vrrp_down_timer_adverts
+    vrrp_track_process_batch vrrp_socket_rcv_buf vrrp_socket_rcv_buf_force
+    vrrp_notify_priority_changes fifo_write_vrrp_states_on_reload script_max_reload
+    vrrp_use_ip6_prefix vrrp_ipvs_sync_daemon_interface vrrp_mcast_group_6
+    local_name instance net_namespace use_symlink_paths""".split()
+)
+UNSUPPORTED_INSTANCE = frozenset(
+    """native_ipv6 virtual_routes virtual_rules track_file track_process track_bfd accept
+    no_accept strict_mode lvs_sync_daemon_interface debug linkbeat_use_polling notify_deleted
+    notify_master_rx_lower_pri lower_prio_no_advert higher_prio_send_advert
+    kernel_rx_buf_size unicast_ttl check_unicast_src skip_check_adv_addr promote_secondaries
+    down_timer_adverts notify_priority_changes old_unicast_checksum unicast_fault_no_peer
+    use_ipvlan track_src_ip garp_extra_if mcast_dst_ip""".split()
+)
+UNSUPPORTED_SYNC_GROUP = frozenset(
+    "global_tracking sync_group_tracking_weight track_file track_process track_bfd "
+    "notify_priority_changes notify_deleted".split()
+)
+UNSUPPORTED_SCRIPT = frozenset("init_fail".split())
+UNSUPPORTED_VIP_OPTIONS = frozenset(
+    "no_track preferred_lft home nodad mngtmpaddr noprefixroute autojoin track_group".split()
+)
+
+_NOTIFY_KEYS = {
+    "notify_master": "master",
+    "notify_backup": "backup",
+    "notify_fault": "fault",
+    "notify_stop": "stop",
+    "notify": "generic",
+}
+_STATES = {s.value: s for s in InitialState}
+_AUTH_TYPES = {a.value: a for a in AuthType}
+
+
+# ---- block states ------------------------------------------------------------------
+
+
+class _Tracking(Block):
+    """A block with notify scripts and tracking: ``vrrp_instance`` or ``vrrp_sync_group``."""
+
+    __slots__ = ("notify", "track_interface", "track_script")
+
+    def __init__(self, r: ValueReader, label: str) -> None:
+        super().__init__(r, label)
+        self.notify: dict[str, str | None] = {}  # Notify's fields
+        self.track_interface: list[TrackInterface] = []
+        self.track_script: list[TrackScriptRef] = []
+
+
+class _Instance(_Tracking):
+    __slots__ = ("interface", "ok", "peers", "vips", "vips_excluded", "vrid")
+
+    def __init__(self, r: ValueReader, label: str) -> None:
+        super().__init__(r, label)
+        self.interface: str | None = None
+        self.vrid: int | None = None
+        self.ok = True  # no bad virtual_router_id seen
+        self.vips: list[VirtualIP] = []
+        self.vips_excluded: list[VirtualIP] = []
+        self.peers: list[IPv4Address] = []
+
+
+class _SyncGroup(_Tracking):
+    __slots__ = ("members",)
+
+    def __init__(self, r: ValueReader, label: str) -> None:
+        super().__init__(r, label)
+        self.members: list[str] = []
+
+
+# ---- readers and handlers ------------------------------------------------------------
+
+
+def _version(block: Block, node: Node) -> None:
+    """``vrrp_version`` / ``version``: 2, or 3 refused (see the module docstring)."""
+    if block.r.integer(node, 2, 3) == 3:
+        block.r.sink.error(
+            node.location, f"{node.name} 3 is not supported: only VRRPv2 (RFC 3768)"
+        )
+
+
+def _multicast_group(r: ValueReader, node: Node) -> IPv4Address | None:
+    addr = r.address(node)
+    if addr is not None and not addr.is_multicast:
+        r.sink.error(node.location, f"vrrp_mcast_group4 {addr} is not multicast")
+        return None
+    return addr
+
+
+def _script_weight(r: ValueReader, node: Node) -> int | None:
+    """``weight N [reverse]`` of a vrrp_script."""
+    r.no_block(node)
+    words = node.values
+    if not words:
+        r.sink.error(node.location, "weight needs a number")
+        return None
+    try:
+        weight = int(words[0], 10)
+    except ValueError:
+        r.sink.error(node.location, f"weight '{words[0]}' is not a whole number")
+        return None
+    if not WEIGHT_MIN <= weight <= WEIGHT_MAX:
+        r.sink.error(node.location, f"weight {weight} is outside [{WEIGHT_MIN}, {WEIGHT_MAX}]")
+        return None
+    if len(words) > 1 and words[1] == "reverse":
+        weight = -weight
+    return weight
+
+
+def _advert_int(r: ValueReader, node: Node) -> float | None:
+    value = r.number(node, 0.001, 255)
+    if value is not None and value != int(value):
+        rounded = max(1, round(value))
+        r.sink.warning(
+            node.location,
+            f"advert_int {value:g}: VRRPv2 advertises whole seconds; using {rounded}",
+        )
+        value = float(rounded)
+    return value
+
+
+def _preempt(r: ValueReader, node: Node) -> bool:
+    return not r.flag(node)
+
+
+def _auth_pass(r: ValueReader, node: Node) -> bytes | None:
+    text = r.one(node)
+    if text is None:
+        return None
+    raw = text.encode()
+    if len(raw) > 8:
+        r.sink.warning(node.location, "auth_pass is longer than 8 characters; truncated to 8")
+    return raw[:8]
+
+
+def _authentication(r: ValueReader, node: Node) -> Authentication | None:
+    block = Block(r, "authentication")
+    _AUTHENTICATION.run(block, r.block(node))
+    auth_type = block.fields.get("type")
+    password = block.fields.get("password")
+    if not isinstance(auth_type, AuthType):
+        r.sink.error(node.location, "authentication needs auth_type PASS or AH")
+        return None
+    if not isinstance(password, bytes):
+        r.sink.error(node.location, "authentication needs auth_pass")
+        return None
+    return Authentication(auth_type, password)
+
+
+def _interface(block: _Instance, node: Node) -> None:
+    name = block.r.one(node)
+    if name is not None:
+        block.interface = name
+        if not block.r.exists(name):
+            block.r.sink.error(
+                node.location,
+                f"interface {name} of {block.label} does not exist",
+                Category.MISSING_INTERFACE,
+            )
+
+
+def _virtual_router_id(block: _Instance, node: Node) -> None:
+    block.vrid = block.r.integer(node, 1, 255)
+    block.ok = block.ok and block.vrid is not None
+
+
+def _virtual_ipaddress(block: _Instance, node: Node) -> None:
+    block.vips.extend(_vips(block.r, node))
+
+
+def _virtual_ipaddress_excluded(block: _Instance, node: Node) -> None:
+    block.vips_excluded.extend(_vips(block.r, node))
+
+
+def _unicast_peer(block: _Instance, node: Node) -> None:
+    r = block.r
+    for m in r.block(node):
+        r.no_block(m)
+        addr = r.ipv4(m, m.name)
+        if addr is not None:
+            block.peers.append(addr)
+        if m.values:
+            r.sink.warning(
+                m.location, f"unicast_peer options are not supported yet: {' '.join(m.values)}"
+            )
+
+
+def _use_vmac(block: _Instance, node: Node) -> None:
+    block.r.no_block(node)
+    block.fields["use_vmac"] = True
+    if node.values:
+        block.fields["vmac_name"] = node.values[0]
+
+
+def _notify(block: _Tracking, node: Node) -> None:
+    """A notify script; a bad line unsets the script given before."""
+    block.notify[_NOTIFY_KEYS[node.name]] = block.r.script(node)
+
+
+def _track_script(block: _Tracking, node: Node) -> None:
+    for m in block.r.block(node):
+        res = block.r.weighted(m, "track_script")
+        if res is not None:
+            block.track_script.append(TrackScriptRef(res[0], res[1], m.location))
+
+
+def _track_interface(block: _Tracking, node: Node) -> None:
+    r = block.r
+    for m in r.block(node):
+        res = r.weighted(m, "track_interface")
+        if res is None:
+            continue
+        if not r.exists(res[0]):
+            r.sink.error(
+                m.location,
+                f"tracked interface {res[0]} does not exist",
+                Category.MISSING_INTERFACE,
+            )
+        block.track_interface.append(TrackInterface(res[0], res[1] or 0, m.location))
+
+
+def _group(block: _SyncGroup, node: Node) -> None:
+    for m in block.r.block(node):
+        block.r.no_block(m)
+        block.members.append(m.name)
+        block.members.extend(m.values)
+
+
+def _vips(r: ValueReader, node: Node) -> list[VirtualIP]:
+    """The ``ADDR[/PREFIX] [brd X] [dev IF] [scope S] [label L]`` lines of a block."""
+    out: list[VirtualIP] = []
+    for m in r.block(node):
+        r.no_block(m)
+        try:
+            iface = ip_interface(m.name)
+        except ValueError:
+            r.sink.error(m.location, f"'{m.name}' is not an address[/prefix]")
+            continue
+        if not isinstance(iface, IPv4Interface):
+            r.sink.warning(m.location, f"IPv6 address {m.name} is not supported yet; ignored")
+            continue
+        vip = VirtualIP(iface, location=m.location)
+        words = list(m.values)
+        bad = False
+        while words:
+            opt = words.pop(0)
+            if opt in UNSUPPORTED_VIP_OPTIONS:
+                r.sink.warning(m.location, f"address option {opt} is not supported yet")
+                continue
+            if opt not in ("dev", "label", "scope", "brd", "broadcast"):
+                r.sink.error(m.location, f"unknown address option '{opt}'")
+                bad = True
+                break
+            if not words:
+                r.sink.error(m.location, f"address option {opt} needs a value")
+                bad = True
+                break
+            val = words.pop(0)
+            if opt == "dev":
+                if not r.exists(val):
+                    r.sink.error(
+                        m.location,
+                        f"interface {val} of address {m.name} does not exist",
+                        Category.MISSING_INTERFACE,
+                    )
+                vip = replace(vip, dev=val)
+            elif opt == "label":
+                vip = replace(vip, label=val)
+            elif opt == "scope":
+                if val not in ("global", "site", "link", "host", "nowhere") and not (
+                    val.isdigit() and int(val) <= 255
+                ):
+                    r.sink.error(m.location, f"unknown scope '{val}'")
+                    bad = True
+                    break
+                vip = replace(vip, scope=val)
+            else:
+                try:
+                    vip = replace(vip, brd=IPv4Address(val))
+                except ValueError:
+                    r.sink.error(m.location, f"broadcast '{val}' is not an IPv4 address")
+                    bad = True
+                    break
+        if not bad:
+            out.append(vip)
+    return out
+
+
+# ---- keyword tables ----------------------------------------------------------------------
+
+_GLOBAL_DEFS = Keywords[Block](
+    {
+        "router_id": field("router_id", ValueReader.one),
+        "vrrp_version": _version,
+        "vrrp_mcast_group4": field("vrrp_mcast_group4", _multicast_group),
+        "vrrp_garp_master_delay": field("vrrp_garp_master_delay", float_in(0, 3600)),
+        "vrrp_garp_master_repeat": field("vrrp_garp_master_repeat", int_in(1, 10000)),
+        "vrrp_garp_master_refresh": field("vrrp_garp_master_refresh", float_in(0, 86400)),
+        "vrrp_garp_master_refresh_repeat": field(
+            "vrrp_garp_master_refresh_repeat", int_in(1, 10000)
+        ),
+        "vrrp_garp_interval": field("vrrp_garp_interval", float_in(0, 1)),
+        "vrrp_garp_lower_prio_delay": field("vrrp_garp_lower_prio_delay", float_in(0, 3600)),
+        "vrrp_garp_lower_prio_repeat": field("vrrp_garp_lower_prio_repeat", int_in(0, 10000)),
+        "script_user": user_fields("script_user", "script_group"),
+        "enable_script_security": field("enable_script_security", ValueReader.flag),
+        "vrrp_strict": field("vrrp_strict", ValueReader.flag),
+    },
+    UNSUPPORTED_GLOBAL,
+)
+
+_VRRP_SCRIPT = Keywords[Block](
+    {
+        # A bad script line unsets the script given before: the vrrp_script is then refused.
+        "script": field("script", ValueReader.command, unset_on_error=True),
+        "interval": field("interval", float_in(0.001, 86400)),
+        "timeout": field("timeout", float_in(0.001, 86400)),
+        "weight": field("weight", _script_weight),
+        "rise": field("rise", int_in(1, 1000000)),
+        "fall": field("fall", int_in(1, 1000000)),
+        "user": user_fields("user", "group"),
+    },
+    UNSUPPORTED_SCRIPT,
+)
+
+_AUTHENTICATION = Keywords[Block](
+    {
+        "auth_type": field("type", one_of(_AUTH_TYPES, "auth_type must be PASS or AH")),
+        "auth_pass": field("password", _auth_pass),
+    }
+)
+
+_INSTANCE = Keywords[_Instance](
+    {
+        "interface": _interface,
+        "virtual_router_id": _virtual_router_id,
+        "state": field("state", one_of(_STATES, "state must be MASTER or BACKUP")),
+        "priority": field("priority", int_in(1, 255)),
+        "advert_int": field("advert_int", _advert_int),
+        "nopreempt": field("nopreempt", ValueReader.flag),
+        "preempt": field("nopreempt", _preempt),
+        "preempt_delay": field("preempt_delay", float_in(0, 1000)),
+        "authentication": field("authentication", _authentication),
+        "virtual_ipaddress": _virtual_ipaddress,
+        "virtual_ipaddress_excluded": _virtual_ipaddress_excluded,
+        "unicast_src_ip": field("unicast_src_ip", ValueReader.address),
+        "mcast_src_ip": field("mcast_src_ip", ValueReader.address),
+        "unicast_peer": _unicast_peer,
+        "use_vmac": _use_vmac,
+        "vmac_xmit_base": field("vmac_xmit_base", ValueReader.flag),
+        "garp_master_delay": field("garp_master_delay", float_in(0, 3600)),
+        "garp_master_repeat": field("garp_master_repeat", int_in(1, 10000)),
+        "garp_master_refresh": field("garp_master_refresh", float_in(0, 86400)),
+        "garp_master_refresh_repeat": field("garp_master_refresh_repeat", int_in(1, 10000)),
+        "garp_lower_prio_delay": field("garp_lower_prio_delay", float_in(0, 3600)),
+        "garp_lower_prio_repeat": field("garp_lower_prio_repeat", int_in(0, 10000)),
+        "track_interface": _track_interface,
+        "track_script": _track_script,
+        **dict.fromkeys(_NOTIFY_KEYS, _notify),
+        "smtp_alert": field("smtp_alert", ValueReader.flag),
+        "dont_track_primary": field("dont_track_primary", ValueReader.flag),
+        "version": _version,
+    },
+    UNSUPPORTED_INSTANCE,
+)
+
+_SYNC_GROUP = Keywords[_SyncGroup](
+    {
+        "group": _group,
+        **dict.fromkeys(_NOTIFY_KEYS, _notify),
+        "track_script": _track_script,
+        "track_interface": _track_interface,
+        "smtp_alert": field("smtp_alert", ValueReader.flag),
+    },
+    UNSUPPORTED_SYNC_GROUP,
+)
+
+
+# ---- the parser ----------------------------------------------------------------------------
+
+
+class VrrpParser:
+    """The VRRP half of the configuration; see the module docstring."""
+
+    def __init__(self, r: ValueReader) -> None:
+        self.r = r
+        self.defs = GlobalDefs()  # global_defs, all blocks merged
+        self.seen_global = False
+        self.scripts: list[VrrpScript] = []
+        self.instance_nodes: list[Node] = []  # parsed by ``instances``
+        self.sync_groups: list[VrrpSyncGroup] = []
+
+    def global_defs(self, node: Node) -> None:
+        if self.seen_global:
+            self.r.sink.warning(node.location, "second global_defs block merged into first")
+        block = Block(self.r, "global_defs")
+        _GLOBAL_DEFS.run(block, self.r.block(node))
+        self.defs = replace(
+            self.defs,
+            location=node.location,
+            **block.fields,  # type: ignore[arg-type]
+        )
+        self.seen_global = True
+
+    def vrrp_script(self, node: Node) -> None:
+        name = self.r.block_name(node)
+        body = self.r.block(node)
+        if name is None:
+            return
+        block = Block(self.r, f"vrrp_script {name}")
+        _VRRP_SCRIPT.run(block, body)
+        script = block.fields.pop("script", None)
+        if not isinstance(script, str):
+            self.r.sink.error(node.location, f"vrrp_script {name} has no script")
+            return
+        self.scripts.append(
+            VrrpScript(
+                name=name,
+                script=script,
+                location=node.location,
+                **block.fields,  # type: ignore[arg-type]
+            )
+        )
+
+    def vrrp_instance(self, node: Node) -> None:
+        self.instance_nodes.append(node)  # parsed after global_defs (garp defaults)
+
+    def vrrp_sync_group(self, node: Node) -> None:
+        name = self.r.block_name(node)
+        body = self.r.block(node)
+        if name is None:
+            return
+        block = _SyncGroup(self.r, f"vrrp_sync_group {name}")
+        _SYNC_GROUP.run(block, body)
+        if not block.members:
+            self.r.sink.warning(
+                node.location, f"vrrp_sync_group {name} names no instance (no group block); ignored"
+            )
+            return
+        if len(block.members) < 2:
+            self.r.sink.warning(node.location, f"vrrp_sync_group {name} has only one instance")
+        self.sync_groups.append(
+            VrrpSyncGroup(
+                name=name,
+                group=tuple(block.members),
+                location=node.location,
+                notify=Notify(**block.notify),
+                track_script=tuple(block.track_script),
+                track_interface=tuple(block.track_interface),
+                **block.fields,  # type: ignore[arg-type]
+            )
+        )
+
+    def instances(self) -> list[VrrpInstance]:
+        """The ``vrrp_instance`` blocks, once ``global_defs`` is complete."""
+        return [i for n in self.instance_nodes if (i := self._instance(n, self.defs))]
+
+    def _instance(self, node: Node, g: GlobalDefs) -> VrrpInstance | None:
+        r = self.r
+        name = r.block_name(node)
+        body = r.block(node)
+        if name is None:
+            return None
+        where = f"vrrp_instance {name}"
+        block = _Instance(r, where)
+        fields = block.fields
+        fields["garp_master_delay"] = g.vrrp_garp_master_delay
+        fields["garp_master_repeat"] = g.vrrp_garp_master_repeat
+        fields["garp_master_refresh"] = g.vrrp_garp_master_refresh
+        fields["garp_master_refresh_repeat"] = g.vrrp_garp_master_refresh_repeat
+        fields["garp_lower_prio_delay"] = g.vrrp_garp_lower_prio_delay
+        fields["garp_lower_prio_repeat"] = g.vrrp_garp_lower_prio_repeat
+        _INSTANCE.run(block, body)
+        interface, vrid, vips = block.interface, block.vrid, block.vips
+        vips_excl = block.vips_excluded
+        if interface is None:
+            r.sink.error(node.location, f"{where} has no interface")
+        if vrid is None:
+            if block.ok:
+                r.sink.error(node.location, f"{where} has no virtual_router_id")
+            return None
+        if interface is None:
+            return None
+        if not vips:
+            r.sink.warning(node.location, f"{where} has no virtual_ipaddress")
+        if len(vips) > MAX_ADVERT_ADDRESSES:
+            # RFC 3768 §5.3.5: the count is one octet.  As keepalived does, the excess
+            # is still configured on MASTER, but as excluded addresses, not advertised.
+            excess = vips[MAX_ADVERT_ADDRESSES:]
+            r.sink.warning(
+                excess[0].location,
+                f"{where} has {len(vips)} virtual addresses but an advert carries at most "
+                f"{MAX_ADVERT_ADDRESSES}; the {len(excess)} from here on are configured "
+                "as virtual_ipaddress_excluded",
+            )
+            vips_excl = excess + vips_excl
+            del vips[MAX_ADVERT_ADDRESSES:]
+        if "state" not in fields and fields.get("priority") == 255:
+            # keepalived: the address owner with no `state` line starts as MASTER.
+            fields["state"] = InitialState.MASTER
+        return VrrpInstance(
+            name=name,
+            interface=interface,
+            virtual_router_id=vrid,
+            location=node.location,
+            virtual_ipaddress=tuple(vips),
+            virtual_ipaddress_excluded=tuple(vips_excl),
+            unicast_peer=tuple(block.peers),
+            track_interface=tuple(block.track_interface),
+            track_script=tuple(block.track_script),
+            notify=Notify(**block.notify),
+            **fields,  # type: ignore[arg-type]
+        )
+
+    # ---- whole-config checks --------------------------------------------------------
+
+    def cross_check(self, config: Config) -> None:
+        sink = self.r.sink
+        by_name: dict[str, VrrpInstance] = {}
+        by_vrid: dict[tuple[str, int], VrrpInstance] = {}
+        for inst in config.vrrp_instances:
+            if inst.name in by_name:
+                sink.error(
+                    inst.location,
+                    f"vrrp_instance {inst.name} is already defined"
+                    f" at {by_name[inst.name].location}",
+                )
+            else:
+                by_name[inst.name] = inst
+            key = (inst.interface, inst.virtual_router_id)
+            other = by_vrid.get(key)
+            if other is not None and other.name != inst.name:
+                sink.error(
+                    inst.location,
+                    f"vrrp_instance {inst.name} uses virtual_router_id {inst.virtual_router_id}"
+                    f" on {inst.interface}, like {other.name} at {other.location}",
+                )
+            else:
+                by_vrid[key] = inst
+        scripts: dict[str, VrrpScript] = {}
+        for s in config.vrrp_scripts:
+            if s.name in scripts:
+                sink.error(
+                    s.location,
+                    f"vrrp_script {s.name} is already defined at {scripts[s.name].location}",
+                )
+            scripts[s.name] = s
+        script_users: list[Location] = []
+        refs: list[TrackScriptRef] = [r for i in config.vrrp_instances for r in i.track_script]
+        refs += [r for g in config.vrrp_sync_groups for r in g.track_script]
+        for ref in refs:
+            if ref.name not in scripts:
+                sink.error(ref.location, f"track_script {ref.name}: no vrrp_script of that name")
+            else:
+                script_users.append(ref.location)
+        groups: dict[str, VrrpSyncGroup] = {}
+        member_of: dict[str, str] = {}
+        for g in config.vrrp_sync_groups:
+            if g.name in groups:
+                sink.error(
+                    g.location,
+                    f"vrrp_sync_group {g.name} is already defined at {groups[g.name].location}",
+                )
+            groups[g.name] = g
+            for member in g.group:
+                if member not in by_name:
+                    sink.error(g.location, f"vrrp_sync_group {g.name}: no vrrp_instance {member}")
+                elif member in member_of and member_of[member] != g.name:
+                    sink.error(
+                        g.location,
+                        f"vrrp_instance {member} is in sync groups {member_of[member]}"
+                        f" and {g.name}",
+                    )
+                else:
+                    member_of[member] = g.name
+        script_users += self.r.script_locations
+        if script_users and not config.global_defs.enable_script_security:
+            sink.warning(
+                min(script_users, key=lambda loc: (loc.file, loc.line)),
+                "scripts are configured but enable_script_security is not set",
+                Category.SCRIPT_SECURITY,
+            )
+        if config.global_defs.vrrp_strict:
+            for inst in config.vrrp_instances:
+                if inst.unicast_peer:
+                    sink.error(
+                        inst.location,
+                        f"vrrp_instance {inst.name}: vrrp_strict forbids unicast_peer",
+                    )
+
+    def strict_fixups(self, config: Config) -> Config:
+        """keepalived's vrrp_strict: drop authentication, MASTER only for the owner."""
+        if not config.global_defs.vrrp_strict:
+            return config
+        fixed: list[VrrpInstance] = []
+        for inst in config.vrrp_instances:
+            if inst.authentication is not None:
+                self.r.sink.warning(
+                    inst.location,
+                    f"vrrp_instance {inst.name}: vrrp_strict forbids authentication; ignored",
+                )
+                inst = replace(inst, authentication=None)
+            if inst.state is InitialState.MASTER and inst.priority != 255:
+                self.r.sink.warning(
+                    inst.location,
+                    f"vrrp_instance {inst.name}: vrrp_strict allows state MASTER only with"
+                    " priority 255 (address owner); starting as BACKUP",
+                )
+                inst = replace(inst, state=InitialState.BACKUP)
+            fixed.append(inst)
+        return replace(config, vrrp_instances=tuple(fixed))
