@@ -4,7 +4,7 @@ Theory of operation: ``run_daemon`` is the root task.  It opens the signal
 receiver first (so a SIGTERM arriving during start-up is not lost), builds
 the side-effect ports (production ones from ``pyalived.vrrp.net``,
 ``netlink`` and ``scripts`` unless the caller passes its own), starts the VRRP
-half (``pyalived.vrrp.instance.run_vrrp``: one task per instance, shared
+half (``pyalived.vrrp.runtime.VrrpRuntime``: one task per instance, shared
 receivers, track-script runners, the link watcher) and reports itself
 started.  SIGTERM and SIGINT cancel the services: each instance then stops
 gracefully (priority-0 advert, VIPs removed, VMAC deleted) inside its own
@@ -51,8 +51,10 @@ import trio
 from pyalived.config.model import Config
 from pyalived.metrics import Metrics, serve_metrics
 from pyalived.sdnotify import Notifier, run_watchdog
-from pyalived.vrrp.instance import Instance, VrrpCounters, VrrpPorts, VrrpRuntime
+from pyalived.vrrp.counters import VrrpCounters
+from pyalived.vrrp.instance import Instance
 from pyalived.vrrp.ports import AdvertSocket, GarpSocket
+from pyalived.vrrp.runtime import VrrpPorts, VrrpRuntime
 
 if TYPE_CHECKING:
     # Imported when the service is built, after the VRRP instances have started:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pyalived.config.model import VirtualIP, VrrpInstance
+from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.fsm import State, VrrpMachine
-from pyalived.vrrp.instance import VrrpCounters
 from pyalived.vrrp.tracking import InstanceTracking
 
 DEFAULT_DUMP_DIR = "/tmp"

@@ -172,7 +172,7 @@ class InstanceView(Protocol):
 
 
 class CountersView(Protocol):
-    """What the collector reads of ``pyalived.vrrp.instance.VrrpCounters``."""
+    """What the collector reads of ``pyalived.vrrp.counters.VrrpCounters``."""
 
     @property
     def rx_errors(self) -> dict[str, int]: ...

@@ -18,7 +18,15 @@ a restart is a graceful stop (priority-0 advert when MASTER, RFC 3768
 old ones stop gracefully.  Tracking (``vrrp_script`` definitions,
 ``track_script``, ``track_interface``, a sync group's tracking) is compared as
 what each instance finally tracks, so editing a script's interval updates
-exactly the instances that use it.
+exactly the instances that use it; what an instance tracks, and which sync
+group it is in, come from the same functions the driver is built with
+(``pyalived.vrrp.compile``).
+
+The VIPs of a matched instance are compared without their source locations
+(``vip_difference``).  ``reload_vip_change`` says what the running instance
+does with the difference: as MASTER it removes the dropped VIPs, adds the
+new ones and announces only those by gratuitous ARP; in any other state it
+holds no VIPs and does nothing (its next MASTER transition adds them all).
 
 keepalived 2.2.7, reloaded with ``kill -HUP`` in a namespace lab, keeps a
 MASTER's state across VIP-list, priority and advert_int changes, but also
@@ -34,14 +42,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pyalived.config.model import (
-    NOWHERE,
-    Config,
-    VirtualIP,
-    VrrpInstance,
-    VrrpScript,
-    VrrpSyncGroup,
-)
+from pyalived.config.model import NOWHERE, Config, VirtualIP, VrrpInstance
+from pyalived.vrrp.compile import instance_vips, sync_group_of, tracking_spec
+from pyalived.vrrp.fsm import State
 
 InstanceKey = tuple[int, int, str]  # (VRID, address family: 4 or 6, interface)
 
@@ -148,30 +151,8 @@ class ReloadPlan:
         return f"{text}; {'; '.join(details)}" if details else text
 
 
-def _group_of(config: Config, name: str) -> VrrpSyncGroup | None:
-    for group in config.vrrp_sync_groups:
-        if name in group.group:
-            return group
-    return None
-
-
-def _tracking(config: Config, conf: VrrpInstance) -> Any:
-    """Everything an instance tracks, scripts resolved to their definitions."""
-    group = _group_of(config, conf.name)
-    refs = conf.track_script + (group.track_script if group else ())
-    scripts: list[tuple[Any, VrrpScript | None]] = []
-    for ref in refs:
-        try:
-            script: VrrpScript | None = config.script(ref.name)
-        except KeyError:
-            script = None
-        scripts.append((ref, script))
-    interfaces = conf.track_interface + (group.track_interface if group else ())
-    return strip_locations((tuple(scripts), interfaces, conf.dont_track_primary))
-
-
 def _group_identity(config: Config, conf: VrrpInstance) -> Any:
-    group = _group_of(config, conf.name)
+    group = sync_group_of(config, conf.name)
     if group is None:
         return None
     # The group's notify scripts and tracking do not need a restart.
@@ -184,9 +165,10 @@ def _diff(old_cfg: Config, new_cfg: Config, old: VrrpInstance, new: VrrpInstance
     changed = {f.name for f in dataclasses.fields(VrrpInstance) if getattr(a, f.name) !=
                getattr(b, f.name)}
     changed.discard("location")
-    if _tracking(old_cfg, old) != _tracking(new_cfg, new):
+    old_tracking = strip_locations(tracking_spec(old_cfg, old))
+    if old_tracking != strip_locations(tracking_spec(new_cfg, new)):
         changed.add("tracking")
-    old_group, new_group = _group_of(old_cfg, old.name), _group_of(new_cfg, new.name)
+    old_group, new_group = sync_group_of(old_cfg, old.name), sync_group_of(new_cfg, new.name)
     if _group_identity(old_cfg, old) != _group_identity(new_cfg, new):
         changed.add("sync_group")
     elif strip_locations(old_group) != strip_locations(new_group):
@@ -202,15 +184,43 @@ def _diff(old_cfg: Config, new_cfg: Config, old: VrrpInstance, new: VrrpInstance
     return changed
 
 
-def _vip_diff(
+def vip_difference(
     old: Iterable[VirtualIP], new: Iterable[VirtualIP]
 ) -> tuple[tuple[VirtualIP, ...], tuple[VirtualIP, ...]]:
+    """(added, removed): the VIPs of ``new`` not in ``old`` and of ``old`` not in ``new``.
+
+    Compared without locations; each keeps its order and its own location.
+    """
     old_l, new_l = list(old), list(new)
     old_keys = {vip_key(v) for v in old_l}
     new_keys = {vip_key(v) for v in new_l}
     added = tuple(v for v in new_l if vip_key(v) not in old_keys)
     removed = tuple(v for v in old_l if vip_key(v) not in new_keys)
     return added, removed
+
+
+@dataclass(frozen=True)
+class VipChange:
+    """What a running instance does with its VIPs when a reload changes them."""
+
+    remove: tuple[VirtualIP, ...] = ()  # deleted from the host (first)
+    add: tuple[VirtualIP, ...] = ()  # configured on the host (then)
+    announce: tuple[VirtualIP, ...] = ()  # sent gratuitous ARPs for (last)
+
+
+def reload_vip_change(
+    running: Iterable[VirtualIP], new: Iterable[VirtualIP], state: State
+) -> VipChange:
+    """The VIP work of an in-place reload from the ``running`` VIPs to ``new``.
+
+    ``state`` is the instance's state once the reload's settings are taken.
+    Only a MASTER holds VIPs: it removes the dropped ones, adds the new ones
+    and announces the new ones alone.  Any other state does nothing now.
+    """
+    if state is not State.MASTER:
+        return VipChange()
+    added, removed = vip_difference(running, new)
+    return VipChange(remove=removed, add=added, announce=added)
 
 
 def _script_changes(old: Config, new: Config) -> tuple[str, ...]:
@@ -235,10 +245,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         if not changed:
             kept.append((prev, conf))
             continue
-        vips_added, vips_removed = _vip_diff(
-            prev.virtual_ipaddress + prev.virtual_ipaddress_excluded,
-            conf.virtual_ipaddress + conf.virtual_ipaddress_excluded,
-        )
+        vips_added, vips_removed = vip_difference(instance_vips(prev), instance_vips(conf))
         updated.append(InstanceUpdate(prev, conf, frozenset(changed), vips_added, vips_removed))
     removed = [c for c in old.vrrp_instances if instance_key(c) not in new_keys]
     return ReloadPlan(

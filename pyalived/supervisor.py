@@ -82,7 +82,7 @@ from pyalived.ipc import Link, LinkClosed
 from pyalived.metrics import Metrics, serve_metrics
 from pyalived.pidfile import remove_pid, write_pid
 from pyalived.sdnotify import READY, STOPPING, WATCHDOG, Notifier
-from pyalived.vrrp.instance import VrrpCounters
+from pyalived.vrrp.counters import VrrpCounters
 
 log = logging.getLogger("pyalived.supervisor")
 

@@ -94,6 +94,9 @@ in network namespaces and capturing the LAN):
   for the address owner too (it does not become MASTER at once here).
 * Stopping: a master sends a priority-0 advert and removes its VIPs; every
   instance reports the stop (``State.INIT``, "STOP" for notify scripts).
+* Starting anything but MASTER (BACKUP, or FAULT) removes the VIPs a
+  previous run may have left on the host; ``start_cleanup`` says so after
+  ``start``, whose own actions (and the table above) are left as they are.
 * Sync groups: a member whose Master_Down timer expires becomes MASTER only
   if every other member is MASTER or also wants to be; otherwise it waits
   as BACKUP.  The last one to want MASTER takes the whole group along.
@@ -102,6 +105,7 @@ in network namespaces and capturing the LAN):
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Protocol
@@ -199,6 +203,22 @@ def skew_time(priority: int) -> float:
 def master_down_interval(advert_int: float, priority: int) -> float:
     """Master_Down_Interval = 3 * Advertisement_Interval + Skew_Time (RFC 3768 §6.1)."""
     return 3 * advert_int + skew_time(priority)
+
+
+def start_cleanup(state: State, start_actions: Sequence[Action]) -> list[Action]:
+    """What to do after ``start()`` about VIPs a previous run may have left on the host.
+
+    ``state`` is the machine's state after ``start()`` returned ``start_actions``.
+    As keepalived does, an instance that does not start as MASTER (BACKUP, or
+    FAULT) removes its VIPs, so that a restarted daemon never answers for an
+    address it does not hold; unless the start itself already adds or removes
+    them.
+    """
+    if state is State.MASTER:
+        return []
+    if any(isinstance(a, AddVips | RemoveVips) for a in start_actions):
+        return []
+    return [RemoveVips()]
 
 
 class VrrpMachine:

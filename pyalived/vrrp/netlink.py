@@ -52,6 +52,7 @@ import outcome
 import trio
 
 from pyalived.config.model import VirtualIP, VrrpInstance
+from pyalived.vrrp.compile import instance_vips
 from pyalived.vrrp.ports import LinkEvent
 from pyalived.vrrp.vmac import LinkInfo, prepare_vmac, remove_vmac
 
@@ -494,9 +495,10 @@ def release_addresses(instances: Sequence[VrrpInstance]) -> None:
 
     with IPRoute() as ipr:
         for inst in instances:
-            vips = inst.virtual_ipaddress + inst.virtual_ipaddress_excluded
             try:
-                AddressManager._apply(ipr, "del", inst.effective_vmac_name or inst.interface, vips)
+                AddressManager._apply(
+                    ipr, "del", inst.effective_vmac_name or inst.interface, instance_vips(inst)
+                )
             except OSError:
                 pass  # logged per address; the others were still tried
 

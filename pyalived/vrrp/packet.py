@@ -8,7 +8,8 @@ reception checks of RFC 3768 §7.1.  Every failure raises ``PacketError``
 whose ``reason`` is a short stable identifier used as a metric label; the
 complete set of reasons is ``DROP_REASONS``.  Nothing here keeps state: the
 AH replay check needs the last accepted sequence number, so it is the
-separate helper ``check_ah_sequence`` whose result the caller stores.
+separate helper ``check_ah_sequence`` whose result an ``AhReplayGuard``
+(``pyalived.vrrp.ah_replay``) stores.
 
 Wire format, matching keepalived 2.2.7 byte for byte (checked against
 captures of its adverts):
@@ -439,10 +440,9 @@ def check_ah_sequence(last_seq: int | None, received: Received) -> int | None:
     """Anti-replay for AH: accept only a sequence number above ``last_seq``.
 
     Returns the sequence number to remember.  ``last_seq=None`` accepts any
-    number; the caller should forget the last number (pass ``None``) whenever
-    it has stopped hearing the master (Master_Down expiry), so that a master
-    that restarted its count from 1 is accepted again.  A datagram without AH
-    passes and leaves ``last_seq`` unchanged.
+    number; when to forget the last number (so that a master that restarted
+    its count from 1 is accepted again) is ``pyalived.vrrp.ah_replay``'s
+    rule.  A datagram without AH passes and leaves ``last_seq`` unchanged.
     """
     seq = received.ah_seq
     if seq is None:

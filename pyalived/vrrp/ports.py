@@ -3,18 +3,19 @@
 Theory of operation: the trio driver (``pyalived.vrrp.instance``) executes the
 state machine's actions through these small protocols.  Production code gets
 the implementations in ``pyalived.vrrp.net`` (raw sockets, AF_PACKET),
-``pyalived.vrrp.netlink`` (addresses, macvlan, link state) and
-``pyalived.vrrp.scripts`` (notify and track scripts); tests get fakes that
-record what was asked of them.  Nothing here blocks the trio loop: calls that
-may block (netlink) are async and run in a worker thread.
+``pyalived.vrrp.netlink`` (addresses, macvlan, link state),
+``pyalived.vrrp.scripts`` (notify and track scripts) and
+``pyalived.vrrp.wakeup`` (exact timer wake-ups); tests get fakes that record
+what was asked of them.  Nothing here blocks the trio loop: calls that may
+block (netlink) are async and run in a worker thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pyalived.config.model import VirtualIP
 
@@ -33,12 +34,29 @@ class AdvertSocket(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class TimedAdvertSocket(Protocol):
+    """An ``AdvertSocket`` that also tells when each datagram arrived."""
+
+    async def receive_timed(self) -> tuple[bytes, float]:
+        """The next datagram and its arrival time on trio's clock."""
+        ...
+
+
 class GarpSocket(Protocol):
     """AF_PACKET sender of gratuitous ARP on one interface (or its VMAC)."""
 
     def send_garp(self, ips: Sequence[IPv4Address], count: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+class SocketFactory(Protocol):
+    """Opens the raw sockets; production: ``pyalived.vrrp.net``."""
+
+    def open_advert(self, ifname: str, proto: int) -> AdvertSocket: ...
+
+    def open_garp(self, ifname: str) -> GarpSocket: ...
 
 
 class AddressManager(Protocol):
@@ -86,3 +104,15 @@ class ScriptRunner(Protocol):
     def notify(self, argv: Sequence[str], user: str | None) -> None:
         """Fire-and-forget, but reaped by the runner's own task (no detached tasks)."""
         ...
+
+
+class Wakeup(Protocol):
+    """Wakes the event loop exactly at posted deadlines (``pyalived.vrrp.wakeup``).
+
+    A callable ``owner`` is called when its deadline has come; ``fallback`` is how
+    long after the deadline its task stops waiting for that call.
+    """
+
+    fallback: float
+
+    def wake_at(self, owner: Hashable, deadline: float | None) -> None: ...

@@ -31,7 +31,7 @@ from pyalived.ipvs.model import ServiceKey
 from pyalived.ipvs.netlink import NetlinkIpvs, ServiceDump
 from pyalived.lvs import LvsService
 from pyalived.metrics import Metrics
-from pyalived.vrrp.instance import VrrpCounters
+from pyalived.vrrp.counters import VrrpCounters
 from tests.kernel.netns import in_netns, netns, sh
 
 pytestmark = pytest.mark.kernel

@@ -15,7 +15,7 @@ import trio.testing
 from pyalived import dump
 from pyalived.config.model import Config, InitialState, TrackScriptRef, VrrpScript
 from pyalived.daemon import DaemonOptions, run_daemon
-from pyalived.vrrp.instance import VrrpPorts, VrrpRuntime
+from pyalived.vrrp.runtime import VrrpPorts, VrrpRuntime
 from tests.unit.test_instance import Rig, instance_conf
 
 CHK = VrrpScript(name="chk", script="/bin/chk", weight=-20)

@@ -28,6 +28,7 @@ from pyalived.vrrp.fsm import (
     VrrpMachine,
     master_down_interval,
     skew_time,
+    start_cleanup,
 )
 
 OURS = IPv4Address("198.18.0.11")
@@ -602,6 +603,47 @@ def test_timer_expired_late_handles_everything_due() -> None:
     # Called late, at a time when both the advert and the GARP are overdue.
     assert m.timer_expired(MD_100 + 1.5) == [SendAdvert(100), SendGarp(GarpKind.MASTER)]
     assert m.get_timer() == MD_100 + 2.5
+
+
+# ---- stale VIPs at start ----------------------------------------------------------------
+
+
+def test_start_cleanup_a_backup_removes_leftover_vips() -> None:
+    m = machine()
+    actions = m.start(0.0)
+    assert actions == [StateChanged(State.INIT, State.BACKUP, "startup")]
+    assert start_cleanup(m.state, actions) == [RemoveVips()]
+
+
+def test_start_cleanup_a_faulty_start_removes_leftover_vips() -> None:
+    m = machine()
+    m.set_fault(0.0, True, "interface eth0 down")
+    actions = m.start(0.0)
+    assert m.state is State.FAULT
+    assert start_cleanup(m.state, actions) == [RemoveVips()]
+
+
+def test_start_cleanup_the_owner_starting_as_master_keeps_its_vips() -> None:
+    m = machine(priority=255, initial_state=State.MASTER)
+    actions = m.start(0.0)
+    assert actions[:3] == [SendAdvert(255), AddVips(), SendGarp(GarpKind.MASTER)]
+    assert start_cleanup(m.state, actions) == []
+
+
+@pytest.mark.parametrize(
+    ("state", "actions", "cleanup"),
+    [
+        (State.BACKUP, [], [RemoveVips()]),
+        (State.FAULT, [], [RemoveVips()]),
+        (State.MASTER, [], []),
+        (State.BACKUP, [AddVips()], []),
+        (State.BACKUP, [SendAdvert(0), RemoveVips()], []),
+        (State.FAULT, [RemoveVips()], []),
+        (State.BACKUP, [SendAdvert(100), SendGarp(GarpKind.MASTER)], [RemoveVips()]),
+    ],
+)
+def test_start_cleanup_rule(state: State, actions: list[Action], cleanup: list[Action]) -> None:
+    assert start_cleanup(state, actions) == cleanup
 
 
 # ---- simulated LAN (hypothesis) ----------------------------------------------------------

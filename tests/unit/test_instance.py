@@ -28,8 +28,10 @@ from pyalived.config.model import (
 )
 from pyalived.daemon import DaemonOptions, run_daemon
 from pyalived.vrrp import packet
+from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.fsm import State
-from pyalived.vrrp.instance import Instance, VrrpCounters, VrrpPorts, run_vrrp
+from pyalived.vrrp.instance import Instance
+from pyalived.vrrp.runtime import VrrpPorts, run_vrrp
 from tests.unit.fakes import (
     FakeAddressManager,
     FakeLinkWatcher,

@@ -17,7 +17,7 @@ from pyalived.ipvs.genl import DestInfo, Stats
 from pyalived.ipvs.model import DestKey, ServiceKey
 from pyalived.ipvs.netlink import ServiceDump
 from pyalived.metrics import Metrics, serve_metrics, service_labels
-from pyalived.vrrp.instance import VrrpCounters
+from pyalived.vrrp.counters import VrrpCounters
 
 from .test_lvs_service import VIP, A, B, FakeKernel, Rig, config, rs_block, running, vs_text
 

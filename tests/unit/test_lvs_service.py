@@ -49,7 +49,7 @@ from pyalived.ipvs.model import (
 from pyalived.ipvs.netlink import IpvsTableManager, IpvsUnavailable, NetlinkIpvs, OpFailure
 from pyalived.lvs import LvsService
 from pyalived.metrics import Metrics
-from pyalived.vrrp.instance import VrrpCounters
+from pyalived.vrrp.counters import VrrpCounters
 
 from .fakes import FakeScriptRunner
 

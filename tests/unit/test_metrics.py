@@ -23,8 +23,9 @@ from pyalived.metrics import (
     parse_listen,
     serve_metrics,
 )
+from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.fsm import State, StateChanged
-from pyalived.vrrp.instance import StateListener, VrrpCounters
+from pyalived.vrrp.instance import StateListener
 from pyalived.vrrp.tracking import InstanceTracking, Tracked
 
 

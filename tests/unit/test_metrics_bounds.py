@@ -28,7 +28,7 @@ from pyalived.metrics import (
     _serve_connection,
     serve_metrics,
 )
-from pyalived.vrrp.instance import VrrpCounters
+from pyalived.vrrp.counters import VrrpCounters
 
 REPO = Path(__file__).resolve().parents[2]
 SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -141,7 +141,7 @@ _ACCEPT_CHILD = textwrap.dedent("""
     import json, logging, os, resource, sys
     import trio
     from pyalived.metrics import Metrics, serve_metrics
-    from pyalived.vrrp.instance import VrrpCounters
+    from pyalived.vrrp.counters import VrrpCounters
 
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
 

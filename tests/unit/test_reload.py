@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
 
+import pytest
 import trio
 import trio.testing
 
@@ -30,15 +31,24 @@ from pyalived.config.model import (
 )
 from pyalived.daemon import DaemonOptions, Loader, ThreadLoader, run_daemon
 from pyalived.metrics import Metrics
-from pyalived.reload import instance_key, plan_reload
+from pyalived.reload import (
+    VipChange,
+    instance_key,
+    plan_reload,
+    reload_vip_change,
+    vip_difference,
+)
 from pyalived.sdnotify import Notifier
 from pyalived.vrrp import packet
 from pyalived.vrrp.fsm import State
-from pyalived.vrrp.instance import Instance, VrrpPorts, VrrpRuntime
+from pyalived.vrrp.instance import Instance
+from pyalived.vrrp.runtime import VrrpPorts, VrrpRuntime
 from tests.unit.test_instance import VIP, Rig, instance_conf
 
 VIP2 = VirtualIP(IPv4Interface("198.18.0.101/24"))
 VIP3 = VirtualIP(IPv4Interface("198.18.0.102/24"))
+VIP4 = VirtualIP(IPv4Interface("198.18.0.103/24"))
+VIP5 = VirtualIP(IPv4Interface("198.18.0.104/32"))
 CHK = VrrpScript(name="chk", script="/bin/chk", interval=2.0, weight=-20)
 
 
@@ -137,6 +147,44 @@ def test_sync_group_membership_change_restarts_its_members() -> None:
     plan = plan_reload(old, new)
     assert [u.new.name for u in plan.restarted] == ["VI_1", "VI_2"]
     assert "restarted (sync_group)" in plan.summary()
+
+
+# ---- the VIP work of an in-place reload ------------------------------------------
+
+
+def test_vip_difference_ignores_locations_and_keeps_order() -> None:
+    added, removed = vip_difference(
+        (VIP, VIP2, VIP3), (VIP3, replace(VIP, location=moved(7)), VIP4, VIP5)
+    )
+    assert added == (VIP4, VIP5)
+    assert removed == (VIP2,)
+
+
+def test_vip_difference_counts_another_dev_or_label_as_another_vip() -> None:
+    on_eth1 = replace(VIP, dev="eth1")
+    labelled = replace(VIP2, label="eth0:web")
+    added, removed = vip_difference((VIP, VIP2), (on_eth1, labelled))
+    assert added == (on_eth1, labelled)
+    assert removed == (VIP, VIP2)
+
+
+def test_a_master_removes_the_dropped_vips_and_adds_and_announces_only_the_new() -> None:
+    change = reload_vip_change((VIP, VIP2), (replace(VIP, location=moved(7)), VIP3), State.MASTER)
+    assert change == VipChange(remove=(VIP2,), add=(VIP3,), announce=(VIP3,))
+
+
+def test_a_master_whose_vips_only_moved_does_nothing() -> None:
+    moved_vips = (replace(VIP, location=moved(7)), replace(VIP2, location=moved(8)))
+    assert reload_vip_change((VIP, VIP2), moved_vips, State.MASTER) == VipChange()
+
+
+def test_a_master_losing_every_vip_only_removes() -> None:
+    assert reload_vip_change((VIP, VIP2), (), State.MASTER) == VipChange(remove=(VIP, VIP2))
+
+
+@pytest.mark.parametrize("state", [State.BACKUP, State.FAULT, State.INIT])
+def test_an_instance_that_is_not_master_holds_no_vips_and_does_nothing(state: State) -> None:
+    assert reload_vip_change((VIP, VIP2), (VIP3,), state) == VipChange()
 
 
 # ---- the runtime applying a plan ------------------------------------------------

@@ -12,7 +12,7 @@ from pyalived.config.model import Config, VirtualServer
 from pyalived.ipc import Link, LinkClosed
 from pyalived.metrics import Metrics
 from pyalived.supervisor import CHECKERS, VRRP, SupervisorMetrics, half_config
-from pyalived.vrrp.instance import VrrpCounters
+from pyalived.vrrp.counters import VrrpCounters
 from tests.unit.test_instance import instance_conf
 
 

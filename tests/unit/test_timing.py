@@ -22,9 +22,12 @@ import trio.testing
 
 from pyalived.config.model import Config, VirtualIP, VrrpInstance
 from pyalived.vrrp import packet
+from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.fsm import State
-from pyalived.vrrp.instance import Instance, TimedAdvertSocket, VrrpCounters, VrrpPorts, run_vrrp
+from pyalived.vrrp.instance import Instance
 from pyalived.vrrp.net import MAX_RX_AGE, SO_TIMESTAMPNS, arrival_age
+from pyalived.vrrp.ports import TimedAdvertSocket
+from pyalived.vrrp.runtime import VrrpPorts, run_vrrp
 from pyalived.vrrp.wakeup import DeadlineBook, TimerfdWakeup
 from tests.unit.fakes import (
     FakeAddressManager,
