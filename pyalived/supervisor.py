@@ -20,11 +20,15 @@ Each child is joined to the parent by a ``pyalived.ipc.Link``.  Messages:
 
 * child to parent: ``("notify", fields)`` -- what the child would have told
   systemd (READY, STOPPING, WATCHDOG, STATUS), which the parent combines;
+  ``("applied", generation)`` -- a reload is applied;
   ``("metrics", id, body, content_type)`` -- an answer.
-* parent to child: ``("reload", config)`` -- the half of a configuration the
-  parent has read and checked; ``("metrics", id, accept)`` -- render your
-  families.  The end of the link (the parent died) stops the child
-  gracefully, and so does the parent's death by ``PR_SET_PDEATHSIG``.
+* parent to child: ``("reload", generation, config)`` -- the half of a
+  configuration the parent has read and checked, numbered so that the
+  acknowledgement of an older reload is never taken for this one;
+  ``("metrics", id, accept)`` -- render your families.
+
+The end of the link (the parent died) stops the child gracefully, and so
+does the parent's death by ``PR_SET_PDEATHSIG``.
 
 Restart: a child that exits while the daemon is not stopping is started again
 with the latest configuration, at once the first time and then with a delay
@@ -118,6 +122,7 @@ class Child:
     started: float  # time.monotonic()
     link: Link | None = None  # per epoch
     ready: bool = False
+    applied: int = 0  # the last reload generation it acknowledged
     pinged: float = 0.0  # time.monotonic() of the last WATCHDOG=1
     exited: int | None = None  # wait status
     buffered: bytearray = field(default_factory=bytearray)
@@ -151,17 +156,26 @@ class LinkNotifier(Notifier):
         super().__init__(None)
         self.watchdog_interval = watchdog
         self._send, self.outbox = trio.open_memory_channel[Any](256)
+        self.applying: int | None = None  # the reload generation being applied
+
+    def _queue(self, message: Any) -> bool:
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            return False
+        return True
 
     @property
     def enabled(self) -> bool:
         return True
 
     def notify(self, fields: Any) -> bool:
-        try:
-            self._send.send_nowait(("notify", dict(fields)))
-        except trio.WouldBlock:
-            return False
-        return True
+        sent = self._queue(("notify", dict(fields)))
+        if fields.get(READY) and self.applying is not None:
+            # The daemon says READY when a reload is over: that one is applied.
+            self._queue(("applied", self.applying))
+            self.applying = None
+        return sent
 
 
 class ChildControl:
@@ -171,9 +185,11 @@ class ChildControl:
         self._sock = sock
         self._notifier = notifier
         self._pending: _Applied = _Applied(None)
+        self._generation = 0
         self.loader: Loader = self._load
 
     async def _load(self) -> Any:
+        self._notifier.applying = self._generation
         return self._pending
 
     async def serve(
@@ -199,7 +215,8 @@ class ChildControl:
                     return
                 kind = message[0]
                 if kind == "reload":
-                    self._pending = _Applied(message[1])
+                    _kind, self._generation, config = message
+                    self._pending = _Applied(config)
                     await reloads.send(None)
                 elif kind == "metrics":
                     _kind, ident, accept = message
@@ -298,6 +315,7 @@ class Supervisor:
         self._ids = itertools.count(1)
         self._answers: dict[int, tuple[trio.Event, list[bytes]]] = {}
         self._applied: trio.Event | None = None
+        self._generation = 0  # of the configuration the children should be running
         self.metrics = SupervisorMetrics(self)
         self.loader: Loader | None = _file_loader(options)
 
@@ -355,7 +373,8 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         child_end.close()
-        child = Child(half, pid, os.pidfd_open(pid), parent_end, time.monotonic())
+        child = Child(half, pid, os.pidfd_open(pid), parent_end, time.monotonic(),
+                      applied=self._generation)
         child.pinged = child.started
         self.children[half] = child
         path = self.pid_files.get(half)
@@ -470,12 +489,20 @@ class Supervisor:
                 return
             if message[0] == "notify":
                 self._notified(child, message[1])
+            elif message[0] == "applied":
+                child.applied = max(child.applied, message[1])
+                self._check_applied()
             elif message[0] == "metrics":
                 _kind, ident, body, _content_type = message
                 waiting = self._answers.get(ident)
                 if waiting is not None:
                     waiting[1].append(body)
                     waiting[0].set()
+
+    def _check_applied(self) -> None:
+        if self._applied is not None and all(
+                c.applied >= self._generation for c in self.children.values()):
+            self._applied.set()
 
     def _notified(self, child: Child, fields: dict[str, Any]) -> None:
         if fields.get(WATCHDOG):
@@ -489,8 +516,6 @@ class Supervisor:
                     self.announced_ready = True
                     log.info("all children ready")
                     self.notifier.ready(status=self._status())
-                if self._applied is not None:
-                    self._applied.set()
         if fields.get(STOPPING) and not self.stopping:
             log.info("%s is stopping", child.name)
 
@@ -541,18 +566,24 @@ class Supervisor:
                 self.metrics.reloaded(False)
                 return
             self.config = new
+            self._generation += 1
             self._applied = trio.Event()
             for child in list(self.children.values()):
-                child.ready = False
                 if child.link is not None:
+                    message = ("reload", self._generation, half_config(child.half, new))
                     try:
-                        await child.link.send(("reload", half_config(child.half, new)))
+                        await child.link.send(message)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass  # it died: its restart takes the new configuration
-            with trio.move_on_after(RELOAD_APPLY_TIMEOUT):
+            self._check_applied()
+            with trio.move_on_after(RELOAD_APPLY_TIMEOUT) as waiting:
                 await self._applied.wait()
             self._applied = None
-            log.info("reload: applied by every child")
+            if waiting.cancelled_caught:
+                log.error("reload: not every child applied it within %g s",
+                          RELOAD_APPLY_TIMEOUT)
+            else:
+                log.info("reload: applied by every child")
             self.metrics.reloaded(True)
         finally:
             self.notifier.ready(status=self._status())

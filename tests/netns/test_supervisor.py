@@ -261,3 +261,38 @@ def test_without_respawn_a_dead_vrrp_child_stops_the_daemon_and_its_vip(
     assert VIP not in lab.addresses(r1)
     assert "not respawning it (-R)" in d.log()
     lab.wait_sole_holder(r2, timeout=SETTLE)
+
+
+def big_director_config(real_server: str, count: int) -> str:
+    """r1's config plus ``count`` real servers that cannot be reached (checked DOWN at once)."""
+    servers = "".join(
+        f"    real_server 198.19.{n // 250}.{n % 250 + 1} 8080 {{\n"
+        "        TCP_CHECK {\n            connect_timeout 1\n        }\n    }\n"
+        for n in range(count))
+    return director_config(real_server) + (
+        "virtual_server 198.18.0.201 80 {\n    delay_loop 10\n    lb_algo rr\n"
+        "    lb_kind NAT\n    protocol TCP\n" + servers + "}\n")
+
+
+def test_a_reload_is_reported_applied_only_once_both_children_applied_it(
+    make_lab: MakeLab,
+) -> None:
+    """The checker child takes seconds over a big config; the report must wait for it."""
+    lab = make_lab(routers=2)
+    r1, r2 = lab.routers
+    lab.spawn(r2, [sys.executable, "-c", LISTENER, str(RS_PORT)], "real-server")
+    d = Director(lab, r1, big_director_config(r2.ip, 12_000))
+    lab.start_daemon(r2, render_config("r2", [R2]))
+    lab.wait_sole_holder(r1, timeout=SETTLE)
+    wait_for(lambda: "all children ready" in d.log(), SETTLE, what="both children ready")
+    for _ in range(3):  # unchanged reloads, one after the other, as an operator might
+        start = len(d.log())
+        d.proc.signal(signal.SIGHUP)
+        wait_for(lambda start=start: "reload: applied by every child" in d.log()[start:], 120,
+                 what="the reload's report")
+        lines = d.log()[start:].splitlines()
+        applied = next(i for i, line in enumerate(lines) if "applied by every child" in line)
+        done = [line for line in lines[:applied] if "reload: " in line]
+        assert any("reload: VRRP instances" in line for line in done), lines[:applied]
+        assert any("reload: real server" in line for line in done), lines[:applied]
+    assert lab.holders() == [r1]
