@@ -79,8 +79,17 @@ def generate(
     virtual_servers: int = VIRTUAL_SERVERS,
     real_servers: int = REAL_SERVERS,
     interface: str = "eth0",
+    *,
+    priority: int = 150,
+    vip: str = "198.18.255.1/32",
+    delay_loop: float = 10,
 ) -> None:
-    """Write the benchmark configuration to ``path`` (see the module docstring)."""
+    """Write the benchmark configuration to ``path`` (see the module docstring).
+
+    ``priority``, ``vip`` (the one virtual address of the ``vrrp_instance``) and
+    ``delay_loop`` (of every virtual server) let other benchmarks place the
+    file in a lab or change it for a reload; the defaults give the file above.
+    """
     if not 0 < virtual_servers <= 254 * 254 or not 0 <= real_servers <= 254 * 254:
         raise ValueError("at most 64,516 virtual and 64,516 real servers fit in a /16")
     per_vs, extra = divmod(real_servers, virtual_servers)
@@ -93,14 +102,14 @@ def generate(
         "    state MASTER\n",
         f"    interface {interface}\n",
         "    virtual_router_id 51\n",
-        "    priority 150\n",
+        f"    priority {priority}\n",
         "    advert_int 1\n",
         "    authentication {\n",
         "        auth_type PASS\n",
         "        auth_pass s3cret\n",
         "    }\n",
         "    virtual_ipaddress {\n",
-        "        198.18.255.1/32\n",
+        f"        {vip}\n",
         "    }\n",
         "}\n",
     ]
@@ -108,7 +117,7 @@ def generate(
     for vs in range(virtual_servers):
         algo, kind, port, persistence = SERVICE_SHAPES[vs % len(SERVICE_SHAPES)]
         out.append(f"\nvirtual_server {_address('198.18', vs)} {port} {{\n")
-        out.append("    delay_loop 10\n")
+        out.append(f"    delay_loop {delay_loop:g}\n")
         out.append(f"    lb_algo {algo}\n")
         out.append(f"    lb_kind {kind}\n")
         if persistence:
