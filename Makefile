@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Debian's kernel, ipvsadm; busybox-static and kmod for virtme-ng's initramfs).
 APT_PKGS := python3 python3-venv python3-pip iproute2 keepalived tcpdump nftables procps \
 	psmisc curl prometheus systemd qemu-system-x86 linux-image-amd64 ipvsadm \
-	busybox-static kmod
+	busybox-static kmod time
 VNG_VENV ?= .vng
 export VNG := $(CURDIR)/$(VNG_VENV)/bin/vng
 

@@ -151,7 +151,18 @@ class Run:
     last_line: str
 
 
+GNU_TIME = "/usr/bin/time"  # Debian's package "time"
+
+
 def run_once(argv: Sequence[str], output: Path) -> Run:
+    """Run ``argv`` once: wall time, peak RSS (KiB), exit status, last line of output.
+
+    The peak comes from GNU time, which forks the program from its own small
+    process.  ``wait4`` on a child this script spawned itself would not do:
+    at exec the kernel carries the spawning process's high-water mark into
+    the child's ``maxrss``, so the figure would include this script.
+    """
+    rss_file = output.with_suffix(".rss")
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         actions = [
@@ -159,15 +170,17 @@ def run_once(argv: Sequence[str], output: Path) -> Run:
             (os.POSIX_SPAWN_DUP2, fd, 2),
             (os.POSIX_SPAWN_CLOSE, fd),
         ]
+        timed = [GNU_TIME, "-f", "%M", "-o", str(rss_file), *argv]
         start = time.perf_counter()
-        pid = os.posix_spawn(argv[0], list(argv), os.environ, file_actions=actions)
-        _, wstatus, usage = os.wait4(pid, 0)
+        pid = os.posix_spawn(timed[0], timed, os.environ, file_actions=actions)
+        _, wstatus, _usage = os.wait4(pid, 0)
         wall = time.perf_counter() - start
     finally:
         os.close(fd)
     status = os.waitstatus_to_exitcode(wstatus)
     lines = output.read_text(errors="replace").strip().splitlines()
-    return Run(wall, usage.ru_maxrss, status, lines[-1] if lines else "")
+    peak = int(rss_file.read_text().split()[-1])
+    return Run(wall, peak, status, lines[-1] if lines else "")
 
 
 def enter_private_netns() -> str:
