@@ -1,32 +1,54 @@
 """The LVS half of the daemon: health checkers driving the kernel's IPVS table.
 
 Theory of operation: ``LvsService.run`` is one trio service.  One
-``CheckerScheduler`` checks every configured real server (a reload adds and
-removes single real servers on it while the others keep their checker
-state).  The scheduler reports through a plain callback: the service records
-each real server's health (alive flag and effective weight, which
-``misc_dynamic`` checkers may change), queues the real server's
-``notify_up``/``notify_down`` script on the ``ScriptRunner`` (fire and
-forget: a script never blocks anything) and marks the table dirty.  One
-applier task then re-plans -- ``pyalived.ipvs.model.plan`` with the quorum
-state of the previous plan, so hysteresis, the sorry server,
-``inhibit_on_failure`` and alpha are the planner's -- runs ``quorum_up`` /
-``quorum_down`` once per virtual server block whose quorum changed, and
-hands the desired table to ``IpvsTableManager``, which changes only the
-difference (its netlink calls run in a worker thread, never on the event
-loop).  Changes arriving while an update is in flight coalesce into the next
-plan.
+``CheckerScheduler`` checks every configured real server.  The scheduler
+reports through a plain callback: the service records each real server's
+health (alive flag and effective weight, which ``misc_dynamic`` checkers may
+change), queues the real server's ``notify_up``/``notify_down`` script on the
+``ScriptRunner`` (fire and forget: a script never blocks anything), marks the
+IPVS services of its ``virtual_server`` block for re-planning and wakes the
+applier.  The applier task re-plans only the marked services --
+``pyalived.ipvs.model.plan`` with their quorum state from the previous plan,
+so hysteresis, the sorry server, ``inhibit_on_failure`` and alpha are the
+planner's -- runs ``quorum_up`` / ``quorum_down`` once per virtual server
+block whose quorum changed, and hands the desired table to
+``IpvsTableManager`` naming the services that may have changed, so that the
+difference is computed for those only and applied (its netlink calls run in
+a worker thread, never on the event loop).  A health change thus costs the
+size of its block, never that of the whole configuration.  Changes arriving
+while an update is in flight coalesce into the next plan.
 
 The kernel table is opened lazily, with the first non-empty desired table,
 so a configuration without ``virtual_server`` never touches IPVS.  A kernel
 without IPVS makes the manager log one error naming the cause; the service
 then keeps running without a table: checkers still probe, report, log and
-feed the metrics.  ``apply`` takes a reloaded configuration: real servers
-whose checker specification is unchanged keep their running checkers, new
-ones start, removed ones stop, and the table moves by the difference.  On
-cancellation the checkers stop first (``omega`` real servers are then
+feed the metrics.
+
+Reload (``apply``): a ``virtual_server`` block is known by its name and
+protocol (``block_key``: TCP and UDP services on one address and port share
+a name, and are checked and planned apart), a real server by its block and
+its address and port; nothing else is identity.  A block equal to the
+running one (compared as parsed, which is cheap) is kept as it is: nothing
+is derived again, planned or compared, so an unchanged reload costs little
+more than that comparison.  In a changed block, a real server that stays
+keeps its checker state whatever changed around it
+(``CheckerScheduler.update``: its verdict, retries and timers carry over, a
+dead real server stays out of the table until a probe succeeds, see
+``pyalived.checkers.policy``), new ones start, removed ones stop, and only
+the block's services are re-planned, and only if their IPVS side changed or
+a real server's weight did.  The reload gives the event loop a turn every
+``APPLY_SLICE`` of work, so the checkers keep their times while a large
+configuration is taken over.  keepalived 2.2.7 instead restarts every
+checker on each reload, unchanged or not: each next check comes 1 s plus a
+random part of ``warmup`` after the reload (all at once, 1 s after it, with
+``warmup 0``), and a DOWN real server whose checker settings changed is put
+back into the table until its new checker fails.
+On cancellation the checkers stop first (``omega`` real servers are then
 reported down, running their notify_down), the owned services are released
 as keepalived does, and only then does the script runner wind down.
+
+Tests observe the plans through ``plan_observer`` (called with the time and
+the ``Plan`` of each re-plan); the service keeps no history of its own.
 
 The kernel's per-service and per-destination statistics are read on demand
 (``refresh_ipvs_stats``, awaited by the metrics server before it renders a
@@ -41,8 +63,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 import trio
@@ -55,8 +79,8 @@ from pyalived.checkers.scheduler import (
     RealServerEvent,
 )
 from pyalived.checkers.spec import RealServerSpec, VirtualServerSpec
-from pyalived.config.lvs import checker_specs, dest_key, ipvs_configs, services_by_name
-from pyalived.config.model import Config
+from pyalived.config.lvs import dest_key, groups_of, ipvs_virtual_servers, virtual_server_spec
+from pyalived.config.model import Config, VirtualServer, VirtualServerGroup
 from pyalived.ipvs.model import (
     DestKey,
     Plan,
@@ -77,29 +101,93 @@ STATS_MAX_AGE = 1.0
 #: Checks wake the process only on this grid of trio's clock (``TimerQueue``):
 #: a check starts at most this late, and checks due together share a wake-up.
 CHECK_TIMER_GRANULARITY = 0.01
+#: A reload gives the event loop a turn after this many seconds of work.
+APPLY_SLICE = 0.005
 
-RealServerId = tuple[str, RealServerSpec]  # (VirtualServerSpec.name, the real server's spec)
+BlockKey = tuple[str, str]  # (virtual server name, protocol; "" for a fwmark service)
+Address = tuple[IPv4Address | IPv6Address, int | None]  # a real server's address and port
+RealServerId = tuple[BlockKey, IPv4Address | IPv6Address, int | None]  # block, address, port
+PlanObserver = Callable[[float, Plan], None]  # (time, plan) of each re-plan
+
+
+def block_key(vs: VirtualServer) -> BlockKey:
+    """What identifies a ``virtual_server`` block across reloads: its name (address and
+    port, fwmark or group) and, unless it is a fwmark service, its protocol."""
+    return (vs.name, "" if vs.fwmark is not None else vs.protocol.value)
 
 
 @dataclass
 class RealServerState:
     """What the service knows of one real server (read by the metrics)."""
 
-    virtual_server: str
+    virtual_server: str  # its block's name, "NAME/udp" or "NAME/sctp" if another has NAME
     real_server: RealServerSpec
     alive: bool
     weight: int
     reason: str = ""
 
 
-def _rs_lookup(config: Config) -> dict[tuple[str, IPv4Address | IPv6Address, int | None],
-                                       tuple[str | None, str | None]]:
-    """(VS name, address, port) -> the real server's (notify_up, notify_down)."""
-    return {
-        (vs.name, rs.address, rs.port): (rs.notify_up, rs.notify_down)
-        for vs in config.virtual_servers
-        for rs in vs.real_servers
-    }
+@dataclass(eq=False)
+class _Block:
+    """One ``virtual_server`` block and what is derived from it."""
+
+    key: BlockKey
+    vs: VirtualServer  # as parsed: a reload compares it whole
+    group: VirtualServerGroup | None  # the group it expands, as parsed
+    spec: VirtualServerSpec
+    services: tuple[VirtualServerConfig, ...]
+    servers: dict[Address, RealServerSpec] = field(default_factory=dict)
+    notify: dict[Address, tuple[str | None, str | None]] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls, key: BlockKey, vs: VirtualServer, groups: Mapping[str, VirtualServerGroup]
+    ) -> _Block:
+        spec = virtual_server_spec(vs)
+        blk = cls(key, vs, _group_of(vs, groups), spec, ipvs_virtual_servers(vs, groups))
+        for rs in spec.real_servers:
+            blk.servers.setdefault((rs.ip, rs.port), rs)
+        for conf in vs.real_servers:
+            blk.notify[(conf.address, conf.port)] = (conf.notify_up, conf.notify_down)
+        return blk
+
+    def same_config(self, vs: VirtualServer, groups: Mapping[str, VirtualServerGroup]) -> bool:
+        return self.vs == vs and self.group == _group_of(vs, groups)
+
+    def service_keys(self) -> Iterable[ServiceKey]:
+        return (c.key for c in self.services)
+
+    def rid(self, rs: RealServerSpec) -> RealServerId:
+        return (self.key, rs.ip, rs.port)
+
+
+def _group_of(
+    vs: VirtualServer, groups: Mapping[str, VirtualServerGroup]
+) -> VirtualServerGroup | None:
+    return groups.get(vs.group) if vs.group is not None else None
+
+
+class _Pacer:
+    """Gives the event loop a turn once ``slice`` seconds of work have passed."""
+
+    def __init__(self, slice: float) -> None:
+        self._slice = slice
+        self._last = time.perf_counter()
+
+    async def tick(self) -> None:
+        if time.perf_counter() - self._last >= self._slice:
+            await trio.lowlevel.checkpoint()
+            self._last = time.perf_counter()
+
+
+@dataclass(frozen=True)
+class ReloadCounts:
+    """What a reload did to the real servers (``LvsService.apply``)."""
+
+    kept: int  # stayed, with their checker state
+    updated: int  # of the kept ones, those whose settings changed
+    started: int
+    stopped: int
 
 
 class LvsService:
@@ -117,6 +205,8 @@ class LvsService:
         release_on_stop: bool = True,
         manager: IpvsTableManager | None = None,
         timer_granularity: float = CHECK_TIMER_GRANULARITY,
+        plan_observer: PlanObserver | None = None,
+        apply_slice: float = APPLY_SLICE,
     ) -> None:
         self.manager = (
             manager
@@ -125,15 +215,18 @@ class LvsService:
         )
         self._prober: Prober = prober if prober is not None else RealProber()
         self._probe_observer = probe_observer
+        self._plan_observer = plan_observer
         self._own_scripts = scripts is None
         self._scripts: ScriptRunner = scripts if scripts is not None else TrioScriptRunner()
         self._rng = rng if rng is not None else random.Random()
         self._scheduler: CheckerScheduler | None = None
         self._timer_granularity = timer_granularity
+        self._apply_slice = apply_slice
         self.health: dict[RealServerId, RealServerState] = {}
         self.quorum: dict[ServiceKey, bool] = {}
         self.desired: dict[ServiceKey, ServiceEntry] = {}
-        self.plans: list[tuple[float, Plan]] = []  # (time, plan) of every re-plan, for tests
+        self.last_reload: ReloadCounts | None = None
+        self._pending: set[ServiceKey] = set()  # services to re-plan
         self._kernel_started = False
         self._dirty = trio.Event()
         self._idle = trio.Event()
@@ -142,27 +235,52 @@ class LvsService:
         self._stats: Mapping[ServiceKey, ServiceDump] = {}
         self._stats_at: float | None = None
         self._stats_lock = trio.Lock()
+        self._blocks: dict[BlockKey, _Block] = {}
+        self._labels: dict[BlockKey, str] = {}
+        groups = groups_of(config)
+        for vs in config.virtual_servers:
+            key = block_key(vs)
+            if key not in self._blocks:
+                self._blocks[key] = _Block.build(key, vs, groups)
         self._set_config(config)
+        self._pending.update(self._service_block)
 
     # ---- configuration -----------------------------------------------------------
 
     def _set_config(self, config: Config) -> None:
+        """Derive the service-wide views from ``self._blocks`` (linear in blocks and services)."""
         self.config = config
-        self.specs: tuple[VirtualServerSpec, ...] = checker_specs(config)
-        self.services: tuple[VirtualServerConfig, ...] = ipvs_configs(config)
-        self._by_name = services_by_name(config)
-        self._block_of = {k: name for name, keys in self._by_name.items() for k in keys}
-        self._notify = _rs_lookup(config)
-        self._quorum_scripts = {
-            vs.name: (vs.quorum_up, vs.quorum_down) for vs in config.virtual_servers
+        blocks = self._blocks.values()
+        self.specs: tuple[VirtualServerSpec, ...] = tuple(b.spec for b in blocks)
+        self.services: tuple[VirtualServerConfig, ...] = tuple(
+            c for b in blocks for c in b.services
+        )
+        self._service_block: dict[ServiceKey, _Block] = {}
+        for b in blocks:
+            for c in b.services:
+                self._service_block.setdefault(c.key, b)
+        self._service_config = {c.key: c for c in self.services}
+        self._service_order = {c.key: i for i, c in enumerate(self.services)}
+        # What the metrics call each block: its name, qualified by its protocol
+        # when another block shares the name (TCP and UDP on one address and port).
+        names = Counter(key[0] for key in self._blocks)
+        labels = {
+            key: key[0] if names[key[0]] == 1 or key[1] in ("", "TCP") else
+            f"{key[0]}/{key[1].lower()}"
+            for key in self._blocks
         }
+        for key, label in labels.items():
+            if label != self._labels.get(key, key[0]):
+                blk = self._blocks[key]
+                for rs in blk.servers.values():
+                    state = self.health.get(blk.rid(rs))
+                    if state is not None:
+                        state.virtual_server = label
+        self._labels = labels
 
-    def _wanted(self) -> dict[RealServerId, VirtualServerSpec]:
-        out: dict[RealServerId, VirtualServerSpec] = {}
-        for vs in self.specs:
-            for rs in vs.real_servers:
-                out.setdefault((vs.name, rs), vs)
-        return out
+    @property
+    def real_server_count(self) -> int:
+        return sum(len(b.servers) for b in self._blocks.values())
 
     @property
     def ipvs_unavailable(self) -> str | None:
@@ -177,17 +295,20 @@ class LvsService:
     # ---- checker events ----------------------------------------------------------------
 
     def _changed(self, event: RealServerEvent) -> None:
-        rid = (event.virtual_server, event.real_server)
+        rid = event.key
+        assert isinstance(rid, tuple)
+        blk = self._blocks.get(rid[0])
+        if blk is None:
+            return
         prev = self.health.get(rid)
         self.health[rid] = RealServerState(
-            event.virtual_server, event.real_server, event.alive, event.weight, event.reason
+            self._labels[blk.key], event.real_server, event.alive, event.weight, event.reason
         )
         if prev is not None and prev.alive != event.alive:
-            up, down = self._notify.get(
-                (event.virtual_server, event.real_server.ip, event.real_server.port), (None, None)
-            )
+            up, down = blk.notify.get((rid[1], rid[2]), (None, None))
             self._run_script(up if event.alive else down)
         if prev is None or prev.alive != event.alive or prev.weight != event.weight:
+            self._pending.update(blk.service_keys())
             self._mark_dirty()
 
     def _run_script(self, line: str | None) -> None:
@@ -203,33 +324,48 @@ class LvsService:
 
     # ---- planning --------------------------------------------------------------------
 
-    def _plan(self) -> Plan:
+    def _plan(self) -> list[ServiceKey]:
+        """Re-plan the pending services into ``desired``; return their keys."""
+        keys, self._pending = self._pending, set()
+        configs: list[VirtualServerConfig] = []
         verdicts: dict[ServiceKey, dict[DestKey, bool]] = {}
         weights: dict[ServiceKey, dict[DestKey, int]] = {}
-        for (name, rs), st in self.health.items():
-            for skey in self._by_name.get(name, ()):
-                dk = dest_key(rs, skey)
-                verdicts.setdefault(skey, {})[dk] = st.alive
-                weights.setdefault(skey, {})[dk] = st.weight
-        result = plan(self.services, verdicts, self.quorum, weights)
-        self.quorum = {k: result.quorum[k] for k in result.quorum}
-        self.desired = result.table
-        self.plans.append((trio.current_time(), result))
+        order = self._service_order
+        for skey in sorted(keys, key=lambda k: order.get(k, -1)):
+            blk = self._service_block.get(skey)
+            if blk is None:  # gone with a reload
+                self.desired.pop(skey, None)
+                self.quorum.pop(skey, None)
+                continue
+            configs.append(self._service_config[skey])
+            v, w = verdicts[skey], weights[skey] = {}, {}
+            for rs in blk.servers.values():
+                st = self.health.get(blk.rid(rs))
+                if st is not None:
+                    dk = dest_key(rs, skey)
+                    v[dk], w[dk] = st.alive, st.weight
+        if not keys:
+            return []
+        result = plan(configs, verdicts, self.quorum, weights)
+        self.quorum.update(result.quorum)
+        self.desired.update(result.table)
+        if self._plan_observer is not None:
+            self._plan_observer(trio.current_time(), result)
         seen: set[tuple[str, bool]] = set()
         for change in result.changes:
-            name = self._block_of.get(change.service, str(change.service))
-            if (name, change.up) in seen:
+            blk = self._service_block[change.service]
+            if (blk.spec.name, change.up) in seen:
                 continue
-            seen.add((name, change.up))
+            seen.add((blk.spec.name, change.up))
             log.warning(
                 "virtual server %s: quorum %s (live weight %d)",
-                name, "gained" if change.up else "lost", change.weight,
+                blk.spec.name, "gained" if change.up else "lost", change.weight,
             )
-            up, down = self._quorum_scripts.get(name, (None, None))
-            self._run_script(up if change.up else down)
-        return result
+            self._run_script(blk.vs.quorum_up if change.up else blk.vs.quorum_down)
+        return list(keys)
 
-    async def _apply_table(self, table: Table) -> None:
+    async def _apply_table(self, changed: Sequence[ServiceKey] | None) -> None:
+        table = dict(self.desired)  # what the manager diffs against, whatever happens meanwhile
         if not self._kernel_started:
             if not table:
                 return  # nothing to program: do not even open IPVS
@@ -240,27 +376,20 @@ class LvsService:
                 self.manager.unavailable = str(exc)
                 log.error("IPVS disabled: cannot open the IPVS netlink interface: %s", exc)
             return
-        await self.manager.update(table)
+        if changed:
+            await self.manager.update(table, changed)
 
     async def _applier(self) -> None:
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
-            result = self._plan()
-            await self._apply_table(result.table)
+            await self._apply_table(self._plan())
             if not self._dirty.is_set():
                 self._idle.set()
 
     async def wait_applied(self) -> None:
         """Return once every change reported so far is in the IPVS table."""
         await self._idle.wait()
-
-    # ---- checkers ----------------------------------------------------------------------
-
-    def _stop_checker(self, rid: RealServerId) -> None:
-        assert self._scheduler is not None
-        self._scheduler.remove(*rid)  # it reports nothing more, not even omega
-        self.health.pop(rid, None)
 
     # ---- service ------------------------------------------------------------------------
 
@@ -281,21 +410,23 @@ class LvsService:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     self._scheduler = CheckerScheduler(
-                        self.specs, CallbackSink(self._changed), self._prober, self._rng,
+                        (), CallbackSink(self._changed), self._prober, self._rng,
                         timer_granularity=self._timer_granularity,
                         on_probe_done=self._probe_observer,
                     )
+                    for blk in self._blocks.values():
+                        for rs in blk.servers.values():
+                            self._scheduler.add(blk.spec, rs, blk.rid(rs))
                     await nursery.start(self._scheduler.run)  # reports every initial state
                     await self._scheduler.wait_running()  # probes due at once have started
                     self._dirty = trio.Event()  # the initial states are in this plan
-                    result = self._plan()
-                    await self._apply_table(result.table)
+                    await self._apply_table(self._plan())
                     if not self._dirty.is_set():
                         self._idle.set()
                     nursery.start_soon(self._applier)
                     log.info(
                         "LVS started: %d virtual server(s), %d real server checker set(s)%s",
-                        len(self.specs), len(self._wanted()),
+                        len(self._blocks), self.real_server_count,
                         "" if self.ipvs_unavailable is None else ", without IPVS",
                     )
                     task_status.started()
@@ -311,42 +442,102 @@ class LvsService:
         # release the table (or leave it as planned, without release_on_stop).
         if self._dirty.is_set():
             self._dirty = trio.Event()
-            result = self._plan()
+            changed = self._plan()
             if not self.manager.release_on_stop:
-                await self._apply_table(result.table)
+                await self._apply_table(changed)
         await self.manager.stop()
 
-    async def apply(self, config: Config) -> None:
-        """Take a reloaded configuration, changing checkers and IPVS by the difference."""
-        nursery = self._nursery
-        if nursery is None:
+    async def apply(self, config: Config) -> ReloadCounts:
+        """Take a reloaded configuration, changing checkers and IPVS by the difference.
+
+        See the module docstring; returns (and logs) what happened to the real
+        servers.  The work yields to the event loop every ``apply_slice``
+        seconds, so the checkers (and whatever else shares the loop) keep
+        their times during a long reload.
+        """
+        if self._nursery is None:
             raise RuntimeError("LvsService.apply called while the service is not running")
-        self._set_config(config)
         scheduler = self._scheduler
         assert scheduler is not None
-        wanted = self._wanted()
-        stopped = [rid for rid in self.health if rid not in wanted]
-        for rid in stopped:
-            self._stop_checker(rid)
-        started = 0
-        for rid, vs in wanted.items():
-            if rid not in scheduler:
-                scheduler.add(vs, rid[1])
-                started += 1
-        kept = len(wanted) - started
-        known = {s.key for s in self.services}
-        self.quorum = {k: v for k, v in self.quorum.items() if k in known}
+        pace = _Pacer(self._apply_slice)
+        # 1. What the new configuration is, block by block; nothing running changes yet.
+        groups = groups_of(config)
+        old = self._blocks
+        blocks: dict[BlockKey, _Block] = {}
+        changed: list[tuple[_Block | None, _Block]] = []
+        kept = updated = started = stopped = 0
+        for vs in config.virtual_servers:
+            key = block_key(vs)
+            if key in blocks:
+                continue
+            prev = old.get(key)
+            if prev is not None and prev.same_config(vs, groups):
+                blocks[key] = prev
+                kept += len(prev.servers)
+            else:
+                blocks[key] = _Block.build(key, vs, groups)
+                changed.append((prev, blocks[key]))
+            await pace.tick()
+        removed = [prev for key, prev in old.items() if key not in blocks]
+        # 2. Switch to it: events from here on find the new blocks.
+        self._blocks = blocks
+        self._set_config(config)
+        for prev, blk in changed:
+            prev_servers = prev.servers if prev is not None else {}
+            for addr, rs in blk.servers.items():
+                rid = blk.rid(rs)
+                was = prev_servers.get(addr)
+                if was is None:
+                    scheduler.add(blk.spec, rs, rid)  # reports its initial state
+                    started += 1
+                    continue
+                kept += 1
+                if rs != was:
+                    updated += 1
+                    state = self.health.get(rid)
+                    if state is not None:
+                        state.real_server = rs
+                scheduler.update(blk.spec, rs, rid)  # reports a new weight, if any
+            if prev is not None:
+                for addr, rs in prev.servers.items():
+                    if addr not in blk.servers:
+                        self._stop_checker(prev.rid(rs))
+                        stopped += 1
+            if prev is None or prev.services != blk.services:
+                self._pending.update(blk.service_keys())
+                if prev is not None:
+                    self._pending.update(prev.service_keys())
+            await pace.tick()
+        for prev in removed:
+            for rs in prev.servers.values():
+                self._stop_checker(prev.rid(rs))
+                stopped += 1
+            self._pending.update(prev.service_keys())
+            await pace.tick()
+        counts = ReloadCounts(kept, updated, started, stopped)
+        self.last_reload = counts
         log.info(
-            "reload: real server checkers: %d kept, %d started, %d stopped",
-            kept, started, len(stopped),
+            "reload: real servers: %d kept (%d with new settings), %d started, %d stopped",
+            kept, updated, started, stopped,
         )
-        self._mark_dirty()
-        await self.wait_applied()
+        if self._pending:
+            self._mark_dirty()
+            await self.wait_applied()
+        return counts
+
+    def _stop_checker(self, rid: RealServerId) -> None:
+        assert self._scheduler is not None
+        self._scheduler.remove_key(rid)  # it reports nothing more, not even omega
+        self.health.pop(rid, None)
 
     # ---- views for metrics ----------------------------------------------------------------
 
     def real_servers(self) -> Sequence[RealServerState]:
         return list(self.health.values())
+
+    def next_checks(self) -> list[float]:
+        """When each running checker's next probe is due (trio's clock)."""
+        return self._scheduler.due_times() if self._scheduler is not None else []
 
     @property
     def ipvs_stats(self) -> Mapping[ServiceKey, ServiceDump]:
@@ -371,9 +562,11 @@ class LvsService:
             self._stats_at = trio.current_time()
 
     def quorum_by_block(self) -> Mapping[str, bool]:
+        """Each block's quorum (by the name the metrics give it): all its services'."""
         out: dict[str, bool] = {}
         for key, up in self.quorum.items():
-            name = self._block_of.get(key)
-            if name is not None:
+            blk = self._service_block.get(key)
+            if blk is not None:
+                name = self._labels[blk.key]
                 out[name] = out.get(name, True) and up
         return out

@@ -36,11 +36,30 @@ keepalived 2.2.7:
 ``RealServerHealth`` combines the checkers of one real server: the server is
 alive only when every one of its checkers is UP (a server without checkers is
 always alive), and MISC_CHECK's ``misc_dynamic`` results adjust its weight.
+
+A reload hands a running checker its new specification (``reconfigure``) and
+a running real server its new weight and checkers (``RealServerHealth.
+reconfigure``); both keep their state.  The policy keeps its verdict, retry
+count and URL; its timing settings change, and so does the wait in progress
+when the interval it runs under changed: the next probe is then due the new
+interval after the end of the last one, as if that interval had always been
+in force, and when that moment has come already (a shorter ``delay_loop``)
+the missed turns are skipped: the next probe comes at the first turn after the
+reload.  Checkers spread over a ``delay_loop`` therefore stay spread, and a
+reload never makes them all probe at once; a wait whose interval did not
+change is left alone, to the exact time.  A probe in progress finishes and
+counts under the new settings.  The real server keeps its alive flag: checker
+*i* keeps the verdict of the old checker *i*, an added checker starts in the
+real server's state, and a dead real server whose remaining checkers are all
+UP (its failed checker was removed) has them all set DOWN, so that only a
+successful probe brings it back, never a reload.  ``misc_dynamic`` weights
+stay as their checkers last asked.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,6 +89,19 @@ class CheckerTransition:
     reason: str
 
 
+class _Wait(enum.Enum):
+    """What a policy waits for until its next probe."""
+
+    FIRST = "first"  # the first probe (warmup)
+    LOOP = "loop"  # delay_loop
+    RETRY = "retry"  # delay_before_retry
+    INTERNAL = "internal"  # a probe that could not run
+
+
+def _urls(spec: CheckerSpec) -> int:
+    return max(1, len(spec.urls)) if isinstance(spec, HttpGet) else 0
+
+
 class CheckerPolicy:
     """Timing and verdict of one checker; see the module docstring."""
 
@@ -84,37 +116,89 @@ class CheckerPolicy:
         first_delay: float = 0.0,
         urls: int = 0,
     ) -> None:
+        if first_delay < 0:
+            raise ValueError("first_delay must not be negative")
+        self._configure(delay_loop, retry, delay_before_retry, urls)
+        self.up = not alpha
+        self.retries_done = 0
+        self.step = 0  # the URL the next probe checks
+        self._passing = alpha  # DOWN, in a pass over every URL that would bring it UP
+        self._next: float | None = now + first_delay
+        self._last_end: float | None = None  # when the last probe ended
+        self._wait = _Wait.FIRST  # what the wait until ``_next`` is
+        self._waiting = first_delay  # the interval ``_next`` was set with
+        self.last_reason = "initial state (alpha)" if alpha else "initial state"
+
+    def _configure(self, delay_loop: float, retry: int, delay_before_retry: float,
+                   urls: int) -> None:
         if delay_loop <= 0:
             raise ValueError("delay_loop must be positive")
         if urls < 0:
             raise ValueError("urls must not be negative")
-        if retry < 0 or delay_before_retry < 0 or first_delay < 0:
-            raise ValueError("retry, delay_before_retry and first_delay must not be negative")
+        if retry < 0 or delay_before_retry < 0:
+            raise ValueError("retry and delay_before_retry must not be negative")
         self.delay_loop = delay_loop
         self.retry = retry
         self.delay_before_retry = delay_before_retry
-        self.up = not alpha
-        self.retries_done = 0
         self.steps = max(1, urls)  # what the probes go through in turn: the URLs
-        self.step = 0  # the URL the next probe checks
         self._passes = urls > 0  # UP only after a pass over every URL
-        self._passing = alpha  # DOWN, in a pass over every URL that would bring it UP
-        self._next: float | None = now + first_delay
-        self.last_reason = "initial state (alpha)" if alpha else "initial state"
+
+    def _interval(self, wait: _Wait) -> float:
+        if wait is _Wait.RETRY:
+            return self.delay_before_retry
+        if wait is _Wait.INTERNAL:
+            return min(self.delay_loop, INTERNAL_RETRY_DELAY)
+        return self.delay_loop
 
     @classmethod
-    def for_spec(cls, spec: CheckerSpec, now: float, rng: random.Random) -> CheckerPolicy:
-        """Build the policy of ``spec``; the warmup delay is drawn from ``rng``."""
+    def for_spec(
+        cls, spec: CheckerSpec, now: float, rng: random.Random, *, alpha: bool | None = None
+    ) -> CheckerPolicy:
+        """Build the policy of ``spec``; the warmup delay is drawn from ``rng``.
+
+        ``alpha`` overrides the specification's (a checker added to a running
+        real server starts in that server's state)."""
         warmup = spec.timing.effective_warmup
         return cls(
             delay_loop=spec.timing.delay_loop,
             retry=spec.effective_retry,
             delay_before_retry=spec.effective_delay_before_retry,
-            alpha=spec.timing.alpha,
+            alpha=spec.timing.alpha if alpha is None else alpha,
             now=now,
             first_delay=rng.uniform(0.0, warmup) if warmup > 0 else 0.0,
-            urls=max(1, len(spec.urls)) if isinstance(spec, HttpGet) else 0,
+            urls=_urls(spec),
         )
+
+    def reconfigure(self, spec: CheckerSpec, now: float) -> None:
+        """Take ``spec``'s settings (a reload), keeping the state; see the module docstring."""
+        self._configure(
+            spec.timing.delay_loop, spec.effective_retry, spec.effective_delay_before_retry,
+            _urls(spec),
+        )
+        if self.step >= self.steps:
+            self.step = 0
+        if not self._passes:
+            self._passing = False
+        last, due = self._last_end, self._next
+        if due is None or last is None:
+            return  # a probe in progress, or the first one still to come: as it was
+        interval = self._interval(self._wait)
+        if interval == self._waiting:
+            return  # the same wait as before
+        self._waiting = interval
+        turns = math.floor(max(0.0, now - last) / interval) + 1 if interval > 0 else 0
+        self._next = last + turns * interval
+
+    def probe_abandoned(self, now: float) -> None:
+        """The probe in progress was cancelled without a result: the next one is due now."""
+        if self._next is not None:
+            raise RuntimeError("no probe in progress")
+        self._next = now
+
+    def force_down(self) -> None:
+        """DOWN without a failure (a reload must not revive a dead real server): like
+        ``alpha``, the next success (a pass over every URL) brings it UP."""
+        self.up, self.retries_done, self._passing, self.step = False, 0, True, 0
 
     @property
     def verdict(self) -> Verdict:
@@ -133,11 +217,16 @@ class CheckerPolicy:
             raise RuntimeError("a probe is already in progress")
         self._next = None
 
+    def _set_wait(self, wait: _Wait, now: float) -> None:
+        self._wait, self._waiting = wait, self._interval(wait)
+        self._next = now + self._waiting
+
     def probe_finished(self, result: ProbeResult, now: float) -> list[CheckerTransition]:
         if self._next is not None:
             raise RuntimeError("no probe in progress")
+        self._last_end = now
         if result.internal:
-            self._next = now + min(self.delay_loop, INTERNAL_RETRY_DELAY)
+            self._set_wait(_Wait.INTERNAL, now)
             return []
         out: list[CheckerTransition] = []
         if result.ok:
@@ -151,13 +240,13 @@ class CheckerPolicy:
             else:
                 self.up, self._passing, self.step = True, False, 0
                 out.append(CheckerTransition(Verdict.UP, result.reason))
-            self._next = now + self.delay_loop
+            self._set_wait(_Wait.LOOP, now)
             self.last_reason = result.reason
             return out
         self._passing = False
         if self.up and self.retries_done < self.retry:
             self.retries_done += 1
-            self._next = now + self.delay_before_retry
+            self._set_wait(_Wait.RETRY, now)
         else:
             if self.up:
                 self.up = False
@@ -166,7 +255,7 @@ class CheckerPolicy:
                     reason = f"{reason} (after {self.retry} retries)"
                 out.append(CheckerTransition(Verdict.DOWN, reason))
             self.retries_done = 0
-            self._next = now + self.delay_loop
+            self._set_wait(_Wait.LOOP, now)
         self.last_reason = result.reason
         return out
 
@@ -188,8 +277,8 @@ class RealServerHealth:
             raise ValueError("one alpha flag per checker")
         self.configured_weight = weight
         self._up = [not a for a in alpha]
-        self._dynamic = [isinstance(c, MiscCheck) and c.misc_dynamic for c in checkers]
-        self._delta = [0] * len(checkers)
+        self._dynamic = [_dynamic(c) for c in checkers]
+        self._asked: list[int | None] = [None] * len(checkers)  # misc_dynamic weights
 
     @classmethod
     def for_checkers(cls, weight: int, checkers: Sequence[CheckerSpec]) -> RealServerHealth:
@@ -201,11 +290,15 @@ class RealServerHealth:
 
     @property
     def weight(self) -> int:
-        return max(0, self.configured_weight + sum(self._delta))
+        base = self.configured_weight
+        return max(0, base + sum(w - base for w in self._asked if w is not None))
 
     @property
     def failed_checkers(self) -> int:
         return self._up.count(False)
+
+    def checker_up(self, index: int) -> bool:
+        return self._up[index]
 
     def update(
         self, index: int, verdict: Verdict | None, weight: int | None, reason: str
@@ -221,8 +314,43 @@ class RealServerHealth:
         if verdict is not None:
             self._up[index] = verdict is Verdict.UP
         if weight is not None and self._dynamic[index]:
-            self._delta[index] = weight - self.configured_weight
+            self._asked[index] = weight
+        return self._change(before, reason)
+
+    def reconfigure(
+        self, weight: int, checkers: Sequence[CheckerSpec], reason: str = "reload"
+    ) -> HealthChange | None:
+        """Take the real server's new weight and checkers (a reload), keeping its state.
+
+        Checker *i* keeps the verdict of the old checker *i* (and its asked
+        weight if it stays ``misc_dynamic``), added checkers start in the real
+        server's state, and a dead real server never comes alive here: if none
+        of its checkers is DOWN any more, all of them are set DOWN (the caller
+        then sets DOWN each policy that ``checker_up`` says is DOWN).  A real
+        server left without checkers has nothing to fail: it is alive.  Returns
+        the change of the server's state (its weight, or that last case), or None.
+        """
+        before = (self.alive, self.weight)
+        alive = before[0]
+        n, old = len(checkers), len(self._up)
+        self._up = [self._up[i] if i < old else alive for i in range(n)]
+        if n and not alive and all(self._up):
+            self._up = [False] * n
+        dynamic = [_dynamic(c) for c in checkers]
+        self._asked = [
+            self._asked[i] if i < old and dynamic[i] and self._dynamic[i] else None
+            for i in range(n)
+        ]
+        self._dynamic = dynamic
+        self.configured_weight = weight
+        return self._change(before, reason)
+
+    def _change(self, before: tuple[bool, int], reason: str) -> HealthChange | None:
         after = (self.alive, self.weight)
         if after == before:
             return None
         return HealthChange(after[0], after[1], reason)
+
+
+def _dynamic(checker: CheckerSpec | None) -> bool:
+    return isinstance(checker, MiscCheck) and checker.misc_dynamic

@@ -29,7 +29,7 @@ Theory of operation: this module is pure.  It has three layers.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from socket import AF_INET, AF_INET6
@@ -241,27 +241,39 @@ class DeleteDest:
 Op = AddService | EditService | DeleteService | AddDest | EditDest | DeleteDest
 
 
-def diff(current: Table, desired: Table) -> list[Op]:
+def diff(
+    current: Table, desired: Table, keys: Collection[ServiceKey] | None = None
+) -> list[Op]:
     """Ordered operations turning ``current`` into ``desired``.
 
     Deleting a service drops its destinations in the kernel, so no per-dest
     deletions are emitted for it.  Dest deletions come first (free
-    capacity before adding), services before their destinations.
+    capacity before adding), services before their destinations.  With
+    ``keys``, only those services are compared (the others are taken to be
+    equal): the cost is that of the services named, not of the whole table.
     """
     dest_dels: list[Op] = []
     svc_dels: list[Op] = []
     svc_sets: list[Op] = []
     dest_sets: list[Op] = []
-    for skey in sorted(current, key=ServiceKey.sort_key):
+    if keys is None:
+        gone: Iterable[ServiceKey] = current
+        wanted: Iterable[ServiceKey] = desired
+    else:
+        gone = [k for k in keys if k in current]
+        wanted = [k for k in keys if k in desired]
+    for skey in sorted(gone, key=ServiceKey.sort_key):
         if skey not in desired:
             svc_dels.append(DeleteService(skey))
-    for skey in sorted(desired, key=ServiceKey.sort_key):
+    for skey in sorted(wanted, key=ServiceKey.sort_key):
         want = desired[skey]
         have = current.get(skey)
         if have is None:
             svc_sets.append(AddService(want.service))
             have_dests: Mapping[DestKey, Destination] = {}
         else:
+            if have is want:
+                continue
             if have.service != want.service:
                 svc_sets.append(EditService(want.service))
             have_dests = have.dests
@@ -282,41 +294,65 @@ class OpError(Exception):
     """An operation does not fit the table (the kernel would say EEXIST/ENOENT/ESRCH)."""
 
 
-def apply_ops(table: Table, ops: Sequence[Op]) -> dict[ServiceKey, ServiceEntry]:
-    """Pure reference semantics of ``ops``; raises ``OpError`` like the kernel would."""
-    out: dict[ServiceKey, dict[DestKey, Destination]] = {k: dict(e.dests) for k, e in table.items()}
-    svcs: dict[ServiceKey, Service] = {k: e.service for k, e in table.items()}
+def apply_ops(
+    table: Table, ops: Iterable[Op], *, lenient: bool = False
+) -> dict[ServiceKey, ServiceEntry]:
+    """Pure reference semantics of ``ops``; raises ``OpError`` like the kernel would.
+
+    With ``lenient`` an operation that does not fit is skipped instead.  The
+    cost is that of the operations plus one shallow copy of the table: only
+    the services they touch are copied.
+    """
+    out: dict[ServiceKey, ServiceEntry] = dict(table)
+    touched: dict[ServiceKey, tuple[Service, dict[DestKey, Destination]]] = {}
+
+    def dests_of(key: ServiceKey) -> dict[DestKey, Destination]:
+        t = touched.get(key)
+        if t is None:
+            entry = out[key]
+            t = touched[key] = (entry.service, dict(entry.dests))
+        return t[1]
+
     for op in ops:
-        if isinstance(op, AddService):
-            if op.service.key in svcs:
-                raise OpError(f"service {op.service.key} exists")
-            svcs[op.service.key] = op.service
-            out[op.service.key] = {}
-        elif isinstance(op, EditService):
-            if op.service.key not in svcs:
-                raise OpError(f"no service {op.service.key}")
-            svcs[op.service.key] = op.service
-        elif isinstance(op, DeleteService):
-            if op.key not in svcs:
-                raise OpError(f"no service {op.key}")
-            del svcs[op.key], out[op.key]
-        else:
-            if op.service not in svcs:
-                raise OpError(f"no service {op.service}")
-            dests = out[op.service]
-            if isinstance(op, AddDest):
-                if op.dest.key in dests:
-                    raise OpError(f"dest {op.dest.key} exists in {op.service}")
-                dests[op.dest.key] = op.dest
-            elif isinstance(op, EditDest):
-                if op.dest.key not in dests:
-                    raise OpError(f"no dest {op.dest.key} in {op.service}")
-                dests[op.dest.key] = op.dest
+        try:
+            if isinstance(op, AddService):
+                key = op.service.key
+                if key in out:
+                    raise OpError(f"service {key} exists")
+                out[key] = ServiceEntry(op.service)
+                touched[key] = (op.service, {})
+            elif isinstance(op, EditService):
+                key = op.service.key
+                if key not in out:
+                    raise OpError(f"no service {key}")
+                touched[key] = (op.service, dests_of(key))
+            elif isinstance(op, DeleteService):
+                if op.key not in out:
+                    raise OpError(f"no service {op.key}")
+                del out[op.key]
+                touched.pop(op.key, None)
             else:
-                if op.key not in dests:
-                    raise OpError(f"no dest {op.key} in {op.service}")
-                del dests[op.key]
-    return {k: ServiceEntry(svcs[k], out[k]) for k in svcs}
+                if op.service not in out:
+                    raise OpError(f"no service {op.service}")
+                dests = dests_of(op.service)
+                if isinstance(op, AddDest):
+                    if op.dest.key in dests:
+                        raise OpError(f"dest {op.dest.key} exists in {op.service}")
+                    dests[op.dest.key] = op.dest
+                elif isinstance(op, EditDest):
+                    if op.dest.key not in dests:
+                        raise OpError(f"no dest {op.dest.key} in {op.service}")
+                    dests[op.dest.key] = op.dest
+                else:
+                    if op.key not in dests:
+                        raise OpError(f"no dest {op.key} in {op.service}")
+                    del dests[op.key]
+        except OpError:
+            if not lenient:
+                raise
+    for key, (service, dests) in touched.items():
+        out[key] = ServiceEntry(service, dests)
+    return out
 
 
 def restrict(table: Table, owned: Table) -> dict[ServiceKey, ServiceEntry]:

@@ -45,7 +45,6 @@ from pyalived.ipvs.model import (
     DeleteService,
     DestKey,
     Op,
-    OpError,
     Service,
     ServiceEntry,
     ServiceKey,
@@ -314,20 +313,29 @@ class IpvsTableManager:
             return []
         return await self._sync(desired, resync=True)
 
-    async def update(self, desired: Table) -> list[OpFailure]:
-        """Bring the owned part of the kernel table to ``desired``."""
+    async def update(
+        self, desired: Table, changed: Collection[ServiceKey] | None = None
+    ) -> list[OpFailure]:
+        """Bring the owned part of the kernel table to ``desired``.
+
+        ``changed``, if given, names the only services that may differ from
+        what was last programmed (the others are not even compared).
+        """
         if self._kernel is None:
             return []
-        return await self._sync(desired, resync=False)
+        return await self._sync(desired, resync=False, keys=changed)
 
-    async def _sync(self, desired: Table, *, resync: bool) -> list[OpFailure]:
+    async def _sync(
+        self, desired: Table, *, resync: bool, keys: Collection[ServiceKey] | None = None
+    ) -> list[OpFailure]:
         kernel = self._kernel
         assert kernel is not None
         if resync:
+            keys = None
             current = await self._call(kernel.dump)
             # Everything we owned or are about to own, as the kernel has it now.
             self._owned = restrict(current, _union(desired, self._owned))
-        ops = diff(self._owned, desired)
+        ops = diff(self._owned, desired, keys)
         if not ops:
             return []
         failures = await self._call(lambda: kernel.execute(ops))
@@ -400,12 +408,5 @@ def _apply_successful(
     table: Table, ops: Sequence[Op], failures: Sequence[OpFailure]
 ) -> dict[ServiceKey, ServiceEntry]:
     failed = {id(f.op) for f in failures}
-    out = dict(table)
-    for op in ops:
-        if id(op) in failed:
-            continue
-        try:
-            out = apply_ops(out, [op])
-        except OpError:
-            pass
-    return out
+    done = [op for op in ops if id(op) not in failed] if failed else ops
+    return apply_ops(table, done, lenient=True)

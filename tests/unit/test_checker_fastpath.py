@@ -22,6 +22,7 @@ from pyalived.checkers.scheduler import (
     CheckerScheduler,
     RealServerEvent,
     TimerQueue,
+    server_key,
 )
 from pyalived.checkers.spec import (
     CheckerSpec,
@@ -145,7 +146,7 @@ async def test_remove_stops_parked_and_pending_checkers(
         await trio.sleep(2.1)  # port 1 parked; port 2 in its probe started at 1.75
         sched.remove("vs", server(1))
         sched.remove("vs", server(2))
-        assert ("vs", server(1)) not in sched
+        assert server_key("vs", server(1)) not in sched
         await trio.sleep(5.0)
         sched.add(vs, server(1))
         await trio.sleep(0.5)

@@ -40,6 +40,7 @@ from pyalived.ipvs.model import (
     Forwarding,
     Op,
     OpError,
+    Plan,
     Service,
     ServiceEntry,
     ServiceKey,
@@ -159,11 +160,16 @@ class Rig:
         self.kernel = kernel if kernel is not None else FakeKernel()
         self.prober = FakeProber()
         self.scripts = FakeScriptRunner()
+        self.plans: list[tuple[float, Plan]] = []  # (time, plan) of every re-plan
+
+    def observe_plan(self, time: float, plan: Plan) -> None:
+        self.plans.append((time, plan))
 
     def service(self, conf: Config, **kwargs: object) -> LvsService:
         return LvsService(
             conf, manager=InlineManager(self.kernel.open), prober=self.prober,
-            scripts=self.scripts, **kwargs,  # type: ignore[arg-type]
+            scripts=self.scripts, plan_observer=self.observe_plan,
+            **kwargs,  # type: ignore[arg-type]
         )
 
     def notified(self) -> list[tuple[float, str]]:
@@ -184,8 +190,8 @@ async def at(t: float, svc: LvsService) -> None:
     await svc.wait_applied()
 
 
-def plan_times(svc: LvsService) -> list[float]:
-    return [t for t, _ in svc.plans]
+def plan_times(rig: Rig) -> list[float]:
+    return [t for t, _ in rig.plans]
 
 
 async def test_failed_server_removed_after_retries_and_back(
@@ -211,7 +217,7 @@ async def test_failed_server_removed_after_retries_and_back(
         last: Op = rig.kernel.executed[-1]
         assert last == AddDest(VIP, Destination(A, 1, Forwarding.NAT))
         assert rig.notified() == [(22, "down 2"), (32, "up 2")]
-        assert plan_times(svc) == [0, 22, 32]
+        assert plan_times(rig) == [0, 22, 32]
     # stop releases the configured service, as keepalived does
     assert rig.kernel.table == {} and rig.kernel.closed
 
@@ -253,7 +259,7 @@ async def test_inhibit_on_failure_keeps_the_server_at_weight_0(
         rig.prober.set(A, True)
         await at(22.5, svc)
         assert rig.kernel.weights() == {A: 3, B: 1}
-        assert plan_times(svc) == [0, 12, 22]
+        assert plan_times(rig) == [0, 12, 22]
 
 
 async def test_misc_dynamic_weight_reaches_ipvs(
@@ -274,7 +280,7 @@ async def test_misc_dynamic_weight_reaches_ipvs(
         # weight 0 + 1 < quorum 5: quorum lost, but the server stays (no sorry server)
         assert rig.kernel.weights() == {A: 0, B: 1}
         assert svc.quorum == {VIP: False}
-        assert plan_times(svc) == [0, 10, 20]
+        assert plan_times(rig) == [0, 10, 20]
 
 
 async def test_reload_changes_only_the_difference(
@@ -332,7 +338,8 @@ async def test_without_ipvs_the_checkers_keep_running(
 
     rig = Rig()
     svc = LvsService(config(tmp_path, vs_text(rs_block(A), rs_block(B))),
-                     manager=InlineManager(no_ipvs), prober=rig.prober, scripts=rig.scripts)
+                     manager=InlineManager(no_ipvs), prober=rig.prober, scripts=rig.scripts,
+                     plan_observer=rig.observe_plan)
     with caplog.at_level(logging.INFO):
         async with running(svc):
             assert svc.ipvs_unavailable == "the kernel has no IPVS support (test)"
@@ -342,7 +349,7 @@ async def test_without_ipvs_the_checkers_keep_running(
             assert [s.alive for s in svc.real_servers()] == [False, True]
             assert rig.notified() == [(12, "down 2")]
             assert svc.desired[VIP].dests.keys() == {B}
-            assert plan_times(svc) == [0, 12]
+            assert plan_times(rig) == [0, 12]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == [
         "IPVS disabled: the kernel has no IPVS support (test)"
@@ -524,3 +531,20 @@ def test_daemon_without_ipvs_keeps_checking_and_reloads(tmp_path: Path) -> None:
     assert f"real server 127.0.0.1:{down}: TCP_CHECK#0 DOWN" in log_text
     assert "Traceback" not in log_text, log_text
     assert not pid.exists() and not cpid.exists()
+
+
+async def test_a_health_change_replans_only_its_virtual_server(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    other = ServiceKey.inet("198.18.0.10", 80)
+    second = ("virtual_server 198.18.0.10 80 {\n lb_algo rr\n lb_kind NAT\n"
+              f" protocol TCP\n{rs_block(C)}}}\n")
+    rig = Rig()
+    svc = rig.service(config(tmp_path, vs_text(rs_block(A), rs_block(B)) + second))
+    async with running(svc):
+        await trio.sleep_until(5)
+        rig.prober.set(A, False)
+        await at(12.5, svc)
+        assert rig.kernel.weights() == {B: 1}
+        assert rig.kernel.weights(other) == {C: 1}
+    assert [(t, list(p.table)) for t, p in rig.plans] == [(0, [VIP, other]), (12, [VIP])]
