@@ -68,6 +68,9 @@ import trio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from config_scale import virtual_servers_text  # noqa: E402
 
 from pyalived.checkers.policy import ProbeResult  # noqa: E402
 from pyalived.checkers.spec import CheckerSpec, RealServerSpec  # noqa: E402
@@ -92,56 +95,14 @@ VIRTUAL_SERVERS = 2277
 REAL_SERVERS = 37205
 SLOT = 0.01  # the checkers' timer grid (``pyalived.lvs.CHECK_TIMER_GRANULARITY``)
 
-# (lb_algo, lb_kind, port, persistence_timeout or 0), cycled over the virtual servers.
-SERVICE_SHAPES = (
-    ("wrr", "DR", 80, 0),
-    ("wlc", "NAT", 443, 0),
-    ("rr", "DR", 443, 300),
-    ("lc", "NAT", 8080, 0),
-    ("sh", "DR", 80, 0),
-    ("wrr", "TUN", 25, 0),
-    ("wlc", "DR", 3306, 600),
-)
-
-
-def _address(base: str, n: int) -> str:
-    """The ``n``-th host address of the /16 ``base`` (``198.19``), skipping .0 and .255."""
-    return f"{base}.{n // 254}.{n % 254 + 1}"
-
-
 def generate(
     delay_loop: float = 10,
     virtual_servers: int = VIRTUAL_SERVERS,
     real_servers: int = REAL_SERVERS,
 ) -> str:
-    """keepalived.conf text of the benchmark's shape (see the module docstring)."""
-    if not 0 < virtual_servers <= 254 * 254 or not 0 <= real_servers <= 254 * 254:
-        raise ValueError("at most 64,516 virtual and 64,516 real servers fit in a /16")
-    per_vs, extra = divmod(real_servers, virtual_servers)
-    out = ["global_defs {\n    router_id LVS_RELOAD\n}\n"]
-    rs = 0
-    for vs in range(virtual_servers):
-        algo, kind, port, persistence = SERVICE_SHAPES[vs % len(SERVICE_SHAPES)]
-        out.append(f"\nvirtual_server {_address('198.18', vs)} {port} {{\n")
-        out.append(f"    delay_loop {delay_loop:g}\n    lb_algo {algo}\n    lb_kind {kind}\n")
-        if persistence:
-            out.append(f"    persistence_timeout {persistence}\n")
-        out.append("    protocol TCP\n")
-        for _ in range(per_vs + (1 if vs < extra else 0)):
-            out.append(
-                f"    real_server {_address('198.19', rs)} {port} {{\n"
-                f"        weight {1 + rs % 3}\n"
-                "        TCP_CHECK {\n"
-                f"            connect_port {port}\n"
-                "            connect_timeout 3\n"
-                "            retry 3\n"
-                "            delay_before_retry 3\n"
-                "        }\n"
-                "    }\n"
-            )
-            rs += 1
-        out.append("}\n")
-    return "".join(out)
+    """keepalived.conf text of the benchmark's shape: ``bench/config_scale.py``'s blocks."""
+    head = "global_defs {\n    router_id LVS_RELOAD\n}\n"
+    return head + virtual_servers_text(virtual_servers, real_servers, delay_loop)
 
 
 def _index(ip: IPv4Address | IPv6Address) -> int:
