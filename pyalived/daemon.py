@@ -202,7 +202,7 @@ async def run_daemon(
                 metrics.lvs = lvs_service
                 await nursery.start(lvs_service.run)
             if options.metrics_listen is not None:
-                await _start_metrics(nursery, metrics, *options.metrics_listen)
+                await start_metrics(nursery, metrics, *options.metrics_listen)
             await nursery.start(run_watchdog, notifier)
             reloads = await nursery.start(
                 _reloader, runtime, lvs_service, loader, notifier, metrics, options.reload_timeout
@@ -218,10 +218,7 @@ async def run_daemon(
                     log.info("SIGHUP ignored: the supervisor reloads the configuration")
                     continue
                 if signum == signal.SIGHUP:
-                    try:
-                        reloads.send_nowait(None)
-                    except trio.WouldBlock:
-                        log.info("SIGHUP received: a reload is already queued")
+                    queue_reload(reloads)
                     continue
                 if signum in dump_signals:
                     await _dump(signum, runtime, counters, options.dump_dir)
@@ -248,7 +245,7 @@ def _status(runtime: VrrpRuntime | None, lvs: LvsService | None) -> str:
     return (", ".join(parts) or "nothing") + " running"
 
 
-async def _start_metrics(nursery: trio.Nursery, metrics: Metrics, host: str, port: int) -> None:
+async def start_metrics(nursery: trio.Nursery, metrics: Metrics, host: str, port: int) -> None:
     """Start the metrics server; failing to listen is logged, not fatal (VRRP matters more)."""
     try:
         await nursery.start(serve_metrics, metrics, host, port)
@@ -312,6 +309,14 @@ class ThreadLoader:
         if self.busy:
             raise ReloadBusy(f"the previous read of {self._what} has not returned yet")
         return await trio.to_thread.run_sync(self._run, abandon_on_cancel=True)
+
+
+def queue_reload(reloads: trio.MemorySendChannel[None]) -> None:
+    """SIGHUP: one more reload, unless one is queued already (they coalesce)."""
+    try:
+        reloads.send_nowait(None)
+    except trio.WouldBlock:
+        log.info("SIGHUP received: a reload is already queued")
 
 
 class ReloadBusy(Exception):

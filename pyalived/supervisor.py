@@ -79,11 +79,13 @@ from pyalived.daemon import (
     Loader,
     _file_loader,
     _read,
+    queue_reload,
     run_daemon,
+    start_metrics,
 )
 from pyalived.dump import SIGDATA, SIGJSON, SIGSTATS
 from pyalived.ipc import Link, LinkClosed
-from pyalived.metrics import Metrics, serve_metrics
+from pyalived.metrics import Metrics
 from pyalived.pidfile import remove_pid, write_pid
 from pyalived.sdnotify import READY, STOPPING, WATCHDOG, Notifier
 from pyalived.vrrp.counters import VrrpCounters
@@ -404,7 +406,7 @@ class Supervisor:
                         nursery.start_soon(self._watch, child)
                         nursery.start_soon(self._listen, child)
                     if self.options.metrics_listen is not None and not self.stopping:
-                        await _start_metrics(nursery, self.metrics, *self.options.metrics_listen)
+                        await start_metrics(nursery, self.metrics, *self.options.metrics_listen)
                     nursery.start_soon(self._watchdog)
                     reloads = await nursery.start(self._reloader)
                     async for signum in signals:
@@ -429,10 +431,7 @@ class Supervisor:
                 self._epoch_scope.deadline = trio.current_time() + STOP_TIMEOUT
             return
         if signum == signal.SIGHUP:
-            try:
-                reloads.send_nowait(None)
-            except trio.WouldBlock:
-                log.info("SIGHUP received: a reload is already queued")
+            queue_reload(reloads)
             return
         vrrp = self.children.get(VRRP)
         if vrrp is not None:
@@ -611,13 +610,6 @@ class Supervisor:
         for ident in [i for i, e in self._answers.items() if e in waits]:
             del self._answers[ident]
         return bodies
-
-
-async def _start_metrics(nursery: trio.Nursery, metrics: Metrics, host: str, port: int) -> None:
-    try:
-        await nursery.start(serve_metrics, metrics, host, port)
-    except OSError as exc:
-        log.error("metrics: cannot listen on %s port %d: %s", host, port, exc)
 
 
 def _signal_child(child: Child, signum: int) -> None:
