@@ -285,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(result.config, DaemonOptions(
             vrrp=run_vrrp, checkers=run_checkers, metrics_listen=args.metrics_listen,
             config_path=conf_path, config_id=args.config_id,
-            dump_dir=os.path.abspath(args.dump_dir)), pid_files, not args.dont_respawn)
+            dump_dir=os.path.abspath(args.dump_dir)), pid_files, not args.dont_respawn,
+            result.sources)
     except PidFileError as exc:
         log.error("%s", exc)
         if args.dont_fork and not args.log_console:
@@ -297,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: object, options: DaemonOptions, pid_files: dict[str, str | None],
-         respawn: bool) -> int:
+         respawn: bool, sources: tuple[object, ...] = ()) -> int:
+    from pyalived.config.lexer import Source
     from pyalived.config.model import Config
     from pyalived.sdnotify import Notifier
     from pyalived.supervisor import supervise
@@ -307,7 +309,8 @@ def _run(config: object, options: DaemonOptions, pid_files: dict[str, str | None
     raise_nofile_limit()  # sockets are file descriptors: lift the soft limit to the hard one
     notifier = Notifier.from_environment()
     try:
-        return supervise(config, options, notifier, pid_files, respawn)
+        return supervise(config, options, notifier, pid_files, respawn,
+                         tuple(s for s in sources if isinstance(s, Source)))
     except BaseException as exc:
         return _failed(exc)
     finally:

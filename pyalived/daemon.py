@@ -263,7 +263,19 @@ def _attacher(metrics: Metrics) -> Callable[[Sequence[Instance], Sequence[Instan
     return attach
 
 
-def _file_loader(options: DaemonOptions) -> Loader | None:
+#: What a loader returns when the files are known to be unchanged (see ``_file_loader``).
+UNCHANGED = object()
+
+
+def _file_loader(
+    options: DaemonOptions, unchanged: Callable[[], bool] | None = None
+) -> Loader | None:
+    """A ``ThreadLoader`` of ``options.config_path``.
+
+    ``unchanged``, checked first in the same thread, may answer that the files
+    hold exactly what was last applied: the loader then returns ``UNCHANGED``
+    without parsing anything.
+    """
     if options.config_path is None:
         return None
     path, config_id = options.config_path, options.config_id
@@ -278,6 +290,8 @@ def _file_loader(options: DaemonOptions) -> Loader | None:
     def read() -> Any:
         from pyalived.config import load as load_config
 
+        if unchanged is not None and unchanged():
+            return UNCHANGED
         return load_config(path, config_id=config_id, interface_exists=interface_exists)
 
     return ThreadLoader(read, path)

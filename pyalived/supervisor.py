@@ -72,9 +72,11 @@ from typing import Any
 
 import trio
 
+from pyalived.config.lexer import Source, sources_unchanged
 from pyalived.config.model import Config
 from pyalived.daemon import (
     RELOAD_TIMEOUT,
+    UNCHANGED,
     DaemonOptions,
     Loader,
     _file_loader,
@@ -299,8 +301,10 @@ class Supervisor:
         *,
         pid_files: dict[str, str | None],
         respawn: bool = True,
+        sources: tuple[Source, ...] = (),
     ) -> None:
         self.config = config
+        self.sources = sources  # what the running configuration was read from
         self.options = options
         self.notifier = notifier
         self.halves = [h for h, on in ((VRRP, options.vrrp), (CHECKERS, options.checkers)) if on]
@@ -319,7 +323,7 @@ class Supervisor:
         self._applied: trio.Event | None = None
         self._generation = 0  # of the configuration the children should be running
         self.metrics = SupervisorMetrics(self)
-        self.loader: Loader | None = _file_loader(options)
+        self.loader: Loader | None = _file_loader(options, self._unchanged)
 
     # -- processes (outside trio) --
 
@@ -545,6 +549,10 @@ class Supervisor:
         async for _ in receive:
             await self._reload()
 
+    def _unchanged(self) -> bool:
+        """In the reader's thread: do the files hold what is running already?"""
+        return bool(self.sources) and sources_unchanged(self.sources)
+
     async def _reload(self) -> None:
         if self.loader is None:
             log.warning("SIGHUP received: no configuration file to reload")
@@ -553,6 +561,11 @@ class Supervisor:
         self.notifier.reloading()
         try:
             result = await _read(self.loader, self.options.reload_timeout)
+            if result is UNCHANGED:
+                log.info("reload: the %d configuration file(s) are unchanged: nothing to apply",
+                         sum(s.kind == "file" for s in self.sources))
+                self.metrics.reloaded(True)
+                return
             new: Config | None = None
             if result is not None:
                 for diagnostic in result.diagnostics:
@@ -565,6 +578,7 @@ class Supervisor:
                 self.metrics.reloaded(False)
                 return
             self.config = new
+            self.sources = result.sources
             self._generation += 1
             self._applied = trio.Event()
             for child in list(self.children.values()):
@@ -637,8 +651,10 @@ def _preload() -> None:
 
 
 def supervise(config: Config, options: DaemonOptions, notifier: Notifier,
-              pid_files: dict[str, str | None], respawn: bool) -> int:
-    return Supervisor(config, options, notifier, pid_files=pid_files, respawn=respawn).run()
+              pid_files: dict[str, str | None], respawn: bool,
+              sources: tuple[Source, ...] = ()) -> int:
+    return Supervisor(config, options, notifier, pid_files=pid_files, respawn=respawn,
+                      sources=sources).run()
 
 
 __all__ = ["RELOAD_TIMEOUT", "Supervisor", "child_main", "half_config", "supervise"]

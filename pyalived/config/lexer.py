@@ -52,14 +52,15 @@ so the tree builder only ever sees at most ``max_depth`` levels.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import socket
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from pyalived.config.diagnostics import Category, DiagnosticSink
 from pyalived.config.model import Location
@@ -90,6 +91,56 @@ DEFAULT_LIMITS = ReaderLimits()
 # The words of one logical line, never none: (file, line number, words, quoted flags
 # or None when no word was quoted).  An unquoted "{" or "}" word is a brace.
 LineSink = Callable[[str, int, list[str], "list[bool] | None"], None]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input of a configuration, as ``sources_unchanged`` re-checks it.
+
+    ``("file", path, digest)``: a file read, with the SHA-256 of its decoded
+    text; ``("glob", pattern, matches)``: an include pattern and the regular
+    files it matched.  The reader's output is a function of these texts and
+    matches alone (and of the config id), so the same sources read again
+    give the same configuration.
+    """
+
+    kind: str
+    name: str
+    value: str | tuple[str, ...]
+
+
+def sources_unchanged(sources: Sequence[Source], limits: ReaderLimits = DEFAULT_LIMITS) -> bool:
+    """True if every file still holds the same text and every glob the same matches.
+
+    Files are opened the way the reader opens them (regular files only,
+    never waiting on a FIFO) and read no further than ``limits.max_bytes``.
+    """
+    budget = limits.max_bytes
+    for source in sources:
+        if source.kind == "glob":
+            if _glob_files(source.name) != source.value:
+                return False
+            continue
+        try:
+            fd = os.open(source.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        with open(fd, encoding="utf-8", errors="replace") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            digest = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                budget -= len(chunk)
+                if budget < 0:
+                    return False
+                digest.update(chunk.encode())
+        if digest.hexdigest() != source.value:
+            return False
+    return True
+
+
+def _glob_files(pattern: str) -> tuple[str, ...]:
+    return tuple(m for m in sorted(glob.iglob(pattern)) if os.path.isfile(m))
 
 
 class _Stop(Exception):
@@ -184,6 +235,7 @@ class Lexer:
         self._lines_read = 0
         self._depth = 0  # open { blocks
         self._words = 0  # words handed over
+        self.sources: list[Source] = []  # every file read and glob expanded
 
     def read(self, path: str) -> bool:
         """Hand over the words of ``path`` and its includes; False if a limit stopped it."""
@@ -213,11 +265,13 @@ class Lexer:
         if f is None:
             return
         self._stack.append(real)
+        digest = hashlib.sha256()
         try:
             with f:
-                self._lex_lines(path, self._lines(f, path))
+                self._lex_lines(path, self._lines(f, path, digest))
         finally:
             self._stack.pop()
+        self.sources.append(Source("file", path, digest.hexdigest()))
 
     def _open(self, path: str, at: Location) -> TextIO | None:
         """``path`` opened for reading if it is a regular file within the byte budget."""
@@ -270,7 +324,7 @@ class Lexer:
         self.sink.error(loc, f"{message}; the rest of the configuration is not read")
         raise _Stop
 
-    def _lines(self, f: TextIO, path: str) -> Iterator[tuple[int, str]]:
+    def _lines(self, f: TextIO, path: str, digest: Any) -> Iterator[tuple[int, str]]:
         """``(line number, text)`` of each physical line, its end-of-line included.
 
         A line longer than ``max_line`` is reported and skipped (its numbers stay right).
@@ -282,6 +336,7 @@ class Lexer:
         max_errors = limits.max_errors
         sink = self.sink
         readline = f.readline
+        update = digest.update
         lineno = 0
         while True:
             if sink.error_count >= max_errors:
@@ -289,6 +344,7 @@ class Lexer:
             line = readline(limit + 1)
             if not line:
                 return
+            update(line.encode())
             lineno += 1
             size = len(line)
             self._bytes += size
@@ -306,6 +362,7 @@ class Lexer:
                     line = readline(limit)
                     if not line:
                         return
+                    update(line.encode())
                     self._charge(len(line), loc)
                 continue
             yield lineno, line
@@ -554,9 +611,10 @@ class Lexer:
             )
             return
         if _GLOB_CHARS & set(pattern):
-            for match in sorted(glob.iglob(pattern)):
-                if os.path.isfile(match):
-                    self.lex_file(match, loc)
+            matches = _glob_files(pattern)
+            self.sources.append(Source("glob", pattern, matches))
+            for match in matches:
+                self.lex_file(match, loc)
             return
         self.lex_file(pattern, loc)
 

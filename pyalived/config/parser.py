@@ -46,7 +46,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pyalived.config.diagnostics import Category, Diagnostic, DiagnosticSink, exit_code_for
-from pyalived.config.lexer import DEFAULT_LIMITS, Lexer, ReaderLimits, default_config_id
+from pyalived.config.lexer import (
+    DEFAULT_LIMITS,
+    Lexer,
+    ReaderLimits,
+    Source,
+    default_config_id,
+)
 from pyalived.config.lvs_parse import LvsParser
 from pyalived.config.model import Config, Location
 from pyalived.config.tree import Node, TreeBuilder
@@ -75,6 +81,7 @@ class LoadResult:
     config: Config | None  # None when any diagnostic is an ERROR
     diagnostics: tuple[Diagnostic, ...]
     exit_code: int
+    sources: tuple[Source, ...] = ()  # what was read (see ``lexer.sources_unchanged``)
 
 
 def load(
@@ -109,7 +116,8 @@ def load(
     sink.absorb(builder.errors)
     sink.absorb(parser.sink)
     diags = sink.diagnostics()
-    return LoadResult(None if sink.has_errors else config, diags, exit_code_for(diags))
+    return LoadResult(None if sink.has_errors else config, diags, exit_code_for(diags),
+                      tuple(lexer.sources))
 
 
 @contextlib.contextmanager

@@ -263,14 +263,14 @@ def test_without_respawn_a_dead_vrrp_child_stops_the_daemon_and_its_vip(
     lab.wait_sole_holder(r2, timeout=SETTLE)
 
 
-def big_director_config(real_server: str, count: int) -> str:
+def big_director_config(real_server: str, count: int, delay_loop: int = 10) -> str:
     """r1's config plus ``count`` real servers that cannot be reached (checked DOWN at once)."""
     servers = "".join(
         f"    real_server 198.19.{n // 250}.{n % 250 + 1} 8080 {{\n"
         "        TCP_CHECK {\n            connect_timeout 1\n        }\n    }\n"
         for n in range(count))
     return director_config(real_server) + (
-        "virtual_server 198.18.0.201 80 {\n    delay_loop 10\n    lb_algo rr\n"
+        f"virtual_server 198.18.0.201 80 {{\n    delay_loop {delay_loop}\n    lb_algo rr\n"
         "    lb_kind NAT\n    protocol TCP\n" + servers + "}\n")
 
 
@@ -285,7 +285,8 @@ def test_a_reload_is_reported_applied_only_once_both_children_applied_it(
     lab.start_daemon(r2, render_config("r2", [R2]))
     lab.wait_sole_holder(r1, timeout=SETTLE)
     wait_for(lambda: "all children ready" in d.log(), SETTLE, what="both children ready")
-    for _ in range(3):  # unchanged reloads, one after the other, as an operator might
+    for delay_loop in (11, 12, 13):  # three edits, one after the other, as an operator might
+        d.lab.write_config(r1, big_director_config(r2.ip, 12_000, delay_loop))
         start = len(d.log())
         d.proc.signal(signal.SIGHUP)
         wait_for(lambda start=start: "reload: applied by every child" in d.log()[start:], 120,
@@ -296,3 +297,33 @@ def test_a_reload_is_reported_applied_only_once_both_children_applied_it(
         assert any("reload: VRRP instances" in line for line in done), lines[:applied]
         assert any("reload: real server" in line for line in done), lines[:applied]
     assert lab.holders() == [r1]
+
+
+def test_an_unchanged_reload_applies_nothing_and_an_edited_include_is_applied(
+    make_lab: MakeLab,
+) -> None:
+    lab = make_lab(routers=2)
+    r1, r2 = lab.routers
+    lab.spawn(r2, [sys.executable, "-c", LISTENER, str(RS_PORT)], "real-server")
+    extra = lab.workdir / "extra.conf"
+    extra.write_text("# the second address comes later\n")
+    text = director_config(r2.ip).replace(
+        "virtual_ipaddress {\n", "virtual_ipaddress {\n        include extra.conf\n", 1)
+    d = Director(lab, r1, text)
+    lab.start_daemon(r2, render_config("r2", [R2]))
+    lab.wait_sole_holder(r1, timeout=SETTLE)
+    wait_for(lambda: "all children ready" in d.log(), SETTLE, what="both children ready")
+
+    def sighup() -> str:
+        start = len(d.log())
+        d.proc.signal(signal.SIGHUP)
+        done = ("nothing to apply", "applied by every child", "reload refused")
+        wait_for(lambda: any(n in d.log()[start:] for n in done), SETTLE, what="a verdict")
+        return d.log()[start:]
+
+    extra.write_text(extra.read_text())  # rewritten by a tool, same text
+    assert "unchanged: nothing to apply" in sighup()
+    extra.write_text("198.18.0.101/24\n")
+    log = sighup()
+    assert "applied by every child" in log
+    wait_for(lambda: "198.18.0.101" in lab.addresses(r1), SETTLE, what="the included VIP")
