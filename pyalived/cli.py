@@ -10,14 +10,14 @@ over.  Unless ``-n`` is given the process daemonizes the classic way (fork,
 setsid, fork, chdir /, stdio to /dev/null) before trio starts, and the final
 process writes the pid file.
 
-pyalived is a single process, so the pid file of ``-p`` names it.  ``-r``
-(keepalived's VRRP child pid file) receives the same pid when the VRRP half
-runs, and ``-c`` (the checker child's) when the health-checker half runs.
-``-P`` runs only the VRRP half, ``-C`` only the health checkers and their
-IPVS table; with neither, both run.  Options of keepalived that pyalived does not
-implement are refused with a message naming them, rather than silently
-ignored; ``-B`` and ``-R`` are accepted because their meaning (no BFD
-process, no child respawning) is what pyalived always does.
+As in keepalived, the process that writes ``-p`` is the parent of one child
+per half (``pyalived.supervisor``): ``-r`` names the VRRP child and ``-c``
+the checker child, each rewritten when the child is restarted.  ``-P`` runs
+only the VRRP half, ``-C`` only the health checkers and their IPVS table;
+with neither, both run.  ``-R`` stops the daemon when a child dies instead of
+restarting it.  Options of keepalived that pyalived does not implement are
+refused with a message naming them, rather than silently ignored; ``-B`` is
+accepted because its meaning (no BFD process) is what pyalived always does.
 
 pyalived's own options have no short form: ``--metrics-listen`` says where
 the Prometheus metrics are served (``none`` turns them off).  Under a
