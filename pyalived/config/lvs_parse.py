@@ -215,20 +215,28 @@ def _granularity(r: ValueReader, node: Node) -> int | None:
         return None
 
 
-def _sorry_server(r: ValueReader, node: Node) -> SorryServer | None:
-    r.no_block(node)
+def _ip_port(r: ValueReader, node: Node) -> tuple[IPv4Address, int | None] | None:
+    """``IP [PORT]`` of a ``sorry_server`` or ``real_server`` line (errors reported)."""
     if not node.values:
-        r.sink.error(node.location, "sorry_server needs IP [PORT]")
+        r.sink.error(node.location, f"{node.name} needs IP [PORT]")
         return None
     addr = r.ipv4(node, node.values[0])
     if addr is None:
         return None
     port: int | None = None
     if len(node.values) > 1:
-        port = r.port(node, node.values[1], "sorry_server")
+        port = r.port(node, node.values[1], node.name)
         if port is None:
             return None
-    return SorryServer(addr, port, node.location)
+    return addr, port
+
+
+def _sorry_server(r: ValueReader, node: Node) -> SorryServer | None:
+    r.no_block(node)
+    where = _ip_port(r, node)
+    if where is None:
+        return None
+    return SorryServer(where[0], where[1], node.location)
 
 
 def _digest(r: ValueReader, node: Node) -> str | None:
@@ -701,17 +709,10 @@ class LvsParser:
     def real_server(self, node: Node) -> RealServer | None:
         r = self.r
         body = node.children or ()
-        if not node.values:
-            r.sink.error(node.location, "real_server needs IP [PORT]")
+        where = _ip_port(r, node)
+        if where is None:
             return None
-        addr = r.ipv4(node, node.values[0])
-        if addr is None:
-            return None
-        port: int | None = None
-        if len(node.values) > 1:
-            port = r.port(node, node.values[1], "real_server")
-            if port is None:
-                return None
+        addr, port = where
         block = _RealServer(r, self, addr, port)
         _REAL_SERVER.run(block, body)
         return RealServer(

@@ -238,18 +238,21 @@ class ValueReader:
 Read = Callable[[ValueReader, Node], T | None]  # a reader of T
 
 
+def _single(r: ValueReader, node: Node) -> str | None:
+    """``node``'s one value (as ``ValueReader.one``, with the usual case first)."""
+    values = node.values
+    if len(values) == 1 and node.children is None:
+        return values[0]
+    return r.one(node)
+
+
 def int_in(lo: int, hi: int) -> Read[int]:
     """A reader of a whole number in ``[lo, hi]``."""
 
     def read(r: ValueReader, node: Node) -> int | None:
-        values = node.values
-        if len(values) == 1 and node.children is None:  # the usual case, as in ``one``
-            text = values[0]
-        else:
-            one = r.one(node)
-            if one is None:
-                return None
-            text = one
+        text = _single(r, node)
+        if text is None:
+            return None
         try:
             value = int(text, 10)
         except ValueError:
@@ -267,14 +270,9 @@ def float_in(lo: float, hi: float) -> Read[float]:
     """A reader of a finite number in ``[lo, hi]``."""
 
     def read(r: ValueReader, node: Node) -> float | None:
-        values = node.values
-        if len(values) == 1 and node.children is None:  # the usual case, as in ``one``
-            text = values[0]
-        else:
-            one = r.one(node)
-            if one is None:
-                return None
-            text = one
+        text = _single(r, node)
+        if text is None:
+            return None
         try:
             value = float(text)
         except ValueError:
