@@ -1,21 +1,22 @@
 """Runs every checker of every real server and reports health changes.
 
-Theory of operation: ``CheckerScheduler.run`` starts one trio task per
-checker under its own nursery, and ``add``/``remove``/``update`` start, stop
-and reconfigure the checkers of single real servers while it runs (see
-"Reload" below).  All checkers of all real servers sleep on one
-``TimerQueue``, so thousands of them cost one trio deadline, not one each.
-With a prober that has ``starter`` (``StartingProber``), the queue's own
-task starts each due probe and, when it needed no waiting (a loopback
-connect, a refusal), finishes it on the spot: the checker's task stays parked
-and a check costs no task switch; a probe that must wait is handed to that
-task.
+Theory of operation: ``CheckerScheduler.run`` checks every configured real
+server, and ``add``/``remove``/``update`` start, stop and reconfigure the
+checkers of single real servers while it runs (see "Reload" below).  An idle
+checker is no task: it is one entry in a ``TimerQueue`` (a heap served by one
+clock task), so tens of thousands of checkers cost one trio deadline and a
+few hundred bytes each.  When a checker's ``CheckerPolicy`` timer comes, the
+queue's task starts its probe.  With a prober that has ``starter``
+(``StartingProber``) a single-step checker's probe is started synchronously
+and, when it needed no waiting (a loopback connect, a refusal), finished on
+the spot; a probe that must wait, and every probe of other checkers, runs in
+a task of the scheduler's nursery that lives as long as the probe.  A probe
+already due when its checker starts (``warmup 0``) runs in such a task too.
 A ``timer_granularity`` (the daemon uses 10 ms) lets the queue wake only on
 that grid, so checks due close together share one wake-up of the process.
-Each task loops: sleep until its ``CheckerPolicy`` timer, run one probe
-through the ``Prober`` interface, feed the result to the policy and the
-transitions to the real server's ``RealServerHealth`` (and its duration to
-``on_probe_done``, the metrics' hook).  Tasks never wait for
+Each result goes to the policy, the transitions to the real server's
+``RealServerHealth`` (and its duration to ``on_probe_done``, the metrics'
+hook), and the checker's next timer entry is queued.  Probes never wait for
 each other, so a slow or hostile real server only delays its own checker
 (every probe is bounded in time by the probes themselves).  Whenever a real
 server's alive flag or effective weight changes, one ``RealServerEvent``
@@ -23,11 +24,11 @@ goes to the ``HealthSink`` (a plain synchronous callback; ``ChannelSink``
 forwards to a trio memory channel for a subscriber that wants to await
 events).  The initial state of every real server (alive unless one of its
 checkers is in ``alpha`` mode) is reported before ``task_status.started()``,
-and ``wait_running`` returns once every checker task runs (a probe due at
-once has then started); when the scheduler is cancelled, real servers of
-virtual servers with ``omega`` are reported down (a removed real server
-reports nothing more).  Every checker transition is logged once, naming the
-virtual server, real server, checker and reason.
+and ``wait_running`` returns once every probe due at a checker's start has
+started; when the scheduler is cancelled, real servers of virtual servers
+with ``omega`` are reported down (a removed real server reports nothing
+more).  Every checker transition is logged once, naming the virtual server,
+real server, checker and reason.
 
 Reload: a real server is known by a key, by default its virtual server's
 name, address and port (``server_key``); the caller may give its own, which
@@ -37,13 +38,11 @@ state: each checker's policy is reconfigured in place
 (``CheckerPolicy.reconfigure``: verdict, retries and URL kept, the wait in
 progress moved only if its interval changed) and the real server's health
 keeps its alive flag (``RealServerHealth.reconfigure``: a dead real server
-stays dead until a probe succeeds).  A checker's task goes on through an
-update, a probe in progress included; only a checker that moves between the
-two loops (one URL or several) is given a new task, its probe in progress,
-if any, abandoned and started again at once.  A checker whose next probe
-moved is woken (a sleeping task goes back to sleep until the new time) or
-given a new timer entry (the fast path); the old entry, when it comes,
-finds the probe not due and does nothing.
+stays dead until a probe succeeds).  A probe in progress goes on through an
+update; only a checker that moves between the two paths (one URL or
+several) is replaced, its probe in progress, if any, abandoned and started
+again at once.  A checker whose next probe moved is given a new timer entry;
+the old entry, when it comes, finds the probe not due and does nothing.
 
 A probe that could not run for lack of this process's resources (a result
 marked ``internal``, or an ``OSError`` such as EMFILE escaping the prober:
@@ -60,12 +59,11 @@ import heapq
 import logging
 import math
 import random
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
-from outcome import Value
 
 from pyalived.checkers.policy import (
     INTERNAL_RETRY_DELAY,
@@ -144,7 +142,7 @@ def server_key(virtual_server: str, rs: RealServerSpec) -> ServerKey:
     return (virtual_server, rs.ip, rs.port)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Server:
     key: ServerKey
     vs: VirtualServerSpec
@@ -158,19 +156,24 @@ class _Server:
 class _Checker:
     """One checker of one real server, as its task runs it."""
 
+    owner: CheckerScheduler
     server: _Server
     index: int  # among the real server's checkers
     spec: CheckerSpec
     policy: CheckerPolicy  # reconfigured in place by a reload: never replaced
-    label: str
-    fast: bool  # the timer queue's task starts its probes (see ``_checker_loop``)
-    scope: trio.CancelScope
-    start: Starter | None = None  # the fast path's probe starter
+    start: Starter | None = None  # the fast path's probe starter (None: probes run in a task)
     started: float = 0.0  # when the probe in progress started
     active: bool = True  # False once retired: it reports nothing more
-    began: bool = False  # its task has been counted as running (``wait_running``)
-    fire: Callable[[], None] | None = None  # the fast path's timer callback, once set up
-    slot: list[trio.lowlevel.Task | None] | None = None  # its task's timer-queue slot, asleep
+    began: bool = True  # False while a probe due at its start waits (``wait_running``)
+    scope: trio.CancelScope | None = None  # of the task running its probe, if any
+
+    @property
+    def label(self) -> str:
+        return checker_label(self.spec, self.index)
+
+    def __call__(self) -> None:
+        """Its timer-queue entry has come (see ``CheckerScheduler._dispatch``)."""
+        self.owner._dispatch(self)
 
 
 ProbeStartObserver = Callable[[float, float], None]  # (scheduled, actual) times
@@ -178,11 +181,10 @@ ProbeDoneObserver = Callable[[CheckerSpec, float, bool], None]  # (spec, seconds
 
 
 class TimerQueue:
-    """Parks tasks until a deadline; one clock task wakes them, in deadline order.
+    """Calls callbacks at their deadlines from one clock task, in deadline order.
 
-    Cheaper than ``trio.sleep_until`` for thousands of periodic tasks: a
-    parked task costs a heap entry, and waking it is a plain reschedule
-    instead of a cancel scope delivering a ``Cancelled`` exception.
+    Cheaper than a task per timer for thousands of periodic checkers: an
+    entry costs a heap entry, and one trio deadline serves them all.
 
     With a ``granularity`` g > 0 the queue's own task wakes only at multiples
     of g (of trio's clock) and then runs everything due: an entry runs at its
@@ -194,8 +196,7 @@ class TimerQueue:
     def __init__(self, granularity: float = 0.0) -> None:
         if not granularity >= 0.0:
             raise ValueError("granularity must not be negative")
-        self._heap: list[tuple[float, int, list[trio.lowlevel.Task | None] | Callable[[], None]]]
-        self._heap = []
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._scope: trio.CancelScope | None = None
         self.granularity = granularity
@@ -208,64 +209,26 @@ class TimerQueue:
         wake = math.ceil(deadline / g) * g
         return wake if wake >= deadline else wake + g  # float rounding: never early
 
-    def _wake_by(self, deadline: float) -> None:
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` from the queue's own task once ``deadline`` has come."""
         scope = self._scope
-        assert scope is not None
+        if scope is None:
+            raise RuntimeError("TimerQueue.run is not running")
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, callback))
         if deadline < scope.deadline:
             wake = self.wake_time(deadline)
             if wake < scope.deadline:
                 scope.deadline = wake
 
-    async def sleep_until(
-        self, deadline: float, slot: list[trio.lowlevel.Task | None] | None = None
-    ) -> None:
-        """Sleep until ``deadline``, or until ``wake(slot)`` (``slot``: a one-item list,
-        filled here with the sleeping task)."""
-        if self._scope is None:
-            raise RuntimeError("TimerQueue.run is not running")
-        if slot is None:
-            slot = [None]
-        slot[0] = trio.lowlevel.current_task()
-        self._seq += 1
-        heapq.heappush(self._heap, (deadline, self._seq, slot))
-        self._wake_by(deadline)
-
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            slot[0] = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    @staticmethod
-    def wake(slot: list[trio.lowlevel.Task | None]) -> None:
-        """Wake the task sleeping on ``slot`` now (its queue entry is then skipped)."""
-        task, slot[0] = slot[0], None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
-
-    def call_at(self, deadline: float, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` from the queue's own task once ``deadline`` has come."""
-        if self._scope is None:
-            raise RuntimeError("TimerQueue.run is not running")
-        self._seq += 1
-        heapq.heappush(self._heap, (deadline, self._seq, callback))
-        self._wake_by(deadline)
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         heap = self._heap
         self._scope = trio.CancelScope()
         task_status.started()
-        reschedule = trio.lowlevel.reschedule
         while True:
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                item = heapq.heappop(heap)[2]
-                if isinstance(item, list):
-                    task, item[0] = item[0], None  # a later ``wake`` finds it empty
-                    if task is not None:
-                        reschedule(task)
-                else:
-                    item()
+                heapq.heappop(heap)[2]()
             wake = self.wake_time(heap[0][0]) if heap else math.inf
             with trio.CancelScope(deadline=wake) as scope:
                 self._scope = scope
@@ -344,18 +307,19 @@ class CheckerScheduler:
     def _start_checker(
         self, s: _Server, index: int, spec: CheckerSpec, policy: CheckerPolicy
     ) -> _Checker:
-        assert self._nursery is not None
-        fast = self._starter is not None and policy.steps == 1
-        # (A checker of several steps always probes in its task: each probe names its step.)
-        c = _Checker(s, index, spec, policy, checker_label(spec, index), fast, trio.CancelScope())
-        if fast:
+        c = _Checker(self, s, index, spec, policy)
+        if self._starter is not None and policy.steps == 1:
+            # (A checker of several steps always probes in a task: each probe names its step.)
             c.start = self._make_start(spec, s.rs)
         if index < len(s.checkers):
             s.checkers[index] = c
         else:
             s.checkers.append(c)
-        self._unstarted += 1
-        self._nursery.start_soon(self._checker_task, c)
+        due = self._next_due(policy)
+        if due <= self._now():
+            c.began = False
+            self._unstarted += 1
+        self._timers.call_at(due, c)
         return c
 
     def _make_start(self, spec: CheckerSpec, rs: RealServerSpec) -> Starter:
@@ -370,10 +334,11 @@ class CheckerScheduler:
 
             return start
 
-    @staticmethod
-    def _retire(c: _Checker) -> None:
+    def _retire(self, c: _Checker) -> None:
         c.active = False
-        c.scope.cancel()
+        if c.scope is not None:
+            c.scope.cancel()
+        self._began(c)
 
     def add(self, vs: VirtualServerSpec, rs: RealServerSpec, key: ServerKey = None) -> None:
         """Check ``rs`` of ``vs`` under ``key`` (default: ``server_key``).
@@ -433,16 +398,16 @@ class CheckerScheduler:
             if spec != c.spec:
                 due = policy.get_timer()
                 policy.reconfigure(spec, now)
-                c.spec, c.label = spec, checker_label(spec, index)
                 if policy.up and not s.health.checker_up(index):
                     policy.force_down()
                 fast = self._starter is not None and policy.steps == 1
-                if fast != c.fast:  # the other loop: a new task, same policy
+                if fast != (c.start is not None):  # the other path: same policy, anew
                     self._retire(c)
                     if policy.probing:
                         policy.probe_abandoned(now)
                     self._start_checker(s, index, spec, policy)
                     continue
+                c.spec = spec
                 if fast:
                     c.start = self._make_start(spec, s.rs)
                 if policy.get_timer() != due:
@@ -451,14 +416,13 @@ class CheckerScheduler:
                 policy.force_down()
 
     def _retime(self, c: _Checker) -> None:
-        """The policy's next probe moved: let the checker's loop see it."""
+        """The policy's next probe moved: give the checker a timer entry at the new time.
+
+        The old entry, when it comes, finds the probe not due and does nothing.
+        """
         due = c.policy.get_timer()
-        if due is None:
-            return  # a probe in progress: the loop reads the timer after it
-        if c.fire is not None:
-            self._timers.call_at(due, c.fire)  # the old entry, when it comes, is ignored
-        elif c.slot is not None:
-            self._timers.wake(c.slot)  # the task goes back to sleep until the new time
+        if due is not None:  # else a probe in progress: its end reads the timer
+            self._timers.call_at(due, c)
 
     def _began(self, c: _Checker) -> None:
         if c.began:
@@ -469,7 +433,7 @@ class CheckerScheduler:
             self._all_running.set()
 
     async def wait_running(self) -> None:
-        """Return once every checker task started so far runs.
+        """Return once every checker started so far waits for its next probe.
 
         A probe that was already due when its checker started (no warmup) has
         started by then.
@@ -516,98 +480,62 @@ class CheckerScheduler:
     def _emit(self, event: RealServerEvent) -> None:
         self._sink.real_server_changed(event)
 
-    async def _probe(self, c: _Checker) -> ProbeResult:
-        try:
-            return await self._prober.probe(c.spec, c.server.rs, c.policy.step)
-        except Exception as exc:  # a probe bug must not take the other checkers down
-            return self._probe_error(c.spec, c.server.rs, exc)
-
-    async def _checker_task(self, c: _Checker) -> None:
-        try:
-            with c.scope:
-                if c.active:
-                    await self._checker_loop(c)
-        finally:
-            self._began(c)
-
-    async def _checker_loop(self, c: _Checker) -> None:
-        # A probe already due when the task begins (warmup 0) starts one
-        # checkpoint later, before ``wait_running`` returns; later ones wait in
-        # the queue.
-        # A retired checker stops at its next checkpoint; one that was already
-        # rescheduled when it was retired may run on up to its next wait, so it
-        # looks at ``c.active`` after each one and never touches its policy
-        # again (a new task may be running that policy).
-        policy = c.policy
-        due = self._next_due(policy)
-        if due > trio.current_time():
-            self._began(c)
-        else:
-            await trio.lowlevel.checkpoint()
-            self._began(c)
-            if not c.active:
-                return
-            await self._probe_in_task(c, due)
-        task = trio.lowlevel.current_task()
-        now = self._now
-        if not c.fast:
-            sleep_until = self._timers.sleep_until
-            while c.active:
-                due = self._next_due(policy)
-                slot: list[trio.lowlevel.Task | None] = [task]
-                c.slot = slot
-                await sleep_until(due, slot)
-                c.slot = None
-                if not c.active:
-                    return
-                due = self._next_due(policy)
-                if due <= now():  # else woken early: a reload moved the probe later
-                    await self._probe_in_task(c, due)
+    def _dispatch(self, c: _Checker) -> None:
+        """A timer entry of ``c`` has come: start its probe if it is due."""
+        if not c.active:
             return
-        # Fast path: the timer queue's task starts each probe (``fire``) and
-        # finishes it on the spot when it needs no waiting; only a probe that
-        # must wait is handed to this task, which otherwise stays parked.
-        parked = [True]
-        call_at = self._timers.call_at
-        on_start = self._on_probe_start
+        policy = c.policy
+        due = policy.get_timer()
+        now = self._now()
+        if due is None or due > now:
+            return  # an entry a reload left behind, or one whose probe is running
+        nursery = self._nursery
+        if nursery is None:
+            return  # stopping
+        started = c.started = now
+        if self._on_probe_start is not None:
+            self._on_probe_start(due, started)
+        policy.probe_started(started)
+        start = c.start
+        if start is None or not c.began:  # (a probe due as its checker starts: in a task too)
+            nursery.start_soon(self._probe_task, c, None)
+            return
+        try:
+            outcome = start()
+        except Exception as exc:  # a probe bug must not take the other checkers down
+            outcome = self._probe_error(c.spec, c.server.rs, exc)
+        if isinstance(outcome, ProbeResult):
+            self._probe_done(c, outcome)
+            self._schedule(c)
+        else:
+            nursery.start_soon(self._probe_task, c, outcome)
 
-        def fire() -> None:
-            if not parked[0] or not c.active:
+    async def _probe_task(self, c: _Checker, pending: Awaitable[ProbeResult] | None) -> None:
+        """One probe that must wait: the rest of a started one, or a whole one."""
+        with trio.CancelScope() as scope:
+            c.scope = scope
+            self._began(c)
+            if pending is None:
+                pending = self._prober.probe(c.spec, c.server.rs, c.policy.step)
+            if not c.active:  # retired before this task ran
+                if isinstance(pending, Coroutine):
+                    pending.close()
                 return
-            due = policy.get_timer()
-            if due is None or due > now():
-                return  # an entry a reload left behind: the probe moved
-            started = c.started = now()
-            if on_start is not None:
-                on_start(due, started)
-            policy.probe_started(started)
-            start = c.start
-            assert start is not None
-            try:
-                outcome = start()
-            except Exception as exc:  # a probe bug must not take the other checkers down
-                outcome = self._probe_error(c.spec, c.server.rs, exc)
-            if isinstance(outcome, ProbeResult):
-                self._probe_done(c, outcome)
-                call_at(self._next_due(policy), fire)
-            else:
-                parked[0] = False
-                trio.lowlevel.reschedule(task, Value(outcome))
-
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            parked[0] = False
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        c.fire = fire
-        while c.active:
-            parked[0] = True
-            call_at(self._next_due(policy), fire)
-            pending = await trio.lowlevel.wait_task_rescheduled(abort)
             try:
                 result = await pending
-            except Exception as exc:
+            except Exception as exc:  # a probe bug must not take the other checkers down
                 result = self._probe_error(c.spec, c.server.rs, exc)
-            self._probe_done(c, result)
+        if c.scope is scope:
+            c.scope = None
+        if scope.cancelled_caught or not c.active:
+            return  # retired while it ran
+        self._probe_done(c, result)
+        self._schedule(c)
+
+    def _schedule(self, c: _Checker) -> None:
+        """Give ``c`` its timer entry for its next probe."""
+        if c.active and self._nursery is not None:
+            self._timers.call_at(self._next_due(c.policy), c)
 
     @staticmethod
     def _next_due(policy: CheckerPolicy) -> float:
@@ -622,14 +550,6 @@ class CheckerScheduler:
             return ProbeResult(False, str(exc.strerror or exc).lower(), internal=True)
         log.error("%s on %s: probe error", spec.kind, rs, exc_info=exc)
         return ProbeResult(False, f"internal probe error: {exc!r}")
-
-    async def _probe_in_task(self, c: _Checker, due: float) -> None:
-        started = c.started = self._now()
-        if self._on_probe_start is not None:
-            self._on_probe_start(due, started)
-        c.policy.probe_started(started)
-        result = await self._probe(c)
-        self._probe_done(c, result)
 
     def _probe_done(self, c: _Checker, result: ProbeResult) -> None:
         if not c.active:
