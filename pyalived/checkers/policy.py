@@ -75,7 +75,7 @@ class Verdict(enum.Enum):
     DOWN = "DOWN"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     ok: bool
     reason: str  # short human-readable outcome, e.g. "connection refused"
@@ -104,6 +104,11 @@ def _urls(spec: CheckerSpec) -> int:
 
 class CheckerPolicy:
     """Timing and verdict of one checker; see the module docstring."""
+
+    __slots__ = (
+        "_last_end", "_next", "_passes", "_passing", "_wait", "_waiting", "delay_before_retry",
+        "delay_loop", "last_reason", "retries_done", "retry", "step", "steps", "up",
+    )
 
     def __init__(
         self,
@@ -272,13 +277,31 @@ class HealthChange:
 class RealServerHealth:
     """Combines the verdicts of a real server's checkers (all UP -> alive)."""
 
+    __slots__ = ("_asked", "_dynamic", "_up", "configured_weight")
+
     def __init__(self, weight: int, checkers: Sequence[CheckerSpec | None], alpha: Sequence[bool]):
         if len(checkers) != len(alpha):
             raise ValueError("one alpha flag per checker")
         self.configured_weight = weight
         self._up = [not a for a in alpha]
-        self._dynamic = [_dynamic(c) for c in checkers]
-        self._asked: list[int | None] = [None] * len(checkers)  # misc_dynamic weights
+        # Which checkers are misc_dynamic and the weights they asked for; both
+        # None when none is (nearly always: a large director holds many of these).
+        self._dynamic: tuple[bool, ...] | None = None
+        self._asked: list[int | None] | None = None
+        self._set_dynamic(checkers)
+
+    def _set_dynamic(self, checkers: Sequence[CheckerSpec | None]) -> None:
+        dynamic = tuple(_dynamic(c) for c in checkers)
+        if not any(dynamic):
+            self._dynamic = self._asked = None
+            return
+        old_dynamic, old_asked = self._dynamic, self._asked
+        self._asked = [
+            old_asked[i] if old_asked is not None and old_dynamic is not None
+            and i < len(old_dynamic) and old_dynamic[i] and dynamic[i] else None
+            for i in range(len(dynamic))
+        ]
+        self._dynamic = dynamic
 
     @classmethod
     def for_checkers(cls, weight: int, checkers: Sequence[CheckerSpec]) -> RealServerHealth:
@@ -291,6 +314,8 @@ class RealServerHealth:
     @property
     def weight(self) -> int:
         base = self.configured_weight
+        if self._asked is None:
+            return max(0, base)
         return max(0, base + sum(w - base for w in self._asked if w is not None))
 
     @property
@@ -313,7 +338,8 @@ class RealServerHealth:
         before = (self.alive, self.weight)
         if verdict is not None:
             self._up[index] = verdict is Verdict.UP
-        if weight is not None and self._dynamic[index]:
+        if weight is not None and self._dynamic is not None and self._dynamic[index]:
+            assert self._asked is not None
             self._asked[index] = weight
         return self._change(before, reason)
 
@@ -336,12 +362,7 @@ class RealServerHealth:
         self._up = [self._up[i] if i < old else alive for i in range(n)]
         if n and not alive and all(self._up):
             self._up = [False] * n
-        dynamic = [_dynamic(c) for c in checkers]
-        self._asked = [
-            self._asked[i] if i < old and dynamic[i] and self._dynamic[i] else None
-            for i in range(n)
-        ]
-        self._dynamic = dynamic
+        self._set_dynamic(checkers)
         self.configured_weight = weight
         return self._change(before, reason)
 

@@ -113,10 +113,6 @@ def _target(spec: TcpCheck | HttpGet, rs: RealServerSpec) -> tuple[IPAddress, in
     return ip, port
 
 
-def _where(ip: IPAddress, port: int) -> str:
-    return f"[{ip}]:{port}" if isinstance(ip, IPv6Address) else f"{ip}:{port}"
-
-
 def _strerror(exc: OSError) -> str:
     if exc.errno is not None:
         return os.strerror(exc.errno).lower()
@@ -205,51 +201,68 @@ def tcp_starter(spec: TcpCheck, rs: RealServerSpec) -> Starter:
     """
     ip, port = _target(spec, rs)
     family = socket.AF_INET6 if isinstance(ip, IPv6Address) else socket.AF_INET
-    addr = (str(ip), port)
-    bind = _bind_address(spec.bindto, spec.bind_port)
-    where = _where(ip, port)
-    connected = ProbeResult(True, f"connected to {where}")
-    timeout = spec.connect_timeout
-    new_socket = _socket.socket  # the C type: socket.socket's Python layer costs per check
-    stream = socket.SOCK_STREAM | socket.SOCK_NONBLOCK  # no fcntl call
+    return _TcpStarter(family, (str(ip), port), _bind_address(spec.bindto, spec.bind_port),
+                       spec.connect_timeout)
 
-    def start() -> ProbeResult | Awaitable[ProbeResult]:
+
+class _TcpStarter:
+    """``tcp_starter``'s result: a few hundred bytes per real server, kept as long as its
+    checker (tens of thousands of them live in a large director's checker process)."""
+
+    __slots__ = ("_connected", "addr", "bind", "family", "timeout")
+
+    def __init__(self, family: int, addr: tuple[str, int], bind: tuple[str, int] | None,
+                 timeout: float) -> None:
+        self.family, self.addr, self.bind, self.timeout = family, addr, bind, timeout
+        self._connected: ProbeResult | None = None  # made once, at the first success
+
+    @property
+    def where(self) -> str:
+        host, port = self.addr
+        return f"[{host}]:{port}" if self.family == socket.AF_INET6 else f"{host}:{port}"
+
+    @property
+    def connected(self) -> ProbeResult:
+        if self._connected is None:
+            self._connected = ProbeResult(True, f"connected to {self.where}")
+        return self._connected
+
+    def __call__(self) -> ProbeResult | Awaitable[ProbeResult]:
         try:
-            sock = new_socket(family, stream)
+            sock = _socket.socket(self.family, _STREAM)  # the C type: no Python layer per check
         except OSError as exc:
-            return _not_run(f"socket for {where}", exc)
+            return _not_run(f"socket for {self.where}", exc)
         try:
-            if bind is not None:
-                sock.bind(bind)
-            err = _connect_at_once(sock, addr)
+            if self.bind is not None:
+                sock.bind(self.bind)
+            err = _connect_at_once(sock, self.addr)
         except OSError as exc:
             sock.close()
-            return ProbeResult(False, f"connect to {where}: {_strerror(exc)}")
+            return ProbeResult(False, f"connect to {self.where}: {_strerror(exc)}")
         except BaseException:
             sock.close()
             raise
         if err == errno.EINPROGRESS:
-            return _tcp_finish(sock, timeout, where, connected)
+            return _tcp_finish(sock, self)
         sock.close()
         if err:
-            return ProbeResult(False, f"connect to {where}: {os.strerror(err).lower()}")
-        return connected
-
-    return start
+            return ProbeResult(False, f"connect to {self.where}: {os.strerror(err).lower()}")
+        return self.connected
 
 
-async def _tcp_finish(
-    sock: _socket.socket, timeout: float, where: str, connected: ProbeResult
-) -> ProbeResult:
+_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK  # no fcntl call
+
+
+async def _tcp_finish(sock: _socket.socket, starter: _TcpStarter) -> ProbeResult:
     try:
-        err = await _handshake(sock, timeout)
+        err = await _handshake(sock, starter.timeout)
     except trio.TooSlowError:
-        return ProbeResult(False, f"timeout connecting to {where}")
+        return ProbeResult(False, f"timeout connecting to {starter.where}")
     finally:
         sock.close()
     if err:
-        return ProbeResult(False, f"connect to {where}: {os.strerror(err).lower()}")
-    return connected
+        return ProbeResult(False, f"connect to {starter.where}: {os.strerror(err).lower()}")
+    return starter.connected
 
 
 async def tcp_probe(spec: TcpCheck, rs: RealServerSpec) -> ProbeResult:

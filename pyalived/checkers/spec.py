@@ -26,7 +26,7 @@ DEFAULT_DELAY_LOOP = 60.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Timing:
     """The generic scheduling options every checker has."""
 
@@ -41,7 +41,7 @@ class Timing:
         return self.delay_loop if self.warmup is None else self.warmup
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StatusRange:
     """One ``status_code`` item: a single code (lo == hi) or an inclusive range."""
 
@@ -55,7 +55,7 @@ class StatusRange:
 DEFAULT_STATUS = (StatusRange(200, 299),)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UrlSpec:
     path: str
     status_code: tuple[StatusRange, ...] = DEFAULT_STATUS
@@ -68,6 +68,8 @@ class UrlSpec:
 
 class _Retrying:
     """keepalived's per-checker-type defaults for retry and delay_before_retry."""
+
+    __slots__ = ()
 
     timing: Timing
     default_retry: ClassVar[int]
@@ -83,7 +85,7 @@ class _Retrying:
         return self.default_delay_before_retry if t is None else t
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Connection:
     connect_ip: IPAddress | None = None  # None: the real server's address
     connect_port: int | None = None  # None: the real server's port
@@ -92,7 +94,7 @@ class _Connection:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class TcpCheck(_Connection, _Retrying):
     timing: Timing = field(default_factory=Timing)
 
@@ -102,7 +104,7 @@ class TcpCheck(_Connection, _Retrying):
     default_delay_before_retry: ClassVar[float] = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class HttpGet(_Connection, _Retrying):
     urls: tuple[UrlSpec, ...] = ()
     virtualhost: str | None = None  # Host header; None: "IP:PORT" of the connection
@@ -115,7 +117,7 @@ class HttpGet(_Connection, _Retrying):
     default_delay_before_retry: ClassVar[float] = 3.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SslGet(HttpGet):
     enable_sni: bool = False  # send the virtualhost as TLS server name
     verify: bool = False  # keepalived does not verify the server certificate
@@ -124,7 +126,7 @@ class SslGet(HttpGet):
     kind = "SSL_GET"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class MiscCheck(_Retrying):
     misc_path: str  # command line; split like a shell would, but run without one
     misc_timeout: float | None = None  # None: delay_loop
@@ -146,7 +148,7 @@ class MiscCheck(_Retrying):
 CheckerSpec = TcpCheck | HttpGet | SslGet | MiscCheck
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RealServerSpec:
     ip: IPAddress
     port: int | None  # None: fwmark services without a port
@@ -158,7 +160,7 @@ class RealServerSpec:
         return host if self.port is None else f"{host}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VirtualServerSpec:
     name: str  # "IP:PORT", "fwmark N" or "group NAME": used in logs and events
     real_servers: tuple[RealServerSpec, ...] = ()

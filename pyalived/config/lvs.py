@@ -16,10 +16,16 @@ and one per fwmark, all sharing the block's real servers (fwmark services
 ignore a real server's port, as keepalived does).  Checkers run once
 per real server of a block, so a checker event for a ``VirtualServerSpec``
 name applies to every service of ``services_by_name``.
+
+Equal checker specs are one object (``_interned``): the real servers of a
+block usually share their checker settings, and a large director holds tens
+of thousands of them, so one spec per distinct setting saves most of the
+memory the specs would take.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 from pyalived.checkers.spec import (
@@ -79,8 +85,20 @@ def groups_of(config: Config) -> dict[str, VirtualServerGroup]:
 # ---- checker side --------------------------------------------------------------
 
 
+_SPECS: weakref.WeakValueDictionary[CheckerSpec, CheckerSpec] = weakref.WeakValueDictionary()
+
+
+def _interned(spec: CheckerSpec) -> CheckerSpec:
+    """The one live spec equal to ``spec`` (``spec`` itself if none is)."""
+    return _SPECS.setdefault(spec, spec)
+
+
 def checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> CheckerSpec:
     """One checker with the virtual server -> real server -> checker inheritance resolved."""
+    return _interned(_checker_spec(checker, rs, vs))
+
+
+def _checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> CheckerSpec:
     o = checker.options.over(rs.options).over(vs.options)
     timing = Timing(
         delay_loop=DEFAULT_DELAY_LOOP if o.delay_loop is None else o.delay_loop,

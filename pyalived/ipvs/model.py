@@ -80,7 +80,7 @@ def _family_of(addr: IPAddress) -> int:
 # ---- kernel view -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceKey:
     """How IPVS identifies a virtual service: (family, protocol, address, port) or a fwmark."""
 
@@ -131,7 +131,7 @@ class ServiceKey:
         return f"{proto} {host}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     """The editable attributes of a virtual service (IPVS_SVC_ATTR_*)."""
 
@@ -157,7 +157,7 @@ class Service:
         return bool(self.flags & SVC_F_PERSISTENT)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DestKey:
     address: IPAddress
     port: int = 0
@@ -170,7 +170,7 @@ class DestKey:
         return f"{host}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Destination:
     """The editable attributes of a real server in a service (IPVS_DEST_ATTR_*)."""
 
@@ -187,7 +187,7 @@ class Destination:
             raise ValueError("thresholds out of range")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceEntry:
     service: Service
     dests: Mapping[DestKey, Destination] = field(default_factory=dict)
@@ -205,34 +205,34 @@ def make_table(
 # ---- operations ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AddService:
     service: Service
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EditService:
     service: Service
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeleteService:
     key: ServiceKey
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AddDest:
     service: ServiceKey
     dest: Destination
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EditDest:
     service: ServiceKey
     dest: Destination
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeleteDest:
     service: ServiceKey
     key: DestKey
@@ -369,7 +369,7 @@ def restrict(table: Table, owned: Table) -> dict[ServiceKey, ServiceEntry]:
 # ---- config view -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RealServerConfig:
     """One ``real_server`` block (the parts that shape the IPVS table)."""
 
@@ -388,7 +388,7 @@ class RealServerConfig:
         return DestKey(self.address, self.port)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SorryServerConfig:
     address: IPAddress
     port: int = 0
@@ -400,7 +400,7 @@ class SorryServerConfig:
         return DestKey(self.address, self.port)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VirtualServerConfig:
     """One ``virtual_server`` block (address/port/protocol or fwmark)."""
 
@@ -436,7 +436,7 @@ class VirtualServerConfig:
         return Service(self.key, self.scheduler, flags, timeout, netmask)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QuorumChange:
     """A virtual server gained (up=True) or lost quorum; callers run quorum_up/down."""
 
@@ -445,7 +445,7 @@ class QuorumChange:
     weight: int  # live weight at the transition
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     table: dict[ServiceKey, ServiceEntry]
     quorum: dict[ServiceKey, bool]  # feed back into the next ``plan`` call
