@@ -28,7 +28,7 @@ Reload (``apply``): a ``virtual_server`` block is known by its name and
 protocol (``block_key``: TCP and UDP services on one address and port share
 a name, and are checked and planned apart), a real server by its block and
 its address and port; nothing else is identity.  A block equal to the
-running one (compared as parsed, which is cheap) is kept as it is: nothing
+running one (compared serialized, see ``_fingerprint``) is kept as it is: nothing
 is derived again, planned or compared, so an unchanged reload costs little
 more than that comparison.  In a changed block, a real server that stays
 keeps its checker state whatever changed around it
@@ -61,11 +61,13 @@ is its own (quorum changes and reloads).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import pickle
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
@@ -116,7 +118,7 @@ def block_key(vs: VirtualServer) -> BlockKey:
     return (vs.name, "" if vs.fwmark is not None else vs.protocol.value)
 
 
-@dataclass
+@dataclass(slots=True)
 class RealServerState:
     """What the service knows of one real server (read by the metrics)."""
 
@@ -132,8 +134,10 @@ class _Block:
     """One ``virtual_server`` block and what is derived from it."""
 
     key: BlockKey
-    vs: VirtualServer  # as parsed: a reload compares it whole
-    group: VirtualServerGroup | None  # the group it expands, as parsed
+    fingerprint: bytes  # the block as parsed, serialized (see ``PackedLvs``)
+    group_name: str | None  # the group it expands (``virtual_server group NAME``)
+    group: VirtualServerGroup | None  # that group as parsed (None if there is none)
+    quorum_scripts: tuple[str | None, str | None]  # quorum_up, quorum_down
     spec: VirtualServerSpec
     services: tuple[VirtualServerConfig, ...]
     servers: dict[Address, RealServerSpec] = field(default_factory=dict)
@@ -141,18 +145,24 @@ class _Block:
 
     @classmethod
     def build(
-        cls, key: BlockKey, vs: VirtualServer, groups: Mapping[str, VirtualServerGroup]
+        cls, key: BlockKey, vs: VirtualServer, fingerprint: bytes,
+        groups: Mapping[str, VirtualServerGroup],
     ) -> _Block:
         spec = virtual_server_spec(vs)
-        blk = cls(key, vs, _group_of(vs, groups), spec, ipvs_virtual_servers(vs, groups))
+        blk = cls(key, fingerprint, vs.group, _group_of(vs, groups),
+                  (vs.quorum_up, vs.quorum_down), spec, ipvs_virtual_servers(vs, groups))
         for rs in spec.real_servers:
             blk.servers.setdefault((rs.ip, rs.port), rs)
         for conf in vs.real_servers:
-            blk.notify[(conf.address, conf.port)] = (conf.notify_up, conf.notify_down)
+            if conf.notify_up is not None or conf.notify_down is not None:
+                blk.notify[(conf.address, conf.port)] = (conf.notify_up, conf.notify_down)
         return blk
 
-    def same_config(self, vs: VirtualServer, groups: Mapping[str, VirtualServerGroup]) -> bool:
-        return self.vs == vs and self.group == _group_of(vs, groups)
+    def same_config(self, fingerprint: bytes, groups: Mapping[str, VirtualServerGroup]) -> bool:
+        if self.fingerprint != fingerprint:
+            return False
+        name = self.group_name
+        return self.group == (groups.get(name) if name is not None else None)
 
     def service_keys(self) -> Iterable[ServiceKey]:
         return (c.key for c in self.services)
@@ -165,6 +175,51 @@ def _group_of(
     vs: VirtualServer, groups: Mapping[str, VirtualServerGroup]
 ) -> VirtualServerGroup | None:
     return groups.get(vs.group) if vs.group is not None else None
+
+
+@dataclass(frozen=True)
+class PackedLvs:
+    """The LVS half of a configuration with each ``virtual_server`` block serialized apart.
+
+    What the checker process is handed (``pack``): it unserializes one block
+    at a time, and only the blocks whose bytes differ from the running ones,
+    so a reload never holds a second copy of a large configuration, and the
+    process keeps each block's bytes (``_Block.fingerprint``), a fraction of
+    the parsed objects' memory, to compare the next reload with.  Equal bytes
+    mean equal blocks; equal blocks give equal bytes (the one exception, a
+    ``sched_flags`` set serialized in another order, only makes a block look
+    changed, and a changed block keeps its real servers' state anyway).
+    """
+
+    config: Config  # without its virtual servers
+    blocks: tuple[tuple[BlockKey, bytes], ...]
+
+
+def pack(config: Config) -> PackedLvs:
+    return PackedLvs(
+        dataclasses.replace(config, virtual_servers=()),
+        tuple((block_key(vs), _serialize(vs)) for vs in config.virtual_servers),
+    )
+
+
+def _serialize(vs: VirtualServer) -> bytes:
+    return pickle.dumps(vs, pickle.HIGHEST_PROTOCOL)
+
+
+def _blocks_of(
+    config: Config | PackedLvs,
+) -> Iterator[tuple[BlockKey, bytes, VirtualServer | None]]:
+    """Each block's key, bytes and, when at hand, parsed form."""
+    if isinstance(config, PackedLvs):
+        for key, data in config.blocks:
+            yield key, data, None
+        return
+    for vs in config.virtual_servers:
+        yield block_key(vs), _serialize(vs), vs
+
+
+def _unpacked(config: Config | PackedLvs) -> Config:
+    return config.config if isinstance(config, PackedLvs) else config
 
 
 class _Pacer:
@@ -237,19 +292,18 @@ class LvsService:
         self._stats_lock = trio.Lock()
         self._blocks: dict[BlockKey, _Block] = {}
         self._labels: dict[BlockKey, str] = {}
-        groups = groups_of(config)
-        for vs in config.virtual_servers:
-            key = block_key(vs)
+        groups = groups_of(_unpacked(config))
+        for key, data, vs in _blocks_of(config):
             if key not in self._blocks:
-                self._blocks[key] = _Block.build(key, vs, groups)
-        self._set_config(config)
+                vs = vs if vs is not None else pickle.loads(data)
+                self._blocks[key] = _Block.build(key, vs, data, groups)
+        self._derive()
         self._pending.update(self._service_block)
 
     # ---- configuration -----------------------------------------------------------
 
-    def _set_config(self, config: Config) -> None:
+    def _derive(self) -> None:
         """Derive the service-wide views from ``self._blocks`` (linear in blocks and services)."""
-        self.config = config
         blocks = self._blocks.values()
         self.specs: tuple[VirtualServerSpec, ...] = tuple(b.spec for b in blocks)
         self.services: tuple[VirtualServerConfig, ...] = tuple(
@@ -361,7 +415,7 @@ class LvsService:
                 "virtual server %s: quorum %s (live weight %d)",
                 blk.spec.name, "gained" if change.up else "lost", change.weight,
             )
-            self._run_script(blk.vs.quorum_up if change.up else blk.vs.quorum_down)
+            self._run_script(blk.quorum_scripts[0 if change.up else 1])
         return list(keys)
 
     async def _apply_table(self, changed: Sequence[ServiceKey] | None) -> None:
@@ -447,7 +501,7 @@ class LvsService:
                 await self._apply_table(changed)
         await self.manager.stop()
 
-    async def apply(self, config: Config) -> ReloadCounts:
+    async def apply(self, config: Config | PackedLvs) -> ReloadCounts:
         """Take a reloaded configuration, changing checkers and IPVS by the difference.
 
         See the module docstring; returns (and logs) what happened to the real
@@ -461,27 +515,28 @@ class LvsService:
         assert scheduler is not None
         pace = _Pacer(self._apply_slice)
         # 1. What the new configuration is, block by block; nothing running changes yet.
-        groups = groups_of(config)
+        groups = groups_of(_unpacked(config))
         old = self._blocks
         blocks: dict[BlockKey, _Block] = {}
         changed: list[tuple[_Block | None, _Block]] = []
         kept = updated = started = stopped = 0
-        for vs in config.virtual_servers:
-            key = block_key(vs)
+        for key, data, vs in _blocks_of(config):
             if key in blocks:
                 continue
             prev = old.get(key)
-            if prev is not None and prev.same_config(vs, groups):
+            if prev is not None and prev.same_config(data, groups):
                 blocks[key] = prev
                 kept += len(prev.servers)
             else:
-                blocks[key] = _Block.build(key, vs, groups)
+                vs = vs if vs is not None else pickle.loads(data)
+                blocks[key] = _Block.build(key, vs, data, groups)
                 changed.append((prev, blocks[key]))
+            del vs
             await pace.tick()
         removed = [prev for key, prev in old.items() if key not in blocks]
         # 2. Switch to it: events from here on find the new blocks.
         self._blocks = blocks
-        self._set_config(config)
+        self._derive()
         for prev, blk in changed:
             prev_servers = prev.servers if prev is not None else {}
             for addr, rs in blk.servers.items():

@@ -14,6 +14,7 @@ at once from a table the test edits, the real table manager on a fake kernel.
 from __future__ import annotations
 
 import logging
+import pickle
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -33,7 +34,8 @@ from pyalived.ipvs.model import (
     Protocol,
     ServiceKey,
 )
-from pyalived.lvs import ReloadCounts
+from pyalived.config.model import Config
+from pyalived.lvs import PackedLvs, ReloadCounts, pack
 
 from .test_lvs_service import (
     VIP,
@@ -65,6 +67,21 @@ def misc(retry: int = 0, extra: str = "") -> str:
 HTTP = check(kind="HTTP_GET", extra="   url {\n    path /\n   }\n")
 
 
+@pytest.fixture(params=["parsed", "packed"])
+def form(request: pytest.FixtureRequest) -> str:
+    """How the service is handed each configuration: parsed, or packed and sent
+    through a pipe as the supervisor hands it to the checker process."""
+    return str(request.param)
+
+
+def handed(conf: Config, form: str) -> Config | PackedLvs:
+    if form == "parsed":
+        return conf
+    packed = pickle.loads(pickle.dumps(pack(conf), pickle.HIGHEST_PROTOCOL))
+    assert isinstance(packed, PackedLvs)
+    return packed
+
+
 def nat(dest: DestKey, weight: int = 1) -> Destination:
     return Destination(dest, weight, Forwarding.NAT)
 
@@ -74,12 +91,13 @@ def after(times: list[float], t: float) -> list[float]:
 
 
 async def test_reload_after_minutes_keeps_every_state_and_the_dead_stay_out(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture,
+    form: str,
 ) -> None:
     rig = Rig()
-    svc = rig.service(config(tmp_path, vs_text(rs_block(A, check=check()),
-                                               rs_block(B, check=check()),
-                                               rs_block(C, check=check()))))
+    svc = rig.service(handed(config(tmp_path, vs_text(rs_block(A, check=check()),
+                                                      rs_block(B, check=check()),
+                                                      rs_block(C, check=check()))), form))
     async with running(svc):
         await trio.sleep_until(95)
         rig.prober.set(A, False)  # fails at 100, retries at 101 and 102: DOWN at 102
@@ -92,7 +110,7 @@ async def test_reload_after_minutes_keeps_every_state_and_the_dead_stay_out(
                       rs_block(B, "  weight 2", check=check(4)),
                       rs_block(C, check=check(4)))
         with caplog.at_level(logging.INFO, logger="pyalived.lvs"):
-            counts = await svc.apply(config(tmp_path, new))
+            counts = await svc.apply(handed(config(tmp_path, new), form))
         assert counts == ReloadCounts(kept=3, updated=3, started=0, stopped=0)
         assert "reload: real servers: 3 kept (3 with new settings), 0 started, 0 stopped" in (
             caplog.messages)
@@ -177,11 +195,11 @@ async def test_removing_the_failed_checker_does_not_revive_its_server(
 
 
 async def test_unchanged_reload_touches_nothing(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, form: str
 ) -> None:
     rig = Rig()
     text = vs_text(rs_block(A), rs_block(B), rs_block(C))
-    svc = rig.service(config(tmp_path, text))
+    svc = rig.service(handed(config(tmp_path, text), form))
     async with running(svc):
         await trio.sleep_until(5)
         rig.prober.set(B, False)
@@ -189,7 +207,8 @@ async def test_unchanged_reload_touches_nothing(
         done, plans = len(rig.kernel.executed), len(rig.plans)
         for t in (25, 26):  # the same text; then the same moved two lines down
             await trio.sleep_until(t)
-            counts = await svc.apply(config(tmp_path, text if t == 25 else "\n\n" + text))
+            counts = await svc.apply(
+                handed(config(tmp_path, text if t == 25 else "\n\n" + text), form))
             assert counts == ReloadCounts(kept=3, updated=0, started=0, stopped=0)
         await at(45, svc)
         assert rig.kernel.executed[done:] == []
@@ -334,3 +353,32 @@ async def test_tcp_and_udp_services_on_one_address_are_checked_apart(
     # each service checks its real servers: A twice per turn until the UDP block went
     assert rig.prober.times(a53) == [0, 0, 10, 10, 11, 11, 12, 12, 22]
     assert rig.notified() == [(12, "down 2"), (12, "down 2")]
+
+
+async def test_a_changed_group_changes_its_virtual_server(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, form: str
+) -> None:
+    # The virtual_server block is the same text on the same lines; only the
+    # group it expands moves one address: the services follow, the real
+    # servers' state is kept.
+    def text(second: str) -> str:
+        return ("global_defs {\n enable_script_security\n script_user root\n}\n"
+                f"virtual_server_group WEB {{\n 198.18.0.1 80\n {second} 80\n}}\n"
+                "virtual_server group WEB {\n lb_algo rr\n lb_kind NAT\n protocol TCP\n"
+                f"{rs_block(A)}{rs_block(B)}}}\n")
+
+    def service(address: str) -> ServiceKey:
+        return ServiceKey.inet(ip_address(address), 80, Protocol.TCP)
+
+    rig = Rig()
+    svc = rig.service(handed(config(tmp_path, text("198.18.0.8")), form))
+    async with running(svc):
+        await trio.sleep_until(5)
+        rig.prober.set(B, False)
+        await at(15, svc)
+        assert set(rig.kernel.table) == {VIP, service("198.18.0.8")}
+        counts = await svc.apply(handed(config(tmp_path, text("198.18.0.9")), form))
+        assert counts == ReloadCounts(kept=2, updated=0, started=0, stopped=0)
+        await at(16, svc)
+        assert set(rig.kernel.table) == {VIP, service("198.18.0.9")}
+        assert rig.kernel.weights(service("198.18.0.9")) == {A: 1}  # B stays out: DOWN

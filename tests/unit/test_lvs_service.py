@@ -48,7 +48,7 @@ from pyalived.ipvs.model import (
     make_table,
 )
 from pyalived.ipvs.netlink import IpvsTableManager, IpvsUnavailable, NetlinkIpvs, OpFailure
-from pyalived.lvs import LvsService
+from pyalived.lvs import LvsService, PackedLvs
 from pyalived.metrics import Metrics
 from pyalived.vrrp.counters import VrrpCounters
 
@@ -165,7 +165,7 @@ class Rig:
     def observe_plan(self, time: float, plan: Plan) -> None:
         self.plans.append((time, plan))
 
-    def service(self, conf: Config, **kwargs: object) -> LvsService:
+    def service(self, conf: Config | PackedLvs, **kwargs: object) -> LvsService:
         return LvsService(
             conf, manager=InlineManager(self.kernel.open), prober=self.prober,
             scripts=self.scripts, plan_observer=self.observe_plan,
