@@ -24,6 +24,7 @@ import trio.testing
 
 from pyalived.checkers.policy import ProbeResult
 from pyalived.checkers.spec import CheckerSpec, RealServerSpec
+from pyalived.config.model import Config
 from pyalived.ipvs.model import (
     AddDest,
     DeleteService,
@@ -34,7 +35,6 @@ from pyalived.ipvs.model import (
     Protocol,
     ServiceKey,
 )
-from pyalived.config.model import Config
 from pyalived.lvs import PackedLvs, ReloadCounts, pack
 
 from .test_lvs_service import (
