@@ -366,6 +366,27 @@ def restrict(table: Table, owned: Table) -> dict[ServiceKey, ServiceEntry]:
     return out
 
 
+def union(a: Table, b: Table) -> dict[ServiceKey, ServiceEntry]:
+    """Every service and dest of ``a`` and of ``b`` (``b``'s attributes win)."""
+    out = dict(a)
+    for k, e in b.items():
+        if k in out:
+            out[k] = ServiceEntry(out[k].service, {**out[k].dests, **e.dests})
+        else:
+            out[k] = e
+    return out
+
+
+def apply_except(
+    table: Table, ops: Sequence[Op], failed: Collection[Op]
+) -> dict[ServiceKey, ServiceEntry]:
+    """``table`` after ``ops`` minus the ``failed`` ones (told apart by identity), as
+    the kernel holds it after a batch some of whose operations it refused."""
+    ids = {id(op) for op in failed}
+    done = [op for op in ops if id(op) not in ids] if ids else ops
+    return apply_ops(table, done, lenient=True)
+
+
 # ---- config view -------------------------------------------------------------------
 
 

@@ -49,9 +49,10 @@ from pyalived.ipvs.model import (
     ServiceEntry,
     ServiceKey,
     Table,
-    apply_ops,
+    apply_except,
     diff,
     restrict,
+    union,
 )
 
 log = logging.getLogger(__name__)
@@ -334,12 +335,12 @@ class IpvsTableManager:
             keys = None
             current = await self._call(kernel.dump)
             # Everything we owned or are about to own, as the kernel has it now.
-            self._owned = restrict(current, _union(desired, self._owned))
+            self._owned = restrict(current, union(desired, self._owned))
         ops = diff(self._owned, desired, keys)
         if not ops:
             return []
         failures = await self._call(lambda: kernel.execute(ops))
-        self._owned = _apply_successful(self._owned, ops, failures)
+        self._owned = apply_except(self._owned, ops, [f.op for f in failures])
         if failures and not resync:
             # Someone else changed our entries (EEXIST/ENOENT): reread and retry once.
             return await self._sync(desired, resync=True)
@@ -392,21 +393,3 @@ class IpvsTableManager:
         finally:
             with trio.CancelScope(shield=True):
                 await self.stop()
-
-
-def _union(a: Table, b: Table) -> dict[ServiceKey, ServiceEntry]:
-    out = dict(a)
-    for k, e in b.items():
-        if k in out:
-            out[k] = ServiceEntry(out[k].service, {**out[k].dests, **e.dests})
-        else:
-            out[k] = e
-    return out
-
-
-def _apply_successful(
-    table: Table, ops: Sequence[Op], failures: Sequence[OpFailure]
-) -> dict[ServiceKey, ServiceEntry]:
-    failed = {id(f.op) for f in failures}
-    done = [op for op in ops if id(op) not in failed] if failed else ops
-    return apply_ops(table, done, lenient=True)

@@ -397,3 +397,24 @@ async def test_missing_ipvs_is_one_clear_error_and_not_fatal(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "IPVS" in errors[0].getMessage()
     assert mgr.unavailable is not None
+
+
+def test_apply_except_keeps_what_the_kernel_refused_out_of_the_table() -> None:
+    svc = Service(ServiceKey.inet(IPv4Address("198.18.0.1"), 80, Protocol.TCP))
+    a = Destination(DestKey(IPv4Address("198.18.0.2"), 80))
+    b = Destination(DestKey(IPv4Address("198.18.0.3"), 80))
+    ops: list[m.Op] = [m.AddService(svc), m.AddDest(svc.key, a), m.AddDest(svc.key, b)]
+    refused = [ops[2]]
+    assert m.apply_except({}, ops, refused) == {svc.key: m.ServiceEntry(svc, {a.key: a})}
+    # an equal operation is not the refused one: only identity counts
+    assert m.apply_except({}, ops, [m.AddDest(svc.key, b)]) == m.apply_ops({}, ops)
+
+
+def test_union_has_both_tables_and_the_second_wins() -> None:
+    key = ServiceKey.inet(IPv4Address("198.18.0.1"), 80, Protocol.TCP)
+    a = DestKey(IPv4Address("198.18.0.2"), 80)
+    b = DestKey(IPv4Address("198.18.0.3"), 80)
+    left = {key: m.ServiceEntry(Service(key), {a: Destination(a, 1)})}
+    right = {key: m.ServiceEntry(Service(key), {a: Destination(a, 5), b: Destination(b, 2)})}
+    assert m.union(left, right)[key].dests == {a: Destination(a, 5), b: Destination(b, 2)}
+    assert m.union(left, {}) == left
