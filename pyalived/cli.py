@@ -5,10 +5,14 @@ meanings, so that an existing unit file or init script keeps working.  The
 configuration is loaded and checked before anything else happens: a config
 with errors is refused whole, its diagnostics printed, and the exit status is
 non-zero (``-t`` only prints the diagnostics and exits with the loader's
-status).  A live pid file makes a second start refuse; a stale one is taken
-over.  Unless ``-n`` is given the process daemonizes the classic way (fork,
-setsid, fork, chdir /, stdio to /dev/null) before trio starts, and the final
-process writes the pid file.
+status).  For the daemon the file is loaded by a reader process
+(``pyalived.config.reader``), and this process, the daemon's parent, gets
+each half of the configuration pickled: it never holds the parsed
+configuration nor what parsing it allocated (``-t`` loads it here).  A
+live pid file makes a second start refuse; a stale one is taken over.
+Unless ``-n`` is given the process daemonizes the classic way (fork, setsid,
+fork, chdir /, stdio to /dev/null) before trio starts, and the final process
+writes the pid file.
 
 As in keepalived, the process that writes ``-p`` is the parent of one child
 per half (``pyalived.supervisor``): ``-r`` names the VRRP child and ``-c``
@@ -228,29 +232,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.umask is not None:
         os.umask(args.umask)
 
+    conf_path = os.path.abspath(args.use_file)
+    if args.config_test is not None:
+        return _config_test(conf_path, args.config_id, args.config_test)
+    return _start(args, conf_path)
+
+
+def _config_test(conf_path: str, config_id: str | None, output: str) -> int:
+    """``-t``: the diagnostics of the file, and the loader's exit status."""
     from pyalived.config import load, render
 
-    conf_path = os.path.abspath(args.use_file)
     # No -i: the loader selects @name lines by the short host name, as keepalived does.
-    result = load(conf_path, config_id=args.config_id, interface_exists=_interface_exists)
+    result = load(conf_path, config_id=config_id, interface_exists=_interface_exists)
+    text = render(result.diagnostics)
+    if output == "-":
+        sys.stderr.write(text)
+    else:
+        try:
+            Path(output).write_text(text)
+        except OSError as exc:
+            print(f"pyalived: cannot write {output}: {exc}", file=sys.stderr)
+            return 1
+    return result.exit_code
 
-    if args.config_test is not None:
-        text = render(result.diagnostics)
-        if args.config_test == "-":
-            sys.stderr.write(text)
-        else:
-            try:
-                Path(args.config_test).write_text(text)
-            except OSError as exc:
-                print(f"pyalived: cannot write {args.config_test}: {exc}", file=sys.stderr)
-                return 1
-        return result.exit_code
 
+def _start(args: argparse.Namespace, conf_path: str) -> int:
+    """The daemon: its configuration read, checked and handed to the supervisor."""
+    from pyalived.config.reader import CHECKERS, VRRP, ReaderError, run_reader
+
+    run_vrrp = args.vrrp or not args.check
+    run_checkers = args.check or not args.vrrp
+    halves = [h for h, on in ((VRRP, run_vrrp), (CHECKERS, run_checkers)) if on]
+    # Read by a process of its own: the parent only ever holds each half pickled
+    # (pyalived.config.reader, pyalived.supervisor), never what parsing allocated.
+    try:
+        result = run_reader(conf_path, args.config_id, halves)
+    except ReaderError as exc:
+        print(f"pyalived: {exc}", file=sys.stderr)
+        return 1
     for diagnostic in result.diagnostics:
         print(diagnostic, file=sys.stderr)
-    if result.config is None:
+    if result.halves is None:
         print(f"pyalived: configuration {conf_path} refused", file=sys.stderr)
         return result.exit_code or 1
+    pickled, sources = result.halves, result.sources
+    del result
 
     pid_path = os.path.abspath(args.pid)
     vrrp_pid_path = os.path.abspath(args.vrrp_pid) if args.vrrp_pid else None
@@ -260,9 +286,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PidFileError as exc:
         print(f"pyalived: {exc}", file=sys.stderr)
         return 1
-
-    run_vrrp = args.vrrp or not args.check
-    run_checkers = args.check or not args.vrrp
 
     if not args.dont_fork:
         _daemonize()
@@ -281,12 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         written.append(pid_path)
         from pyalived.daemon import DaemonOptions
 
-        pid_files = {"vrrp": vrrp_pid_path, "checkers": checkers_pid_path}
-        return _run(result.config, DaemonOptions(
+        pid_files = {VRRP: vrrp_pid_path, CHECKERS: checkers_pid_path}
+        return _run(pickled, DaemonOptions(
             vrrp=run_vrrp, checkers=run_checkers, metrics_listen=args.metrics_listen,
             config_path=conf_path, config_id=args.config_id,
             dump_dir=os.path.abspath(args.dump_dir)), pid_files, not args.dont_respawn,
-            result.sources)
+            sources)
     except PidFileError as exc:
         log.error("%s", exc)
         if args.dont_fork and not args.log_console:
@@ -297,19 +320,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             remove_pid(path)
 
 
-def _run(config: object, options: DaemonOptions, pid_files: dict[str, str | None],
+def _run(pickled: dict[str, bytes], options: DaemonOptions, pid_files: dict[str, str | None],
          respawn: bool, sources: tuple[object, ...] = ()) -> int:
+    """The supervisor on each half's pickled configuration (``reader.ReadResult.halves``)."""
     from pyalived.config.lexer import Source
-    from pyalived.config.model import Config
     from pyalived.sdnotify import Notifier
     from pyalived.supervisor import supervise
 
-    assert isinstance(config, Config)
     log.info("pyalived %s starting (pid %d)", __version__, os.getpid())
     raise_nofile_limit()  # sockets are file descriptors: lift the soft limit to the hard one
     notifier = Notifier.from_environment()
     try:
-        return supervise(config, options, notifier, pid_files, respawn,
+        return supervise(pickled, options, notifier, pid_files, respawn,
                          tuple(s for s in sources if isinstance(s, Source)))
     except BaseException as exc:
         return _failed(exc)

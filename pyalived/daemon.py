@@ -33,6 +33,12 @@ checkers for every real server driving the kernel's IPVS table.  It runs
 unless ``checkers`` is off (``-P``); ``vrrp`` off (``-C``) runs it alone.
 A kernel without IPVS is logged once and does not stop anything: VRRP and
 the checkers keep running.  SIGHUP hands the new configuration to both halves.
+
+A child of the supervisor (``control`` given: ``pyalived.supervisor``) reads
+no file and leaves SIGHUP to the supervisor.  Its reload starts when the
+supervisor sends a new half (read by a reader process, and pickled); the
+control's loader unpickles it here in the child, and the reload goes on as
+above.
 """
 
 from __future__ import annotations

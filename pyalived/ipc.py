@@ -4,8 +4,10 @@ Theory of operation: each child is joined to the supervisor by one
 ``socketpair(AF_UNIX, SOCK_STREAM)``.  A message is any picklable value,
 framed as an 8-byte big-endian length followed by its pickle.  A stream,
 not SEQPACKET, because some messages are large (the metrics text of tens of
-thousands of real servers, a whole configuration on reload) and a packet
-socket bounds a message by the socket buffer.  Both ends are the same
+thousands of real servers, a half's pickled configuration on reload) and a
+packet socket bounds a message by the socket buffer.  A large message goes
+out as its header and then its pickle, never copied into one buffer, so that
+sending it costs the parent no second copy.  Both ends are the same
 program, started by the supervisor itself, so unpickling is no trust issue.
 
 ``Link`` wraps the socket for trio: ``send`` (serialised by a lock, so that
@@ -25,6 +27,7 @@ from typing import Any
 import trio
 
 _HEADER = struct.Struct("!Q")
+_JOIN = 64 * 1024  # a pickle shorter than this is sent in one piece with its header
 MAX_MESSAGE = 1 << 31  # a frame announcing more is a broken peer, not a message
 
 
@@ -51,8 +54,13 @@ class Link:
 
     async def send(self, message: Any) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        header = _HEADER.pack(len(data))
         async with self._send_lock:
-            await self._stream.send_all(_HEADER.pack(len(data)) + data)
+            if len(data) < _JOIN:
+                await self._stream.send_all(header + data)
+            else:
+                await self._stream.send_all(header)
+                await self._stream.send_all(data)
 
     async def _fill(self, size: int) -> bool:
         """Read until ``size`` bytes are buffered; False on a clean end of stream."""

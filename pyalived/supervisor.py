@@ -5,8 +5,22 @@ VRRP child and a checker child (``-P`` or ``-C``: only one), each of which
 runs ``pyalived.daemon.run_daemon`` for its half in its own ``trio.run``, so
 checker, IPVS and configuration work never share an event loop with the
 adverts.  The parent does no VRRP or checker work at all: it watches the
-children, restarts one that dies, forwards signals, parses the configuration
-on reload, serves the metrics of both halves and talks to systemd.
+children, restarts one that dies, forwards signals, has the configuration
+read on reload, serves the metrics of both halves and talks to systemd.
+
+Where the configuration is parsed, and what the parent keeps: the parent
+never parses it.  A short-lived reader process (``pyalived.config.reader``)
+does, at start-up for the command line and on each reload whose files
+changed, and writes each half's ``Config`` pickled on its own
+(``pickle_halves``).  The parent holds only those bytes, one string per half
+(``Supervisor.pickled``), and the sources they were read from.  What
+start-up left is freed (``gc.collect``, glibc's ``malloc_trim``) before
+``gc.freeze()`` and the first fork, and the heap is trimmed again after each
+reload, in the parent and in the children.  Each child unpickles
+its half itself, after the fork; a restarted child gets the bytes of the last
+configuration the parent accepted.  The rare path that needs the VRRP
+instances in the parent (removing the VIPs of a VRRP child that could not)
+unpickles them there and then.
 
 Forking and trio: a fork inside ``trio.run`` is unsupported, so the parent
 runs trio in *epochs*.  Children are forked outside trio; the parent then
@@ -22,9 +36,10 @@ Each child is joined to the parent by a ``pyalived.ipc.Link``.  Messages:
   systemd (READY, STOPPING, WATCHDOG, STATUS), which the parent combines;
   ``("applied", generation)`` -- a reload is applied;
   ``("metrics", id, body, content_type)`` -- an answer.
-* parent to child: ``("reload", generation, config)`` -- the half of a
-  configuration the parent has read and checked, numbered so that the
-  acknowledgement of an older reload is never taken for this one;
+* parent to child: ``("reload", generation, pickled)`` -- the half of a
+  configuration the reader has read and checked, as pickled bytes that the
+  child unpickles, numbered so that the acknowledgement of an older reload is
+  never taken for this one;
   ``("metrics", id, accept)`` -- render your families.
 
 The end of the link (the parent died) stops the child gracefully, and so
@@ -39,11 +54,19 @@ so the VIPs of the dead child are never left next to a new master); a
 restarted checker child takes over the IPVS table it finds and reconciles it
 (``pyalived.lvs``), it never flushes it.
 
-Signals to the parent: SIGHUP reads the file once (in a worker thread, with
-``RELOAD_TIMEOUT``), refuses a bad file with both halves untouched, and sends
-each half its part; SIGTERM and SIGINT stop both children (priority-0
-adverts, VIPs and owned IPVS entries removed) and then the parent; SIGUSR1,
-SIGUSR2 and SIGRTMIN+2 go to the VRRP child, which writes the dumps.
+Signals to the parent: SIGHUP first checks, in a worker thread, whether the
+files still hold what is running (``sources_unchanged``: then nothing is
+applied).  If they changed, the file is parsed once, never in the parent:
+a short-lived ``python -m pyalived.config.reader`` process loads it and
+writes the diagnostics, the sources and each half's pickled configuration to
+its standard output (``pyalived.config.reader``).  Check and read share one
+``RELOAD_TIMEOUT`` (``DaemonOptions.reload_timeout``); past it the reader is
+killed.  A timeout, a reader that fails (nonzero exit, killed, output that
+is not a result) or a file with errors refuses the reload with both halves
+untouched; otherwise each half is sent its part.  SIGTERM and SIGINT stop
+both children (priority-0 adverts, VIPs and owned IPVS entries removed) and
+then the parent; SIGUSR1, SIGUSR2 and SIGRTMIN+2 go to the VRRP child, which
+writes the dumps.
 
 systemd: READY=1 once every child has said READY; RELOADING=1 on SIGHUP and
 READY=1 once every child has applied the new configuration; with a watchdog,
@@ -63,8 +86,10 @@ import gc
 import itertools
 import logging
 import os
+import pickle
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,15 +97,16 @@ from typing import Any
 
 import trio
 
+from pyalived.config import reader
 from pyalived.config.lexer import Source, sources_unchanged
 from pyalived.config.model import Config
+from pyalived.config.reader import CHECKERS, VRRP, ReaderError, ReadResult, half_config
 from pyalived.daemon import (
     RELOAD_TIMEOUT,
-    UNCHANGED,
     DaemonOptions,
     Loader,
-    _file_loader,
-    _read,
+    ReloadBusy,
+    ThreadLoader,
     queue_reload,
     run_daemon,
     start_metrics,
@@ -94,8 +120,6 @@ from pyalived.vrrp.counters import VrrpCounters
 
 log = logging.getLogger("pyalived.supervisor")
 
-VRRP = "vrrp"
-CHECKERS = "checkers"
 NAMES = {VRRP: "VRRP child", CHECKERS: "checker child"}
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DUMP_SIGNALS = (SIGDATA, SIGSTATS, SIGJSON)
@@ -108,13 +132,12 @@ STOP_TIMEOUT = 20.0  # then the children still running are killed
 METRICS_TIMEOUT = 5.0  # a child that does not answer a scrape by then is left out of it
 RELOAD_APPLY_TIMEOUT = 120.0  # waiting for the children to say they applied a reload
 PR_SET_PDEATHSIG = 1
+READER_KILL_WAIT = 2.0  # seconds a killed reader gets to exit before it counts as stuck
+READER_MAX_OUTPUT = 1 << 30  # bytes of a reader's standard output; more is a failed read
+READER_MAX_ERRORS = 64 * 1024  # the tail of its standard error that is kept
+#: What ``Supervisor._read`` returns when the files hold what is running.
+UNCHANGED = object()
 
-
-def half_config(half: str, config: Config) -> Config:
-    """The part of ``config`` one half needs (a reload sends only that)."""
-    if half == VRRP:
-        return dataclasses.replace(config, virtual_servers=(), virtual_server_groups=())
-    return dataclasses.replace(config, vrrp_instances=(), vrrp_sync_groups=(), vrrp_scripts=())
 
 
 @dataclass
@@ -179,6 +202,7 @@ class LinkNotifier(Notifier):
             # The daemon says READY when a reload is over: that one is applied.
             self._queue(("applied", self.applying))
             self.applying = None
+            _malloc_trim()  # the configuration it replaced is free: back to the system
         return sent
 
 
@@ -188,13 +212,17 @@ class ChildControl:
     def __init__(self, sock: socket.socket, notifier: LinkNotifier) -> None:
         self._sock = sock
         self._notifier = notifier
-        self._pending: _Applied = _Applied(None)
+        self._pending: bytes | None = None  # the pickled half of the last reload message
         self._generation = 0
         self.loader: Loader = self._load
 
     async def _load(self) -> Any:
+        """The configuration of the last reload message, unpickled here in the child."""
         self._notifier.applying = self._generation
-        return self._pending
+        pickled, self._pending = self._pending, None
+        if pickled is None:
+            return _Applied(None)
+        return _Applied(_unpickle(pickled))
 
     async def serve(
         self,
@@ -219,8 +247,7 @@ class ChildControl:
                     return
                 kind = message[0]
                 if kind == "reload":
-                    _kind, self._generation, config = message
-                    self._pending = _Applied(config)
+                    _kind, self._generation, self._pending = message
                     await reloads.send(None)
                 elif kind == "metrics":
                     _kind, ident, accept = message
@@ -250,11 +277,19 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def child_main(half: str, config: Config, options: DaemonOptions, sock: socket.socket,
+def _unpickle(pickled: bytes) -> Config:
+    config = pickle.loads(pickled)
+    if not isinstance(config, Config):
+        raise TypeError(f"a {type(config).__name__} where a configuration was expected")
+    return config
+
+
+def child_main(half: str, pickled: bytes, options: DaemonOptions, sock: socket.socket,
                watchdog: float | None) -> int:
-    """Body of a forked child: its half of the daemon, until stopped."""
+    """Body of a forked child: its half of the daemon (``pickled``), until stopped."""
     from pyalived.cli import run_trio
 
+    config = _unpickle(pickled)
     counters = VrrpCounters()
     metrics = Metrics(counters, parts=frozenset({"vrrp"} if half == VRRP else {"lvs"}))
     notifier = LinkNotifier(watchdog)
@@ -263,7 +298,7 @@ def child_main(half: str, config: Config, options: DaemonOptions, sock: socket.s
                                metrics_listen=None, config_path=None)
 
     async def main() -> None:
-        await run_daemon(half_config(half, config), opts, counters=counters, notifier=notifier,
+        await run_daemon(config, opts, counters=counters, notifier=notifier,
                          metrics=metrics, control=control)
 
     return run_trio(main)
@@ -293,9 +328,15 @@ class SupervisorMetrics(Metrics):
 
 
 class Supervisor:
+    """The parent process (see the module docstring).
+
+    ``pickled``: each running half's configuration, as ``reader.pickle_halves``
+    packs it (``reader.ReadResult.halves``); it never holds a ``Config`` itself.
+    """
+
     def __init__(
         self,
-        config: Config,
+        pickled: dict[str, bytes],
         options: DaemonOptions,
         notifier: Notifier,
         *,
@@ -303,11 +344,15 @@ class Supervisor:
         respawn: bool = True,
         sources: tuple[Source, ...] = (),
     ) -> None:
-        self.config = config
         self.sources = sources  # what the running configuration was read from
         self.options = options
         self.notifier = notifier
         self.halves = [h for h, on in ((VRRP, options.vrrp), (CHECKERS, options.checkers)) if on]
+        missing = [h for h in self.halves if h not in pickled]
+        if missing:
+            raise ValueError(f"no configuration for the {' and '.join(missing)} half")
+        # The configuration each child runs (the last one accepted), pickled.
+        self.pickled = {h: pickled[h] for h in self.halves}
         self.pid_files = pid_files
         self.respawn = respawn
         self.children: dict[str, Child] = {}
@@ -323,7 +368,10 @@ class Supervisor:
         self._applied: trio.Event | None = None
         self._generation = 0  # of the configuration the children should be running
         self.metrics = SupervisorMetrics(self)
-        self.loader: Loader | None = _file_loader(options, self._unchanged)
+        # The command that reads a changed configuration (``pyalived.config.reader``).
+        self.reader_command = list(reader.COMMAND)
+        self._reader_stuck: trio.Process | None = None  # killed, yet still not gone
+        self._check = ThreadLoader(self._unchanged, options.config_path or "")
 
     # -- processes (outside trio) --
 
@@ -331,7 +379,8 @@ class Supervisor:
         """Start the children and supervise them until the daemon stops."""
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         _preload()
-        gc.collect()
+        gc.collect()  # what loading the configuration left behind ...
+        _malloc_trim()  # ... goes back to the system, not to the children
         gc.freeze()  # what exists now stays shared with the children
         try:
             for half in self.halves:
@@ -372,7 +421,7 @@ class Supervisor:
                 signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
                 _die_with_parent(parent)
                 watchdog = self.notifier.watchdog_interval if self.notifier.enabled else None
-                code = child_main(half, self.config, self.options, child_end, watchdog)
+                code = child_main(half, self.pickled[half], self.options, child_end, watchdog)
             except BaseException:
                 log.exception("%s failed", NAMES[half])
             finally:
@@ -391,9 +440,12 @@ class Supervisor:
     def _release_vips(self) -> None:
         from pyalived.vrrp.netlink import release_addresses
 
+        pickled = self.pickled.get(VRRP)
+        if pickled is None:
+            return
         log.warning("removing the VIPs the VRRP child left behind")
-        try:
-            release_addresses(self.config.vrrp_instances)
+        try:  # the one place the parent needs a configuration: unpickled for the occasion
+            release_addresses(_unpickle(pickled).vrrp_instances)
         except OSError as exc:
             log.error("removing the VIPs failed: %s", exc)
 
@@ -550,44 +602,114 @@ class Supervisor:
             await self._reload()
 
     def _unchanged(self) -> bool:
-        """In the reader's thread: do the files hold what is running already?"""
-        return bool(self.sources) and sources_unchanged(self.sources)
+        """In a worker thread: do the files hold what is running already?"""
+        try:
+            return bool(self.sources) and sources_unchanged(self.sources)
+        except Exception:  # then the reader reads them, and says what is wrong
+            return False
+
+    async def _read(self) -> ReadResult | object | None:
+        """``UNCHANGED``, the reader's result, or None (logged) if the read is refused.
+
+        The unchanged check and the reader share ``options.reload_timeout``.
+        """
+        path = self.options.config_path
+        assert path is not None
+        timeout = self.options.reload_timeout
+        with trio.move_on_after(timeout):
+            try:
+                if await self._check():
+                    return UNCHANGED
+                return await self._run_reader(path)
+            except (ReloadBusy, ReaderError) as exc:
+                log.error("reload refused: %s", exc)
+                return None
+            except Exception:  # a fault of the parent's own: the daemon stays up
+                log.exception("reload refused: reading the configuration failed")
+                return None
+        log.error("reload refused: reading the configuration took more than %g s", timeout)
+        return None
+
+    async def _run_reader(self, path: str) -> ReadResult:
+        """Run the reader process on ``path``; killed if cancelled (the timeout)."""
+        if self._reader_stuck is not None:
+            if self._reader_stuck.poll() is None:
+                raise ReloadBusy(f"the previous read of {path} has not returned yet")
+            self._reader_stuck = None
+        argv = [*self.reader_command, *reader.argv(path, self.options.config_id, self.halves)]
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=reader.environment())
+        except OSError as exc:
+            raise ReaderError(f"cannot start the configuration reader: {exc}") from None
+        out = _Capture(READER_MAX_OUTPUT)
+        err = _Capture(READER_MAX_ERRORS, tail=True)
+        try:
+            async with trio.open_nursery() as nursery:
+                assert proc.stdout is not None and proc.stderr is not None
+                nursery.start_soon(out.drain, proc.stdout)
+                nursery.start_soon(err.drain, proc.stderr)
+                await proc.wait()
+        except BaseException:  # the timeout, or the daemon stopping
+            await self._kill_reader(proc)
+            raise
+        assert proc.returncode is not None
+        if proc.returncode != 0:  # its last line says why (its traceback stays out of the log)
+            raise reader.failure(proc.returncode, err.data)
+        if err.data:
+            log.debug("configuration reader (pid %d): %s", proc.pid,
+                      err.data.decode(errors="replace").strip())
+        if out.overflow:
+            raise ReaderError(f"the configuration reader wrote more than {out.limit} bytes")
+        return reader.decode(out.data, self.halves)
+
+    async def _kill_reader(self, proc: trio.Process) -> None:
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            with trio.move_on_after(READER_KILL_WAIT):
+                await proc.wait()
+        if proc.returncode is None:  # in an uninterruptible read, say of a hung mount
+            log.error("the configuration reader (pid %d) did not exit when killed", proc.pid)
+            self._reader_stuck = proc
 
     async def _reload(self) -> None:
-        if self.loader is None:
+        if self.options.config_path is None:
             log.warning("SIGHUP received: no configuration file to reload")
             return
         log.info("SIGHUP received: reloading the configuration")
         self.notifier.reloading()
         try:
-            result = await _read(self.loader, self.options.reload_timeout)
+            result = await self._read()
             if result is UNCHANGED:
                 log.info("reload: the %d configuration file(s) are unchanged: nothing to apply",
                          sum(s.kind == "file" for s in self.sources))
                 self.metrics.reloaded(True)
                 return
-            new: Config | None = None
-            if result is not None:
+            halves: dict[str, bytes] | None = None
+            if isinstance(result, ReadResult):
                 for diagnostic in result.diagnostics:
                     log.warning("reload: %s", diagnostic)
-                new = result.config
-                if new is None:
+                halves = result.halves
+                if halves is None:
                     log.error("reload refused: the new configuration has errors")
-            if new is None:
+            if halves is None or not isinstance(result, ReadResult):
                 log.error("reload refused: keeping the running configuration")
                 self.metrics.reloaded(False)
                 return
-            self.config = new
+            self.pickled = {h: halves[h] for h in self.halves}
             self.sources = result.sources
+            del result, halves  # the bytes of the halves that do not run, if any
             self._generation += 1
             self._applied = trio.Event()
             for child in list(self.children.values()):
                 if child.link is not None:
-                    message = ("reload", self._generation, half_config(child.half, new))
+                    message = ("reload", self._generation, self.pickled[child.half])
                     try:
                         await child.link.send(message)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass  # it died: its restart takes the new configuration
+            _malloc_trim()  # the reader's output, read and sent
             self._check_applied()
             with trio.move_on_after(RELOAD_APPLY_TIMEOUT) as waiting:
                 await self._applied.wait()
@@ -626,6 +748,43 @@ class Supervisor:
         return bodies
 
 
+class _Capture:
+    """What a reader process writes to one pipe, up to ``limit`` bytes.
+
+    Past the limit the first bytes are kept and the rest dropped (or, with
+    ``tail``, the last ``limit`` bytes are kept), and ``overflow`` is set.
+    """
+
+    def __init__(self, limit: int, *, tail: bool = False) -> None:
+        self.data = bytearray()
+        self.limit = limit
+        self.tail = tail
+        self.overflow = False
+
+    async def drain(self, stream: trio.abc.ReceiveStream) -> None:
+        async with stream:
+            async for chunk in stream:
+                if self.overflow and not self.tail:
+                    continue
+                self.data += chunk
+                if len(self.data) > self.limit:
+                    self.overflow = True
+                    if self.tail:
+                        del self.data[: -self.limit]
+
+
+def _malloc_trim() -> None:
+    """Give the C heap's free memory back to the system (glibc only; elsewhere nothing)."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+
+
 def _signal_child(child: Child, signum: int) -> None:
     try:
         signal.pidfd_send_signal(child.pidfd, signum)
@@ -650,12 +809,14 @@ def _preload() -> None:
     import pyalived.vrrp.wakeup  # noqa: F401
 
 
-def supervise(config: Config, options: DaemonOptions, notifier: Notifier,
-              pid_files: dict[str, str | None], respawn: bool,
-              sources: tuple[Source, ...] = ()) -> int:
-    return Supervisor(config, options, notifier, pid_files=pid_files, respawn=respawn,
+def supervise(pickled: dict[str, bytes], options: DaemonOptions, notifier: Notifier,
+               pid_files: dict[str, str | None], respawn: bool,
+               sources: tuple[Source, ...] = ()) -> int:
+    """Run the daemon's parent on ``pickled`` (``reader.pickle_halves``) until it stops."""
+    return Supervisor(pickled, options, notifier, pid_files=pid_files, respawn=respawn,
                       sources=sources).run()
 
 
-__all__ = ["RELOAD_TIMEOUT", "Supervisor", "child_main", "half_config", "supervise"]
+__all__ = ["CHECKERS", "RELOAD_TIMEOUT", "VRRP", "Supervisor", "child_main", "half_config",
+           "supervise"]
 

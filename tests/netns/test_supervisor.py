@@ -327,3 +327,100 @@ def test_an_unchanged_reload_applies_nothing_and_an_edited_include_is_applied(
     log = sighup()
     assert "applied by every child" in log
     wait_for(lambda: "198.18.0.101" in lab.addresses(r1), SETTLE, what="the included VIP")
+
+
+UNREACHABLE = "198.18.0.250"  # the real server of director_config: nobody answers there
+SECOND_VIP = "198.18.0.101"
+
+
+def with_second_vip(text: str) -> str:
+    return text.replace("virtual_ipaddress {\n", f"virtual_ipaddress {{\n        {SECOND_VIP}/24\n",
+                        1)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def readers(parent: int) -> list[int]:
+    """The configuration reader processes ``parent`` is running."""
+    found = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"pyalived.config.reader" in argv:
+                found.append(int(pid))
+    return found
+
+
+def sighup_until(d: Director, *needles: str) -> str:
+    start = len(d.log())
+    d.proc.signal(signal.SIGHUP)
+    wait_for(lambda: any(n in d.log()[start:] for n in needles), 120, what=f"one of {needles}")
+    return d.log()[start:]
+
+
+def test_edits_of_a_big_file_reach_both_children_and_leave_the_parent_as_small(
+    make_lab: MakeLab,
+) -> None:
+    """The parent never parses: three applied edits of 5,000 real servers cost it nothing."""
+    lab = make_lab(routers=1)
+    (r1,) = lab.routers
+    d = Director(lab, r1, big_director_config(UNREACHABLE, 5_000))
+    lab.wait_sole_holder(r1, timeout=SETTLE)
+    wait_for(lambda: "all children ready" in d.log(), SETTLE, what="both children ready")
+    vrrp, checkers = d.child(d.vrrp_pid), d.child(d.checker_pid)
+    assert not readers(d.proc.pid)  # start-up's reader is gone
+    before = rss_kib(d.proc.pid)
+    for delay_loop in (11, 12, 13):
+        text = big_director_config(UNREACHABLE, 5_000, delay_loop)
+        lab.write_config(r1, with_second_vip(text) if delay_loop == 13 else text)
+        log = sighup_until(d, "reload: applied by every child", "reload refused")
+        assert "reload: applied by every child" in log, log
+        assert "reload: VRRP instances" in log and "reload: real server" in log, log
+    wait_for(lambda: SECOND_VIP in lab.addresses(r1), SETTLE, what="the added VIP")
+    grown = rss_kib(d.proc.pid) - before
+    assert grown < 4096, f"the parent grew by {grown} KiB over three reloads"
+    assert (read_pid(d.vrrp_pid), read_pid(d.checker_pid)) == (vrrp, checkers)
+    assert alive(vrrp) and alive(checkers)
+    assert not readers(d.proc.pid)
+    assert "Traceback" not in d.log()
+
+
+def test_a_reader_killed_mid_read_keeps_the_running_configuration(make_lab: MakeLab) -> None:
+    """The OOM killer picks the reader of an edit: nothing changes, the next SIGHUP applies."""
+    lab = make_lab(routers=1)
+    (r1,) = lab.routers
+    d = Director(lab, r1, big_director_config(UNREACHABLE, 12_000))
+    lab.wait_sole_holder(r1, timeout=SETTLE)
+    wait_for(lambda: "all children ready" in d.log(), SETTLE, what="both children ready")
+    vrrp, checkers = d.child(d.vrrp_pid), d.child(d.checker_pid)
+    lab.write_config(r1, with_second_vip(big_director_config(UNREACHABLE, 12_000, 11)))
+    start = len(d.log())
+    d.proc.signal(signal.SIGHUP)
+    reader = wait_for(lambda: readers(d.proc.pid), 10, interval=0.001, what="the reader")[0]
+    os.kill(reader, signal.SIGKILL)
+    wait_for(lambda: "reload refused: keeping" in d.log()[start:], SETTLE, what="the refusal")
+    log = d.log()[start:]
+    assert "reload refused: the configuration reader failed (killed by SIGKILL)" in log, log
+    assert "Traceback" not in log and "applied by every child" not in log
+    time.sleep(2)  # a child that got the edit would have added the VIP by now
+    assert SECOND_VIP not in lab.addresses(r1)
+    assert (read_pid(d.vrrp_pid), read_pid(d.checker_pid)) == (vrrp, checkers)
+    assert alive(vrrp) and alive(checkers) and not alive(reader)
+    assert lab.holders() == [r1]
+    # The same edit, read again without interference, is applied by both children.
+    log = sighup_until(d, "reload: applied by every child", "reload refused")
+    assert "reload: applied by every child" in log, log
+    assert "reload: real server" in log, log
+    wait_for(lambda: SECOND_VIP in lab.addresses(r1), SETTLE, what="the added VIP")
