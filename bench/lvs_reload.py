@@ -73,6 +73,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from config_scale import virtual_servers_text  # noqa: E402
 
 from pyalived.checkers.policy import ProbeResult  # noqa: E402
+from pyalived.checkers.service import LvsService  # noqa: E402
 from pyalived.checkers.spec import CheckerSpec, RealServerSpec  # noqa: E402
 from pyalived.config import load  # noqa: E402
 from pyalived.config.model import Config  # noqa: E402
@@ -89,11 +90,10 @@ from pyalived.ipvs.netlink import (  # noqa: E402
     IpvsUnavailable,
     OpFailure,
 )
-from pyalived.lvs import LvsService  # noqa: E402
 
 VIRTUAL_SERVERS = 2277
 REAL_SERVERS = 37205
-SLOT = 0.01  # the checkers' timer grid (``pyalived.lvs.CHECK_TIMER_GRANULARITY``)
+SLOT = 0.01  # the checkers' timer grid (``pyalived.checkers.service.CHECK_TIMER_GRANULARITY``)
 
 def generate(
     delay_loop: float = 10,

@@ -28,7 +28,7 @@ once every service has started (configuration applied, sockets open),
 STOPPING=1 when a stop signal arrives, and, with a watchdog configured,
 WATCHDOG=1 from a task on the same event loop.
 
-The health-checker half (``pyalived.lvs.LvsService``) is one more service:
+The health-checker half (``pyalived.checkers.service.LvsService``) is one more service:
 checkers for every real server driving the kernel's IPVS table.  It runs
 unless ``checkers`` is off (``-P``); ``vrrp`` off (``-C``) runs it alone.
 A kernel without IPVS is logged once and does not stop anything: VRRP and
@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from pyalived.checkers.compile import PackedLvs, unpacked
 from pyalived.config.model import Config
 from pyalived.metrics import Metrics, serve_metrics
 from pyalived.sdnotify import Notifier, run_watchdog
@@ -65,7 +66,7 @@ from pyalived.vrrp.runtime import VrrpPorts, VrrpRuntime
 if TYPE_CHECKING:
     # Imported when the service is built, after the VRRP instances have started:
     # its IPVS netlink stack (pyroute2) would otherwise delay the first advert.
-    from pyalived.lvs import LvsService
+    from pyalived.checkers.service import LvsService
 
 log = logging.getLogger("pyalived.daemon")
 
@@ -90,7 +91,7 @@ class Control(Protocol):
 
 PortsFactory = Callable[[Config], AbstractAsyncContextManager[VrrpPorts]]
 Loader = Callable[[], Awaitable[Any]]  # re-reads the config: a pyalived.config.LoadResult
-LvsFactory = Callable[[Config, Metrics], "LvsService"]
+LvsFactory = Callable[[Config | PackedLvs, Metrics], "LvsService"]
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ def _primary_ip(ifname: str) -> IPv4Address:
 @asynccontextmanager
 async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
     """The real ports: raw sockets, netlink, script runner and exact timer wake-ups."""
-    from pyalived.vrrp import netlink, scripts, wakeup
+    from pyalived import scripts
+    from pyalived.vrrp import netlink, wakeup
 
     runner = scripts.TrioScriptRunner()
     watcher = netlink.LinkWatcher()
@@ -160,7 +162,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
 
 
 async def run_daemon(
-    config: Config,
+    config: Config | PackedLvs,
     options: DaemonOptions,
     *,
     ports: PortsFactory | None = None,
@@ -199,14 +201,17 @@ async def run_daemon(
         signal.pthread_sigmask(signal.SIG_UNBLOCK, (*stop_signals, *dump_signals))
         async with trio.open_nursery() as nursery:
             if options.vrrp:
+                vrrp_config = unpacked(config)
                 runtime = await nursery.start(
-                    _vrrp_service, config, ports_factory, counters, _attacher(metrics)
+                    _vrrp_service, vrrp_config, ports_factory, counters, _attacher(metrics)
                 )
-                log.info("VRRP started with %d instance(s)", len(config.vrrp_instances))
+                log.info("VRRP started with %d instance(s)", len(vrrp_config.vrrp_instances))
+                del vrrp_config
             if options.checkers:
                 lvs_service = (lvs or _production_lvs)(config, metrics)
                 metrics.lvs = lvs_service
                 await nursery.start(lvs_service.run)
+            del config  # the services hold what they need; a reload replaces it
             if options.metrics_listen is not None:
                 await start_metrics(nursery, metrics, *options.metrics_listen)
             await nursery.start(run_watchdog, notifier)
@@ -236,8 +241,8 @@ async def run_daemon(
     log.info("stopped")
 
 
-def _production_lvs(config: Config, metrics: Metrics) -> LvsService:
-    from pyalived.lvs import LvsService
+def _production_lvs(config: Config | PackedLvs, metrics: Metrics) -> LvsService:
+    from pyalived.checkers.service import LvsService
 
     return LvsService(config, probe_observer=metrics.observe_probe)
 
@@ -396,7 +401,7 @@ async def _reload(
     notifier.reloading()
     try:
         result = await _read(loader, timeout)
-        new: Config | None = None
+        new: Config | PackedLvs | None = None
         if result is not None:
             for diagnostic in result.diagnostics:
                 log.warning("reload: %s", diagnostic)
@@ -408,9 +413,10 @@ async def _reload(
             metrics.reloaded(False)
             return
         if runtime is not None:
-            plan = plan_reload(runtime.config, new)
+            vrrp_config = unpacked(new)
+            plan = plan_reload(runtime.config, vrrp_config)
             log.info("reload: %s", plan.summary())
-            await runtime.apply(new, plan)
+            await runtime.apply(vrrp_config, plan)
         if lvs is not None:
             await lvs.apply(new)
         metrics.reloaded(True)

@@ -24,7 +24,7 @@ the time from the last advert heard from the old master to its own first
 advert as MASTER; the driver executes that advert and the state change in
 one uninterrupted batch, so the listener's clock reading is that moment.
 
-The LVS half (``Metrics.lvs``, a ``pyalived.lvs.LvsService``) is read the same
+The LVS half (``Metrics.lvs``, a ``pyalived.checkers.service.LvsService``) is read the same
 way: ``pyalived_real_server_up`` and ``pyalived_real_server_weight`` per
 real server as the checkers see it (the weight a ``misc_dynamic`` check
 set), ``pyalived_lvs_quorum_up`` per virtual server, ``pyalived_ipvs_dest_weight``
@@ -197,7 +197,8 @@ class CountersView(Protocol):
 
 
 class RealServerView(Protocol):
-    """What the collector reads of one real server (``pyalived.lvs.RealServerState``)."""
+    """What the collector reads of one real server
+    (``pyalived.checkers.service.RealServerState``)."""
 
     virtual_server: str
     alive: bool
@@ -208,7 +209,7 @@ class RealServerView(Protocol):
 
 
 class LvsView(Protocol):
-    """What the collector reads of the LVS half (``pyalived.lvs.LvsService``)."""
+    """What the collector reads of the LVS half (``pyalived.checkers.service.LvsService``)."""
 
     def real_servers(self) -> Sequence[RealServerView]: ...
     def quorum_by_block(self) -> Mapping[str, bool]: ...

@@ -52,7 +52,7 @@ dying young; ``-R`` stops the daemon instead.  A restarted VRRP child starts
 as its configuration says (BACKUP removes any of its VIPs still on the host,
 so the VIPs of the dead child are never left next to a new master); a
 restarted checker child takes over the IPVS table it finds and reconciles it
-(``pyalived.lvs``), it never flushes it.
+(``pyalived.checkers.service``), it never flushes it.
 
 Signals to the parent: SIGHUP first checks, in a worker thread, whether the
 files still hold what is running (``sources_unchanged``: then nothing is
@@ -97,6 +97,7 @@ from typing import Any
 
 import trio
 
+from pyalived.checkers.compile import PackedLvs, unpacked
 from pyalived.config import reader
 from pyalived.config.lexer import Source, sources_unchanged
 from pyalived.config.model import Config
@@ -172,7 +173,7 @@ def describe_status(status: int) -> str:
 class _Applied:
     """What the child's reloader reads: the configuration the supervisor sent."""
 
-    config: Config | None
+    config: Config | PackedLvs | None
     diagnostics: tuple[Any, ...] = ()
 
 
@@ -277,9 +278,9 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _unpickle(pickled: bytes) -> Config:
+def _unpickle(pickled: bytes) -> Config | PackedLvs:
     config = pickle.loads(pickled)
-    if not isinstance(config, Config):
+    if not isinstance(config, (Config, PackedLvs)):
         raise TypeError(f"a {type(config).__name__} where a configuration was expected")
     return config
 
@@ -289,7 +290,7 @@ def child_main(half: str, pickled: bytes, options: DaemonOptions, sock: socket.s
     """Body of a forked child: its half of the daemon (``pickled``), until stopped."""
     from pyalived.cli import run_trio
 
-    config = _unpickle(pickled)
+    handed = [_unpickle(pickled)]  # run_daemon's alone: no frame here keeps it
     counters = VrrpCounters()
     metrics = Metrics(counters, parts=frozenset({"vrrp"} if half == VRRP else {"lvs"}))
     notifier = LinkNotifier(watchdog)
@@ -298,7 +299,7 @@ def child_main(half: str, pickled: bytes, options: DaemonOptions, sock: socket.s
                                metrics_listen=None, config_path=None)
 
     async def main() -> None:
-        await run_daemon(config, opts, counters=counters, notifier=notifier,
+        await run_daemon(handed.pop(), opts, counters=counters, notifier=notifier,
                          metrics=metrics, control=control)
 
     return run_trio(main)
@@ -379,6 +380,7 @@ class Supervisor:
         """Start the children and supervise them until the daemon stops."""
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         _preload()
+        _fixed_mmap_threshold()
         gc.collect()  # what loading the configuration left behind ...
         _malloc_trim()  # ... goes back to the system, not to the children
         gc.freeze()  # what exists now stays shared with the children
@@ -445,7 +447,7 @@ class Supervisor:
             return
         log.warning("removing the VIPs the VRRP child left behind")
         try:  # the one place the parent needs a configuration: unpickled for the occasion
-            release_addresses(_unpickle(pickled).vrrp_instances)
+            release_addresses(unpacked(_unpickle(pickled)).vrrp_instances)
         except OSError as exc:
             log.error("removing the VIPs failed: %s", exc)
 
@@ -773,6 +775,28 @@ class _Capture:
                         del self.data[: -self.limit]
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 128 * 1024  # glibc's default, kept from growing
+
+
+def _fixed_mmap_threshold() -> None:
+    """Keep large blocks (a pickled configuration, a reader's output) in their own
+    mappings, returned to the system when freed.
+
+    glibc raises its threshold each time such a block is freed, so later
+    ones come from the heap, where what is freed stays with the process: a
+    daemon that reads a configuration of megabytes at each reload would grow
+    by a few megabytes, and its children with it.  Inherited by the children.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 def _malloc_trim() -> None:
     """Give the C heap's free memory back to the system (glibc only; elsewhere nothing)."""
     try:
@@ -802,10 +826,10 @@ def _kill(child: Child) -> None:
 
 def _preload() -> None:
     """Import what the children need, so that the pages are shared after the fork."""
-    import pyalived.lvs
+    import pyalived.checkers.service
+    import pyalived.scripts
     import pyalived.vrrp.net
     import pyalived.vrrp.netlink
-    import pyalived.vrrp.scripts
     import pyalived.vrrp.wakeup  # noqa: F401
 
 

@@ -60,7 +60,7 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import trio
@@ -407,9 +407,9 @@ class CheckerScheduler:
                         policy.probe_abandoned(now)
                     self._start_checker(s, index, spec, policy)
                     continue
+                if fast and replace(spec, timing=c.spec.timing) != c.spec:
+                    c.start = self._make_start(spec, s.rs)  # (its timing is never the starter's)
                 c.spec = spec
-                if fast:
-                    c.start = self._make_start(spec, s.rs)
                 if policy.get_timer() != due:
                     self._retime(c)
             elif policy.up and not s.health.checker_up(index):

@@ -10,7 +10,7 @@ ones below (forwarding method, scheduler, netmask, sorry server, digest).
 The generic checker options (``delay_loop``, ``connect_timeout``, ``retry``,
 ``delay_before_retry``, ``warmup``, ``alpha``) are one table part shared by
 the three levels, kept exactly as written at each level (``None`` inherits);
-``pyalived.config.lvs`` resolves the inheritance later.  A checker type's
+``pyalived.checkers.compile`` resolves the inheritance later.  A checker type's
 table says which keywords it takes: ``connect_timeout`` is unknown to
 MISC_CHECK, ``url`` to TCP_CHECK, ``enable_sni`` to all but SSL_GET.
 
@@ -28,11 +28,11 @@ references to unknown groups are errors, which refuse the configuration.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 
 from pyalived.config.keywords import Block, Handler, Keywords, field, user_fields
-from pyalived.config.lvs import service_keys
 from pyalived.config.model import (
     Checker,
     CheckerOptions,
@@ -54,10 +54,33 @@ from pyalived.ipvs.model import (
     DEFAULT_PERSISTENCE_TIMEOUT,
     DEFAULT_SCHEDULER,
     SCHEDULERS,
+    Protocol,
     ServiceKey,
 )
 
 U31 = 2**31 - 1
+
+
+def service_keys(
+    vs: VirtualServer, groups: Mapping[str, VirtualServerGroup]
+) -> tuple[ServiceKey, ...]:
+    """The IPVS services of a virtual_server block (a group gives several, or none if unknown)."""
+    proto = Protocol[vs.protocol.value]
+    if vs.fwmark is not None:
+        return (ServiceKey.mark(vs.fwmark),)
+    if vs.address is not None:
+        return (ServiceKey.inet(vs.address, vs.port or 0, proto),)
+    group = groups.get(vs.group or "")
+    if group is None:
+        return ()
+    keys: list[ServiceKey] = []
+    for entry in group.entries:
+        if entry.fwmark is not None:
+            keys.append(ServiceKey.mark(entry.fwmark))
+        else:
+            keys.extend(ServiceKey.inet(a, entry.port or 0, proto) for a in entry.addresses())
+    return tuple(dict.fromkeys(keys))
+
 U32 = 2**32 - 1
 MAX_TIMER = 86400.0 * 365
 MAX_GROUP_RANGE = 65536  # addresses in one virtual_server_group range

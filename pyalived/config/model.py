@@ -11,7 +11,7 @@ priority in 1..255, for example.
 
 The LVS half (``VirtualServer`` and friends) keeps the generic checker options
 (``delay_loop``, ``connect_timeout``, ``retry``, ...) as written at each level,
-``None`` meaning "inherit from the enclosing block"; ``pyalived.config.lvs``
+``None`` meaning "inherit from the enclosing block"; ``pyalived.checkers.compile``
 resolves that inheritance when it builds the checker and IPVS specifications.
 Its classes have ``__slots__``: a configuration may hold tens of thousands of
 real servers and checkers, and a slotted object is less than half the size of

@@ -59,9 +59,20 @@ def half_config(half: str, config: Config) -> Config:
 
 
 def pickle_halves(config: Config, halves: Iterable[str]) -> dict[str, bytes]:
-    """Each half of ``config`` pickled on its own, as a child unpickles it."""
-    return {h: pickle.dumps(half_config(h, config), protocol=pickle.HIGHEST_PROTOCOL)
-            for h in halves}
+    """Each half of ``config`` pickled on its own, as a child unpickles it.
+
+    The checker half goes as a ``PackedLvs``: each ``virtual_server`` block
+    serialized apart, so that the checker process unpickles one block at a
+    time, and only the blocks that changed.
+    """
+    from pyalived.checkers.compile import pack
+
+    out: dict[str, bytes] = {}
+    for h in halves:
+        half = half_config(h, config)
+        out[h] = pickle.dumps(pack(half) if h == CHECKERS else half,
+                              protocol=pickle.HIGHEST_PROTOCOL)
+    return out
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ import trio
 from pyalived.config.model import VirtualIP, VrrpInstance
 from pyalived.limits import LogThrottle, is_resource_exhaustion
 from pyalived.reload import reload_vip_change
+from pyalived.scripts import ScriptRunner
 from pyalived.vrrp import packet
 from pyalived.vrrp.ah_replay import AhReplayGuard
 from pyalived.vrrp.compile import (
@@ -99,7 +100,6 @@ from pyalived.vrrp.peer_addresses import PeerAddressWatch
 from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
-    ScriptRunner,
     VmacManager,
     Wakeup,
 )

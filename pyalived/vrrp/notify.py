@@ -7,7 +7,7 @@ per-state one (``notify_master``, ``notify_backup``, ``notify_fault``,
 ``notify`` script as ``SCRIPT INSTANCE|GROUP NAME STATE [PRIORITY]``, where
 STATE is MASTER, BACKUP, FAULT or STOP and only an instance passes its
 priority.  Script lines are split as keepalived splits them
-(``pyalived.vrrp.scripts.split_command``).  ``notify_commands`` returns the
+(``pyalived.scripts.split_command``).  ``notify_commands`` returns the
 argv lists; the caller hands each to its ``ScriptRunner``.
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pyalived.config.model import Notify
+from pyalived.scripts import split_command
 from pyalived.vrrp.fsm import State
-from pyalived.vrrp.scripts import split_command
 
 #: The STATE argument of the generic ``notify`` script.
 NOTIFY_STATE = {

@@ -4,7 +4,8 @@ Theory of operation: the trio driver (``pyalived.vrrp.instance``) executes the
 state machine's actions through these small protocols.  Production code gets
 the implementations in ``pyalived.vrrp.net`` (raw sockets, AF_PACKET),
 ``pyalived.vrrp.netlink`` (addresses, macvlan, link state),
-``pyalived.vrrp.scripts`` (notify and track scripts) and
+``pyalived.scripts`` (notify and track scripts, shared with the checker
+half, which is why ``ScriptRunner`` is defined there) and
 ``pyalived.vrrp.wakeup`` (exact timer wake-ups); tests get fakes that record
 what was asked of them.  Nothing here blocks the trio loop: calls that may
 block (netlink) are async and run in a worker thread.
@@ -92,18 +93,6 @@ class LinkWatcher(Protocol):
     def is_up(self, ifname: str) -> bool: ...
 
     def events(self) -> AsyncIterator[LinkEvent]: ...
-
-
-class ScriptRunner(Protocol):
-    """Runs external scripts without ever blocking the caller's state machine."""
-
-    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None) -> int:
-        """Run to completion (killed at ``timeout``); return the exit status (-1 on timeout)."""
-        ...
-
-    def notify(self, argv: Sequence[str], user: str | None) -> None:
-        """Fire-and-forget, but reaped by the runner's own task (no detached tasks)."""
-        ...
 
 
 class Wakeup(Protocol):

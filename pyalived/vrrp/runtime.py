@@ -38,6 +38,7 @@ import trio
 
 from pyalived.config.model import Config, VrrpInstance, VrrpScript, VrrpSyncGroup
 from pyalived.reload import ReloadPlan, instance_key
+from pyalived.scripts import ScriptRunner
 from pyalived.vrrp.compile import build_tracking
 from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.demux import Demux
@@ -47,7 +48,6 @@ from pyalived.vrrp.notify import notify_commands
 from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
-    ScriptRunner,
     SocketFactory,
     VmacManager,
     Wakeup,

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import trio
 
 from pyalived.config.model import VrrpScript
-from pyalived.vrrp.ports import LinkWatcher, ScriptRunner
-from pyalived.vrrp.scripts import split_command
+from pyalived.scripts import ScriptRunner, split_command
+from pyalived.vrrp.ports import LinkWatcher
 
 log = logging.getLogger("pyalived.vrrp.tracking")
 

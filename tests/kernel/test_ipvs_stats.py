@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from pyalived.checkers.service import LvsService
 from pyalived.config import load
 from pyalived.ipvs.model import ServiceKey
 from pyalived.ipvs.netlink import NetlinkIpvs, ServiceDump
-from pyalived.lvs import LvsService
 from pyalived.metrics import Metrics
 from pyalived.vrrp.counters import VrrpCounters
 from tests.kernel.netns import in_netns, netns, sh

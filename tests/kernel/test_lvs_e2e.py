@@ -90,14 +90,14 @@ _DAEMON_MODULES = (
     "pyalived.config",
     "pyalived.daemon",
     "pyalived.dump",
-    "pyalived.lvs",
+    "pyalived.checkers.service",
     "pyalived.metrics",
     "pyalived.reload",
     "pyalived.sdnotify",
     "pyalived.ipvs.netlink",
     "pyalived.vrrp.net",
     "pyalived.vrrp.netlink",
-    "pyalived.vrrp.scripts",
+    "pyalived.scripts",
     "pyalived.vrrp.wakeup",
 )
 

@@ -328,3 +328,40 @@ async def test_update_at_the_instant_probes_are_due(
         nursery.cancel_scope.cancel()
     for p in ports:
         assert prober.times(p) in ([0.0, 10.0, 14.0, 18.0], [0.0, 12.0, 16.0])
+
+
+class TargetProber(Prober):
+    """A fast-path prober that, like the real TCP one, fixes its target when the
+    starter is made: each probe records the port it really checked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked: list[tuple[float, int]] = []
+
+    def starter(self, spec: CheckerSpec, rs: RealServerSpec) -> Starter:
+        assert isinstance(spec, TcpCheck) and rs.port is not None
+        port = spec.connect_port if spec.connect_port is not None else rs.port
+
+        def start() -> ProbeResult:
+            self.checked.append((trio.current_time(), port))
+            return OK
+
+        return start
+
+
+async def test_a_reload_checks_the_new_connect_port_and_keeps_the_old_one_otherwise(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    prober = TargetProber()
+    vs = VirtualServerSpec("vs", (rs(80, tcp()),))
+    sched = CheckerScheduler([vs], CallbackSink(lambda e: None), prober)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        await trio.sleep_until(15.0)
+        sched.update(vs, rs(80, tcp(delay_loop=4.0)))  # only its timing: the same port
+        await trio.sleep_until(25.0)
+        sched.update(vs, rs(80, TcpCheck(connect_port=8080, timing=tcp(4.0).timing)))
+        await trio.sleep_until(30.0)
+        nursery.cancel_scope.cancel()
+    # (the probe at 0, due as the checker starts, runs in a task: not through the starter)
+    assert prober.checked == [(10.0, 80), (18.0, 80), (22.0, 80), (26.0, 8080), (30.0, 8080)]

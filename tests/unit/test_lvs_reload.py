@@ -22,7 +22,9 @@ import pytest
 import trio
 import trio.testing
 
+from pyalived.checkers.compile import PackedLvs, pack
 from pyalived.checkers.policy import ProbeResult
+from pyalived.checkers.service import ReloadCounts
 from pyalived.checkers.spec import CheckerSpec, RealServerSpec
 from pyalived.config.model import Config
 from pyalived.ipvs.model import (
@@ -35,7 +37,6 @@ from pyalived.ipvs.model import (
     Protocol,
     ServiceKey,
 )
-from pyalived.lvs import PackedLvs, ReloadCounts, pack
 
 from .test_lvs_service import (
     VIP,

@@ -28,7 +28,9 @@ from typing import TypeVar
 import pytest
 import trio
 
+from pyalived.checkers.compile import PackedLvs
 from pyalived.checkers.policy import ProbeResult
+from pyalived.checkers.service import LvsService
 from pyalived.checkers.spec import CheckerSpec, RealServerSpec
 from pyalived.config import load
 from pyalived.config.model import Config
@@ -48,7 +50,6 @@ from pyalived.ipvs.model import (
     make_table,
 )
 from pyalived.ipvs.netlink import IpvsTableManager, IpvsUnavailable, NetlinkIpvs, OpFailure
-from pyalived.lvs import LvsService, PackedLvs
 from pyalived.metrics import Metrics
 from pyalived.vrrp.counters import VrrpCounters
 

@@ -9,16 +9,16 @@ from socket import AF_INET
 
 import pytest
 
-from pyalived.checkers.spec import HttpGet, MiscCheck, SslGet, StatusRange, TcpCheck
-from pyalived.config import LoadResult, Severity, load, render
-from pyalived.config.diagnostics import Category
-from pyalived.config.lvs import (
+from pyalived.checkers.compile import (
     checker_specs,
     dest_key,
     ipvs_configs,
     service_keys,
     services_by_name,
 )
+from pyalived.checkers.spec import HttpGet, MiscCheck, SslGet, StatusRange, TcpCheck
+from pyalived.config import LoadResult, Severity, load, render
+from pyalived.config.diagnostics import Category
 from pyalived.config.model import (
     CheckerType,
     Config,

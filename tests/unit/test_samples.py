@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pyalived.checkers.compile import checker_specs, ipvs_configs, services_by_name
 from pyalived.checkers.spec import HttpGet, MiscCheck, SslGet, TcpCheck
 from pyalived.config import LoadResult, Severity, load, render
-from pyalived.config.lvs import checker_specs, ipvs_configs, services_by_name
 from pyalived.config.model import CheckerType, Config, LvsMethod, LvsProtocol, VirtualServer
 from pyalived.ipvs.model import ServiceKey
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from pyalived.vrrp.scripts import TrioScriptRunner, split_command
+from pyalived.scripts import TrioScriptRunner, split_command
 
 
 def test_split_command() -> None:

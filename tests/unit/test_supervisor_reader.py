@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from pyalived.checkers.compile import PackedLvs
 from pyalived.config import load
 from pyalived.config.model import Config
 from pyalived.config.reader import ReaderError, ReadResult, decode, run_reader
@@ -164,8 +165,11 @@ async def test_a_changed_file_reaches_each_child_as_its_half(
     assert [str(v.ip) for v in vrrp.vrrp_instances[0].virtual_ipaddress] == [
         "198.18.0.100", "198.18.0.101"]
     assert vrrp.virtual_servers == ()
-    assert checkers.vrrp_instances == ()
-    assert [vs.options.delay_loop for vs in checkers.virtual_servers] == [20]
+    # the checker half: its blocks serialized apart, unpickled one at a time by the child
+    assert isinstance(checkers, PackedLvs)
+    assert checkers.config.vrrp_instances == () and checkers.config.virtual_servers == ()
+    blocks = [pickle.loads(data) for _key, data in checkers.blocks]
+    assert [vs.options.delay_loop for vs in blocks] == [20]
     # What a restarted child would get is the new configuration, still pickled.
     assert all(isinstance(b, bytes) for b in director.supervisor.pickled.values())
     assert pickle.loads(director.supervisor.pickled[CHECKERS]) == checkers
@@ -231,8 +235,9 @@ async def test_a_reader_past_the_timeout_is_killed_and_the_running_config_kept(
         logs.clear()
         await director.reload()
         assert "reload: applied by every child" in messages(logs)
-        assert [vs.options.delay_loop
-                for vs in director.received[CHECKERS][0].virtual_servers] == [20]
+        packed = director.received[CHECKERS][0]
+        assert isinstance(packed, PackedLvs)
+        assert [pickle.loads(data).options.delay_loop for _key, data in packed.blocks] == [20]
     finally:
         director.close()
 

@@ -61,18 +61,27 @@ is its own (quorum changes and reloads).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pickle
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 import trio
 
+from pyalived.checkers.compile import (
+    BlockKey,
+    PackedLvs,
+    blocks_of,
+    dest_key,
+    groups_of,
+    ipvs_virtual_servers,
+    unpacked,
+    virtual_server_spec,
+)
 from pyalived.checkers.probes import Prober, RealProber
 from pyalived.checkers.scheduler import (
     CallbackSink,
@@ -81,7 +90,6 @@ from pyalived.checkers.scheduler import (
     RealServerEvent,
 )
 from pyalived.checkers.spec import RealServerSpec, VirtualServerSpec
-from pyalived.config.lvs import dest_key, groups_of, ipvs_virtual_servers, virtual_server_spec
 from pyalived.config.model import Config, VirtualServer, VirtualServerGroup
 from pyalived.ipvs.model import (
     DestKey,
@@ -93,8 +101,7 @@ from pyalived.ipvs.model import (
     plan,
 )
 from pyalived.ipvs.netlink import IpvsKernel, IpvsTableManager, NetlinkIpvs, ServiceDump
-from pyalived.vrrp.ports import ScriptRunner
-from pyalived.vrrp.scripts import TrioScriptRunner, split_command
+from pyalived.scripts import ScriptRunner, TrioScriptRunner, split_command
 
 log = logging.getLogger("pyalived.lvs")
 
@@ -106,16 +113,9 @@ CHECK_TIMER_GRANULARITY = 0.01
 #: A reload gives the event loop a turn after this many seconds of work.
 APPLY_SLICE = 0.005
 
-BlockKey = tuple[str, str]  # (virtual server name, protocol; "" for a fwmark service)
 Address = tuple[IPv4Address | IPv6Address, int | None]  # a real server's address and port
 RealServerId = tuple[BlockKey, IPv4Address | IPv6Address, int | None]  # block, address, port
 PlanObserver = Callable[[float, Plan], None]  # (time, plan) of each re-plan
-
-
-def block_key(vs: VirtualServer) -> BlockKey:
-    """What identifies a ``virtual_server`` block across reloads: its name (address and
-    port, fwmark or group) and, unless it is a fwmark service, its protocol."""
-    return (vs.name, "" if vs.fwmark is not None else vs.protocol.value)
 
 
 @dataclass(slots=True)
@@ -146,13 +146,23 @@ class _Block:
     @classmethod
     def build(
         cls, key: BlockKey, vs: VirtualServer, fingerprint: bytes,
-        groups: Mapping[str, VirtualServerGroup],
+        groups: Mapping[str, VirtualServerGroup], prev: _Block | None = None,
     ) -> _Block:
+        """The block of ``vs``; what is equal in ``prev`` (the running block of the same
+        key) is taken from it, so a reload that changes, say, only ``delay_loop``
+        holds no second copy of the rest."""
         spec = virtual_server_spec(vs)
+        services = ipvs_virtual_servers(vs, groups)
+        if prev is not None:
+            spec = prev.spec if spec == prev.spec else spec
+            services = prev.services if services == prev.services else services
         blk = cls(key, fingerprint, vs.group, _group_of(vs, groups),
-                  (vs.quorum_up, vs.quorum_down), spec, ipvs_virtual_servers(vs, groups))
-        for rs in spec.real_servers:
-            blk.servers.setdefault((rs.ip, rs.port), rs)
+                  (vs.quorum_up, vs.quorum_down), spec, services)
+        if prev is not None and spec is prev.spec:
+            blk.servers = prev.servers
+        else:
+            for rs in spec.real_servers:
+                blk.servers.setdefault((rs.ip, rs.port), rs)
         for conf in vs.real_servers:
             if conf.notify_up is not None or conf.notify_down is not None:
                 blk.notify[(conf.address, conf.port)] = (conf.notify_up, conf.notify_down)
@@ -175,51 +185,6 @@ def _group_of(
     vs: VirtualServer, groups: Mapping[str, VirtualServerGroup]
 ) -> VirtualServerGroup | None:
     return groups.get(vs.group) if vs.group is not None else None
-
-
-@dataclass(frozen=True)
-class PackedLvs:
-    """The LVS half of a configuration with each ``virtual_server`` block serialized apart.
-
-    What the checker process is handed (``pack``): it unserializes one block
-    at a time, and only the blocks whose bytes differ from the running ones,
-    so a reload never holds a second copy of a large configuration, and the
-    process keeps each block's bytes (``_Block.fingerprint``), a fraction of
-    the parsed objects' memory, to compare the next reload with.  Equal bytes
-    mean equal blocks; equal blocks give equal bytes (the one exception, a
-    ``sched_flags`` set serialized in another order, only makes a block look
-    changed, and a changed block keeps its real servers' state anyway).
-    """
-
-    config: Config  # without its virtual servers
-    blocks: tuple[tuple[BlockKey, bytes], ...]
-
-
-def pack(config: Config) -> PackedLvs:
-    return PackedLvs(
-        dataclasses.replace(config, virtual_servers=()),
-        tuple((block_key(vs), _serialize(vs)) for vs in config.virtual_servers),
-    )
-
-
-def _serialize(vs: VirtualServer) -> bytes:
-    return pickle.dumps(vs, pickle.HIGHEST_PROTOCOL)
-
-
-def _blocks_of(
-    config: Config | PackedLvs,
-) -> Iterator[tuple[BlockKey, bytes, VirtualServer | None]]:
-    """Each block's key, bytes and, when at hand, parsed form."""
-    if isinstance(config, PackedLvs):
-        for key, data in config.blocks:
-            yield key, data, None
-        return
-    for vs in config.virtual_servers:
-        yield block_key(vs), _serialize(vs), vs
-
-
-def _unpacked(config: Config | PackedLvs) -> Config:
-    return config.config if isinstance(config, PackedLvs) else config
 
 
 class _Pacer:
@@ -250,7 +215,7 @@ class LvsService:
 
     def __init__(
         self,
-        config: Config,
+        config: Config | PackedLvs,
         *,
         open_kernel: Callable[[], IpvsKernel] = NetlinkIpvs,
         prober: Prober | None = None,
@@ -292,8 +257,8 @@ class LvsService:
         self._stats_lock = trio.Lock()
         self._blocks: dict[BlockKey, _Block] = {}
         self._labels: dict[BlockKey, str] = {}
-        groups = groups_of(_unpacked(config))
-        for key, data, vs in _blocks_of(config):
+        groups = groups_of(unpacked(config))
+        for key, data, vs in blocks_of(config):
             if key not in self._blocks:
                 vs = vs if vs is not None else pickle.loads(data)
                 self._blocks[key] = _Block.build(key, vs, data, groups)
@@ -515,12 +480,12 @@ class LvsService:
         assert scheduler is not None
         pace = _Pacer(self._apply_slice)
         # 1. What the new configuration is, block by block; nothing running changes yet.
-        groups = groups_of(_unpacked(config))
+        groups = groups_of(unpacked(config))
         old = self._blocks
         blocks: dict[BlockKey, _Block] = {}
         changed: list[tuple[_Block | None, _Block]] = []
         kept = updated = started = stopped = 0
-        for key, data, vs in _blocks_of(config):
+        for key, data, vs in blocks_of(config):
             if key in blocks:
                 continue
             prev = old.get(key)
@@ -529,7 +494,7 @@ class LvsService:
                 kept += len(prev.servers)
             else:
                 vs = vs if vs is not None else pickle.loads(data)
-                blocks[key] = _Block.build(key, vs, data, groups)
+                blocks[key] = _Block.build(key, vs, data, groups, prev)
                 changed.append((prev, blocks[key]))
             del vs
             await pace.tick()

@@ -33,11 +33,11 @@ import pwd
 import signal
 import subprocess
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-log = logging.getLogger("pyalived.vrrp.scripts")
+log = logging.getLogger("pyalived.scripts")
 
 TIMEOUT_STATUS = -1
 
@@ -95,6 +95,18 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)  # pid is the group id: the child leads its session
     except ProcessLookupError:
         pass
+
+
+class ScriptRunner(Protocol):
+    """Runs external scripts without ever blocking the caller's state machine."""
+
+    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None) -> int:
+        """Run to completion (killed at ``timeout``); return the exit status (-1 on timeout)."""
+        ...
+
+    def notify(self, argv: Sequence[str], user: str | None) -> None:
+        """Fire-and-forget, but reaped by the runner's own task (no detached tasks)."""
+        ...
 
 
 class TrioScriptRunner:

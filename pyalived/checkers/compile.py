@@ -25,8 +25,11 @@ memory the specs would take.
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 from pyalived.checkers.spec import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -43,6 +46,7 @@ from pyalived.checkers.spec import (
     UrlSpec,
     VirtualServerSpec,
 )
+from pyalived.config.lvs_parse import service_keys
 from pyalived.config.model import (
     Checker,
     CheckerType,
@@ -58,7 +62,6 @@ from pyalived.ipvs.model import (
     SVC_F_SCHED3,
     DestKey,
     Forwarding,
-    Protocol,
     RealServerConfig,
     ServiceKey,
     SorryServerConfig,
@@ -175,25 +178,6 @@ def checker_specs(config: Config) -> tuple[VirtualServerSpec, ...]:
 # ---- IPVS side -------------------------------------------------------------------
 
 
-def service_keys(vs: VirtualServer, groups: Groups) -> tuple[ServiceKey, ...]:
-    """The IPVS services of a virtual_server block (a group gives several, or none if unknown)."""
-    proto = Protocol[vs.protocol.value]
-    if vs.fwmark is not None:
-        return (ServiceKey.mark(vs.fwmark),)
-    if vs.address is not None:
-        return (ServiceKey.inet(vs.address, vs.port or 0, proto),)
-    group = groups.get(vs.group or "")
-    if group is None:
-        return ()
-    keys: list[ServiceKey] = []
-    for entry in group.entries:
-        if entry.fwmark is not None:
-            keys.append(ServiceKey.mark(entry.fwmark))
-        else:
-            keys.extend(ServiceKey.inet(a, entry.port or 0, proto) for a in entry.addresses())
-    return tuple(dict.fromkeys(keys))
-
-
 def _forwarding(method: LvsMethod | None) -> Forwarding | None:
     return None if method is None else Forwarding[method.value]
 
@@ -272,3 +256,59 @@ def dest_key(rs: RealServerSpec, service: ServiceKey | None = None) -> DestKey:
     event's ``real_server``); fwmark services ignore the real server's port."""
     port = 0 if service is not None and service.fwmark else rs.port or 0
     return DestKey(rs.ip, port)
+
+
+# ---- what the checker process is handed -----------------------------------------
+
+BlockKey = tuple[str, str]  # (virtual server name, protocol; "" for a fwmark service)
+
+
+def block_key(vs: VirtualServer) -> BlockKey:
+    """What identifies a ``virtual_server`` block across reloads: its name (address and
+    port, fwmark or group) and, unless it is a fwmark service, its protocol."""
+    return (vs.name, "" if vs.fwmark is not None else vs.protocol.value)
+
+
+@dataclass(frozen=True)
+class PackedLvs:
+    """The LVS half of a configuration with each ``virtual_server`` block serialized apart.
+
+    What the checker process is handed (``pack``): it unserializes one block
+    at a time, and only the blocks whose bytes differ from the running ones,
+    so a reload never holds a second copy of a large configuration, and the
+    process keeps each block's bytes (``_Block.fingerprint``), a fraction of
+    the parsed objects' memory, to compare the next reload with.  Equal bytes
+    mean equal blocks; equal blocks give equal bytes (the one exception, a
+    ``sched_flags`` set serialized in another order, only makes a block look
+    changed, and a changed block keeps its real servers' state anyway).
+    """
+
+    config: Config  # without its virtual servers
+    blocks: tuple[tuple[BlockKey, bytes], ...]
+
+
+def pack(config: Config) -> PackedLvs:
+    return PackedLvs(
+        dataclasses.replace(config, virtual_servers=()),
+        tuple((block_key(vs), _serialize(vs)) for vs in config.virtual_servers),
+    )
+
+
+def _serialize(vs: VirtualServer) -> bytes:
+    return pickle.dumps(vs, pickle.HIGHEST_PROTOCOL)
+
+
+def blocks_of(
+    config: Config | PackedLvs,
+) -> Iterator[tuple[BlockKey, bytes, VirtualServer | None]]:
+    """Each block's key, bytes and, when at hand, parsed form."""
+    if isinstance(config, PackedLvs):
+        for key, data in config.blocks:
+            yield key, data, None
+        return
+    for vs in config.virtual_servers:
+        yield block_key(vs), _serialize(vs), vs
+
+
+def unpacked(config: Config | PackedLvs) -> Config:
+    return config.config if isinstance(config, PackedLvs) else config
