@@ -1,15 +1,29 @@
-"""VRRPv2 packet codec (RFC 3768 §5) with the IPv4 header and IPsec AH.
+"""VRRP packet codec: VRRPv2 (RFC 3768 §5) with the IPv4 header and IPsec AH, and
+VRRPv3 (RFC 5798 as updated by RFC 9568) for IPv4 and IPv6.
 
 Theory of operation: pure functions between bytes and frozen dataclasses.
+Every failure raises ``PacketError`` whose ``reason`` is a short stable
+identifier used as a metric label; the complete set of reasons is
+``DROP_REASONS``, shared by both versions (a check that exists in both uses
+the same name in both).  Nothing here keeps state: the AH replay check needs
+the last accepted sequence number, so it is the separate helper
+``check_ah_sequence`` whose result an ``AhReplayGuard``
+(``pyalived.vrrp.ah_replay``) stores; likewise keepalived's switch to the old
+VRRPv3 unicast checksum (below) is reported by the decoder
+(``ReceivedV3.old_checksum``) and remembered by the caller.
+
+The version is the instance's configuration (``vrrp_version``/``version``,
+IPv6 instances always 3): each decoder accepts its own version only, and an
+advert of the other version is dropped as ``bad_version`` (RFC 3768 §7.1,
+RFC 5798 §7.1), as keepalived does.
+
+VRRPv2 (``build_datagram``, ``parse_datagram``, ``verify``)
+-----------------------------------------------------------
+
 ``build_datagram`` produces a whole IPv4 datagram (sent with IP_HDRINCL, as
 keepalived does), ``parse_datagram`` takes a whole received IPv4 datagram
 (as a raw socket returns it) and ``verify`` applies the per-instance
-reception checks of RFC 3768 §7.1.  Every failure raises ``PacketError``
-whose ``reason`` is a short stable identifier used as a metric label; the
-complete set of reasons is ``DROP_REASONS``.  Nothing here keeps state: the
-AH replay check needs the last accepted sequence number, so it is the
-separate helper ``check_ah_sequence`` whose result an ``AhReplayGuard``
-(``pyalived.vrrp.ah_replay``) stores.
+reception checks of RFC 3768 §7.1.
 
 Wire format, matching keepalived 2.2.7 byte for byte (checked against
 captures of its adverts):
@@ -55,13 +69,71 @@ priority 100 (tests/netns/test_advert_length.py runs the same against both
 daemons): a priority-200 advert with 1,000 bytes inside its total length is
 ignored; the same advert with 1,000 bytes after it in the Ethernet frame,
 outside its total length, wins the election.
+
+VRRPv3 (``build_datagram_v3``, ``parse_datagram_v3``, ``encode_v3``, ``decode_v3``)
+-----------------------------------------------------------------------------------
+
+The VRRP message (RFC 5798 §5.1, §5.2): version 3, type 1, VRID, priority,
+count, then 4 reserved bits (zero on transmission, ignored on reception,
+§5.2.7) and the 12-bit Max Adver Int in centiseconds, the checksum, and the
+IPvX addresses: 4 bytes each in an IPv4 advert, 16 in an IPv6 one (§5.2.9).
+There is no authentication (RFC 5798 removed it; keepalived sends no AH or
+password with version 3, so an AH-wrapped VRRPv3 datagram is
+``bad_protocol``).  The message must be exactly 8 + 4 * count (IPv4) or
+8 + 16 * count (IPv6) bytes; trailing bytes are ``bad_length``, as in v2.
+
+The checksum (§5.2.8) is the Internet checksum over a pseudo-header followed
+by the VRRP message: for IPv4 the source, the destination, a zero byte,
+protocol 112 and the 16-bit VRRP length; for IPv6 the RFC 8200 §8.1 one
+(source, destination, 32-bit upper-layer length, three zero bytes, next
+header 112).  keepalived 2.2.7 computes exactly this for IPv4 itself; for
+IPv6 it leaves the field to the kernel (IPV6_CHECKSUM), which computes the
+same value and verifies received ones.
+
+keepalived's one checksum compatibility switch, the per-instance
+``old_unicast_checksum [never]`` (no global form; built in when ``keepalived
+-v`` lists OLD_CHKSUM_COMPAT, as Debian's 2.2.7 does), concerns unicast
+VRRPv3 over IPv4 only: keepalived up to 1.3.5 put the multicast group
+(``vrrp_mcast_group4``, 224.0.0.18 by default) in the pseudo-header instead
+of the unicast destination.  Captured from 2.2.7, 198.18.0.11 to 198.18.0.12:
+the same advert carries 0xf92b normally and 0xdf37 with the group, which is
+what ``old_unicast_checksum`` sends.  ``V3Checksum`` names the three
+behaviours:
+
+* ``RFC``: the real destination, sending and receiving (keepalived with
+  ``old_unicast_checksum never``, and any multicast instance, for which the
+  two forms coincide).
+* ``OLD``: the group in place of the destination, sending and receiving
+  (``old_unicast_checksum``, or after an automatic switch).
+* ``RFC_OR_OLD``: keepalived's default for a unicast instance: send the RFC
+  form, and accept a received advert that fails the RFC checksum if it
+  verifies the old way.  keepalived then logs "Setting unicast VRRPv3
+  checksum to old version" and uses ``OLD`` from then on, both ways; the
+  decoder reports such an advert with ``ReceivedV3.old_checksum`` set so that
+  the caller can switch likewise.
+
+The IPv4 TTL or IPv6 hop limit must be 255 (RFC 5798 §7.1), else
+``bad_ttl``.  A VRRPv3 IPv4 datagram is otherwise built like a v2 one (TOS
+0xc0, no DF, TTL 255, the caller's identification).  An IPv6 advert goes out
+through a raw IPv6 socket, so ``encode_v3`` returns the VRRP message alone
+and ``decode_v3`` takes the message with what the receiving socket reports:
+source, destination (IPV6_PKTINFO) and hop limit (IPV6_HOPLIMIT).  keepalived
+2.2.7 sends it from the link-local address of the interface to ff02::12 with
+hop limit 255, traffic class 0xc0 and the configured addresses only (no
+link-local address is added to the list).
+
+``verify_v3`` applies the per-instance checks of §7.1: the address count and
+list, dropped on a mismatch whatever the priority, as keepalived does (like
+``verify``).  Unlike VRRPv2 the advertisement interval is not compared: a
+Backup adopts the Master's (§6.4.2, Master_Adver_Interval).
 """
 
 from __future__ import annotations
 
+import enum
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from cryptography.hazmat.primitives import constant_time, hashes, hmac
 
@@ -70,8 +142,11 @@ from pyalived.config.model import AuthType
 VRRP_PROTO = 112
 AH_PROTO = 51
 VRRP_MCAST_GROUP = IPv4Address("224.0.0.18")
+VRRP_MCAST_GROUP6 = IPv6Address("ff02::12")  # RFC 5798 §5.1.2.2
 
 VRRP_VERSION = 2
+VRRP_VERSION_3 = 3
+MAX_ADVERT_INT_MAX = 0x0FFF  # 12 bits of centiseconds, RFC 5798 §5.2.7
 VRRP_TYPE_ADVERT = 1
 AUTH_NONE = 0
 AUTH_PASS = 1  # "Simple Text Password", RFC 3768 §5.3.6
@@ -91,13 +166,13 @@ DROP_REASONS: tuple[str, ...] = (
     "truncated",  # shorter than a header or than its IPv4 total length says
     "bad_ip_header",  # not IPv4, bad IHL/total length, or a fragment
     "bad_ip_checksum",  # IPv4 header checksum does not verify
-    "bad_protocol",  # neither VRRP (112) nor AH (51)
-    "bad_ttl",  # TTL is not 255 (§7.1)
+    "bad_protocol",  # neither VRRP (112) nor AH (51); AH with VRRPv3
+    "bad_ttl",  # TTL or IPv6 hop limit is not 255 (§7.1)
     "bad_ah_header",  # AH not carrying VRRP, or an ICV size other than 96 bits
-    "bad_version",  # VRRP version is not 2 (§7.1)
+    "bad_version",  # VRRP version is not the instance's: 2 or 3 (§7.1)
     "bad_type",  # VRRP type is not 1 = ADVERTISEMENT (§5.3.2)
-    "bad_length",  # VRRP length is not 8 + 4 * count + 8, or bytes past the total length
-    "bad_checksum",  # VRRP checksum does not verify (§5.3.8, §7.1)
+    "bad_length",  # not 8 + 4 * count + 8 (v2), 8 + 4|16 * count (v3), or past the total length
+    "bad_checksum",  # VRRP checksum does not verify (v2 §5.3.8, v3 §5.2.8, §7.1)
     "auth_type_mismatch",  # auth type differs from the local one (§7.1)
     "auth_failure",  # PASS password or AH ICV does not match (§7.1)
     "ah_replay",  # AH sequence number not above the last accepted one
@@ -450,3 +525,229 @@ def check_ah_sequence(last_seq: int | None, received: Received) -> int | None:
     if last_seq is not None and seq <= last_seq:
         raise PacketError("ah_replay", f"sequence {seq}, last accepted {last_seq}")
     return seq
+
+
+# --------------------------------------------------------------------------- VRRPv3
+
+IPAddress = IPv4Address | IPv6Address
+
+
+class V3Checksum(enum.Enum):
+    """Which VRRPv3 checksum an instance sends and accepts (see the module docstring)."""
+
+    RFC = "rfc"  # pseudo-header with the real destination (RFC 5798 §5.2.8)
+    OLD = "old"  # IPv4 unicast: the multicast group instead (keepalived <= 1.3.5)
+    RFC_OR_OLD = "rfc_or_old"  # send RFC; accept RFC, else OLD (keepalived's default)
+
+
+@dataclass(frozen=True)
+class AdvertV3:
+    """The VRRP part of a VRRPv3 advertisement (RFC 5798 §5.1, §5.2)."""
+
+    vrid: int
+    priority: int
+    max_advert_int: int  # centiseconds, 12 bits (§5.2.7)
+    addresses: tuple[IPAddress, ...]  # all of the family of the datagram
+
+
+@dataclass(frozen=True)
+class ReceivedV3:
+    src: IPAddress
+    dst: IPAddress
+    ttl: int  # IPv4 TTL or IPv6 hop limit
+    advert: AdvertV3
+    #: The checksum verified only with the multicast group in the pseudo-header
+    #: (an IPv4 unicast advert from a keepalived in old checksum mode).
+    old_checksum: bool = False
+
+
+@dataclass(frozen=True)
+class ExpectationV3:
+    """What one local VRRPv3 instance requires of an advert for its VRID."""
+
+    vrid: int
+    addresses: frozenset[IPAddress]
+
+
+def pseudo_header(src: IPAddress, dst: IPAddress, length: int) -> bytes:
+    """The checksum pseudo-header of RFC 5798 §5.2.8: IPv4 (src, dst, zero, protocol
+    112, 16-bit length) or IPv6 (RFC 8200 §8.1: src, dst, 32-bit length, three zero
+    bytes, next header 112)."""
+    if isinstance(src, IPv4Address) and isinstance(dst, IPv4Address):
+        return src.packed + dst.packed + struct.pack("!BBH", 0, VRRP_PROTO, length)
+    if isinstance(src, IPv6Address) and isinstance(dst, IPv6Address):
+        return src.packed + dst.packed + struct.pack("!I3xB", length, VRRP_PROTO)
+    raise ValueError(f"source {src} and destination {dst} are of different families")
+
+
+def checksum_v3(src: IPAddress, dst: IPAddress, message: bytes) -> int:
+    """The VRRPv3 checksum of ``message`` (its own checksum field taken as zero)."""
+    body = bytes(message[:6]) + b"\0\0" + bytes(message[8:])
+    return internet_checksum(pseudo_header(src, dst, len(body)) + body)
+
+
+def _checksum_dst(
+    src: IPAddress, dst: IPAddress, mode: V3Checksum, mcast_group: IPv4Address
+) -> IPAddress:
+    """The pseudo-header destination ``mode`` sends with: the group for OLD over IPv4."""
+    if mode is V3Checksum.OLD and isinstance(src, IPv4Address):
+        return mcast_group
+    return dst
+
+
+def encode_v3(
+    advert: AdvertV3,
+    src: IPAddress,
+    dst: IPAddress,
+    *,
+    checksum: V3Checksum = V3Checksum.RFC,
+    mcast_group: IPv4Address = VRRP_MCAST_GROUP,
+) -> bytes:
+    """The VRRPv3 message for ``advert`` from ``src`` to ``dst`` (both IPv4 or both IPv6).
+
+    ``checksum=OLD`` puts ``mcast_group`` (keepalived's ``vrrp_mcast_group4``)
+    in the pseudo-header instead of ``dst``, as ``old_unicast_checksum`` does
+    (IPv4 only: with IPv6 the kernel computes the checksum, so OLD makes no
+    difference); ``RFC`` and ``RFC_OR_OLD`` send the RFC 5798 §5.2.8 checksum.
+    Values out of range, or addresses of the other family, raise ``ValueError``.
+    """
+    pseudo_header(src, dst, 0)  # same family, else ValueError
+    _check_range("vrid", advert.vrid, 0, 255)
+    _check_range("priority", advert.priority, 0, 255)
+    _check_range("address count", len(advert.addresses), 0, 255)
+    _check_range("max_advert_int", advert.max_advert_int, 0, MAX_ADVERT_INT_MAX)
+    for address in advert.addresses:
+        if address.version != src.version:
+            raise ValueError(f"address {address} in an IPv{src.version} advert")
+    body = struct.pack(
+        "!BBBBHH",
+        (VRRP_VERSION_3 << 4) | VRRP_TYPE_ADVERT,
+        advert.vrid,
+        advert.priority,
+        len(advert.addresses),
+        advert.max_advert_int,  # the 4 reserved bits zero (§5.2.7)
+        0,
+    ) + b"".join(a.packed for a in advert.addresses)
+    csum = checksum_v3(src, _checksum_dst(src, dst, checksum, mcast_group), body)
+    return body[:6] + struct.pack("!H", csum) + body[8:]
+
+
+def build_datagram_v3(
+    src: IPv4Address,
+    dst: IPv4Address,
+    advert: AdvertV3,
+    *,
+    ip_id: int = 0,
+    checksum: V3Checksum = V3Checksum.RFC,
+    mcast_group: IPv4Address = VRRP_MCAST_GROUP,
+) -> bytes:
+    """A whole IPv4 datagram carrying the VRRPv3 ``advert`` (IPv4 header as for v2)."""
+    vrrp = encode_v3(advert, src, dst, checksum=checksum, mcast_group=mcast_group)
+    header = _ip_header(src, dst, VRRP_PROTO, len(vrrp), ip_id)
+    header[10:12] = struct.pack("!H", internet_checksum(bytes(header)))
+    return bytes(header) + vrrp
+
+
+def decode_v3(
+    message: bytes | bytearray | memoryview,
+    *,
+    src: IPAddress,
+    dst: IPAddress,
+    ttl: int,
+    checksum: V3Checksum = V3Checksum.RFC,
+    mcast_group: IPv4Address = VRRP_MCAST_GROUP,
+) -> ReceivedV3:
+    """Structural checks of a VRRPv3 message as a socket delivers it.
+
+    ``message`` is the VRRP part alone (what a raw IPv6 socket returns);
+    ``src`` and ``dst`` are the datagram's addresses, both IPv4 or both IPv6
+    (the checksum covers them), and ``ttl`` its TTL or hop limit.  Checks, in
+    order: TTL/hop limit 255, version 3, type 1, exact length, checksum as
+    ``checksum`` says (see ``V3Checksum``).  Raises ``PacketError``, or
+    ``ValueError`` if ``src`` and ``dst`` differ in family.
+    """
+    message = bytes(message)  # also a bytearray or memoryview
+    pseudo_header(src, dst, 0)  # same family, else ValueError
+    if ttl != IP_TTL:
+        raise PacketError("bad_ttl", f"{'TTL' if src.version == 4 else 'hop limit'} {ttl}")
+    if len(message) < VRRP_HEADER_LEN:
+        raise PacketError("truncated", f"VRRP message of {len(message)} bytes")
+    version, vtype = message[0] >> 4, message[0] & 0x0F
+    if version != VRRP_VERSION_3:
+        raise PacketError("bad_version", f"version {version}, expected 3")  # §7.1
+    if vtype != VRRP_TYPE_ADVERT:
+        raise PacketError("bad_type", f"type {vtype}")  # §5.2.2
+    vrid, priority, count, rsvd_int = struct.unpack_from("!BBBH", message, 1)
+    size = 4 if src.version == 4 else 16
+    want = VRRP_HEADER_LEN + size * count  # §5.2.5, §5.2.9
+    if len(message) != want:
+        too = "long" if len(message) > want else "short"
+        raise PacketError(
+            "bad_length",
+            f"too {too}: {len(message)} bytes for {count} IPv{src.version} addresses, want {want}",
+        )
+
+    def verifies(pseudo_dst: IPAddress) -> bool:
+        return internet_checksum(pseudo_header(src, pseudo_dst, want) + message) == 0
+
+    pseudo_dst = _checksum_dst(src, dst, checksum, mcast_group)
+    if not verifies(pseudo_dst):
+        # keepalived's automatic fallback: only for unicast, only to the old form.
+        fallback = checksum is V3Checksum.RFC_OR_OLD and src.version == 4 and dst != mcast_group
+        if not (fallback and verifies(mcast_group)):
+            raise PacketError("bad_checksum")  # §5.2.8, §7.1
+        pseudo_dst = mcast_group
+    old = pseudo_dst != dst
+    addresses: tuple[IPAddress, ...]
+    if size == 4:
+        addresses = tuple(IPv4Address(message[i : i + 4]) for i in range(8, want, 4))
+    else:
+        addresses = tuple(IPv6Address(message[i : i + 16]) for i in range(8, want, 16))
+    advert = AdvertV3(
+        vrid=vrid,
+        priority=priority,
+        max_advert_int=rsvd_int & MAX_ADVERT_INT_MAX,  # reserved bits ignored (§5.2.7)
+        addresses=addresses,
+    )
+    return ReceivedV3(src=src, dst=dst, ttl=ttl, advert=advert, old_checksum=old)
+
+
+def parse_datagram_v3(
+    datagram: bytes | bytearray | memoryview,
+    *,
+    checksum: V3Checksum = V3Checksum.RFC,
+    mcast_group: IPv4Address = VRRP_MCAST_GROUP,
+) -> ReceivedV3:
+    """``decode_v3`` for a whole IPv4 datagram as a raw IPv4 socket returns it.
+
+    The IPv4 checks are ``parse_datagram``'s (header, total length, no
+    fragment, header checksum, TTL 255); an AH header is ``bad_protocol``,
+    VRRPv3 having no authentication.
+    """
+    datagram = bytes(datagram)
+    lay = _layout(datagram)
+    if lay.vrrp_at != lay.ihl:
+        raise PacketError("bad_protocol", "AH with VRRPv3")
+    return decode_v3(
+        datagram[lay.vrrp_at : lay.total],
+        src=IPv4Address(datagram[12:16]),
+        dst=IPv4Address(datagram[16:20]),
+        ttl=datagram[8],
+        checksum=checksum,
+        mcast_group=mcast_group,
+    )
+
+
+def verify_v3(received: ReceivedV3, expect: ExpectationV3) -> None:
+    """Per-instance checks of RFC 5798 §7.1: address count and list.  The caller has
+    already matched the VRID.  The interval is not compared (§6.4.2: a Backup adopts
+    the Master's), and, as with ``verify``, an address owner is not exempt."""
+    advert = received.advert
+    if len(advert.addresses) != len(expect.addresses):
+        raise PacketError(
+            "addr_count_mismatch",
+            f"{len(advert.addresses)} addresses, expected {len(expect.addresses)}",
+        )
+    if frozenset(advert.addresses) != expect.addresses:
+        missing = sorted(map(str, expect.addresses - frozenset(advert.addresses)))
+        raise PacketError("addr_list_mismatch", f"missing {', '.join(missing)}")
