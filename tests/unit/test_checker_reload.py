@@ -361,7 +361,7 @@ async def test_a_reload_checks_the_new_connect_port_and_keeps_the_old_one_otherw
         sched.update(vs, rs(80, tcp(delay_loop=4.0)))  # only its timing: the same port
         await trio.sleep_until(25.0)
         sched.update(vs, rs(80, TcpCheck(connect_port=8080, timing=tcp(4.0).timing)))
-        await trio.sleep_until(30.0)
+        await trio.sleep_until(31.0)
         nursery.cancel_scope.cancel()
     # (the probe at 0, due as the checker starts, runs in a task: not through the starter)
     assert prober.checked == [(10.0, 80), (18.0, 80), (22.0, 80), (26.0, 8080), (30.0, 8080)]
