@@ -30,6 +30,7 @@ import pickle
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from socket import AF_INET6
 
 from pyalived.checkers.spec import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -260,13 +261,16 @@ def dest_key(rs: RealServerSpec, service: ServiceKey | None = None) -> DestKey:
 
 # ---- what the checker process is handed -----------------------------------------
 
-BlockKey = tuple[str, str]  # (virtual server name, protocol; "" for a fwmark service)
+BlockKey = tuple[str, str]  # (name, protocol; for a fwmark service "", or "inet6" if IPv6)
 
 
 def block_key(vs: VirtualServer) -> BlockKey:
     """What identifies a ``virtual_server`` block across reloads: its name (address and
-    port, fwmark or group) and, unless it is a fwmark service, its protocol."""
-    return (vs.name, "" if vs.fwmark is not None else vs.protocol.value)
+    port, fwmark or group) and, unless it is a fwmark service, its protocol; an IPv6
+    fwmark service is told from the IPv4 one of the same mark by its family."""
+    if vs.fwmark is not None:
+        return (vs.name, "inet6" if vs.family == AF_INET6 else "")
+    return (vs.name, vs.protocol.value)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,21 @@ DNS_CHECK, UDP_CHECK, PING_CHECK, BFD_CHECK, FILE_CHECK) are warnings and
 skipped; the rest of their real server still applies.  Bad addresses,
 out-of-range numbers, unknown schedulers or forwarding methods and
 references to unknown groups are errors, which refuse the configuration.
+
+IPv6: every address (virtual, real and sorry servers, ``connect_ip``,
+``bindto``, group entries) may be IPv4 or IPv6, written bare
+(``2001:db8::1 80``); a group's IPv6 range ends in hexadecimal, the last 16
+bits of its last address (``2001:db8::10-20``), or in a full address, and
+``fwmark N inet6`` gives a group's fwmark its family.  A virtual server's
+family is settled as keepalived does, in file order: by its address, else by
+``ip_family``, ``persistence_granularity`` (a prefix length up to 128 for
+IPv6) or the first real server not tunnelled, else by its sorry server; a
+fwmark service whose real servers are all tunnelled takes theirs if they
+agree, else IPv4.  A real or sorry server of the other family is skipped
+with a warning unless it is tunnelled (IPVS forwards across families only
+through a tunnel), and so is a ``bindto`` of another family than the
+address checked; a group virtual server whose family does not match its
+group's is warned about and makes no IPVS service (keepalived ignores it).
 """
 
 from __future__ import annotations
@@ -30,7 +45,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from socket import AF_INET, AF_INET6
 
 from pyalived.config.keywords import Block, Handler, Keywords, field, user_fields
 from pyalived.config.model import (
@@ -38,6 +54,7 @@ from pyalived.config.model import (
     CheckerOptions,
     CheckerType,
     Config,
+    IPAddress,
     Location,
     LvsMethod,
     LvsProtocol,
@@ -47,6 +64,8 @@ from pyalived.config.model import (
     VirtualServer,
     VirtualServerGroup,
     VirtualServerGroupEntry,
+    family_name,
+    host_port,
 )
 from pyalived.config.tree import Node
 from pyalived.config.values import Read, ValueReader, float_in, int_in, one_of
@@ -61,22 +80,64 @@ from pyalived.ipvs.model import (
 U31 = 2**31 - 1
 
 
+def _family_of(address: IPAddress) -> int:
+    return AF_INET6 if address.version == 6 else AF_INET
+
+
+def group_families(group: VirtualServerGroup) -> set[int]:
+    """The address families a group names: its addresses' and its fwmarks' given ones."""
+    out: set[int] = set()
+    for entry in group.entries:
+        if entry.first is not None:
+            out.add(_family_of(entry.first))
+        elif entry.family is not None:
+            out.add(entry.family)
+        if len(out) == 2:
+            break
+    return out
+
+
+def group_mismatch(vs: VirtualServer, group: VirtualServerGroup) -> str | None:
+    """Why keepalived ignores the group virtual server ``vs`` (None: it does not).
+
+    A virtual server whose family is settled (by a real or sorry server not
+    tunnelled, ``ip_family`` or ``persistence_granularity``) needs a group of
+    that family alone.
+    """
+    if vs.family is None:
+        return None
+    families = group_families(group)
+    if len(families) == 2:
+        return "a group with IPv4 and IPv6 addresses needs every real server tunnelled"
+    if families and vs.family not in families:
+        return (
+            f"the group is {family_name(families.pop())}, the virtual server"
+            f" {family_name(vs.family)} (from its real servers or ip_family)"
+        )
+    return None
+
+
 def service_keys(
     vs: VirtualServer, groups: Mapping[str, VirtualServerGroup]
 ) -> tuple[ServiceKey, ...]:
-    """The IPVS services of a virtual_server block (a group gives several, or none if unknown)."""
+    """The IPVS services of a virtual_server block (a group gives several, or none if
+    unknown or of the wrong address family: see ``group_mismatch``)."""
     proto = Protocol[vs.protocol.value]
     if vs.fwmark is not None:
-        return (ServiceKey.mark(vs.fwmark),)
+        return (ServiceKey.mark(vs.fwmark, vs.family or AF_INET),)
     if vs.address is not None:
         return (ServiceKey.inet(vs.address, vs.port or 0, proto),)
     group = groups.get(vs.group or "")
-    if group is None:
+    if group is None or group_mismatch(vs, group) is not None:
         return ()
+    family = vs.family
+    if family is None:
+        families = group_families(group)
+        family = families.pop() if len(families) == 1 else None
     keys: list[ServiceKey] = []
     for entry in group.entries:
         if entry.fwmark is not None:
-            keys.append(ServiceKey.mark(entry.fwmark))
+            keys.append(ServiceKey.mark(entry.fwmark, entry.family or family or AF_INET))
         else:
             keys.extend(ServiceKey.inet(a, entry.port or 0, proto) for a in entry.addresses())
     return tuple(dict.fromkeys(keys))
@@ -90,8 +151,7 @@ UNSUPPORTED_CHECKERS = frozenset(
 )
 SCHED_FLAGS = frozenset("flag-1 flag-2 flag-3 sh-port sh-fallback mh-port mh-fallback".split())
 UNSUPPORTED_VS = frozenset(
-    """persistence_engine smtp_alert snmp_name ip_family nat_mask lvs_sync_daemon
-    tunnel_type""".split()
+    """persistence_engine smtp_alert snmp_name nat_mask lvs_sync_daemon tunnel_type""".split()
 )
 UNSUPPORTED_RS = frozenset("smtp_alert snmp_name".split())  # and UNSUPPORTED_CHECKERS
 UNSUPPORTED_CHECKER_OPTS = frozenset("bind_if fwmark log_all_failures fast_recovery".split())
@@ -101,6 +161,7 @@ UNSUPPORTED_URL = frozenset(
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
 _NO_OPTIONS = CheckerOptions()
 _PROTOCOLS = {p.value: p for p in LvsProtocol}
+_FAMILIES = {"inet": AF_INET, "inet6": AF_INET6}
 _HTTP_PROTOCOLS = {v: v for v in ("1.0", "1.0C", "1.1")}
 
 Option = float | int | bool  # a generic checker option's value
@@ -122,22 +183,28 @@ class _Options(Block):
 
 
 class _VirtualServer(_Options):
-    __slots__ = ("flags", "real_servers", "seen")
+    __slots__ = ("family", "flags", "real_servers", "seen")
 
-    def __init__(self, r: ValueReader, label: str, lvs: LvsParser) -> None:
+    def __init__(
+        self, r: ValueReader, label: str, lvs: LvsParser, family: int | None
+    ) -> None:
         self.r, self.label, self.lvs = r, label, lvs
         self.fields = {}
         self.opts = {}
         self.flags: set[str] = set()
         self.real_servers: list[RealServer] = []
-        self.seen: dict[tuple[int, int | None], Location] = {}  # real servers so far
+        # real servers so far, by (address, version, port)
+        self.seen: dict[tuple[int, int, int | None], Location] = {}
+        # The address family as settled so far, in file order as keepalived does:
+        # the address's, ip_family, persistence_granularity, a real server not tunnelled.
+        self.family = family
 
 
 class _RealServer(_Options):
     __slots__ = ("address", "checkers", "port")
 
     def __init__(
-        self, r: ValueReader, lvs: LvsParser, address: IPv4Address, port: int | None
+        self, r: ValueReader, lvs: LvsParser, address: IPAddress, port: int | None
     ) -> None:
         self.r, self.label, self.lvs = r, "", lvs
         self.fields = {}
@@ -147,8 +214,7 @@ class _RealServer(_Options):
         self.checkers: list[Checker] = []
 
     def where(self) -> str:
-        addr, port = self.address, self.port
-        return f"real_server {addr}" if port is None else f"real_server {addr}:{port}"
+        return f"real_server {host_port(self.address, self.port)}"
 
 
 class _Checker(_Options):
@@ -221,29 +287,67 @@ def _scheduler(r: ValueReader, node: Node) -> str | None:
     return name
 
 
-def _granularity(r: ValueReader, node: Node) -> int | None:
-    """A prefix length, or a netmask as one."""
+def _granularity(r: ValueReader, node: Node, family: int | None) -> tuple[int, int] | None:
+    """A prefix length, or an IPv4 netmask as one, and the family it is for.
+
+    As in keepalived: for an IPv6 service a prefix length in [1, 128]; for an
+    IPv4 one a netmask or a prefix length; for a service of no family yet,
+    IPv4 if the value has a dot, else IPv6.
+    """
     text = r.one(node)
     if text is None:
+        return None
+    if family is None:
+        family = AF_INET if "." in text else AF_INET6
+    if family == AF_INET6:
+        if text.isdigit() and 1 <= int(text) <= 128:
+            return int(text), family
+        r.sink.error(
+            node.location, f"persistence_granularity '{text}' is not an IPv6 prefix length"
+            " (1 to 128)"
+        )
         return None
     try:
         if text.isdigit():
             prefix = int(text)
             if prefix > 32:
                 raise ValueError(text)
-            return prefix
-        return IPv4Network(f"0.0.0.0/{text.lstrip('/')}").prefixlen
+            return prefix, family
+        return IPv4Network(f"0.0.0.0/{text.lstrip('/')}").prefixlen, family
     except ValueError:
         r.sink.error(node.location, f"persistence_granularity '{text}' is not an IPv4 netmask")
         return None
 
 
-def _ip_port(r: ValueReader, node: Node) -> tuple[IPv4Address, int | None] | None:
+def _ip(r: ValueReader, node: Node, text: str) -> IPAddress | None:
+    """``text`` (a word of ``node``) as an IPv4 or IPv6 address (errors reported)."""
+    if ":" not in text:
+        return r.ipv4(node, text)
+    try:
+        addr = IPv6Address(text)
+    except ValueError:
+        r.sink.error(node.location, f"{node.name}: '{text}' is not an IP address")
+        return None
+    if addr.scope_id is not None:
+        r.sink.error(
+            node.location, f"{node.name}: '{text}': addresses with a zone are not supported"
+        )
+        return None
+    return addr
+
+
+def _address(r: ValueReader, node: Node) -> IPAddress | None:
+    """The one word of the statement as an IPv4 or IPv6 address."""
+    text = r.one(node)
+    return None if text is None else _ip(r, node, text)
+
+
+def _ip_port(r: ValueReader, node: Node) -> tuple[IPAddress, int | None] | None:
     """``IP [PORT]`` of a ``sorry_server`` or ``real_server`` line (errors reported)."""
     if not node.values:
         r.sink.error(node.location, f"{node.name} needs IP [PORT]")
         return None
-    addr = r.ipv4(node, node.values[0])
+    addr = _ip(r, node, node.values[0])
     if addr is None:
         return None
     port: int | None = None
@@ -301,6 +405,34 @@ def _persistence_timeout(block: _VirtualServer, node: Node) -> None:
         block.fields["persistence_timeout"] = DEFAULT_PERSISTENCE_TIMEOUT
 
 
+def _persistence_granularity(block: _VirtualServer, node: Node) -> None:
+    read = _granularity(block.r, node, block.family)
+    if read is not None:
+        block.fields["persistence_granularity"] = read[0]
+        if block.family is None:
+            block.family = read[1]
+
+
+def _ip_family(block: _VirtualServer, node: Node) -> None:
+    """``inet`` or ``inet6``; one that conflicts with the family settled so far is ignored."""
+    r = block.r
+    word = r.one(node)
+    if word is None:
+        return
+    family = _FAMILIES.get(word)
+    if family is None:
+        r.sink.error(node.location, f"ip_family: unknown address family '{word}' (inet or inet6)")
+        return
+    if block.family is not None and block.family != family:
+        r.sink.warning(
+            node.location,
+            f"ip_family {word} conflicts with the family of {block.label}"
+            f" ({family_name(block.family)}); ignored",
+        )
+        return
+    block.family = family
+
+
 def _sched_flag(block: _VirtualServer, node: Node) -> None:
     if block.r.flag(node):
         block.flags.add(node.name)
@@ -310,13 +442,30 @@ def _real_server(block: _VirtualServer, node: Node) -> None:
     rs = block.lvs.real_server(node)
     if rs is None:
         return
-    key = (int(rs.address), rs.port)
+    address = rs.address
+    key = (int(address), address.version, rs.port)
     seen = block.seen
     if key in seen:
         block.r.sink.warning(
             node.location, f"real_server {rs} is already defined at {seen[key]}; ignored"
         )
         return
+    # As keepalived: a real server not tunnelled settles the family, or is skipped if it
+    # differs (IPVS forwards to the other family only through a tunnel).
+    method = rs.lvs_method or block.fields.get("lvs_method", LvsMethod.NAT)
+    assert isinstance(method, LvsMethod)
+    if method is not LvsMethod.TUN:
+        family = _family_of(address)
+        if block.family is None:
+            block.family = family
+        elif block.family != family:
+            block.r.sink.warning(
+                node.location,
+                f"real_server {rs}: address family of {block.label} and real server"
+                f" {address} don't match ({method.value} cannot forward to"
+                f" {family_name(family)} from {family_name(block.family)}); skipped",
+            )
+            return
     seen[key] = node.location
     block.real_servers.append(rs)
 
@@ -383,8 +532,8 @@ _TCP_CHECK: dict[str, Handler[_Checker]] = {
     **_GENERIC,
     "connect_port": field("connect_port", ValueReader.port_value),
     "bind_port": field("bind_port", ValueReader.port_value),
-    "connect_ip": field("connect_ip", ValueReader.address),
-    "bindto": field("bindto", ValueReader.address),
+    "connect_ip": field("connect_ip", _address),
+    "bindto": field("bindto", _address),
 }
 _HTTP_GET: dict[str, Handler[_Checker]] = {
     **_TCP_CHECK,
@@ -428,8 +577,20 @@ def _checker(kind: CheckerType, keywords: dict[str, Handler[_Checker]]) -> Handl
 
     def handle(block: _RealServer, node: Node) -> None:
         checker = block.lvs.checker(node, spec)
-        if checker is not None:
-            block.checkers.append(checker)
+        if checker is None:
+            return
+        bindto = checker.bindto
+        if bindto is not None:
+            target = checker.connect_ip or block.address
+            if bindto.version != target.version:
+                what = "connect_ip" if checker.connect_ip is not None else block.where()
+                block.r.sink.warning(
+                    node.location,
+                    f"{spec.name}: bindto {bindto} does not match the address family of"
+                    f" {what} ({target}); bindto ignored",
+                )
+                checker = replace(checker, bindto=None)
+        block.checkers.append(checker)
 
     return handle
 
@@ -464,7 +625,8 @@ _VIRTUAL_SERVER = Keywords[_VirtualServer](
         "lvs_method": field("lvs_method", _method),
         "lb_kind": field("lvs_method", _method),
         "persistence_timeout": _persistence_timeout,
-        "persistence_granularity": field("persistence_granularity", _granularity),
+        "persistence_granularity": _persistence_granularity,
+        "ip_family": _ip_family,
         "protocol": field("protocol", one_of(_PROTOCOLS, "protocol must be TCP, UDP or SCTP")),
         "ops": field("ops", ValueReader.flag),
         **dict.fromkeys(SCHED_FLAGS, _sched_flag),
@@ -529,9 +691,9 @@ class LvsParser:
         for n in body:
             r.no_block(n)
             if n.name == "fwmark":
-                mark = r.integer(n, 1, U32)
-                if mark is not None:
-                    entries.append(VirtualServerGroupEntry(fwmark=mark, location=n.location))
+                entry = self._group_fwmark(n, name)
+                if entry is not None:
+                    entries.append(entry)
                 continue
             span = self._range(n, n.name)
             if span is None:
@@ -549,21 +711,59 @@ class LvsParser:
         if not entries:
             r.sink.warning(node.location, f"virtual_server_group {name} is empty")
         group = VirtualServerGroup(name, tuple(entries), node.location)
+        if len(group_families(group)) == 2 and any(
+            e.fwmark is not None and e.family is None for e in entries
+        ):
+            r.sink.error(
+                node.location,
+                f"virtual_server_group {name} has IPv4 and IPv6 addresses: each fwmark"
+                " needs its family (fwmark N inet|inet6)",
+            )
         self.groups.append(group)
         self._groups_named.setdefault(name, []).append(group)
 
-    def _range(self, node: Node, text: str) -> tuple[IPv4Address, IPv4Address] | None:
-        """``A.B.C.D``, ``A.B.C.D-E``, ``A.B.C.D-E.F.G.H`` or ``A.B.C.D/NN``."""
+    def _group_fwmark(self, node: Node, name: str) -> VirtualServerGroupEntry | None:
+        """``fwmark N [inet|inet6]``."""
+        r = self.r
+        mark: int | None
+        if len(node.values) != 2:
+            mark = r.integer(node, 1, U32)
+            return None if mark is None else VirtualServerGroupEntry(
+                fwmark=mark, location=node.location
+            )
+        text, word = node.values
+        try:
+            mark = int(text, 10)
+        except ValueError:
+            r.sink.error(node.location, f"fwmark: '{text}' is not a whole number")
+            mark = None
+        if mark is not None and not 1 <= mark <= U32:
+            r.sink.error(node.location, f"fwmark {mark} is outside [1, {U32}]")
+            mark = None
+        family = _FAMILIES.get(word)
+        if family is None:
+            r.sink.error(
+                node.location,
+                f"virtual_server_group {name}: fwmark family '{word}' is not inet or inet6",
+            )
+            return None
+        if mark is None:
+            return None
+        return VirtualServerGroupEntry(fwmark=mark, location=node.location, family=family)
+
+    def _range(self, node: Node, text: str) -> tuple[IPAddress, IPAddress] | None:
+        """``A.B.C.D``, ``A.B.C.D-E``, ``A.B.C.D-E.F.G.H`` or ``A.B.C.D/NN``, or the IPv6
+        forms ``X::Y``, ``X::Y-Z`` (Z: hexadecimal, the last 16 bits of the last address),
+        ``X::Y-X::Z`` or ``X::/NN``."""
         bad = f"'{text}' is not an address, address range or network"
         head = text.split("/", 1)[0].split("-", 1)[0]
         try:
-            first = ip_address(head)
+            first: IPAddress = ip_address(head)
         except ValueError:
             self.r.sink.error(node.location, bad)
             return None
         if isinstance(first, IPv6Address):
-            self.r.sink.warning(node.location, f"IPv6 address {text} is not supported yet; ignored")
-            return None
+            return self._range6(node, text, first)
         last = first
         try:
             if "/" in text:
@@ -580,7 +780,12 @@ class LvsParser:
         except ValueError:
             self.r.sink.error(node.location, bad)
             return None
-        if last < first:
+        return self._span(node, text, first, last)
+
+    def _span(
+        self, node: Node, text: str, first: IPAddress, last: IPAddress
+    ) -> tuple[IPAddress, IPAddress] | None:
+        if int(last) < int(first):
             self.r.sink.error(node.location, f"address range {text} ends before it starts")
             return None
         if int(last) - int(first) >= MAX_GROUP_RANGE:
@@ -589,6 +794,60 @@ class LvsParser:
             )
             return None
         return first, last
+
+    def _range6(
+        self, node: Node, text: str, first: IPv6Address
+    ) -> tuple[IPAddress, IPAddress] | None:
+        """The IPv6 forms of ``_range``, with keepalived 2.2.7's diagnostics."""
+        sink = self.r.sink
+        if first.scope_id is not None:
+            sink.error(node.location, f"'{text}': addresses with a zone are not supported")
+            return None
+        last: IPv6Address = first
+        if "/" in text:
+            prefix = text.split("/", 1)[1]
+            if not prefix.isdigit() or not 1 <= int(prefix) <= 128:
+                sink.error(node.location, f"'{text}': invalid prefix length")
+                return None
+            try:
+                net = IPv6Network(text)
+            except ValueError:
+                sink.error(node.location, f"'{text}': address bits set outside the prefix")
+                return None
+            return self._span(node, text, net.network_address, net.broadcast_address)
+        if "-" in text:
+            tail = text.split("-", 1)[1]
+            if "." in tail and ":" not in tail:
+                sink.error(node.location, f"'{text}': address families do not match")
+                return None
+            if ":" in tail:
+                try:
+                    last = IPv6Address(tail)
+                except ValueError:
+                    sink.error(node.location, f"'{text}': invalid range end '{tail}'")
+                    return None
+                if last.scope_id is not None:
+                    sink.error(node.location, f"'{text}': addresses with a zone are not supported")
+                    return None
+            else:
+                try:
+                    end = int(tail, 16)  # as keepalived: hexadecimal, like the address
+                except ValueError:
+                    sink.error(
+                        node.location,
+                        f"'{text}': range end '{tail}' is not a hexadecimal number",
+                    )
+                    return None
+                if not 0 <= end <= 0xFFFF:
+                    sink.error(node.location, f"'{text}': range end '{tail}' is above ffff")
+                    return None
+                if end <= int(first) & 0xFFFF:
+                    sink.error(
+                        node.location, f"address range {text}: the end is not above the start"
+                    )
+                    return None
+                last = IPv6Address((int(first) & ~0xFFFF) | end)
+        return self._span(node, text, first, last)
 
     # ---- virtual_server -------------------------------------------------------------
 
@@ -617,7 +876,7 @@ class LvsParser:
                 vs = VirtualServer(fwmark=mark, location=node.location)
             extra = words[2:]
         else:
-            addr = r.ipv4(node, words[0])
+            addr = _ip(r, node, words[0])
             if addr is None:
                 return
             port: int | None = None
@@ -629,7 +888,8 @@ class LvsParser:
             extra = words[2:]
         if extra:
             r.sink.warning(node.location, f"virtual_server: extra words ignored: {' '.join(extra)}")
-        block = _VirtualServer(r, f"virtual_server {vs.name}", self)
+        family = None if vs.address is None else _family_of(vs.address)
+        block = _VirtualServer(r, f"virtual_server {vs.name}", self, family)
         _VIRTUAL_SERVER.run(block, body)
         fields = block.fields
         vs = replace(
@@ -637,6 +897,7 @@ class LvsParser:
             options=self._options(block.opts),
             sched_flags=frozenset(block.flags),
             real_servers=tuple(block.real_servers),
+            family=block.family,
             **fields,  # type: ignore[arg-type]
         )
         # a keyword given with a bad value is an error already: no "not set" warning too
@@ -648,6 +909,24 @@ class LvsParser:
         sink = self.r.sink
         where = f"virtual_server {vs.name}"
         loc = vs.location
+        s = vs.sorry_server
+        if s is not None and (vs.sorry_server_lvs_method or vs.lvs_method) is not LvsMethod.TUN:
+            family = _family_of(s.address)
+            if vs.family is None:
+                vs = replace(vs, family=family)
+            elif vs.family != family:
+                sink.warning(
+                    s.location,
+                    f"{where}: address family of virtual server and sorry server {s.address}"
+                    f" don't match; sorry_server skipped",
+                )
+                vs = replace(vs, sorry_server=None)
+        if vs.fwmark is not None and vs.family is None:
+            # all its real servers tunnelled: keepalived takes theirs if they agree, else IPv4
+            families = {_family_of(rs.address) for rs in vs.real_servers}
+            if s is not None:
+                families.add(_family_of(s.address))
+            vs = replace(vs, family=families.pop() if len(families) == 1 else AF_INET)
         if vs.alpha and vs.options.alpha is None:
             vs = replace(vs, options=replace(vs.options, alpha=True))
         if vs.fwmark is not None and vs.ha_suspend:
@@ -776,7 +1055,8 @@ class LvsParser:
     # ---- whole-config checks --------------------------------------------------------
 
     def cross_check(self, config: Config) -> None:
-        """Group names are unique and known; no IPVS service is claimed twice."""
+        """Group names are unique and known, of the family of the virtual servers using
+        them; no IPVS service is claimed twice."""
         sink = self.r.sink
         groups: dict[str, VirtualServerGroup] = {}
         for g in config.virtual_server_groups:
@@ -796,6 +1076,15 @@ class LvsParser:
                     f"virtual_server group {vs.group}: no virtual_server_group of that name",
                 )
                 continue
+            if vs.group is not None:
+                why = group_mismatch(vs, groups[vs.group])
+                if why is not None:
+                    sink.warning(
+                        vs.location,
+                        f"virtual_server {vs.name}: address family doesn't match: {why};"
+                        " the virtual server is ignored (no IPVS service)",
+                    )
+                    continue
             for key in service_keys(vs, groups):
                 other = owner.get(key)
                 if other is not None:

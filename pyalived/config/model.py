@@ -23,7 +23,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address
+from socket import AF_INET6
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +185,19 @@ class GlobalDefs:
 
 # ---- LVS: virtual_server, virtual_server_group -------------------------------
 
+IPAddress = IPv4Address | IPv6Address  # LVS addresses are of either family
+
+
+def host_port(address: IPAddress, port: int | None) -> str:
+    """``IP:PORT`` as ipvsadm and keepalived print it: an IPv6 address in brackets."""
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return host if port is None else f"{host}:{port}"
+
+
+def family_name(family: int) -> str:
+    """``inet`` or ``inet6``, keepalived's words for an address family."""
+    return "inet6" if family == AF_INET6 else "inet"
+
 
 class LvsMethod(enum.Enum):
     """``lvs_method`` / ``lb_kind``: how IPVS forwards to a real server."""
@@ -245,9 +259,9 @@ class Checker:
     location: Location = NOWHERE
     options: CheckerOptions = field(default_factory=CheckerOptions)
     # TCP_CHECK, HTTP_GET, SSL_GET
-    connect_ip: IPv4Address | None = None
+    connect_ip: IPAddress | None = None
     connect_port: int | None = None
-    bindto: IPv4Address | None = None
+    bindto: IPAddress | None = None
     bind_port: int | None = None
     # HTTP_GET, SSL_GET
     urls: tuple[UrlCheck, ...] = ()
@@ -264,7 +278,7 @@ class Checker:
 
 @dataclass(frozen=True, slots=True)
 class RealServer:
-    address: IPv4Address
+    address: IPAddress
     port: int | None = None  # None: no port (fwmark services)
     location: Location = NOWHERE
     weight: int = 1
@@ -279,32 +293,35 @@ class RealServer:
     checkers: tuple[Checker, ...] = ()
 
     def __str__(self) -> str:
-        return str(self.address) if self.port is None else f"{self.address}:{self.port}"
+        return host_port(self.address, self.port)
 
 
 @dataclass(frozen=True, slots=True)
 class SorryServer:
-    address: IPv4Address
+    address: IPAddress
     port: int | None = None
     location: Location = NOWHERE
 
 
 @dataclass(frozen=True, slots=True)
 class VirtualServerGroupEntry:
-    """``IP [PORT]``, ``IP-RANGE [PORT]`` (first..last inclusive) or ``fwmark N``."""
+    """``IP [PORT]``, ``IP-RANGE [PORT]`` (first..last inclusive, one address family) or
+    ``fwmark N [inet|inet6]`` (``family``: None unless given)."""
 
-    first: IPv4Address | None = None
-    last: IPv4Address | None = None
+    first: IPAddress | None = None
+    last: IPAddress | None = None
     port: int | None = None
     fwmark: int | None = None
     location: Location = NOWHERE
+    family: int | None = None  # a fwmark's AF_INET / AF_INET6, if given
 
-    def addresses(self) -> Iterator[IPv4Address]:
+    def addresses(self) -> Iterator[IPAddress]:
         if self.first is None:
             return
         last = self.first if self.last is None else self.last
+        kind = IPv6Address if self.first.version == 6 else IPv4Address
         for n in range(int(self.first), int(last) + 1):
-            yield IPv4Address(n)
+            yield kind(n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,9 +333,15 @@ class VirtualServerGroup:
 
 @dataclass(frozen=True, slots=True)
 class VirtualServer:
-    """One ``virtual_server`` block: exactly one of address, fwmark or group is set."""
+    """One ``virtual_server`` block: exactly one of address, fwmark or group is set.
 
-    address: IPv4Address | None = None
+    ``family`` is its address family as keepalived settles it (AF_INET or
+    AF_INET6): the address's, else ``ip_family``, else that of its first
+    real or sorry server not tunnelled, else (fwmark) AF_INET; None for a
+    group whose real servers are all tunnelled, whose entries then decide.
+    """
+
+    address: IPAddress | None = None
     port: int | None = None
     fwmark: int | None = None
     group: str | None = None
@@ -344,15 +367,17 @@ class VirtualServer:
     inhibit_on_failure: bool = False
     options: CheckerOptions = field(default_factory=CheckerOptions)
     real_servers: tuple[RealServer, ...] = ()
+    family: int | None = None
 
     @property
     def name(self) -> str:
-        """``IP:PORT``, ``IP``, ``fwmark N`` or ``group NAME``."""
+        """``IP:PORT`` (``[IPv6]:PORT``), ``IP``, ``fwmark N`` or ``group NAME``."""
         if self.group is not None:
             return f"group {self.group}"
         if self.fwmark is not None:
             return f"fwmark {self.fwmark}"
-        return str(self.address) if self.port is None else f"{self.address}:{self.port}"
+        assert self.address is not None
+        return host_port(self.address, self.port)
 
 
 @dataclass(frozen=True)

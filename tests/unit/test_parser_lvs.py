@@ -478,8 +478,6 @@ def test_unsupported_checker_is_a_warning_and_the_rest_applies(tmp_path: Path, k
         (vsx(" TCP_CHECK {\n  fwmark 3\n }"), 7, "fwmark is not supported yet"),
         (vsx(" HTTP_GET {\n  url {\n   path /\n   regex ok\n  }\n }"), 9, "regex is not"),
         (vsx(" lvs_method TUN type gue port 6080"), 6, "tunnel options are not supported"),
-        ("virtual_server 2001:db8::1 80 {\n}\n", 1, "IPv6 address 2001:db8::1"),
-        ("virtual_server_group G {\n 2001:db8::1 80\n}\n", 2, "IPv6"),
         ("virtual_server_group G {\n}\n", 1, "virtual_server_group G is empty"),
         (vsx().replace(" real_server 198.18.0.2 80 {\n\n }\n", ""), 1, "has no real_server"),
         (vsx(vs=" quorum 2\n hysteresis 2"), 1, "hysteresis 2 is not below quorum 2; using 1"),
