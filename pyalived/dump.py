@@ -90,6 +90,9 @@ def instance_data(inst: DumpedInstance, now: float) -> dict[str, Any]:
         "base_priority": conf.priority,
         "effective_priority": machine.effective_priority,
         "advert_int": conf.advert_int,
+        "version": conf.version,
+        # VRRPv3: the interval learned from the master (RFC 5798 §6.4.2); v2: advert_int
+        "master_adver_int": machine.master_adver_interval,
         "preempt": not conf.nopreempt,
         "preempt_delay": conf.preempt_delay,
         "source_ip": str(inst.src_ip),
@@ -134,6 +137,14 @@ def format_data(instances: Sequence[DumpedInstance], now: float) -> str:
             f"   Base priority        = {d['base_priority']}",
             f"   Effective priority   = {d['effective_priority']}",
             f"   Advert interval      = {d['advert_int']:g} s",
+            *(
+                [
+                    "   VRRP version         = 3",
+                    f"   Master adver int     = {d['master_adver_int']:g} s",
+                ]
+                if d["version"] == 3
+                else []
+            ),
             f"   Preempt              = {'yes' if d['preempt'] else 'no'}"
             + (f" (delay {d['preempt_delay']:g} s)" if d["preempt_delay"] else ""),
             f"   Source address       = {d['source_ip']}",

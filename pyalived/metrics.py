@@ -179,6 +179,8 @@ class CountersView(Protocol):
     @property
     def instance_rx_errors(self) -> dict[tuple[str, str], int]: ...
     @property
+    def address_mismatches(self) -> dict[tuple[str, str], int]: ...
+    @property
     def adverts_received(self) -> dict[str, int]: ...
     @property
     def adverts_sent(self) -> dict[str, int]: ...
@@ -296,7 +298,11 @@ class VrrpCollector(Collector):
             lambda i: counters.transitions.get((i.name, "MASTER"), 0)
             - (1 if i.state is State.MASTER else 0))
         def errors(reasons: tuple[str, ...]) -> Callable[[InstanceView], float]:
-            return lambda i: sum(counters.instance_rx_errors.get((i.name, r), 0) for r in reasons)
+            # keepalived counts every advert whose addresses differ: those pyalived lets
+            # through for the election too
+            return lambda i: sum(counters.instance_rx_errors.get((i.name, r), 0)
+                                 + counters.address_mismatches.get((i.name, r), 0)
+                                 for r in reasons)
 
         for name, doc, reasons in _INSTANCE_ERRORS:
             yield per_instance(name, doc, errors(reasons))
@@ -344,6 +350,16 @@ class VrrpCollector(Collector):
             if owner_inst is not None:
                 inst_dropped.add_metric([*_labels(owner_inst), reason], count)
         yield inst_dropped
+        mismatched = CounterMetricFamily(
+            "pyalived_vrrp_peer_address_mismatches",
+            "Adverts announcing other addresses than the instance's that still counted for"
+            " the election (without vrrp_strict), by reason",
+            labels=[*_VRRP_LABELS, "reason"])
+        for (iname, reason), count in sorted(counters.address_mismatches.items()):
+            owner_inst = by_name.get(iname)
+            if owner_inst is not None:
+                mismatched.add_metric([*_labels(owner_inst), reason], count)
+        yield mismatched
         yield per_instance("pyalived_vrrp_garps_sent", "Gratuitous ARP frames sent",
                            lambda i: counters.garps_sent.get(i.name, 0))
         yield per_instance("pyalived_vrrp_send_errors", "Adverts or GARPs that failed to send",

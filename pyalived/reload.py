@@ -12,7 +12,8 @@ announced by gratuitous ARP, the removed ones deleted), or *restarted* (a
 setting the running instance cannot take over without a new identity on the
 wire or on the host: VMAC, authentication type (it changes the IP protocol,
 RFC 3768 §5.3.6 / AH), advert source address, becoming or ceasing to be the
-address owner (priority 255, RFC 3768 §5.3.4), or sync-group membership);
+address owner (priority 255, RFC 3768 §5.3.4), sync-group membership, the
+VRRP version (RFC 5798) or ``old_unicast_checksum``);
 a restart is a graceful stop (priority-0 advert when MASTER, RFC 3768
 §6.4.3) followed by a fresh start.  Unmatched new instances start, unmatched
 old ones stop gracefully.  Tracking (``vrrp_script`` definitions,
@@ -60,6 +61,9 @@ RESTART_FIELDS = frozenset(
         "address_owner",
         "sync_group",
         "sync_group_settings",
+        # VRRPv3: another protocol (RFC 5798) and another checksum state.
+        "version",
+        "old_unicast_checksum",
     }
 )
 

@@ -111,6 +111,14 @@ class Notify:
     generic: str | None = None  # called as: SCRIPT INSTANCE|GROUP NAME STATE PRIORITY
 
 
+class OldUnicastChecksum(enum.Enum):
+    """keepalived's ``old_unicast_checksum [never]`` (VRRPv3 over IPv4, unicast only)."""
+
+    AUTO = "auto"  # no keyword: RFC 5798 checksum, switching to the old one if a peer uses it
+    ALWAYS = "always"  # ``old_unicast_checksum``: the pre-1.3.6 keepalived checksum
+    NEVER = "never"  # ``old_unicast_checksum never``: the RFC 5798 checksum only
+
+
 @dataclass(frozen=True)
 class VrrpInstance:
     name: str
@@ -142,6 +150,12 @@ class VrrpInstance:
     smtp_alert: bool = False
     dont_track_primary: bool = False
     mcast_src_ip: IPv4Address | None = None
+    version: int = 2  # VRRP version: 2 (RFC 3768) or 3 (RFC 5798); advert_int in centiseconds
+    old_unicast_checksum: OldUnicastChecksum = OldUnicastChecksum.AUTO
+    # How an advert announcing other addresses than ours is treated (see
+    # pyalived.vrrp.peer_addresses); None until the parser resolves the global default.
+    skip_check_adv_addr: bool | None = None  # default: global vrrp_skip_check_adv_addr
+    strict_mode: bool | None = None  # global vrrp_strict (the instance keyword: not yet)
 
     @property
     def effective_vmac_name(self) -> str | None:
@@ -180,6 +194,7 @@ class GlobalDefs:
     script_group: str | None = None
     enable_script_security: bool = False
     vrrp_strict: bool = False
+    vrrp_skip_check_adv_addr: bool = False
     location: Location = NOWHERE
 
 

@@ -17,10 +17,25 @@ and ``strict_fixups`` applies ``vrrp_strict``.
 
 Range checks follow RFC 3768: VRID 1..255 (§5.3.3), priority 1..255 where
 255 is the address owner and 0 is reserved for the stop advert (§5.3.4),
-auth_pass at most 8 octets (§5.3.10).  ``vrrp_version 3`` (or instance
-``version 3``) is an ERROR, because this daemon only speaks VRRPv2 and
-silently advertising v2 to v3 peers would split the router group in two.
-IPv6 addresses are warned about and skipped.
+auth_pass at most 8 octets (§5.3.10).  IPv6 addresses are warned about and
+skipped.
+
+VRRPv3 (RFC 5798 as updated by RFC 9568): ``vrrp_version 2|3`` in
+global_defs sets the default, ``version 2|3`` in an instance overrides it.
+The version decides what ``advert_int`` means, so it is applied once the
+instance block is complete (a ``version`` line may follow ``advert_int``),
+with keepalived 2.2.7's limits and diagnostics (``keepalived -t``):
+
+* VRRPv2: whole seconds, a fraction rounded with a warning (§5.3.7).
+* VRRPv3: the Max Adver Int field is 12 bits of centiseconds (RFC 5798
+  §5.2.7): below 0.01 s the line is refused and the default (1 s) kept, a
+  value not a multiple of 10 ms is rounded half up to one with a warning,
+  and 40.96 s or more becomes 40.95 s with a warning.
+* ``authentication`` under VRRPv3 is warned about and ignored (RFC 5798
+  removed authentication; keepalived: "VRRP version 3 does not support
+  authentication. Ignoring.").
+* ``old_unicast_checksum [never]`` chooses the checksum of unicast VRRPv3
+  adverts over IPv4 (``OldUnicastChecksum``; see ``pyalived.vrrp.packet``).
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ from pyalived.config.model import (
     InitialState,
     Location,
     Notify,
+    OldUnicastChecksum,
     TrackInterface,
     TrackScriptRef,
     VirtualIP,
@@ -63,7 +79,7 @@ UNSUPPORTED_GLOBAL = frozenset(
     smtp_alert smtp_alert_vrrp smtp_alert_checker no_email_faults email_faults lvs_id
     lvs_sync_daemon lvs_flush lvs_flush_onstop lvs_timeouts lvs_timeout default_interface
     dynamic_interfaces vrrp_mcast_group6 vrrp_iptables vrrp_ipsets vrrp_check_unicast_src
-    vrrp_skip_check_adv_addr vrrp_priority checker_priority bfd_priority vrrp_no_swap
+    vrrp_priority checker_priority bfd_priority vrrp_no_swap
     checker_no_swap bfd_no_swap vrrp_rt_priority checker_rt_priority bfd_rt_priority
     vrrp_rlimit_rtime checker_rlimit_rtime bfd_rlimit_rtime snmp_socket enable_snmp_vrrp
     enable_snmp_keepalived enable_snmp_checker enable_snmp_rfc enable_snmp_rfcv2
@@ -90,8 +106,8 @@ UNSUPPORTED_INSTANCE = frozenset(
     """native_ipv6 virtual_routes virtual_rules track_file track_process track_bfd accept
     no_accept strict_mode lvs_sync_daemon_interface debug linkbeat_use_polling notify_deleted
     notify_master_rx_lower_pri lower_prio_no_advert higher_prio_send_advert
-    kernel_rx_buf_size unicast_ttl check_unicast_src skip_check_adv_addr promote_secondaries
-    down_timer_adverts notify_priority_changes old_unicast_checksum unicast_fault_no_peer
+    kernel_rx_buf_size unicast_ttl check_unicast_src promote_secondaries
+    down_timer_adverts notify_priority_changes unicast_fault_no_peer
     use_ipvlan track_src_ip garp_extra_if mcast_dst_ip""".split()
 )
 UNSUPPORTED_SYNC_GROUP = frozenset(
@@ -130,10 +146,11 @@ class _Tracking(Block):
 
 
 class _Instance(_Tracking):
-    __slots__ = ("interface", "ok", "peers", "vips", "vips_excluded", "vrid")
+    __slots__ = ("advert_int", "interface", "ok", "peers", "vips", "vips_excluded", "vrid")
 
     def __init__(self, r: ValueReader, label: str) -> None:
         super().__init__(r, label)
+        self.advert_int: tuple[float, Location] | None = None  # as written, with its line
         self.interface: str | None = None
         self.vrid: int | None = None
         self.ok = True  # no bad virtual_router_id seen
@@ -153,12 +170,20 @@ class _SyncGroup(_Tracking):
 # ---- readers and handlers ------------------------------------------------------------
 
 
-def _version(block: Block, node: Node) -> None:
-    """``vrrp_version`` / ``version``: 2, or 3 refused (see the module docstring)."""
-    if block.r.integer(node, 2, 3) == 3:
-        block.r.sink.error(
-            node.location, f"{node.name} 3 is not supported: only VRRPv2 (RFC 3768)"
-        )
+def _version(r: ValueReader, node: Node) -> int | None:
+    """``vrrp_version`` / ``version``: 2 (RFC 3768) or 3 (RFC 5798)."""
+    return r.integer(node, 2, 3)
+
+
+def _old_unicast_checksum(r: ValueReader, node: Node) -> OldUnicastChecksum | None:
+    """``old_unicast_checksum [never]``; another word is ignored, as keepalived does."""
+    r.no_block(node)
+    if not node.values:
+        return OldUnicastChecksum.ALWAYS
+    if node.values[0] == "never":
+        return OldUnicastChecksum.NEVER
+    r.sink.warning(node.location, f"unknown old_unicast_checksum mode {node.values[0]}; ignored")
+    return None
 
 
 def _multicast_group(r: ValueReader, node: Node) -> IPv4Address | None:
@@ -189,16 +214,47 @@ def _script_weight(r: ValueReader, node: Node) -> int | None:
     return weight
 
 
-def _advert_int(r: ValueReader, node: Node) -> float | None:
-    value = r.number(node, 0.001, 255)
-    if value is not None and value != int(value):
-        rounded = max(1, round(value))
-        r.sink.warning(
-            node.location,
-            f"advert_int {value:g}: VRRPv2 advertises whole seconds; using {rounded}",
+def _advert_int(block: _Instance, node: Node) -> None:
+    """``advert_int``, applied by ``_advert_interval`` once the version is known."""
+    value = block.r.number(node, 0.001, 255)
+    if value is not None:
+        block.advert_int = (value, node.location)
+
+
+V3_ADVERT_INT_MIN = 0.01  # seconds: one centisecond (RFC 5798 §5.2.7); keepalived's minimum
+V3_ADVERT_INT_MAX_CS = 4095  # 12 bits of centiseconds (RFC 5798 §5.2.7)
+
+
+def _advert_interval(r: ValueReader, version: int, value: float, loc: Location) -> float | None:
+    """The instance's advert_int in seconds for ``version``; None: keep the default."""
+    if version == 2:
+        if value != int(value):
+            rounded = max(1, round(value))
+            r.sink.warning(
+                loc, f"advert_int {value:g}: VRRPv2 advertises whole seconds; using {rounded}"
+            )
+            return float(rounded)
+        return value
+    if value < V3_ADVERT_INT_MIN:
+        r.sink.warning(  # keepalived reports the line and carries on
+            loc, f"advert_int {value:g} is outside [0.01, 255]; ignored (default 1 s)"
         )
-        value = float(rounded)
-    return value
+        return None
+    micros = round(value * 1_000_000)  # keepalived counts in microseconds
+    if micros >= (V3_ADVERT_INT_MAX_CS + 1) * 10_000:
+        r.sink.warning(
+            loc,
+            f"advert_int {value:g}: VRRPv3 allows less than 40.96 s (RFC 5798 §5.2.7); "
+            "using 40.95",
+        )
+        return V3_ADVERT_INT_MAX_CS / 100
+    if micros % 10_000:
+        centis = max(1, (micros + 5_000) // 10_000)  # half up, as keepalived rounds
+        r.sink.warning(
+            loc, f"advert_int {value:g}: VRRPv3 advertises centiseconds; using {centis / 100:g}"
+        )
+        return centis / 100
+    return micros // 10_000 / 100
 
 
 def _preempt(r: ValueReader, node: Node) -> bool:
@@ -373,7 +429,7 @@ def _vips(r: ValueReader, node: Node) -> list[VirtualIP]:
 _GLOBAL_DEFS = Keywords[Block](
     {
         "router_id": field("router_id", ValueReader.one),
-        "vrrp_version": _version,
+        "vrrp_version": field("vrrp_version", _version),
         "vrrp_mcast_group4": field("vrrp_mcast_group4", _multicast_group),
         "vrrp_garp_master_delay": field("vrrp_garp_master_delay", float_in(0, 3600)),
         "vrrp_garp_master_repeat": field("vrrp_garp_master_repeat", int_in(1, 10000)),
@@ -387,6 +443,7 @@ _GLOBAL_DEFS = Keywords[Block](
         "script_user": user_fields("script_user", "script_group"),
         "enable_script_security": field("enable_script_security", ValueReader.flag),
         "vrrp_strict": field("vrrp_strict", ValueReader.flag),
+        "vrrp_skip_check_adv_addr": field("vrrp_skip_check_adv_addr", ValueReader.flag),
     },
     UNSUPPORTED_GLOBAL,
 )
@@ -418,7 +475,7 @@ _INSTANCE = Keywords[_Instance](
         "virtual_router_id": _virtual_router_id,
         "state": field("state", one_of(_STATES, "state must be MASTER or BACKUP")),
         "priority": field("priority", int_in(1, 255)),
-        "advert_int": field("advert_int", _advert_int),
+        "advert_int": _advert_int,
         "nopreempt": field("nopreempt", ValueReader.flag),
         "preempt": field("nopreempt", _preempt),
         "preempt_delay": field("preempt_delay", float_in(0, 1000)),
@@ -441,7 +498,9 @@ _INSTANCE = Keywords[_Instance](
         **dict.fromkeys(_NOTIFY_KEYS, _notify),
         "smtp_alert": field("smtp_alert", ValueReader.flag),
         "dont_track_primary": field("dont_track_primary", ValueReader.flag),
-        "version": _version,
+        "skip_check_adv_addr": field("skip_check_adv_addr", ValueReader.flag),
+        "version": field("version", _version),
+        "old_unicast_checksum": field("old_unicast_checksum", _old_unicast_checksum),
     },
     UNSUPPORTED_INSTANCE,
 )
@@ -577,6 +636,18 @@ class VrrpParser:
             )
             vips_excl = excess + vips_excl
             del vips[MAX_ADVERT_ADDRESSES:]
+        version = fields.setdefault("version", g.vrrp_version)
+        assert isinstance(version, int)
+        if block.advert_int is not None:
+            interval = _advert_interval(r, version, *block.advert_int)
+            if interval is not None:
+                fields["advert_int"] = interval
+        if version == 3 and fields.get("authentication") is not None:
+            r.sink.warning(
+                node.location,
+                f"{where}: VRRP version 3 does not support authentication; ignored",
+            )
+            del fields["authentication"]
         if "state" not in fields and fields.get("priority") == 255:
             # keepalived: the address owner with no `state` line starts as MASTER.
             fields["state"] = InitialState.MASTER
@@ -671,7 +742,19 @@ class VrrpParser:
                     )
 
     def strict_fixups(self, config: Config) -> Config:
-        """keepalived's vrrp_strict: drop authentication, MASTER only for the owner."""
+        """keepalived's vrrp_strict: drop authentication, MASTER only for the owner; and
+        each instance's ``skip_check_adv_addr`` defaults from the global
+        ``vrrp_skip_check_adv_addr``, its ``strict_mode`` is ``vrrp_strict``."""
+        g = config.global_defs
+        config = replace(config, vrrp_instances=tuple(
+            replace(
+                inst,
+                skip_check_adv_addr=(g.vrrp_skip_check_adv_addr if inst.skip_check_adv_addr
+                                     is None else inst.skip_check_adv_addr),
+                strict_mode=g.vrrp_strict,
+            )
+            for inst in config.vrrp_instances
+        ))
         if not config.global_defs.vrrp_strict:
             return config
         fixed: list[VrrpInstance] = []

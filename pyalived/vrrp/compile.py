@@ -18,6 +18,11 @@ what the driver runs with.
   ``mcast_src_ip`` or the interface's primary address, the ``unicast_peer``
   list or the multicast group (§5.2.2).
 * ``expectation``: what a received advert must match (§7.1).
+* VRRPv3 (``version 3``, RFC 5798): ``advert_for_v3`` (Max Adver Int in
+  centiseconds, §5.2.7; no authentication), ``expectation_v3`` (§7.1: the
+  address list only) and ``v3_checksum``, the checksum mode of
+  ``old_unicast_checksum`` (multicast instances always use the RFC 5798
+  §5.2.8 form, with which the old one coincides).
 * ``instance_vips``: every address the instance puts on the host as MASTER,
   the advertised ones first, then ``virtual_ipaddress_excluded``.
 * ``garp_count``: the gratuitous ARP frames per VIP of a burst.
@@ -36,6 +41,7 @@ from pyalived.config.model import (
     AuthType,
     Config,
     InitialState,
+    OldUnicastChecksum,
     TrackInterface,
     TrackScriptRef,
     VirtualIP,
@@ -44,7 +50,7 @@ from pyalived.config.model import (
     VrrpSyncGroup,
 )
 from pyalived.vrrp import packet
-from pyalived.vrrp.fsm import GarpKind, MachineConfig, State
+from pyalived.vrrp.fsm import GarpKind, MachineConfig, State, advert_centis
 from pyalived.vrrp.tracking import InstanceTracking, Tracked
 
 
@@ -62,6 +68,7 @@ def machine_config(conf: VrrpInstance, src_ip: IPv4Address) -> MachineConfig:
         garp_master_delay=conf.garp_master_delay,
         garp_master_refresh=conf.garp_master_refresh,
         garp_lower_prio_delay=conf.garp_lower_prio_delay,
+        version=conf.version,
     )
 
 
@@ -93,10 +100,44 @@ def advert_for(conf: VrrpInstance, priority: int) -> packet.Advert:
     )
 
 
+def max_advert_int(conf: VrrpInstance) -> int:
+    """A VRRPv3 advert's Max Adver Int: centiseconds, 1..4095 (RFC 5798 §5.2.7)."""
+    return min(max(advert_centis(conf.advert_int), 1), packet.MAX_ADVERT_INT_MAX)
+
+
+def advert_for_v3(conf: VrrpInstance, priority: int) -> packet.AdvertV3:
+    """The VRRPv3 advert ``conf`` sends with ``priority`` (0 on a graceful stop)."""
+    return packet.AdvertV3(
+        vrid=conf.virtual_router_id,
+        priority=priority,
+        max_advert_int=max_advert_int(conf),
+        addresses=tuple(v.ip for v in conf.virtual_ipaddress),
+    )
+
+
+def expectation_v3(conf: VrrpInstance) -> packet.ExpectationV3:
+    """What a received VRRPv3 advert for ``conf`` must match (RFC 5798 §7.1)."""
+    return packet.ExpectationV3(
+        vrid=conf.virtual_router_id,
+        addresses=frozenset(v.ip for v in conf.virtual_ipaddress),
+    )
+
+
+def v3_checksum(conf: VrrpInstance) -> packet.V3Checksum:
+    """The VRRPv3 checksum mode ``conf`` starts with (see ``packet.V3Checksum``)."""
+    if not conf.unicast_peer:
+        return packet.V3Checksum.RFC
+    return {
+        OldUnicastChecksum.AUTO: packet.V3Checksum.RFC_OR_OLD,
+        OldUnicastChecksum.ALWAYS: packet.V3Checksum.OLD,
+        OldUnicastChecksum.NEVER: packet.V3Checksum.RFC,
+    }[conf.old_unicast_checksum]
+
+
 def advert_proto(conf: VrrpInstance) -> int:
-    """The adverts' IP protocol: AH (51) with ``auth_type AH``, else VRRP (112)."""
+    """The adverts' IP protocol: AH (51) with ``auth_type AH`` (VRRPv2), else VRRP (112)."""
     auth = conf.authentication
-    if auth is not None and auth.type is AuthType.AH:
+    if conf.version == 2 and auth is not None and auth.type is AuthType.AH:
         return packet.AH_PROTO
     return packet.VRRP_PROTO
 

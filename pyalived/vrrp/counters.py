@@ -25,6 +25,10 @@ class VrrpCounters:
         default_factory=collections.Counter
     )
     adverts_received: collections.Counter[str] = field(default_factory=collections.Counter)
+    # (instance, reason): adverts whose addresses differ, let through for the election
+    address_mismatches: collections.Counter[tuple[str, str]] = field(
+        default_factory=collections.Counter
+    )
     adverts_sent: collections.Counter[str] = field(default_factory=collections.Counter)
     garps_sent: collections.Counter[str] = field(default_factory=collections.Counter)
     transitions: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)

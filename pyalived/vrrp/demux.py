@@ -2,12 +2,19 @@
 
 Theory of operation: reception is shared.  A ``Demux`` runs one receiver
 task per (interface, IP protocol) on the ``SocketPool``'s advert socket,
-parses each datagram (``packet.parse_datagram``: the structural checks of
-RFC 3768 §7.1) and hands it to the sink registered for its VRID there -- an
-instance driver's ``deliver``, which applies the per-instance checks.  A
-datagram that fails to parse, or carries a VRID nobody registered on that
-socket, is counted by reason in ``VrrpCounters`` and dropped; no malformed
-datagram reaches an instance.
+reads the VRID of each datagram first (``peek_vrid``), then parses it the
+way the instance registered for that VRID there wants: VRRPv2
+(``packet.parse_datagram``, the structural checks of RFC 3768 §7.1) or
+VRRPv3 (``packet.parse_datagram_v3``, RFC 5798 §7.1, with the instance's
+current checksum mode and multicast group, ``V3Route``), and hands it to
+that instance's sink -- its driver's ``deliver``, which applies the
+per-instance checks.  VRRPv2 and VRRPv3 instances thus share a socket, each
+advert being judged by the version of its VRID's instance: a v3 advert for
+a v2 instance is ``bad_version``, and the reverse.  A datagram that fails to
+parse, or carries a VRID nobody registered on that socket, is counted by
+reason in ``VrrpCounters`` and dropped (for an unknown VRID, a malformed
+datagram is counted by its parse error, read with the version it claims);
+no malformed datagram reaches an instance.
 
 Timing: an advert's time is the time it arrived.  A socket that offers
 ``receive_timed`` (``TimedAdvertSocket``: the kernel's receive timestamp on
@@ -25,7 +32,10 @@ the demux itself.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 import trio
 
@@ -33,11 +43,37 @@ from pyalived.vrrp import packet
 from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.ports import AdvertSocket, TimedAdvertSocket
 from pyalived.vrrp.socket_pool import SocketPool
+from pyalived.vrrp.v3_checksum import ChecksumMode
 
 log = logging.getLogger("pyalived.vrrp")
 
 # (parsed advert, raw datagram, arrival time on trio's clock)
-Sink = Callable[[packet.Received, bytes, float], None]
+Sink = Callable[[packet.Received | packet.ReceivedV3, bytes, float], None]
+
+
+@dataclass(frozen=True)
+class V3Route:
+    """How a VRRPv3 instance's adverts are parsed: its (changing) checksum mode and
+    the multicast group of the old checksum form (``vrrp_mcast_group4``)."""
+
+    checksum: ChecksumMode
+    mcast_group: IPv4Address = packet.VRRP_MCAST_GROUP
+
+
+def peek_vrid(datagram: bytes) -> tuple[int, int] | None:
+    """(VRRP version, VRID) of a raw IPv4 datagram, before any check; None if too short.
+
+    The VRRP header follows the IPv4 header, or the 24-byte AH header when the
+    protocol is 51 (VRRPv2 with ``auth_type AH``).
+    """
+    if len(datagram) < 20:
+        return None
+    ihl = (datagram[0] & 0x0F) * 4
+    at = ihl + (packet.AH_LEN if datagram[9] == packet.AH_PROTO else 0)
+    if len(datagram) < at + 2:
+        return None
+    first, vrid = struct.unpack_from("!BB", datagram, at)
+    return first >> 4, vrid
 
 
 class Demux:
@@ -47,21 +83,30 @@ class Demux:
         self._pool = pool
         self._counters = counters
         self._routes: dict[tuple[str, int], dict[int, Sink]] = {}
+        self._v3: dict[tuple[str, int], dict[int, V3Route]] = {}
         self._nursery: trio.Nursery | None = None
 
-    def register(self, ifname: str, proto: int, vrid: int, sink: Sink) -> None:
+    def register(
+        self, ifname: str, proto: int, vrid: int, sink: Sink, v3: V3Route | None = None
+    ) -> None:
+        """Route ``vrid`` on (``ifname``, ``proto``) to ``sink``: VRRPv3 with ``v3``."""
         key = (ifname, proto)
         new_key = key not in self._routes
         self._routes.setdefault(key, {})[vrid] = sink
+        if v3 is not None:
+            self._v3.setdefault(key, {})[vrid] = v3
+        else:
+            self._v3.get(key, {}).pop(vrid, None)
         if new_key and self._nursery is not None:
             # A reload added an instance on a new (interface, protocol).
             self._nursery.start_soon(self._receive, key, self._pool.advert(*key))
 
     def unregister(self, vrid: int, sink: Sink) -> None:
         """Forget ``sink`` wherever it still owns ``vrid``; the receivers keep running."""
-        for routes in self._routes.values():
+        for key, routes in self._routes.items():
             if routes.get(vrid) == sink:
                 del routes[vrid]
+                self._v3.get(key, {}).pop(vrid, None)
 
     def dispatch(
         self, key: tuple[str, int], datagram: bytes, received_at: float | None = None
@@ -69,13 +114,24 @@ class Demux:
         """Hand ``datagram`` (arrived at ``received_at``, default: now) to its instance."""
         if received_at is None:
             received_at = trio.current_time()
+        peek = peek_vrid(datagram)
+        vrid = peek[1] if peek is not None else None
+        sink = self._routes.get(key, {}).get(vrid) if vrid is not None else None
+        v3 = self._v3.get(key, {}).get(vrid) if vrid is not None else None
+        if sink is None:  # parsed for its drop reason, as the version it claims
+            v3 = V3Route(ChecksumMode(packet.V3Checksum.RFC)) if peek and peek[0] == 3 else None
+        received: packet.Received | packet.ReceivedV3
         try:
-            received = packet.parse_datagram(datagram)
+            if v3 is None:
+                received = packet.parse_datagram(datagram)
+            else:
+                received = packet.parse_datagram_v3(
+                    datagram, checksum=v3.checksum.mode, mcast_group=v3.mcast_group
+                )
         except packet.PacketError as exc:
             self._counters.rx_error(exc.reason)
             log.debug("%s: dropped datagram: %s", key[0], exc)
             return
-        sink = self._routes.get(key, {}).get(received.advert.vrid)
         if sink is None:
             self._counters.rx_error("unknown_vrid")
             log.debug(

@@ -1,4 +1,5 @@
-"""VRRPv2 state machine (RFC 3768 §6.4) with keepalived's extensions.
+"""VRRP state machine: VRRPv2 (RFC 3768 §6.4) and VRRPv3 (RFC 5798 §6.4, as
+updated by RFC 9568), with keepalived's extensions.
 
 Theory of operation: a ``VrrpMachine`` is a pure object.  It never reads a
 clock or touches a socket.  Every event method takes ``now`` (seconds, the
@@ -61,6 +62,20 @@ Timers: Master_Down_Interval = 3 * Advertisement_Interval + Skew_Time and
 Skew_Time = (256 - Priority) / 256, with this router's effective priority
 (§6.1); Adver_Timer = Advertisement_Interval.  Equal priorities are broken
 by comparing the primary addresses as unsigned 32-bit integers (§6.4.3).
+
+VRRPv3 (``MachineConfig.version == 3``, RFC 5798 §6.1): the interval is in
+centiseconds, Skew_Time = ((256 - Priority) * Master_Adver_Interval) / 256
+and Master_Down_Interval = 3 * Master_Adver_Interval + Skew_Time, where
+Master_Adver_Interval is our own interval at startup and as MASTER, and a
+Backup takes it from the adverts it accepts (§6.4.2: priority 0 excepted,
+and not from a lower-priority advert it discards to preempt) and from the
+higher-priority advert that makes a Master step down (§6.4.3).  keepalived
+2.2.7 computes these in integer microseconds, Skew_Time as
+``(256 - priority) * centiseconds * 625 // 16`` (625/16 = 10000/256,
+truncated), and so do we (``skew_time_v3``), so both daemons' timers agree
+to the microsecond.  An advert announcing an interval of 0 leaves
+Master_Adver_Interval unchanged (a zero Master_Down_Interval would make the
+Backup take over between two adverts).
 
 keepalived 2.2.7 behaviour this module reproduces (observed by running it
 in network namespaces and capturing the LAN):
@@ -138,6 +153,7 @@ class MachineConfig:
     # Second LOWER_PRIO burst after answering a lower-priority master; None:
     # garp_master_delay (keepalived's default); 0: none.
     garp_lower_prio_delay: float | None = None
+    version: int = 2  # 3: VRRPv3 timers (RFC 5798 §6.1); advert_int a whole number of centiseconds
 
 
 # ---- actions -------------------------------------------------------------
@@ -205,6 +221,23 @@ def master_down_interval(advert_int: float, priority: int) -> float:
     return 3 * advert_int + skew_time(priority)
 
 
+def advert_centis(advert_int: float) -> int:
+    """A VRRPv3 interval in seconds as centiseconds (RFC 5798 §5.2.7)."""
+    return round(advert_int * 100)
+
+
+def skew_time_v3(priority: int, master_adver_cs: int) -> float:
+    """Skew_Time = ((256 - Priority) * Master_Adver_Interval) / 256 (RFC 5798 §6.1), in
+    seconds, truncated to the microsecond as keepalived 2.2.7 computes it."""
+    return ((256 - priority) * master_adver_cs * 625 // 16) / 1_000_000
+
+
+def master_down_interval_v3(master_adver_cs: int, priority: int) -> float:
+    """Master_Down_Interval = 3 * Master_Adver_Interval + Skew_Time (RFC 5798 §6.1)."""
+    skew_us = (256 - priority) * master_adver_cs * 625 // 16
+    return (3 * master_adver_cs * 10_000 + skew_us) / 1_000_000
+
+
 def start_cleanup(state: State, start_actions: Sequence[Action]) -> list[Action]:
     """What to do after ``start()`` about VIPs a previous run may have left on the host.
 
@@ -250,6 +283,8 @@ class VrrpMachine:
         self._garp_delay_at: float | None = None
         self._garp_refresh_at: float | None = None
         self._garp_lower_at: float | None = None
+        # VRRPv3 Master_Adver_Interval in centiseconds (RFC 5798 §6.1); unused by v2.
+        self._master_adver_cs = advert_centis(config.advert_int)
 
     # -- queries --
 
@@ -277,11 +312,23 @@ class VrrpMachine:
 
     @property
     def master_down_interval(self) -> float:
+        if self.config.version == 3:
+            return master_down_interval_v3(self._master_adver_cs, self._priority)
         return master_down_interval(self.config.advert_int, self._priority)
 
     @property
     def skew_time(self) -> float:
+        if self.config.version == 3:
+            return skew_time_v3(self._priority, self._master_adver_cs)
         return skew_time(self._priority)
+
+    @property
+    def master_adver_interval(self) -> float:
+        """Master_Adver_Interval in seconds: VRRPv3's learned one (RFC 5798 §6.4.2),
+        the configured interval for VRRPv2."""
+        if self.config.version == 3:
+            return self._master_adver_cs / 100
+        return self.config.advert_int
 
     def get_timer(self) -> float | None:
         timers = [
@@ -304,6 +351,7 @@ class VrrpMachine:
         if self._started or self._stopped:
             return []
         self._started = True
+        self._master_adver_cs = advert_centis(self.config.advert_int)
         if self._faulty:
             return self._enter_fault(now, "fault at startup")
         if self._owner and self.config.initial_state is State.MASTER:
@@ -312,13 +360,19 @@ class VrrpMachine:
             return self._enter_backup(now, "startup, waiting for the sync group")
         return self._enter_backup(now, "startup")
 
-    def advert_received(self, now: float, src: IPv4Address, priority: int) -> list[Action]:
-        """A validated advert for this VRID (all §7.1 checks already passed)."""
+    def advert_received(
+        self, now: float, src: IPv4Address, priority: int, max_advert_int: int | None = None
+    ) -> list[Action]:
+        """A validated advert for this VRID (all §7.1 checks already passed).
+
+        ``max_advert_int`` is a VRRPv3 advert's interval in centiseconds (RFC 5798
+        §5.2.7), which a Backup adopts (§6.4.2); VRRPv2 adverts have none.
+        """
         if self._state is State.BACKUP:
-            self._backup_rx(now, src, priority)
+            self._backup_rx(now, src, priority, max_advert_int)
             return []
         if self._state is State.MASTER:
-            return self._master_rx(now, src, priority)
+            return self._master_rx(now, src, priority, max_advert_int)
         return []  # INIT and FAULT ignore adverts
 
     def timer_expired(self, now: float) -> list[Action]:
@@ -404,6 +458,8 @@ class VrrpMachine:
         if config.advert_int <= 0:
             raise ValueError(f"advert_int {config.advert_int} must be positive")
         self.config = config
+        if self._state is not State.BACKUP:  # a Backup keeps the interval it learned
+            self._master_adver_cs = advert_centis(config.advert_int)
         initial_master = config.initial_state is State.MASTER
         self._preempt = config.preempt or initial_master
         self._preempt_delay = 0.0 if initial_master else max(0.0, config.preempt_delay)
@@ -433,13 +489,21 @@ class VrrpMachine:
 
     # -- internals --
 
-    def _backup_rx(self, now: float, src: IPv4Address, priority: int) -> None:
-        """RFC 3768 §6.4.2, with keepalived's preempt_delay."""
+    def _learn_interval(self, max_advert_int: int | None) -> None:
+        """VRRPv3: Master_Adver_Interval from an accepted advert (RFC 5798 §6.4.2)."""
+        if self.config.version == 3 and max_advert_int:
+            self._master_adver_cs = max_advert_int
+
+    def _backup_rx(
+        self, now: float, src: IPv4Address, priority: int, max_advert_int: int | None
+    ) -> None:
+        """RFC 3768 §6.4.2 / RFC 5798 §6.4.2, with keepalived's preempt_delay."""
         if priority == STOP_PRIORITY:
             self._restart_down(now + self.skew_time, f"priority 0 advert from {src}")
             return
         if priority >= self._priority or not self._preempt:
             self._preempt_until = None  # an equal or higher master cancels preempt_delay
+            self._learn_interval(max_advert_int)
             self._restart_down(now + self.master_down_interval, "master down timer expired")
             return
         # A lower-priority master and we may preempt.
@@ -447,6 +511,7 @@ class VrrpMachine:
             if self._preempt_until is None:
                 self._preempt_until = now + self._preempt_delay
             if now < self._preempt_until:
+                self._learn_interval(max_advert_int)
                 self._restart_down(now + self.master_down_interval, "master down timer expired")
                 return
         # Discarded: Master_Down keeps running and we take over when it fires.
@@ -454,16 +519,21 @@ class VrrpMachine:
             f"preempting lower priority master {src} (prio {priority} < {self._priority})"
         )
 
-    def _master_rx(self, now: float, src: IPv4Address, priority: int) -> list[Action]:
-        """RFC 3768 §6.4.3, with keepalived's answer to a lower-priority master."""
+    def _master_rx(
+        self, now: float, src: IPv4Address, priority: int, max_advert_int: int | None
+    ) -> list[Action]:
+        """RFC 3768 §6.4.3 / RFC 5798 §6.4.3, with keepalived's answer to a
+        lower-priority master."""
         if priority == STOP_PRIORITY:
             self._adver_at = now + self.config.advert_int
             return [SendAdvert(self._priority)]
         if priority > self._priority:
             reason = f"higher priority advert from {src} (prio {priority})"
+            self._learn_interval(max_advert_int)
             return [RemoveVips(), *self._enter_backup(now, reason)]
         if priority == self._priority and int(src) > int(self.config.primary_ip):
             reason = f"equal priority advert from higher address {src} (prio {priority})"
+            self._learn_interval(max_advert_int)
             return [RemoveVips(), *self._enter_backup(now, reason)]
         # A lower-priority (or equal, lower-address) master: force a new election.
         self._adver_at = now + self.config.advert_int
@@ -487,6 +557,7 @@ class VrrpMachine:
         self._clear_timers()
         self._state = State.MASTER
         self._set_wants_master(False)
+        self._master_adver_cs = advert_centis(self.config.advert_int)  # RFC 5798 §6.4.1
         self._adver_at = now + self.config.advert_int
         if self.config.garp_master_delay > 0:
             self._garp_delay_at = now + self.config.garp_master_delay
@@ -521,6 +592,7 @@ class VrrpMachine:
 
     def _leave_fault(self, now: float, reason: str) -> list[Action]:
         # Even the address owner goes BACKUP and waits for Master_Down here.
+        self._master_adver_cs = advert_centis(self.config.advert_int)
         return self._enter_backup(now, reason)
 
     def _clear_timers(self) -> None:

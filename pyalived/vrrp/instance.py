@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -73,15 +73,18 @@ from pyalived.vrrp.ah_replay import AhReplayGuard
 from pyalived.vrrp.compile import (
     advert_destinations,
     advert_for,
+    advert_for_v3,
     advert_proto,
     advert_source,
     expectation,
+    expectation_v3,
     garp_count,
     instance_vips,
     machine_config,
+    v3_checksum,
 )
 from pyalived.vrrp.counters import VrrpCounters
-from pyalived.vrrp.demux import Demux
+from pyalived.vrrp.demux import Demux, V3Route
 from pyalived.vrrp.fsm import (
     Action,
     AddVips,
@@ -105,6 +108,7 @@ from pyalived.vrrp.ports import (
 )
 from pyalived.vrrp.socket_pool import SocketPool
 from pyalived.vrrp.tracking import InstanceTracking, Verdict
+from pyalived.vrrp.v3_checksum import ChecksumMode
 
 log = logging.getLogger("pyalived.vrrp")
 
@@ -120,7 +124,7 @@ GARP_ERROR_LOG_INTERVAL = 10.0
 
 @dataclass(frozen=True)
 class _Rx:
-    received: packet.Received
+    received: packet.Received | packet.ReceivedV3
     datagram: bytes
     at: float  # arrival time (trio clock)
 
@@ -225,7 +229,10 @@ class Instance:
         self._ah_seq = 0
         self._ah_replay = AhReplayGuard()
         self._peer_lists = PeerAddressWatch()  # peers' differing address lists, to log
+        self._last_src: IPv4Address | None = None  # of the last advert that counted
         self._expect = expectation(conf)
+        self._expect_v3 = expectation_v3(conf)
+        self._checksum = ChecksumMode(v3_checksum(conf))  # VRRPv3 only
         self._applied: Verdict | None = None
         self._stop_notified = False
         self._stop_priority = conf.priority
@@ -254,7 +261,10 @@ class Instance:
         return self.machine.state
 
     def deliver(
-        self, received: packet.Received, datagram: bytes, received_at: float | None = None
+        self,
+        received: packet.Received | packet.ReceivedV3,
+        datagram: bytes,
+        received_at: float | None = None,
     ) -> None:
         """Called by the demux for a datagram carrying this instance's VRID.
 
@@ -311,7 +321,8 @@ class Instance:
             # macvlan delivers those frames to the VMAC only, so listen where we send
             # (and only once the VMAC exists).
             self._demux.register(
-                self.xmit_dev, self.proto, self.conf.virtual_router_id, self.deliver
+                self.xmit_dev, self.proto, self.conf.virtual_router_id, self.deliver,
+                self._v3_route(),
             )
             if self._links is not None:
                 for ifname in self.tracking.interface_names:
@@ -381,19 +392,42 @@ class Instance:
         elif isinstance(event, _Force):
             await self._execute(self.machine.force_state(now, event.state, event.reason))
 
-    async def _received(self, now: float, received: packet.Received, datagram: bytes) -> None:
+    async def _received(
+        self, now: float, received: packet.Received | packet.ReceivedV3, datagram: bytes
+    ) -> None:
+        if isinstance(received, packet.ReceivedV3):
+            await self._received_v3(now, received)
+            return
         if received.src == self.src_ip:
             log.debug("(%s) ignoring own advert", self.name)
             return
+        # RFC 3768 §7.1, in its order: authentication, addresses, interval.  An advert
+        # whose only fault is its address list still counts for the election, unless
+        # vrrp_strict (see pyalived.vrrp.peer_addresses).
         try:
-            packet.verify(received, self._expect, datagram)
+            packet.verify_auth(received, self._expect, datagram)
+        except packet.PacketError as exc:
+            self._dropped(received, exc, exc.reason)
+            return
+        # skip_check_adv_addr: no address check on adverts of the master heard last
+        checked = not (self.conf.skip_check_adv_addr and received.src == self._last_src)
+        mismatch = (packet.address_mismatch(received.advert.addresses, self._expect.addresses)
+                    if checked else None)
+        try:
+            if mismatch is not None and self.conf.strict_mode:
+                raise mismatch
+            packet.verify_interval(received, self._expect)
             self._ah_replay.accept(received)
         except packet.PacketError as exc:
-            self._counters.rx_error(exc.reason, self.name)
-            self._note_peer_addresses(received, exc.reason)
-            log.debug("(%s) dropped advert from %s: %s", self.name, received.src, exc)
+            self._dropped(received, exc, mismatch.reason if mismatch is not None else exc.reason,
+                          checked)
             return
-        self._note_peer_addresses(received, None)
+        self._last_src = received.src
+        if mismatch is not None:
+            self._counters.address_mismatches[(self.name, mismatch.reason)] += 1
+        if checked:
+            self._note_peer_addresses(received, None if mismatch is None else mismatch.reason,
+                                      counted=True)
         self._counters.adverts_received[self.name] += 1
         self._counters.last_advert_received[self.name] = now
         if received.advert.priority == 0:
@@ -402,10 +436,25 @@ class Instance:
             self.machine.advert_received(now, received.src, received.advert.priority)
         )
 
-    def _note_peer_addresses(self, received: packet.Received, reason: str | None) -> None:
+    def _dropped(self, received: packet.Received, exc: packet.PacketError, reason: str,
+                 checked: bool = True) -> None:
+        """Count and forget an advert (``reason``: what it says of the peer's addresses)."""
+        self._counters.rx_error(exc.reason, self.name)
+        if checked:
+            self._note_peer_addresses(received, reason, counted=False)
+        log.debug("(%s) dropped advert from %s: %s", self.name, received.src, exc)
+
+    def _note_peer_addresses(self, received: packet.Received, reason: str | None,
+                             counted: bool) -> None:
+        self._note_addresses(received.src, received.advert.addresses, self._expect.addresses,
+                             reason, counted)
+
+    def _note_addresses(self, src: IPv4Address, announced: Sequence[packet.IPAddress],
+                        ours: Iterable[packet.IPAddress], reason: str | None,
+                        counted: bool) -> None:
         """Log a change of a peer's address list (keepalived logs each such advert)."""
         note = self._peer_lists.observe(
-            received.src, received.advert.addresses, self._expect.addresses, reason
+            src, announced, ours, reason, counted
         )
         if note is not None:
             log.log(note.level, "(%s) %s", self.name, note.message)
@@ -438,6 +487,7 @@ class Instance:
         self.vips = instance_vips(conf)
         self.destinations = advert_destinations(conf, self._multicast_group)
         self._expect = expectation(conf)
+        self._expect_v3 = expectation_v3(conf)
         # Carry the known results over to the new tracking set.
         for name in tracking.script_names:
             ok = self.tracking.script_ok(name)
@@ -456,6 +506,71 @@ class Instance:
             self._send_garp(GarpKind.MASTER, change.announce)
         await self._apply_tracking()
 
+    # -- VRRPv3 (RFC 5798) --
+
+    def _v3_route(self) -> V3Route | None:
+        """How the demux parses this instance's adverts: VRRPv3 with the current checksum."""
+        if self.conf.version != 3:
+            return None
+        return V3Route(self._checksum, self._multicast_group)
+
+    async def _received_v3(self, now: float, received: packet.ReceivedV3) -> None:
+        """The per-instance checks of RFC 5798 §7.1 (the address list), then the machine."""
+        src = received.src
+        if src == self.src_ip or not isinstance(src, IPv4Address):
+            log.debug("(%s) ignoring own advert", self.name)
+            return
+        # RFC 5798 §7.1: the addresses, treated as in VRRPv2 (see ``_received``)
+        announced, ours = received.advert.addresses, self._expect_v3.addresses
+        checked = not (self.conf.skip_check_adv_addr and src == self._last_src)
+        mismatch = packet.address_mismatch(announced, ours) if checked else None
+        if mismatch is not None and self.conf.strict_mode:
+            self._counters.rx_error(mismatch.reason, self.name)
+            self._note_addresses(src, announced, ours, mismatch.reason, counted=False)
+            log.debug("(%s) dropped advert from %s: %s", self.name, src, mismatch)
+            return
+        self._last_src = src
+        if mismatch is not None:
+            self._counters.address_mismatches[(self.name, mismatch.reason)] += 1
+        if checked:
+            self._note_addresses(src, announced, ours,
+                                 None if mismatch is None else mismatch.reason, counted=True)
+        if self._checksum.observe(received):
+            log.info("(%s) Setting unicast VRRPv3 checksum to old version (advert from %s)",
+                     self.name, src)
+        self._counters.adverts_received[self.name] += 1
+        self._counters.last_advert_received[self.name] = now
+        if received.advert.priority == 0:
+            self._counters.priority_zero_received[self.name] += 1
+        advert = received.advert
+        await self._execute(
+            self.machine.advert_received(now, src, advert.priority, advert.max_advert_int)
+        )
+
+    def _send_advert_v3(self, priority: int) -> None:
+        """VRRPv3 adverts (RFC 5798 §5.1), with the instance's current checksum mode."""
+        advert = advert_for_v3(self.conf, priority)
+        sock = self._sockets.advert(self.xmit_dev, self.proto)
+        for dst in self.destinations:
+            self._ip_id = (self._ip_id + 1) & 0xFFFF
+            datagram = packet.build_datagram_v3(
+                self.src_ip,
+                dst,
+                advert,
+                ip_id=self._ip_id,
+                checksum=self._checksum.mode,
+                mcast_group=self._multicast_group,
+            )
+            try:
+                sock.send(datagram, dst)
+            except OSError as exc:
+                self._counters.tx_errors[self.name] += 1
+                log.warning("(%s) sending advert to %s failed: %s", self.name, dst, exc)
+            else:
+                self._counters.adverts_sent[self.name] += 1
+                if priority == 0:
+                    self._counters.priority_zero_sent[self.name] += 1
+
     # -- executing actions --
 
     async def _execute(self, actions: Sequence[Action]) -> None:
@@ -473,6 +588,9 @@ class Instance:
             await self._vip_action(vip_action)
 
     def _send_advert(self, priority: int) -> None:
+        if self.conf.version == 3:
+            self._send_advert_v3(priority)
+            return
         advert = advert_for(self.conf, priority)
         auth = self.conf.authentication
         sock = self._sockets.advert(self.xmit_dev, self.proto)

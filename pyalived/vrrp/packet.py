@@ -132,6 +132,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
@@ -472,18 +473,40 @@ def verify(received: Received, expect: Expectation, datagram: bytes) -> None:
     A differing address count or list drops the advert whatever its priority:
     keepalived 2.2.7 does so, although §7.1 would let an advert from the
     address owner (priority 255) through.  The AH sequence number is not
-    checked here; see ``check_ah_sequence``.
+    checked here; see ``check_ah_sequence``.  An instance that lets a
+    differing address list through checks the same three apart:
+    ``verify_auth``, ``address_mismatch``, ``verify_interval``.
     """
-    advert = received.advert
+    verify_auth(received, expect, datagram)
+    mismatch = address_mismatch(received.advert.addresses, expect.addresses)
+    if mismatch is not None:
+        raise mismatch
+    verify_interval(received, expect)
+
+
+def verify_auth(received: Received, expect: Expectation, datagram: bytes) -> None:
+    """§7.1's authentication checks (incl. the AH ICV over ``datagram``)."""
     _verify_auth(received, expect, bytes(datagram))
-    if len(advert.addresses) != len(expect.addresses):
-        raise PacketError(
-            "addr_count_mismatch",
-            f"{len(advert.addresses)} addresses, expected {len(expect.addresses)}",
+
+
+def address_mismatch(
+    announced: Sequence[IPAddress], ours: frozenset[IPAddress] | frozenset[IPv4Address]
+) -> PacketError | None:
+    """How the addresses an advert announces differ from ours (§7.1: count, then list),
+    or None if they do not."""
+    if len(announced) != len(ours):
+        return PacketError(
+            "addr_count_mismatch", f"{len(announced)} addresses, expected {len(ours)}"
         )
-    if frozenset(advert.addresses) != expect.addresses:
-        missing = sorted(expect.addresses - frozenset(advert.addresses))
-        raise PacketError("addr_list_mismatch", f"missing {', '.join(map(str, missing))}")
+    if frozenset(announced) != ours:
+        missing = sorted(map(str, ours - frozenset(announced)))
+        return PacketError("addr_list_mismatch", f"missing {', '.join(missing)}")
+    return None
+
+
+def verify_interval(received: Received, expect: Expectation) -> None:
+    """§7.1: the advert interval must be ours (VRRPv2)."""
+    advert = received.advert
     if advert.advert_int != expect.advert_int:
         raise PacketError(
             "advert_int_mismatch", f"{advert.advert_int} s, expected {expect.advert_int} s"
@@ -742,12 +765,6 @@ def verify_v3(received: ReceivedV3, expect: ExpectationV3) -> None:
     """Per-instance checks of RFC 5798 §7.1: address count and list.  The caller has
     already matched the VRID.  The interval is not compared (§6.4.2: a Backup adopts
     the Master's), and, as with ``verify``, an address owner is not exempt."""
-    advert = received.advert
-    if len(advert.addresses) != len(expect.addresses):
-        raise PacketError(
-            "addr_count_mismatch",
-            f"{len(advert.addresses)} addresses, expected {len(expect.addresses)}",
-        )
-    if frozenset(advert.addresses) != expect.addresses:
-        missing = sorted(map(str, expect.addresses - frozenset(advert.addresses)))
-        raise PacketError("addr_list_mismatch", f"missing {', '.join(missing)}")
+    mismatch = address_mismatch(received.advert.addresses, expect.addresses)
+    if mismatch is not None:
+        raise mismatch

@@ -2,9 +2,9 @@
 
 pyalived (priority 100, VIPs .100 and .101) runs without ``-D``, so only its
 default level (INFO and above) reaches its log.  Its peer is keepalived 2.2.7
-(priority 150) configured with another address list.  pyalived drops the
-peer's adverts (RFC 3768 §7.1 address checks, as keepalived does) and becomes
-MASTER as well.  Its own adverts are kept from the peer by a filter on the
+(priority 150) configured with another address list.  pyalived lets the
+peer's adverts count for the election (their only fault is the address list),
+so it stays BACKUP and never holds a VIP.  Its own adverts are kept from the peer by a filter on the
 bridge: keepalived 2.2.7 restarts its advert timer on every datagram it reads
 for the VRID, valid or not, so while pyalived advertised at the same interval
 the peer would fall silent.  keepalived itself logs a mismatch on every advert; the
@@ -116,7 +116,9 @@ def test_one_warning_per_change_of_the_peer_list(make_lab: MakeLab) -> None:
     wait_adverts(cap, peer, first, 9)
     assert len(warnings()) == 1, warnings()
     assert ("announces [198.18.0.100, 198.18.0.102], "
-            "configured here [198.18.0.100, 198.18.0.101]") in warnings()[0]
+            "configured here [198.18.0.100, 198.18.0.101]; its adverts still count for the "
+            "election") in warnings()[0]
+    assert lab.holders(OURS[0]) == [peer] and lab.holders(OURS[1]) == []
 
     # The peer is reloaded with three addresses: one more warning.
     reload_peer(lab, peer, second)

@@ -172,12 +172,14 @@ def vrrp_log() -> Iterator[Records]:
         logger.setLevel(old_level)
 
 
-async def test_instance_warns_once_per_change_and_counts_every_advert(
+async def test_instance_warns_once_per_change_and_still_counts_the_adverts(
     autojump_clock: trio.testing.MockClock, vrrp_log: Records
 ) -> None:
+    # A higher-priority peer announcing another list is still the master: the
+    # backup hears it (no takeover), warns once per change and counts it.
     rig = Rig()
     config = Config(vrrp_instances=(instance_conf(),))  # priority 90, VIP 198.18.0.100
-    async with running(rig, config):
+    async with running(rig, config) as (_nursery, instances, _start):
         for _ in range(5):  # the peer announces one address too many
             rig.inject(advert_from(PEER, 100, addresses=(VIP.ip, C)))
             await trio.sleep(1)
@@ -188,19 +190,60 @@ async def test_instance_warns_once_per_change_and_counts_every_advert(
         warnings = vrrp_log.at(logging.WARNING)
         assert len(warnings) == 2
         assert warnings[0].startswith("(VI_1) address count mismatch: 198.18.0.12 announces")
-        assert "[198.18.0.100, 198.18.0.102], configured here [198.18.0.100]" in warnings[0]
+        assert ("[198.18.0.100, 198.18.0.102], configured here [198.18.0.100]; its adverts"
+                " still count for the election") in warnings[0]
         assert warnings[1].startswith("(VI_1) address list mismatch: 198.18.0.12 announces")
         assert "[198.18.0.102], configured here [198.18.0.100]" in warnings[1]
-        errors = rig.counters.instance_rx_errors
-        assert errors[("VI_1", "addr_count_mismatch")] == 5
-        assert errors[("VI_1", "addr_list_mismatch")] == 3
-        assert rig.counters.adverts_received["VI_1"] == 0
+        mismatches = rig.counters.address_mismatches
+        assert mismatches[("VI_1", "addr_count_mismatch")] == 5
+        assert mismatches[("VI_1", "addr_list_mismatch")] == 3
+        assert not rig.counters.instance_rx_errors  # nothing dropped
+        assert rig.counters.adverts_received["VI_1"] == 8
+        assert instances[0].machine.state.name == "BACKUP"
+        await trio.sleep(3.5)  # more than Master_Down_Interval after the last one
+        assert instances[0].machine.state.name == "MASTER"  # silence, not the lists
 
         rig.inject(advert_from(PEER, 100))  # the lists match again
         await trio.sleep(0.5)
-        assert rig.counters.adverts_received["VI_1"] == 1
+        assert rig.counters.adverts_received["VI_1"] == 9
         infos = [m for m in vrrp_log.at(logging.INFO) if "match" in m]
         assert infos == [
             "(VI_1) addresses announced by 198.18.0.12 match the configured ones again"
         ]
         assert len(vrrp_log.at(logging.WARNING)) == 2
+
+
+async def test_vrrp_strict_drops_them_as_keepalived_does(
+    autojump_clock: trio.testing.MockClock, vrrp_log: Records
+) -> None:
+    rig = Rig()
+    config = Config(vrrp_instances=(instance_conf(strict_mode=True),))
+    async with running(rig, config) as (_nursery, instances, _start):
+        for _ in range(5):
+            rig.inject(advert_from(PEER, 100, addresses=(VIP.ip, C)))
+            await trio.sleep(1)
+        assert rig.counters.instance_rx_errors[("VI_1", "addr_count_mismatch")] == 5
+        assert not rig.counters.address_mismatches
+        assert rig.counters.adverts_received["VI_1"] == 0
+        assert instances[0].machine.state.name == "MASTER"  # it never heard its peer
+        (warning,) = vrrp_log.at(logging.WARNING)
+        assert warning.endswith("its adverts are dropped")
+
+
+async def test_skip_check_adv_addr_checks_only_a_new_master(
+    autojump_clock: trio.testing.MockClock, vrrp_log: Records
+) -> None:
+    # keepalived's skip_check_adv_addr: adverts from the master heard last are
+    # not checked; the first advert of another master is.
+    rig = Rig()
+    config = Config(vrrp_instances=(instance_conf(skip_check_adv_addr=True),))
+    async with running(rig, config):
+        for _ in range(4):
+            rig.inject(advert_from(PEER, 100, addresses=(VIP.ip, C)))
+            await trio.sleep(1)
+        assert rig.counters.address_mismatches[("VI_1", "addr_count_mismatch")] == 1
+        assert len(vrrp_log.at(logging.WARNING)) == 1
+        rig.inject(advert_from(OTHER, 110, addresses=(C,)))  # a new master
+        await trio.sleep(1)
+        assert rig.counters.address_mismatches[("VI_1", "addr_list_mismatch")] == 1
+        assert rig.counters.adverts_received["VI_1"] == 5
