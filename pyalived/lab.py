@@ -700,15 +700,26 @@ class Lab:
             _run(["ip", "netns", "exec", br, "nft", "delete", "table", "bridge", "lab"],
                  check=False)
 
-    def crash(self, node: Node) -> None:
-        """SIGKILL every process in ``node``'s namespace at once: nothing gets to clean up."""
-        for pid in namespace_pids(node.ns):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    def crash(self, node: Node) -> float:
+        """SIGKILL every process in ``node``'s namespace at once: nothing gets to clean up.
+
+        Every process is stopped (SIGSTOP) before any is killed: a daemon's
+        children that get a signal when their parent dies (keepalived's and
+        pyalived's do) would otherwise stop gracefully, with a priority-0 advert.
+        Returns when they were killed (``time.monotonic()``), before the daemon
+        is reaped, which may take a while.
+        """
+        pids = namespace_pids(node.ns)
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        killed = time.monotonic()
         if node.daemon is not None:
             node.daemon.wait(10.0)
+        return killed
 
     def set_link(self, node: Node, ifname: str, up: bool) -> None:
         _run(["ip", "-n", node.ns, "link", "set", ifname, "up" if up else "down"])

@@ -122,8 +122,7 @@ def test_v3_group_elects_and_fails_over(lab: Lab, case: Case) -> None:
     # The backup's Master_Down_Interval, with the master's interval (§6.4.2).
     learned = round(case.master_int * 100)
     down = master_down_interval_v3(learned, 100)
-    lab.crash(r1)
-    killed = time.monotonic()
+    killed = lab.crash(r1)
     wait_for(lambda: VIP in lab.addresses(r2), SETTLE, interval=0.005, what="VIP on r2")
     took = time.monotonic() - killed
     assert down - case.master_int - SLACK < took < down + SLACK, (took, down)

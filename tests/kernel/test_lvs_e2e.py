@@ -870,12 +870,16 @@ def test_http_urls_checked_in_turn_like_keepalived(workdir: Path) -> None:
         assert patterns["keepalived"][1] == patterns["pyalived"][1] == expected, patterns
         # The single URL came back into the table with its second success: no
         # more than two before the read that saw it began, two by its end.
+        # keepalived 2.2.7 comes back with its second or, depending on where in
+        # its check cycle the failure stopped, its third success; pyalived with
+        # its second, always.
+        most = {"pyalived": 2, "keepalived": 3}
         for impl in impls:
             since = [t for t, _, _ in _since_last_404(one[impl].requests)]
             start, end = back[impl]
             before_start, before_end = sum(t < start for t in since), sum(t < end for t in since)
-            assert before_start <= 2 <= before_end, (impl, before_start, before_end, since,
-                                                    back[impl])
+            assert before_start <= most[impl] and before_end >= 2, (
+                impl, before_start, before_end, since, back[impl])
     finally:
         topo.close()
 

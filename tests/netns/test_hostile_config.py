@@ -125,6 +125,8 @@ def test_garbage_appended_to_a_running_config_is_refused_and_nothing_moves(
     r1.daemon.terminate()
     assert r1.daemon.wait(10) == 0
     lab.wait_sole_holder(r2, timeout=SETTLE)
+    cap.wait_for(lambda ev: bool(adverts(ev, src=r1.ip, after=stop)), SETTLE,
+                 what="r1's last advert in the capture")  # (the capture is read from a file)
     assert [e.priority for e in adverts(cap.events(), src=r1.ip, after=stop)] == [0]
 
 
