@@ -20,7 +20,7 @@ import os
 import signal
 import tempfile
 from collections.abc import Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,7 +44,7 @@ class DumpedInstance(Protocol):
     conf: VrrpInstance
     machine: VrrpMachine
     tracking: InstanceTracking
-    src_ip: IPv4Address
+    src_ip: IPv4Address | IPv6Address
     vips: tuple[VirtualIP, ...]
 
     @property

@@ -69,8 +69,8 @@ RESTART_FIELDS = frozenset(
 
 
 def instance_key(conf: VrrpInstance) -> InstanceKey:
-    """keepalived's reload identity of an instance (VRRPv2 here: IPv4 only)."""
-    return (conf.virtual_router_id, 4, conf.interface)
+    """keepalived's reload identity of an instance: VRID, address family, interface."""
+    return (conf.virtual_router_id, conf.family, conf.interface)
 
 
 def strip_locations(value: Any) -> Any:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from socket import AF_INET6
 
 
@@ -60,7 +60,7 @@ class Authentication:
 class VirtualIP:
     """One ``virtual_ipaddress`` line: ``ADDR[/PREFIX] [brd X] [dev IF] [scope S] [label L]``."""
 
-    address: IPv4Interface  # prefix defaults to /32, as in keepalived
+    address: IPv4Interface | IPv6Interface  # prefix defaults to /32 or /128, as in keepalived
     dev: str | None = None  # None: the instance's interface
     label: str | None = None
     scope: str | None = None  # "global", "host", "link", "site" or a number
@@ -68,7 +68,7 @@ class VirtualIP:
     location: Location = NOWHERE
 
     @property
-    def ip(self) -> IPv4Address:
+    def ip(self) -> IPv4Address | IPv6Address:
         return self.address.ip
 
 
@@ -133,8 +133,8 @@ class VrrpInstance:
     authentication: Authentication | None = None
     virtual_ipaddress: tuple[VirtualIP, ...] = ()
     virtual_ipaddress_excluded: tuple[VirtualIP, ...] = ()
-    unicast_src_ip: IPv4Address | None = None
-    unicast_peer: tuple[IPv4Address, ...] = ()
+    unicast_src_ip: IPv4Address | IPv6Address | None = None
+    unicast_peer: tuple[IPv4Address | IPv6Address, ...] = ()
     use_vmac: bool = False
     vmac_name: str | None = None  # None with use_vmac: "vrrp.<VRID>"
     vmac_xmit_base: bool = False
@@ -144,18 +144,29 @@ class VrrpInstance:
     garp_master_refresh_repeat: int = 1
     garp_lower_prio_delay: float | None = None
     garp_lower_prio_repeat: int | None = None
+    gna_interval: float = 0.0  # seconds between unsolicited NAs (default: vrrp_gna_interval)
     track_interface: tuple[TrackInterface, ...] = ()
     track_script: tuple[TrackScriptRef, ...] = ()
     notify: Notify = field(default_factory=Notify)
     smtp_alert: bool = False
     dont_track_primary: bool = False
-    mcast_src_ip: IPv4Address | None = None
+    mcast_src_ip: IPv4Address | IPv6Address | None = None
     version: int = 2  # VRRP version: 2 (RFC 3768) or 3 (RFC 5798); advert_int in centiseconds
     old_unicast_checksum: OldUnicastChecksum = OldUnicastChecksum.AUTO
     # How an advert announcing other addresses than ours is treated (see
     # pyalived.vrrp.peer_addresses); None until the parser resolves the global default.
     skip_check_adv_addr: bool | None = None  # default: global vrrp_skip_check_adv_addr
     strict_mode: bool | None = None  # global vrrp_strict (the instance keyword: not yet)
+
+    @property
+    def family(self) -> int:
+        """4 or 6: an instance whose ``virtual_ipaddress`` is IPv6 is an IPv6 instance
+        (always VRRPv3, RFC 5798); without addresses, the family of its unicast ones."""
+        for addr in (*(v.ip for v in self.virtual_ipaddress), self.unicast_src_ip,
+                     *self.unicast_peer):
+            if addr is not None:
+                return addr.version
+        return 4
 
     @property
     def effective_vmac_name(self) -> str | None:
@@ -176,6 +187,7 @@ class VrrpSyncGroup:
 
 
 VRRP_MCAST_GROUP4 = IPv4Address("224.0.0.18")  # RFC 3768 §5.2.2
+VRRP_MCAST_GROUP6 = IPv6Address("ff02::12")  # RFC 5798 §5.1.2.2
 
 
 @dataclass(frozen=True)
@@ -183,11 +195,13 @@ class GlobalDefs:
     router_id: str | None = None
     vrrp_version: int = 2
     vrrp_mcast_group4: IPv4Address = VRRP_MCAST_GROUP4
+    vrrp_mcast_group6: IPv6Address = VRRP_MCAST_GROUP6
     vrrp_garp_master_delay: float = 5.0
     vrrp_garp_master_repeat: int = 5
     vrrp_garp_master_refresh: float = 0.0
     vrrp_garp_master_refresh_repeat: int = 1
     vrrp_garp_interval: float = 0.0
+    vrrp_gna_interval: float = 0.0  # seconds between unsolicited neighbour advertisements
     vrrp_garp_lower_prio_delay: float | None = None
     vrrp_garp_lower_prio_repeat: int | None = None
     script_user: str | None = None

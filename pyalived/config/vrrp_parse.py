@@ -17,8 +17,29 @@ and ``strict_fixups`` applies ``vrrp_strict``.
 
 Range checks follow RFC 3768: VRID 1..255 (§5.3.3), priority 1..255 where
 255 is the address owner and 0 is reserved for the stop advert (§5.3.4),
-auth_pass at most 8 octets (§5.3.10).  IPv6 addresses are warned about and
-skipped.
+auth_pass at most 8 octets (§5.3.10).
+
+IPv6 (RFC 5798 §5.1.2): an instance whose ``virtual_ipaddress`` is IPv6
+(its first address decides; without addresses, ``unicast_src_ip`` or the
+first ``unicast_peer``) is an IPv6 instance and always VRRPv3, since RFC 3768
+defines VRRPv2 for IPv4 only.  keepalived 2.2.7 says "cannot use IPv6 with
+VRRP version 2; setting version 3" only under ``vrrp_strict`` and otherwise
+runs its own non-standard VRRPv2 over IPv6; pyalived always switches, with
+that warning when the instance asked for version 2 (the global
+``vrrp_version`` does not apply to IPv6 instances, as in keepalived).
+``virtual_ipaddress`` holds one family: an address of the other is warned
+about and ignored ("address family must match VRRP instance"), while
+``virtual_ipaddress_excluded`` may hold both.  ``unicast_src_ip``,
+``mcast_src_ip`` and ``unicast_peer`` of the other family are errors and
+ignored, as keepalived ("MUST be of the same family").
+``vrrp_mcast_group6`` (default ff02::12, RFC 5798 §5.1.2.2) is the group of
+IPv6 instances.  ``vrrp_gna_interval`` (0..1 s, default 0), or an
+instance's own ``gna_interval``, spaces the unsolicited neighbour
+advertisements of a burst (``vrrp_garp_interval`` does not yet space
+gratuitous ARPs).
+An IPv6 address without a prefix length is a /128.  ``use_vmac`` is not
+supported yet for IPv6 instances (warned about and ignored; keepalived makes
+a 00:00:5e:00:02:VRID macvlan carrying the parent's link-local address).
 
 VRRPv3 (RFC 5798 as updated by RFC 9568): ``vrrp_version 2|3`` in
 global_defs sets the default, ``version 2|3`` in an instance overrides it.
@@ -41,7 +62,7 @@ with keepalived 2.2.7's limits and diagnostics (``keepalived -t``):
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Interface, ip_interface
+from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_interface
 
 from pyalived.config.diagnostics import Category
 from pyalived.config.keywords import Block, Keywords, field, user_fields
@@ -78,7 +99,7 @@ UNSUPPORTED_GLOBAL = frozenset(
     """notification_email notification_email_from smtp_server smtp_connect_timeout smtp_helo
     smtp_alert smtp_alert_vrrp smtp_alert_checker no_email_faults email_faults lvs_id
     lvs_sync_daemon lvs_flush lvs_flush_onstop lvs_timeouts lvs_timeout default_interface
-    dynamic_interfaces vrrp_mcast_group6 vrrp_iptables vrrp_ipsets vrrp_check_unicast_src
+    dynamic_interfaces vrrp_iptables vrrp_ipsets vrrp_check_unicast_src
     vrrp_priority checker_priority bfd_priority vrrp_no_swap
     checker_no_swap bfd_no_swap vrrp_rt_priority checker_rt_priority bfd_rt_priority
     vrrp_rlimit_rtime checker_rlimit_rtime bfd_rlimit_rtime snmp_socket enable_snmp_vrrp
@@ -96,7 +117,7 @@ UNSUPPORTED_GLOBAL = frozenset(
     random_seed startup_script startup_script_timeout shutdown_script shutdown_script_timeout
     reload_check_config reload_time_file reload_repeat reload_file config_save_dir
     data_use_instance json_version tmp_config_directory vrrp_garp_master_refresh_repeat_delay
-    vrrp_garp_interval_startup vrrp_gna_interval vrrp_down_timer_adverts
+    vrrp_garp_interval_startup vrrp_down_timer_adverts
     vrrp_track_process_batch vrrp_socket_rcv_buf vrrp_socket_rcv_buf_force
     vrrp_notify_priority_changes fifo_write_vrrp_states_on_reload script_max_reload
     vrrp_use_ip6_prefix vrrp_ipvs_sync_daemon_interface vrrp_mcast_group_6
@@ -146,7 +167,8 @@ class _Tracking(Block):
 
 
 class _Instance(_Tracking):
-    __slots__ = ("advert_int", "interface", "ok", "peers", "vips", "vips_excluded", "vrid")
+    __slots__ = ("advert_int", "interface", "ok", "peer_locations", "peers", "vips",
+                 "vips_excluded", "vrid")
 
     def __init__(self, r: ValueReader, label: str) -> None:
         super().__init__(r, label)
@@ -156,7 +178,8 @@ class _Instance(_Tracking):
         self.ok = True  # no bad virtual_router_id seen
         self.vips: list[VirtualIP] = []
         self.vips_excluded: list[VirtualIP] = []
-        self.peers: list[IPv4Address] = []
+        self.peers: list[IPv4Address | IPv6Address] = []
+        self.peer_locations: list[Location] = []
 
 
 class _SyncGroup(_Tracking):
@@ -190,6 +213,37 @@ def _multicast_group(r: ValueReader, node: Node) -> IPv4Address | None:
     addr = r.address(node)
     if addr is not None and not addr.is_multicast:
         r.sink.error(node.location, f"vrrp_mcast_group4 {addr} is not multicast")
+        return None
+    return addr
+
+
+def _any_address(r: ValueReader, node: Node, text: str) -> IPv4Address | IPv6Address | None:
+    """``text`` (a word of ``node``) as an IPv4 or IPv6 address."""
+    try:
+        return ip_address(text)
+    except ValueError:
+        r.sink.error(node.location, f"{node.name}: '{text}' is not an IP address")
+        return None
+
+
+def _address_any(r: ValueReader, node: Node) -> IPv4Address | IPv6Address | None:
+    """The one word of the statement as an IPv4 or IPv6 address."""
+    text = r.one(node)
+    return None if text is None else _any_address(r, node, text)
+
+
+def _multicast_group6(r: ValueReader, node: Node) -> IPv6Address | None:
+    """``vrrp_mcast_group6``: an IPv6 multicast address (default ff02::12)."""
+    text = r.one(node)
+    if text is None:
+        return None
+    try:
+        addr = IPv6Address(text)
+    except ValueError:
+        r.sink.error(node.location, f"vrrp_mcast_group6 '{text}' is not an IPv6 address")
+        return None
+    if not addr.is_multicast:
+        r.sink.error(node.location, f"vrrp_mcast_group6 {addr} is not multicast")
         return None
     return addr
 
@@ -314,9 +368,10 @@ def _unicast_peer(block: _Instance, node: Node) -> None:
     r = block.r
     for m in r.block(node):
         r.no_block(m)
-        addr = r.ipv4(m, m.name)
+        addr = _any_address(r, m, m.name)
         if addr is not None:
             block.peers.append(addr)
+            block.peer_locations.append(m.location)
         if m.values:
             r.sink.warning(
                 m.location, f"unicast_peer options are not supported yet: {' '.join(m.values)}"
@@ -374,9 +429,6 @@ def _vips(r: ValueReader, node: Node) -> list[VirtualIP]:
         except ValueError:
             r.sink.error(m.location, f"'{m.name}' is not an address[/prefix]")
             continue
-        if not isinstance(iface, IPv4Interface):
-            r.sink.warning(m.location, f"IPv6 address {m.name} is not supported yet; ignored")
-            continue
         vip = VirtualIP(iface, location=m.location)
         words = list(m.values)
         bad = False
@@ -412,6 +464,10 @@ def _vips(r: ValueReader, node: Node) -> list[VirtualIP]:
                     bad = True
                     break
                 vip = replace(vip, scope=val)
+            elif isinstance(iface, IPv6Interface):
+                r.sink.error(m.location, f"an IPv6 address has no broadcast ({opt} {val})")
+                bad = True
+                break
             else:
                 try:
                     vip = replace(vip, brd=IPv4Address(val))
@@ -431,6 +487,8 @@ _GLOBAL_DEFS = Keywords[Block](
         "router_id": field("router_id", ValueReader.one),
         "vrrp_version": field("vrrp_version", _version),
         "vrrp_mcast_group4": field("vrrp_mcast_group4", _multicast_group),
+        "vrrp_mcast_group6": field("vrrp_mcast_group6", _multicast_group6),
+        "vrrp_gna_interval": field("vrrp_gna_interval", float_in(0, 1)),
         "vrrp_garp_master_delay": field("vrrp_garp_master_delay", float_in(0, 3600)),
         "vrrp_garp_master_repeat": field("vrrp_garp_master_repeat", int_in(1, 10000)),
         "vrrp_garp_master_refresh": field("vrrp_garp_master_refresh", float_in(0, 86400)),
@@ -482,8 +540,8 @@ _INSTANCE = Keywords[_Instance](
         "authentication": field("authentication", _authentication),
         "virtual_ipaddress": _virtual_ipaddress,
         "virtual_ipaddress_excluded": _virtual_ipaddress_excluded,
-        "unicast_src_ip": field("unicast_src_ip", ValueReader.address),
-        "mcast_src_ip": field("mcast_src_ip", ValueReader.address),
+        "unicast_src_ip": field("unicast_src_ip", _address_any),
+        "mcast_src_ip": field("mcast_src_ip", _address_any),
         "unicast_peer": _unicast_peer,
         "use_vmac": _use_vmac,
         "vmac_xmit_base": field("vmac_xmit_base", ValueReader.flag),
@@ -493,6 +551,7 @@ _INSTANCE = Keywords[_Instance](
         "garp_master_refresh_repeat": field("garp_master_refresh_repeat", int_in(1, 10000)),
         "garp_lower_prio_delay": field("garp_lower_prio_delay", float_in(0, 3600)),
         "garp_lower_prio_repeat": field("garp_lower_prio_repeat", int_in(0, 10000)),
+        "gna_interval": field("gna_interval", float_in(0, 1)),
         "track_interface": _track_interface,
         "track_script": _track_script,
         **dict.fromkeys(_NOTIFY_KEYS, _notify),
@@ -611,6 +670,7 @@ class VrrpParser:
         fields["garp_master_refresh_repeat"] = g.vrrp_garp_master_refresh_repeat
         fields["garp_lower_prio_delay"] = g.vrrp_garp_lower_prio_delay
         fields["garp_lower_prio_repeat"] = g.vrrp_garp_lower_prio_repeat
+        fields["gna_interval"] = g.vrrp_gna_interval
         _INSTANCE.run(block, body)
         interface, vrid, vips = block.interface, block.vrid, block.vips
         vips_excl = block.vips_excluded
@@ -636,6 +696,29 @@ class VrrpParser:
             )
             vips_excl = excess + vips_excl
             del vips[MAX_ADVERT_ADDRESSES:]
+        family = self._family(block, where)
+        vips = block.vips = [v for v in vips if self._same_family(v, family, where)]
+        for key in ("unicast_src_ip", "mcast_src_ip"):
+            src = fields.get(key)
+            if isinstance(src, IPv4Address | IPv6Address) and not self._peer_family(
+                src, family, node.location, name, "src"
+            ):
+                del fields[key]
+        if family == 6:
+            # RFC 3768 defines VRRPv2 for IPv4 only; the global vrrp_version is not
+            # consulted (keepalived warns only under vrrp_strict, and otherwise runs
+            # its own VRRPv2 over IPv6).
+            if fields.get("version", 3) != 3:
+                r.sink.warning(
+                    node.location,
+                    f"({name}) cannot use IPv6 with VRRP version 2; setting version 3",
+                )
+            fields["version"] = 3
+        if family == 6 and fields.pop("use_vmac", False):
+            fields.pop("vmac_name", None)
+            fields.pop("vmac_xmit_base", None)
+            r.sink.warning(node.location,
+                           f"{where}: use_vmac with IPv6 is not supported yet; ignored")
         version = fields.setdefault("version", g.vrrp_version)
         assert isinstance(version, int)
         if block.advert_int is not None:
@@ -658,19 +741,52 @@ class VrrpParser:
             location=node.location,
             virtual_ipaddress=tuple(vips),
             virtual_ipaddress_excluded=tuple(vips_excl),
-            unicast_peer=tuple(block.peers),
+            unicast_peer=tuple(
+                p for p, loc in zip(block.peers, block.peer_locations, strict=True)
+                if self._peer_family(p, family, loc, name, "unicast peer")
+            ),
             track_interface=tuple(block.track_interface),
             track_script=tuple(block.track_script),
             notify=Notify(**block.notify),
             **fields,  # type: ignore[arg-type]
         )
 
+    def _family(self, block: _Instance, where: str) -> int:
+        """The instance's address family: its first VIP's, else its unicast addresses'."""
+        if block.vips:
+            return block.vips[0].ip.version
+        for key in ("unicast_src_ip", "mcast_src_ip"):
+            addr = block.fields.get(key)
+            if isinstance(addr, IPv4Address | IPv6Address):
+                return addr.version
+        return block.peers[0].version if block.peers else 4
+
+    def _same_family(self, vip: VirtualIP, family: int, where: str) -> bool:
+        if vip.ip.version == family:
+            return True
+        self.r.sink.warning(
+            vip.location,
+            f"{where}: address family must match VRRP instance [{vip.address}] - ignoring",
+        )
+        return False
+
+    def _peer_family(self, addr: IPv4Address | IPv6Address, family: int, loc: Location,
+                     name: str, what: str) -> bool:
+        if addr.version == family:
+            return True
+        self.r.sink.error(
+            loc,
+            f"VRRP instance[{name}] and {what} address[{addr}] MUST be of the same family; "
+            "ignored",
+        )
+        return False
+
     # ---- whole-config checks --------------------------------------------------------
 
     def cross_check(self, config: Config) -> None:
         sink = self.r.sink
         by_name: dict[str, VrrpInstance] = {}
-        by_vrid: dict[tuple[str, int], VrrpInstance] = {}
+        by_vrid: dict[tuple[str, int, int], VrrpInstance] = {}  # IPv4 and IPv6 apart
         for inst in config.vrrp_instances:
             if inst.name in by_name:
                 sink.error(
@@ -680,7 +796,7 @@ class VrrpParser:
                 )
             else:
                 by_name[inst.name] = inst
-            key = (inst.interface, inst.virtual_router_id)
+            key = (inst.interface, inst.virtual_router_id, inst.family)
             other = by_vrid.get(key)
             if other is not None and other.name != inst.name:
                 sink.error(

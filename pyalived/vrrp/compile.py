@@ -23,6 +23,8 @@ what the driver runs with.
   address list only) and ``v3_checksum``, the checksum mode of
   ``old_unicast_checksum`` (multicast instances always use the RFC 5798
   §5.2.8 form, with which the old one coincides).
+  An IPv6 instance (``VrrpInstance.family``, RFC 5798 §5.1.2) sends from
+  its interface's link-local address to ``vrrp_mcast_group6`` (ff02::12).
 * ``instance_vips``: every address the instance puts on the host as MASTER,
   the advertised ones first, then ``virtual_ipaddress_excluded``.
 * ``garp_count``: the gratuitous ARP frames per VIP of a burst.
@@ -35,7 +37,7 @@ what the driver runs with.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from pyalived.config.model import (
     AuthType,
@@ -54,7 +56,7 @@ from pyalived.vrrp.fsm import GarpKind, MachineConfig, State, advert_centis
 from pyalived.vrrp.tracking import InstanceTracking, Tracked
 
 
-def machine_config(conf: VrrpInstance, src_ip: IPv4Address) -> MachineConfig:
+def machine_config(conf: VrrpInstance, src_ip: packet.IPAddress) -> MachineConfig:
     """The state machine's settings for ``conf``, tie-breaking on ``src_ip``."""
     return MachineConfig(
         name=conf.name,
@@ -94,7 +96,7 @@ def advert_for(conf: VrrpInstance, priority: int) -> packet.Advert:
         vrid=conf.virtual_router_id,
         priority=priority,
         advert_int=advert_interval(conf),
-        addresses=tuple(v.ip for v in conf.virtual_ipaddress),
+        addresses=tuple(v.ip for v in conf.virtual_ipaddress if isinstance(v.ip, IPv4Address)),
         auth_type=auth_type,
         auth_data=auth_data,
     )
@@ -142,16 +144,22 @@ def advert_proto(conf: VrrpInstance) -> int:
     return packet.VRRP_PROTO
 
 
-def advert_source(conf: VrrpInstance, primary_ip: IPv4Address) -> IPv4Address:
-    """The adverts' source: ``unicast_src_ip``, ``mcast_src_ip`` or the interface's address."""
+def advert_source(conf: VrrpInstance, primary_ip: packet.IPAddress) -> packet.IPAddress:
+    """The adverts' source: ``unicast_src_ip``, ``mcast_src_ip`` or the interface's address
+    (its primary IPv4 address, or for an IPv6 instance its link-local one, RFC 5798
+    §5.1.2.1)."""
     return conf.unicast_src_ip or conf.mcast_src_ip or primary_ip
 
 
 def advert_destinations(
-    conf: VrrpInstance, multicast_group: IPv4Address
-) -> tuple[IPv4Address, ...]:
-    """Where adverts go: each ``unicast_peer``, or the multicast group."""
-    return conf.unicast_peer or (multicast_group,)
+    conf: VrrpInstance,
+    multicast_group: IPv4Address,
+    multicast_group6: IPv6Address = packet.VRRP_MCAST_GROUP6,
+) -> tuple[packet.IPAddress, ...]:
+    """Where adverts go: each ``unicast_peer``, or the multicast group of the family."""
+    if conf.unicast_peer:
+        return conf.unicast_peer
+    return (multicast_group6,) if conf.family == 6 else (multicast_group,)
 
 
 def expectation(conf: VrrpInstance) -> packet.Expectation:
@@ -159,7 +167,7 @@ def expectation(conf: VrrpInstance) -> packet.Expectation:
     return packet.Expectation(
         vrid=conf.virtual_router_id,
         advert_int=advert_interval(conf),
-        addresses=frozenset(v.ip for v in conf.virtual_ipaddress),
+        addresses=frozenset(v.ip for v in conf.virtual_ipaddress if isinstance(v.ip, IPv4Address)),
         auth_type=conf.authentication.type if conf.authentication else None,
         auth_key=conf.authentication.password if conf.authentication else b"",
     )

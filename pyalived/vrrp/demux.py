@@ -22,6 +22,14 @@ trio's clock) gives that time; otherwise it is read when the datagram leaves
 the socket.  The sink gets it with the datagram, so the Master_Down timer of
 RFC 3768 §6.4.2 runs from the advert's arrival however busy the loop was.
 
+IPv6 instances (VRRPv3 only, RFC 5798 §5.1.2) have their own receiver per
+interface, on the pool's raw IPv6 socket (``pyalived.vrrp.net6``), which
+delivers the VRRP message alone with its source, destination and hop limit:
+``dispatch6`` reads the VRID from the message and decodes it with
+``packet.decode_v3`` (hop limit 255, version, type, length, the RFC 8200
+pseudo-header checksum) before the sink sees it; ``register6`` routes a VRID
+there.
+
 Routes are edited in place: an instance registers once its sockets (and its
 VMAC) exist and is unregistered when it stops.  A registration for a new
 (interface, protocol) while the demux runs -- a reload added an instance
@@ -35,13 +43,13 @@ import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import trio
 
 from pyalived.vrrp import packet
 from pyalived.vrrp.counters import VrrpCounters
-from pyalived.vrrp.ports import AdvertSocket, TimedAdvertSocket
+from pyalived.vrrp.ports import Advert6Socket, AdvertSocket, TimedAdvertSocket
 from pyalived.vrrp.socket_pool import SocketPool
 from pyalived.vrrp.v3_checksum import ChecksumMode
 
@@ -84,7 +92,40 @@ class Demux:
         self._counters = counters
         self._routes: dict[tuple[str, int], dict[int, Sink]] = {}
         self._v3: dict[tuple[str, int], dict[int, V3Route]] = {}
+        self._routes6: dict[str, dict[int, Sink]] = {}  # IPv6: by interface, then VRID
         self._nursery: trio.Nursery | None = None
+
+    def register6(self, ifname: str, vrid: int, sink: Sink) -> None:
+        """Route ``vrid`` of the IPv6 adverts on ``ifname`` to ``sink`` (VRRPv3)."""
+        new_key = ifname not in self._routes6
+        self._routes6.setdefault(ifname, {})[vrid] = sink
+        if new_key and self._nursery is not None:
+            self._nursery.start_soon(self._receive6, ifname, self._pool.advert6(ifname))
+
+    def dispatch6(self, ifname: str, message: bytes, src: IPv6Address, dst: IPv6Address,
+                  hop_limit: int, received_at: float | None = None) -> None:
+        """Decode an IPv6 VRRP message and hand it to its instance."""
+        if received_at is None:
+            received_at = trio.current_time()
+        vrid = message[1] if len(message) >= 2 else None
+        sink = self._routes6.get(ifname, {}).get(vrid) if vrid is not None else None
+        try:
+            received = packet.decode_v3(message, src=src, dst=dst, ttl=hop_limit)
+        except packet.PacketError as exc:
+            self._counters.rx_error(exc.reason)
+            log.debug("%s: dropped IPv6 datagram from %s: %s", ifname, src, exc)
+            return
+        if sink is None:
+            self._counters.rx_error("unknown_vrid")
+            log.debug("%s: dropped advert from %s for VRID %d not configured here",
+                      ifname, src, received.advert.vrid)
+            return
+        sink(received, message, received_at)
+
+    async def _receive6(self, ifname: str, sock: Advert6Socket) -> None:
+        while True:
+            d = await sock.receive6()
+            self.dispatch6(ifname, d.message, d.src, d.dst, d.hop_limit, d.at)
 
     def register(
         self, ifname: str, proto: int, vrid: int, sink: Sink, v3: V3Route | None = None
@@ -107,6 +148,9 @@ class Demux:
             if routes.get(vrid) == sink:
                 del routes[vrid]
                 self._v3.get(key, {}).pop(vrid, None)
+        for routes6 in self._routes6.values():
+            if routes6.get(vrid) == sink:
+                del routes6[vrid]
 
     def dispatch(
         self, key: tuple[str, int], datagram: bytes, received_at: float | None = None
@@ -148,6 +192,8 @@ class Demux:
             for key in self._routes:
                 sock = self._pool.advert(*key)
                 nursery.start_soon(self._receive, key, sock)
+            for ifname in self._routes6:
+                nursery.start_soon(self._receive6, ifname, self._pool.advert6(ifname))
             self._nursery = nursery
             task_status.started()
             try:

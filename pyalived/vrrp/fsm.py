@@ -122,7 +122,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
 
@@ -144,7 +144,9 @@ class MachineConfig:
     vrid: int
     priority: int  # configured base priority, 1..255 (255: address owner)
     advert_int: float  # seconds
-    primary_ip: IPv4Address  # this router's own address on the LAN (tie-break, RFC 3768 §6.4.3)
+    # this router's own address on the LAN (tie-break, RFC 3768 §6.4.3, RFC 5798 §6.4.3):
+    # of the instance's family
+    primary_ip: IPv4Address | IPv6Address
     initial_state: State = State.BACKUP  # BACKUP or MASTER, from the config's `state`
     preempt: bool = True  # False: keepalived's nopreempt
     preempt_delay: float = 0.0
@@ -361,7 +363,11 @@ class VrrpMachine:
         return self._enter_backup(now, "startup")
 
     def advert_received(
-        self, now: float, src: IPv4Address, priority: int, max_advert_int: int | None = None
+        self,
+        now: float,
+        src: IPv4Address | IPv6Address,
+        priority: int,
+        max_advert_int: int | None = None,
     ) -> list[Action]:
         """A validated advert for this VRID (all §7.1 checks already passed).
 
@@ -495,7 +501,7 @@ class VrrpMachine:
             self._master_adver_cs = max_advert_int
 
     def _backup_rx(
-        self, now: float, src: IPv4Address, priority: int, max_advert_int: int | None
+        self, now: float, src: IPv4Address | IPv6Address, priority: int, max_advert_int: int | None
     ) -> None:
         """RFC 3768 §6.4.2 / RFC 5798 §6.4.2, with keepalived's preempt_delay."""
         if priority == STOP_PRIORITY:
@@ -520,7 +526,7 @@ class VrrpMachine:
         )
 
     def _master_rx(
-        self, now: float, src: IPv4Address, priority: int, max_advert_int: int | None
+        self, now: float, src: IPv4Address | IPv6Address, priority: int, max_advert_int: int | None
     ) -> list[Action]:
         """RFC 3768 §6.4.3 / RFC 5798 §6.4.3, with keepalived's answer to a
         lower-priority master."""

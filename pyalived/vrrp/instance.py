@@ -46,12 +46,24 @@ MASTER.  The task's wait covers the earliest pending retry.
 
 Adverts go to the VRRP multicast group (RFC 3768 §5.2.2) or to each
 ``unicast_peer``, from the interface's primary address or
-``unicast_src_ip``; with ``use_vmac`` they and the GARPs leave through the
-VMAC interface unless ``vmac_xmit_base``.  On cancellation the instance runs
-``shutdown`` (a master sends a priority-0 advert, RFC 3768 §6.4.3, and drops
-its VIPs), runs its stop notify scripts and deletes its VMAC inside a
-shielded scope with a time limit, so a daemon stop completes even though the
-surrounding nursery is being cancelled.
+``unicast_src_ip``.  An IPv6 instance (RFC 5798 §5.1.2, always VRRPv3)
+sends the VRRP message alone through the pool's raw IPv6 socket
+(``pyalived.vrrp.net6``), from its interface's link-local address (or
+``unicast_src_ip``) to ``vrrp_mcast_group6`` (ff02::12) or its peers, and
+registers with the demux's IPv6 receiver; an advert of the other family is
+ignored.  The bursts of a takeover announce IPv4 addresses by gratuitous ARP
+and IPv6 ones by unsolicited neighbour advertisements (RFC 5798 §6.4.2,
+``pyalived.vrrp.ndisc``), with the same delays, repeats, refreshes and
+retries, whichever family the instance is (``virtual_ipaddress_excluded``
+may hold both).  With ``gna_interval`` (keepalived's ``vrrp_gna_interval``)
+the NAs of a burst go out one per interval, the loop waking for each; only
+the first of them is retried on a shortage.  With ``use_vmac`` adverts,
+GARPs and NAs leave through the VMAC interface unless ``vmac_xmit_base``.
+On cancellation the instance runs ``shutdown`` (a master sends a
+priority-0 advert, RFC 3768 §6.4.3, and drops its VIPs), runs its stop
+notify scripts and deletes its VMAC inside a shielded scope with a time
+limit, so a daemon stop completes even though the surrounding nursery is
+being cancelled.
 """
 
 from __future__ import annotations
@@ -60,7 +72,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import trio
 
@@ -166,12 +178,21 @@ _Event = _Rx | _Script | _Link | _Force | _Reconf | _Tick
 
 
 @dataclass(frozen=True)
+class _SpacedNa:
+    """One unsolicited NA of a burst spaced by ``gna_interval``, due later."""
+
+    due: float  # trio time
+    dev: str
+    ip: IPv6Address
+
+
+@dataclass(frozen=True)
 class _GarpRetry:
     """A GARP burst to send again (it failed for lack of resources)."""
 
     due: float  # trio time
     dev: str
-    ips: tuple[IPv4Address, ...]
+    ips: tuple[packet.IPAddress, ...]
     count: int
     attempt: int  # the attempt this will be (2 for the first retry)
 
@@ -191,7 +212,7 @@ class Instance:
         self,
         conf: VrrpInstance,
         *,
-        primary_ip: IPv4Address,
+        primary_ip: packet.IPAddress,
         sockets: SocketPool,
         demux: Demux,
         addresses: AddressManager,
@@ -201,12 +222,14 @@ class Instance:
         links: LinkWatcher | None = None,
         tracking: InstanceTracking | None = None,
         multicast_group: IPv4Address = packet.VRRP_MCAST_GROUP,
+        multicast_group6: IPv6Address = packet.VRRP_MCAST_GROUP6,
         script_user: str | None = None,
         machine_factory: Callable[[MachineConfig], VrrpMachine] = VrrpMachine,
         wakeup: Wakeup | None = None,
     ) -> None:
         self.conf = conf
         self.name = conf.name
+        self.family = conf.family  # 6: VRRPv3 over IPv6 (RFC 5798 §5.1.2)
         self.primary_ip = primary_ip
         self.src_ip = advert_source(conf, primary_ip)
         self._sockets = sockets
@@ -218,7 +241,8 @@ class Instance:
         self._script_user = script_user
         self.proto = advert_proto(conf)
         self._use_vmac_name(conf.effective_vmac_name)
-        self.destinations = advert_destinations(conf, multicast_group)
+        self._multicast_group6 = multicast_group6
+        self.destinations = advert_destinations(conf, multicast_group, multicast_group6)
         self.vips = instance_vips(conf)
         self.tracking = tracking or InstanceTracking(conf.priority)
         self._multicast_group = multicast_group
@@ -229,7 +253,7 @@ class Instance:
         self._ah_seq = 0
         self._ah_replay = AhReplayGuard()
         self._peer_lists = PeerAddressWatch()  # peers' differing address lists, to log
-        self._last_src: IPv4Address | None = None  # of the last advert that counted
+        self._last_src: packet.IPAddress | None = None  # of the last advert that counted
         self._expect = expectation(conf)
         self._expect_v3 = expectation_v3(conf)
         self._checksum = ChecksumMode(v3_checksum(conf))  # VRRPv3 only
@@ -243,6 +267,7 @@ class Instance:
         # an advert that arrived earlier is handled as of this time.
         self._floor = -math.inf
         self._garp_retries: list[_GarpRetry] = []
+        self._spaced_nas: list[_SpacedNa] = []
         self._garp_log = LogThrottle(log, GARP_ERROR_LOG_INTERVAL, trio.current_time)
 
     def _use_vmac_name(self, vmac_name: str | None) -> None:
@@ -315,15 +340,21 @@ class Instance:
                 self._use_vmac_name(await self._vmac.create(
                     self.conf.interface, self.conf.effective_vmac_name, self.conf.virtual_router_id
                 ))
-            self._sockets.advert(self.xmit_dev, self.proto)
+            if self.family == 6:
+                self._sockets.advert6(self.xmit_dev)
+            else:
+                self._sockets.advert(self.xmit_dev, self.proto)
             self._open_garp_sockets()
             # With a VMAC the peers' adverts carry the virtual MAC as source; a private
             # macvlan delivers those frames to the VMAC only, so listen where we send
             # (and only once the VMAC exists).
-            self._demux.register(
-                self.xmit_dev, self.proto, self.conf.virtual_router_id, self.deliver,
-                self._v3_route(),
-            )
+            if self.family == 6:
+                self._demux.register6(self.xmit_dev, self.conf.virtual_router_id, self.deliver)
+            else:
+                self._demux.register(
+                    self.xmit_dev, self.proto, self.conf.virtual_router_id, self.deliver,
+                    self._v3_route(),
+                )
             if self._links is not None:
                 for ifname in self.tracking.interface_names:
                     self.tracking.update_link(ifname, self._links.is_up(ifname))
@@ -354,7 +385,8 @@ class Instance:
                 # is only the fallback.
                 self._wakeup.wake_at(self._tick, timer)
                 wait_until += self._wakeup.fallback
-            retry_at = min((r.due for r in self._garp_retries), default=math.inf)
+            retry_at = min([r.due for r in self._garp_retries]
+                           + [n.due for n in self._spaced_nas], default=math.inf)
             event: _Event | None = None
             with trio.move_on_at(min(wait_until, retry_at)):
                 event = await self._inbox_rx.receive()
@@ -449,7 +481,7 @@ class Instance:
         self._note_addresses(received.src, received.advert.addresses, self._expect.addresses,
                              reason, counted)
 
-    def _note_addresses(self, src: IPv4Address, announced: Sequence[packet.IPAddress],
+    def _note_addresses(self, src: packet.IPAddress, announced: Sequence[packet.IPAddress],
                         ours: Iterable[packet.IPAddress], reason: str | None,
                         counted: bool) -> None:
         """Log a change of a peer's address list (keepalived logs each such advert)."""
@@ -485,7 +517,9 @@ class Instance:
         self.conf = conf
         self.name = conf.name
         self.vips = instance_vips(conf)
-        self.destinations = advert_destinations(conf, self._multicast_group)
+        self.destinations = advert_destinations(
+            conf, self._multicast_group, self._multicast_group6
+        )
         self._expect = expectation(conf)
         self._expect_v3 = expectation_v3(conf)
         # Carry the known results over to the new tracking set.
@@ -517,7 +551,7 @@ class Instance:
     async def _received_v3(self, now: float, received: packet.ReceivedV3) -> None:
         """The per-instance checks of RFC 5798 §7.1 (the address list), then the machine."""
         src = received.src
-        if src == self.src_ip or not isinstance(src, IPv4Address):
+        if src == self.src_ip or src.version != self.family:
             log.debug("(%s) ignoring own advert", self.name)
             return
         # RFC 5798 §7.1: the addresses, treated as in VRRPv2 (see ``_received``)
@@ -550,8 +584,12 @@ class Instance:
     def _send_advert_v3(self, priority: int) -> None:
         """VRRPv3 adverts (RFC 5798 §5.1), with the instance's current checksum mode."""
         advert = advert_for_v3(self.conf, priority)
+        if self.family == 6:
+            self._send_advert_v6(advert)
+            return
         sock = self._sockets.advert(self.xmit_dev, self.proto)
         for dst in self.destinations:
+            assert isinstance(dst, IPv4Address) and isinstance(self.src_ip, IPv4Address)
             self._ip_id = (self._ip_id + 1) & 0xFFFF
             datagram = packet.build_datagram_v3(
                 self.src_ip,
@@ -569,6 +607,26 @@ class Instance:
             else:
                 self._counters.adverts_sent[self.name] += 1
                 if priority == 0:
+                    self._counters.priority_zero_sent[self.name] += 1
+
+    def _send_advert_v6(self, advert: packet.AdvertV3) -> None:
+        """VRRPv3 over IPv6 (RFC 5798 §5.1.2): the message alone, from the link-local
+        address (or ``unicast_src_ip``); the socket sets hop limit 255 and the kernel
+        the checksum (``pyalived.vrrp.net6``)."""
+        sock = self._sockets.advert6(self.xmit_dev)
+        src = self.src_ip
+        assert isinstance(src, IPv6Address)
+        for dst in self.destinations:
+            assert isinstance(dst, IPv6Address)
+            message = packet.encode_v3(advert, src, dst)
+            try:
+                sock.send6(message, src, dst)
+            except OSError as exc:
+                self._counters.tx_errors[self.name] += 1
+                log.warning("(%s) sending advert to %s failed: %s", self.name, dst, exc)
+            else:
+                self._counters.adverts_sent[self.name] += 1
+                if advert.priority == 0:
                     self._counters.priority_zero_sent[self.name] += 1
 
     # -- executing actions --
@@ -595,6 +653,7 @@ class Instance:
         auth = self.conf.authentication
         sock = self._sockets.advert(self.xmit_dev, self.proto)
         for dst in self.destinations:
+            assert isinstance(dst, IPv4Address) and isinstance(self.src_ip, IPv4Address)
             self._ip_id = (self._ip_id + 1) & 0xFFFF
             if self.proto == packet.AH_PROTO:
                 self._ah_seq = (self._ah_seq + 1) & 0xFFFFFFFF
@@ -617,8 +676,8 @@ class Instance:
                 if priority == 0:
                     self._counters.priority_zero_sent[self.name] += 1
 
-    def _garp_devs(self, vips: Sequence[VirtualIP]) -> dict[str, tuple[IPv4Address, ...]]:
-        by_dev: dict[str, list[IPv4Address]] = {}
+    def _garp_devs(self, vips: Sequence[VirtualIP]) -> dict[str, tuple[packet.IPAddress, ...]]:
+        by_dev: dict[str, list[packet.IPAddress]] = {}
         for vip in vips:
             by_dev.setdefault(vip.dev or self.garp_dev, []).append(vip.ip)
         return {dev: tuple(ips) for dev, ips in by_dev.items()}
@@ -640,10 +699,27 @@ class Instance:
         for dev, ips in self._garp_devs(vips).items():
             self._garp_burst(dev, ips, count, 1)
 
-    def _garp_burst(self, dev: str, ips: tuple[IPv4Address, ...], count: int,
+    def _garp_burst(self, dev: str, ips: tuple[packet.IPAddress, ...], count: int,
                     attempt: int) -> None:
+        """GARPs for the IPv4 addresses, unsolicited NAs (``pyalived.vrrp.ndisc``,
+        RFC 5798 §6.4.2) for the IPv6 ones; retried together."""
+        ips4 = [ip for ip in ips if isinstance(ip, IPv4Address)]
+        ips6 = [ip for ip in ips if isinstance(ip, IPv6Address)]
+        spacing = self.conf.gna_interval
         try:
-            self._sockets.garp(dev).send_garp(ips, count)
+            sock = self._sockets.garp(dev)
+            if ips4:
+                sock.send_garp(ips4, count)
+            if ips6 and spacing > 0:
+                # One NA now, the others every gna_interval (keepalived's
+                # vrrp_gna_interval); only this first one is retried on failure.
+                now = trio.current_time()
+                frames = [ip for ip in ips6 for _ in range(count)]
+                sock.send_na(frames[:1], 1)
+                self._spaced_nas += [_SpacedNa(now + k * spacing, dev, ip)
+                                     for k, ip in enumerate(frames) if k]
+            elif ips6:
+                sock.send_na(ips6, count)
         except OSError as exc:
             self._counters.tx_errors[self.name] += 1
             if not _garp_retryable(exc):
@@ -664,8 +740,25 @@ class Instance:
                 log.info("(%s) gratuitous ARP on %s sent at attempt %d",
                          self.name, dev, attempt)
 
+    def _send_spaced_nas(self, now: float) -> None:
+        """Send the NAs of a spaced burst that are due (only while MASTER)."""
+        if self.machine.state is not State.MASTER:
+            self._spaced_nas.clear()
+            return
+        due = [n for n in self._spaced_nas if n.due <= now]
+        self._spaced_nas = [n for n in self._spaced_nas if n.due > now]
+        for n in due:
+            try:
+                self._sockets.garp(n.dev).send_na([n.ip], 1)
+            except OSError as exc:
+                self._counters.tx_errors[self.name] += 1
+                log.warning("(%s) sending a neighbour advertisement on %s failed: %s",
+                            self.name, n.dev, exc)
+
     def _retry_garps(self, now: float) -> None:
         """Send the failed GARP bursts that are due again (only while MASTER)."""
+        if self._spaced_nas:
+            self._send_spaced_nas(now)
         if not self._garp_retries:
             return
         if self.machine.state is not State.MASTER:
@@ -709,6 +802,7 @@ class Instance:
         self._ah_replay.state_changed(change.new)
         if change.new is not State.MASTER:
             self._garp_retries.clear()  # announcing addresses is no longer ours to do
+            self._spaced_nas.clear()
         if change.new is State.INIT:
             self._stop_notified = True
         self._notify(change.new)

@@ -33,6 +33,9 @@ descriptor and nothing else, and sends complete Ethernet frames from
 non-blocking discipline.  Its failures are plain ``OSError``s; when the
 errno says the process is out of resources (``pyalived.limits``) the
 instance logs an internal error and tries the burst again.
+The same socket sends the unsolicited neighbour advertisements of IPv6 VIPs
+(``send_na``, frames from ``pyalived.vrrp.ndisc``, RFC 5798 §6.4.2); whether
+the interface forwards IPv6 (the NA's R flag) is read at each burst.
 ``interface_info`` gives the index, MAC and primary IPv4 address (the first
 one the kernel lists, as keepalived picks it) of an interface.
 """
@@ -48,11 +51,12 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import trio
 
 from pyalived.vrrp.garp import build_garp_frame
+from pyalived.vrrp.ndisc import build_na_frame
 from pyalived.vrrp.netlink import ipv4_addresses
 
 VRRP_PROTO = 112
@@ -190,8 +194,27 @@ class PacketGarpSocket:
             for _ in range(count):
                 _send_nonblocking(self._sock, send)
 
+    def send_na(self, ips: Sequence[IPv6Address], count: int) -> None:
+        """Unsolicited neighbour advertisements for ``ips`` (``pyalived.vrrp.ndisc``),
+        the R flag as the interface's IPv6 forwarding says."""
+        router = ipv6_forwarding(self.ifname)
+        for ip in ips:
+            frame = build_na_frame(self.mac, ip, router=router)
+            send = functools.partial(self._sock.send, frame)
+            for _ in range(count):
+                _send_nonblocking(self._sock, send)
+
     def close(self) -> None:
         self._sock.close()
+
+
+def ipv6_forwarding(ifname: str) -> bool:
+    """Whether IPv6 forwarding is on for ``ifname`` (keepalived then sets the NA's R flag)."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/forwarding") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
 
 
 def open_garp_socket(ifname: str, mac: bytes | None = None) -> PacketGarpSocket:

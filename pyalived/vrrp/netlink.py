@@ -11,11 +11,17 @@ cancelled, which is what keeps ``AddressManager.remove`` from leaving a VIP
 behind: its retries happen inside the job.  ``AddressManager`` and
 ``VmacManager`` are idempotent (an existing address or a missing one is not an
 error) and retry a failing call a few times with a growing back-off before
-raising ``OSError``.  ``VmacManager`` gets the RFC 3768 §7.3 virtual router
-MAC as a private-mode macvlan with the per-interface sysctls keepalived 2.2.7
-applies, so that only the VMAC answers ARP for the virtual addresses; what to
-do with a VMAC left behind by an earlier run, or with a foreign interface
-holding the configured name, is decided in ``pyalived.vrrp.vmac``, whose
+raising ``OSError``.  IPv6 VIPs are added with IFA_F_NODAD, as keepalived
+does: duplicate address detection (RFC 4862 §5.4) would keep a new
+master's address tentative, unusable, for a second or more, while the
+VRRP election has already settled who owns it.  ``ipv6_link_local`` reads
+an interface's usable (neither tentative nor DAD-failed) link-local address,
+the source of IPv6 adverts (RFC 5798 §5.1.2.1).  ``VmacManager`` gets the
+RFC 3768 §7.3 virtual router MAC as a private-mode macvlan with the
+per-interface sysctls keepalived 2.2.7 applies, so that only the VMAC
+answers ARP for the virtual addresses; what to do with a VMAC left behind
+by an earlier run, or with a foreign interface holding the configured name,
+is decided in ``pyalived.vrrp.vmac``, whose
 ``LinkOps`` port ``RtnlLinkOps`` implements here (links and addresses read
 with the small codec below, changes made through pyroute2).
 
@@ -44,7 +50,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -125,6 +131,7 @@ IFLA_MACVLAN_MODE = 1
 MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
+IFA_FLAGS = 8
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
 
@@ -275,6 +282,32 @@ def ipv4_interfaces(index: int) -> list[IPv4Interface]:
 def ipv4_addresses(index: int) -> list[IPv4Address]:
     """The IPv4 addresses of interface ``index`` in the kernel's order (primary first)."""
     return [interface.ip for interface in ipv4_interfaces(index)]
+
+
+IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection
+IFA_F_TENTATIVE = 0x40
+IFA_F_DADFAILED = 0x08
+
+
+def ipv6_link_local(index: int) -> IPv6Address | None:
+    """The first usable (not tentative, DAD not failed) link-local IPv6 address of
+    interface ``index``, as keepalived picks the source of IPv6 adverts and NAs."""
+    for mtype, body in _dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_INET6, 0, 0, 0, 0)):
+        if mtype != RTM_NEWADDR or len(body) < _IFADDRMSG.size:
+            continue
+        family, _plen, flags, _scope, ifindex = _IFADDRMSG.unpack_from(body)
+        if family != socket.AF_INET6 or ifindex != index:
+            continue
+        attrs = _attrs(body, _IFADDRMSG.size)
+        if IFA_FLAGS in attrs and len(attrs[IFA_FLAGS]) >= 4:
+            flags = struct.unpack_from("=I", attrs[IFA_FLAGS])[0]
+        raw = attrs.get(IFA_ADDRESS) or attrs.get(IFA_LOCAL)
+        if raw is None or len(raw) != 16:
+            continue
+        addr = IPv6Address(raw)
+        if addr.is_link_local and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+            return addr
+    return None
 
 
 # ---- the netlink thread ----------------------------------------------------
@@ -458,6 +491,10 @@ class AddressManager:
                     "address": str(vip.ip),
                     "prefixlen": vip.address.network.prefixlen,
                 }
+                if cmd == "add" and vip.ip.version == 6:
+                    # Usable at once: duplicate address detection would hold a
+                    # new master's address tentative for a second or more.
+                    kwargs["flags"] = IFA_F_NODAD
                 if cmd == "add":
                     kwargs["scope"] = scope_number(vip.scope)
                     if vip.label is not None:

@@ -3,6 +3,8 @@
 Theory of operation: the trio driver (``pyalived.vrrp.instance``) executes the
 state machine's actions through these small protocols.  Production code gets
 the implementations in ``pyalived.vrrp.net`` (raw sockets, AF_PACKET),
+``pyalived.vrrp.net6`` (raw IPv6 sockets and link-local addresses, RFC 5798
+§5.1.2),
 ``pyalived.vrrp.netlink`` (addresses, macvlan, link state),
 ``pyalived.scripts`` (notify and track scripts, shared with the checker
 half, which is why ``ScriptRunner`` is defined there) and
@@ -15,10 +17,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
-from typing import Protocol, runtime_checkable
+from ipaddress import IPv4Address, IPv6Address
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from pyalived.config.model import VirtualIP
+
+if TYPE_CHECKING:
+    from pyalived.vrrp.net6 import Datagram6
 
 
 class AdvertSocket(Protocol):
@@ -45,9 +50,12 @@ class TimedAdvertSocket(Protocol):
 
 
 class GarpSocket(Protocol):
-    """AF_PACKET sender of gratuitous ARP on one interface (or its VMAC)."""
+    """AF_PACKET sender of gratuitous ARP on one interface (or its VMAC), and of the
+    unsolicited neighbour advertisements of IPv6 addresses (``pyalived.vrrp.ndisc``)."""
 
     def send_garp(self, ips: Sequence[IPv4Address], count: int) -> None: ...
+
+    def send_na(self, ips: Sequence[IPv6Address], count: int) -> None: ...
 
     def close(self) -> None: ...
 
@@ -58,6 +66,30 @@ class SocketFactory(Protocol):
     def open_advert(self, ifname: str, proto: int) -> AdvertSocket: ...
 
     def open_garp(self, ifname: str) -> GarpSocket: ...
+
+
+class Advert6Socket(Protocol):
+    """Raw IPv6 socket for VRRPv3 on one interface (``pyalived.vrrp.net6``).
+
+    ``send6`` takes the VRRP message alone (the kernel writes the IPv6 header
+    and the checksum); ``receive6`` returns the message with its source,
+    destination, hop limit and arrival time.
+    """
+
+    def send6(self, message: bytes, src: IPv6Address, dst: IPv6Address) -> None: ...
+
+    async def receive6(self) -> Datagram6: ...
+
+    def close(self) -> None: ...
+
+
+class SocketFactory6(Protocol):
+    """Opens the IPv6 advert sockets, and finds an interface's link-local address;
+    production: ``pyalived.vrrp.net6.NetSockets6``."""
+
+    def open_advert6(self, ifname: str) -> Advert6Socket: ...
+
+    def link_local(self, ifname: str) -> IPv6Address: ...
 
 
 class AddressManager(Protocol):

@@ -5,7 +5,9 @@ Theory of operation: a ``VrrpRuntime`` builds one ``Instance``
 in its own cancel scope under the runtime's nursery, so that a reload can
 stop one gracefully (priority-0 advert if MASTER) without touching the
 others.  What the runtime shares among the instances is its own: the
-``SocketPool`` and the ``Demux`` (``pyalived.vrrp.demux``), the link
+``SocketPool`` (also the raw IPv6 sockets of IPv6 instances, whose own
+address is their interface's link-local one, RFC 5798 §5.1.2.1) and the
+``Demux`` (``pyalived.vrrp.demux``), the link
 dispatcher and one tracker per ``vrrp_script`` (``pyalived.vrrp.tracking``).
 Their subscriber lists are edited in place, and a tracker is restarted only
 when its script changed.
@@ -36,7 +38,7 @@ from ipaddress import IPv4Address
 
 import trio
 
-from pyalived.config.model import Config, VrrpInstance, VrrpScript, VrrpSyncGroup
+from pyalived.config.model import Config, IPAddress, VrrpInstance, VrrpScript, VrrpSyncGroup
 from pyalived.reload import ReloadPlan, instance_key
 from pyalived.scripts import ScriptRunner
 from pyalived.vrrp.compile import build_tracking
@@ -49,6 +51,7 @@ from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
     SocketFactory,
+    SocketFactory6,
     VmacManager,
     Wakeup,
 )
@@ -66,6 +69,9 @@ class VrrpPorts:
     scripts: ScriptRunner
     primary_ip: Callable[[str], IPv4Address]  # an interface's primary IPv4 address
     wakeup: Wakeup | None = None  # exact timer wake-ups (pyalived.vrrp.wakeup); None: epoll's
+    # IPv6 advert sockets and link-local addresses; None: pyalived.vrrp.net6's, made
+    # when an IPv6 instance first needs them.
+    sockets6: SocketFactory6 | None = None
 
 
 def build_instances(
@@ -98,7 +104,7 @@ def build_instances(
     instances = [
         Instance(
             conf,
-            primary_ip=ports.primary_ip(conf.interface),
+            primary_ip=_own_address(conf, ports, pool),
             sockets=pool,
             demux=demux,
             addresses=ports.addresses,
@@ -108,6 +114,7 @@ def build_instances(
             links=ports.links,
             tracking=build_tracking(config, conf),
             multicast_group=gd.vrrp_mcast_group4,
+            multicast_group6=gd.vrrp_mcast_group6,
             script_user=gd.script_user,
             machine_factory=machine_for(conf),
             wakeup=ports.wakeup,
@@ -122,6 +129,14 @@ def build_instances(
         for member in group_conf.group:
             by_name[member].state_listeners.append(follower)
     return instances
+
+
+def _own_address(conf: VrrpInstance, ports: VrrpPorts, pool: SocketPool) -> IPAddress:
+    """The instance's address on its LAN: the interface's primary IPv4 address, or for
+    an IPv6 instance ``unicast_src_ip`` / its link-local address (RFC 5798 §5.1.2.1)."""
+    if conf.family == 4:
+        return ports.primary_ip(conf.interface)
+    return conf.unicast_src_ip or conf.mcast_src_ip or pool.link_local(conf.interface)
 
 
 class _SyncFollower:
@@ -184,7 +199,8 @@ class VrrpRuntime:
         self.config = config
         self.ports = ports
         self.counters = counters if counters is not None else VrrpCounters()
-        self.pool = SocketPool(ports.sockets)
+        self.pool = SocketPool(ports.sockets, ports.sockets6,
+                               config.global_defs.vrrp_mcast_group6)
         self.demux = Demux(self.pool, self.counters)
         self.instances: list[Instance] = []
         # Called with (all instances, newly built ones) at start and after each reload.

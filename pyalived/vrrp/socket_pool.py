@@ -3,7 +3,9 @@
 Theory of operation: instances on one interface share its sockets.  A
 ``SocketPool`` opens, through the ``SocketFactory`` port, one advert socket
 per (interface, IP protocol) -- 112 for VRRP, 51 for AH -- and one
-gratuitous-ARP socket per interface, the first time someone asks for it,
+gratuitous-ARP socket per interface, and through the ``SocketFactory6``
+port one raw IPv6 socket per interface for IPv6 instances (VRRPv3, RFC 5798
+§5.1.2), the first time someone asks for it,
 and hands out the same socket afterwards.  The instance drivers send through
 it and the receivers (``pyalived.vrrp.demux``) listen on it.  Sockets stay
 open until ``close()``, which the runtime calls once every instance has
@@ -14,10 +16,19 @@ that removes the last instance of an interface leaves its sockets open.
 from __future__ import annotations
 
 import logging
+from ipaddress import IPv6Address
 
-from pyalived.vrrp.ports import AdvertSocket, GarpSocket, SocketFactory
+from pyalived.vrrp.ports import (
+    Advert6Socket,
+    AdvertSocket,
+    GarpSocket,
+    SocketFactory,
+    SocketFactory6,
+)
 
 log = logging.getLogger("pyalived.vrrp")
+
+VRRP_GROUP6 = IPv6Address("ff02::12")  # RFC 5798 §5.1.2.2
 
 
 class SocketPool:
@@ -27,10 +38,33 @@ class SocketPool:
     instance has finished its graceful stop.
     """
 
-    def __init__(self, factory: SocketFactory) -> None:
+    def __init__(self, factory: SocketFactory, factory6: SocketFactory6 | None = None,
+                 group6: IPv6Address = VRRP_GROUP6) -> None:
         self._factory = factory
+        self._factory6 = factory6  # None: the production one, made when first needed
+        self._group6 = group6  # the production one's multicast group
         self._advert: dict[tuple[str, int], AdvertSocket] = {}
+        self._advert6: dict[str, Advert6Socket] = {}
         self._garp: dict[str, GarpSocket] = {}
+
+    @property
+    def factory6(self) -> SocketFactory6:
+        if self._factory6 is None:
+            from pyalived.vrrp.net6 import NetSockets6
+
+            self._factory6 = NetSockets6(self._group6)
+        return self._factory6
+
+    def advert6(self, ifname: str) -> Advert6Socket:
+        sock = self._advert6.get(ifname)
+        if sock is None:
+            sock = self.factory6.open_advert6(ifname)
+            self._advert6[ifname] = sock
+        return sock
+
+    def link_local(self, ifname: str) -> IPv6Address:
+        """The link-local address of ``ifname`` (the source of IPv6 adverts)."""
+        return self.factory6.link_local(ifname)
 
     def advert(self, ifname: str, proto: int) -> AdvertSocket:
         sock = self._advert.get((ifname, proto))
@@ -47,11 +81,14 @@ class SocketPool:
         return sock
 
     def close(self) -> None:
-        socks: list[AdvertSocket | GarpSocket] = [*self._advert.values(), *self._garp.values()]
+        socks: list[AdvertSocket | Advert6Socket | GarpSocket] = [
+            *self._advert.values(), *self._advert6.values(), *self._garp.values()
+        ]
         for sock in socks:
             try:
                 sock.close()
             except OSError as exc:
                 log.debug("closing socket: %s", exc)
         self._advert.clear()
+        self._advert6.clear()
         self._garp.clear()

@@ -11,11 +11,12 @@ import errno
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 
 import trio
 
 from pyalived.config.model import VirtualIP
+from pyalived.vrrp.net6 import Datagram6
 from pyalived.vrrp.ports import LinkEvent
 from pyalived.vrrp.vmac import LinkInfo
 
@@ -69,10 +70,18 @@ class SentGarp:
     count: int
 
 
+@dataclass(frozen=True)
+class SentNa:
+    time: float
+    ips: tuple[IPv6Address, ...]
+    count: int
+
+
 class FakeGarpSocket:
     def __init__(self, ifname: str = "eth0") -> None:
         self.ifname = ifname
         self.sent: list[SentGarp] = []
+        self.sent_na: list[SentNa] = []
         self.closed = False
 
     def send_garp(self, ips: Sequence[IPv4Address], count: int) -> None:
@@ -80,16 +89,68 @@ class FakeGarpSocket:
             raise OSError("socket closed")
         self.sent.append(SentGarp(_now(), tuple(ips), count))
 
+    def send_na(self, ips: Sequence[IPv6Address], count: int) -> None:
+        if self.closed:
+            raise OSError("socket closed")
+        self.sent_na.append(SentNa(_now(), tuple(ips), count))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass(frozen=True)
+class SentMessage6:
+    time: float
+    message: bytes
+    src: IPv6Address
+    dst: IPv6Address
+
+
+class FakeAdvert6Socket:
+    """Records sent IPv6 VRRP messages; ``inject`` makes ``receive6`` return one."""
+
+    def __init__(self, ifname: str = "eth0") -> None:
+        self.ifname = ifname
+        self.sent: list[SentMessage6] = []
+        self.closed = False
+        self._tx, self._rx = trio.open_memory_channel[Datagram6](math.inf)
+
+    def send6(self, message: bytes, src: IPv6Address, dst: IPv6Address) -> None:
+        if self.closed:
+            raise OSError("socket closed")
+        self.sent.append(SentMessage6(_now(), message, src, dst))
+
+    async def receive6(self) -> Datagram6:
+        return await self._rx.receive()
+
+    def inject(self, message: bytes, src: IPv6Address, dst: IPv6Address,
+               hop_limit: int = 255) -> None:
+        self._tx.send_nowait(Datagram6(message, src, dst, hop_limit, _now()))
+
     def close(self) -> None:
         self.closed = True
 
 
 class FakeSocketFactory:
-    """Hands out (and remembers) one fake socket per (interface, protocol)."""
+    """Hands out (and remembers) one fake socket per (interface, protocol); also a
+    ``SocketFactory6`` whose link-local addresses are ``link_locals``."""
 
-    def __init__(self) -> None:
+    def __init__(self, link_locals: dict[str, IPv6Address] | None = None) -> None:
         self.advert: dict[tuple[str, int], FakeAdvertSocket] = {}
+        self.advert6: dict[str, FakeAdvert6Socket] = {}
         self.garp: dict[str, FakeGarpSocket] = {}
+        self.link_locals = link_locals or {}
+
+    def open_advert6(self, ifname: str) -> FakeAdvert6Socket:
+        sock = FakeAdvert6Socket(ifname)
+        self.advert6[ifname] = sock
+        return sock
+
+    def link_local(self, ifname: str) -> IPv6Address:
+        try:
+            return self.link_locals[ifname]
+        except KeyError:
+            raise OSError(f"no link-local address on {ifname}") from None
 
     def open_advert(self, ifname: str, proto: int) -> FakeAdvertSocket:
         sock = FakeAdvertSocket(ifname, proto)

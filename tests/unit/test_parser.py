@@ -301,7 +301,7 @@ def test_missing_include_exit_4(tmp_path: Path) -> None:
         (inst(" foo 1\n"), 7, "unknown keyword foo in vrrp_instance VI_1"),
         (inst(" advert_int 1.5\n"), 7, "whole seconds; using 2"),
         (inst(" authentication {\n auth_type PASS\n auth_pass 123456789\n }\n"), 9, "truncated"),
-        (inst(" virtual_ipaddress {\n  2001:db8::1\n }\n"), 8, "IPv6"),
+        (inst(" virtual_ipaddress {\n  fd00:198:18::1\n }\n"), 8, "address family must match"),
         (INSTANCE.format(body=""), 1, "no virtual_ipaddress"),
         (inst("") + "vrrp_sync_group G {\n VI_1\n}\n", 8, "names no instance"),
         (inst("") + "vrrp_sync_group G {\n group {\n  VI_1\n }\n}\n", 8, "only one instance"),
