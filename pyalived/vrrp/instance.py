@@ -68,6 +68,7 @@ being cancelled.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -599,15 +600,7 @@ class Instance:
                 checksum=self._checksum.mode,
                 mcast_group=self._multicast_group,
             )
-            try:
-                sock.send(datagram, dst)
-            except OSError as exc:
-                self._counters.tx_errors[self.name] += 1
-                log.warning("(%s) sending advert to %s failed: %s", self.name, dst, exc)
-            else:
-                self._counters.adverts_sent[self.name] += 1
-                if priority == 0:
-                    self._counters.priority_zero_sent[self.name] += 1
+            self._sent(functools.partial(sock.send, datagram, dst), dst, priority)
 
     def _send_advert_v6(self, advert: packet.AdvertV3) -> None:
         """VRRPv3 over IPv6 (RFC 5798 §5.1.2): the message alone, from the link-local
@@ -619,15 +612,19 @@ class Instance:
         for dst in self.destinations:
             assert isinstance(dst, IPv6Address)
             message = packet.encode_v3(advert, src, dst)
-            try:
-                sock.send6(message, src, dst)
-            except OSError as exc:
-                self._counters.tx_errors[self.name] += 1
-                log.warning("(%s) sending advert to %s failed: %s", self.name, dst, exc)
-            else:
-                self._counters.adverts_sent[self.name] += 1
-                if advert.priority == 0:
-                    self._counters.priority_zero_sent[self.name] += 1
+            self._sent(functools.partial(sock.send6, message, src, dst), dst, advert.priority)
+
+    def _sent(self, send: Callable[[], object], dst: object, priority: int) -> None:
+        """Send one advert (``send``) and count it, or its failure."""
+        try:
+            send()
+        except OSError as exc:
+            self._counters.tx_errors[self.name] += 1
+            log.warning("(%s) sending advert to %s failed: %s", self.name, dst, exc)
+        else:
+            self._counters.adverts_sent[self.name] += 1
+            if priority == 0:
+                self._counters.priority_zero_sent[self.name] += 1
 
     # -- executing actions --
 
@@ -666,15 +663,7 @@ class Instance:
                 auth_key=auth.password if auth else b"",
                 ah_seq=self._ah_seq,
             )
-            try:
-                sock.send(datagram, dst)
-            except OSError as exc:
-                self._counters.tx_errors[self.name] += 1
-                log.warning("(%s) sending advert to %s failed: %s", self.name, dst, exc)
-            else:
-                self._counters.adverts_sent[self.name] += 1
-                if priority == 0:
-                    self._counters.priority_zero_sent[self.name] += 1
+            self._sent(functools.partial(sock.send, datagram, dst), dst, priority)
 
     def _garp_devs(self, vips: Sequence[VirtualIP]) -> dict[str, tuple[packet.IPAddress, ...]]:
         by_dev: dict[str, list[packet.IPAddress]] = {}
