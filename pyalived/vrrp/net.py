@@ -15,7 +15,10 @@ trio's clock, so that a backup's Master_Down timer (RFC 3768 §6.4.2) runs
 from the advert's arrival, not from when the event loop got to it.  The
 kernel stamps with CLOCK_REALTIME; the datagram's age (wall clock now minus
 the stamp) is taken from trio's clock, and bounded by ``MAX_RX_AGE`` so that
-a step of the wall clock cannot move an arrival by more than that.
+a step of the wall clock cannot move an arrival by more than that.  The
+kernel switches its receive stamping on from a work queue once the first
+socket asks, so the first datagrams after start-up may carry the time they
+were read instead (a later arrival, never an earlier one).
 
 ``send`` is on the failover critical path (the gratuitous ARPs must follow the
 first advert within a millisecond), so it is synchronous: the socket is
