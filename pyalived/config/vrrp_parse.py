@@ -37,9 +37,11 @@ IPv6 instances.  ``vrrp_gna_interval`` (0..1 s, default 0), or an
 instance's own ``gna_interval``, spaces the unsolicited neighbour
 advertisements of a burst (``vrrp_garp_interval`` does not yet space
 gratuitous ARPs).
-An IPv6 address without a prefix length is a /128.  ``use_vmac`` is not
-supported yet for IPv6 instances (warned about and ignored; keepalived makes
-a 00:00:5e:00:02:VRID macvlan carrying the parent's link-local address).
+An IPv6 address without a prefix length is a /128.  ``use_vmac`` on an
+IPv6 instance makes a 00:00:5e:00:02:VRID macvlan (``pyalived.vrrp.vmac``);
+its default name is ``vrrp.VRID`` as for IPv4, or, as keepalived names it,
+``vrrp6.VRID`` when an instance before it already has that name (an IPv4
+and an IPv6 instance sharing a VRID).
 
 VRRPv3 (RFC 5798 as updated by RFC 9568): ``vrrp_version 2|3`` in
 global_defs sets the default, ``version 2|3`` in an instance overrides it.
@@ -61,6 +63,7 @@ with keepalived 2.2.7's limits and diagnostics (``keepalived -t``):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_interface
 
@@ -653,7 +656,17 @@ class VrrpParser:
 
     def instances(self) -> list[VrrpInstance]:
         """The ``vrrp_instance`` blocks, once ``global_defs`` is complete."""
-        return [i for n in self.instance_nodes if (i := self._instance(n, self.defs))]
+        built = [i for n in self.instance_nodes if (i := self._instance(n, self.defs))]
+        vmacs: set[str] = set()
+        for n, inst in enumerate(built):
+            name = inst.effective_vmac_name
+            if name is None:
+                continue
+            if inst.family == 6 and inst.vmac_name is None and name in vmacs:
+                name = f"vrrp6.{inst.virtual_router_id}"
+                built[n] = dataclasses.replace(inst, vmac_name=name)
+            vmacs.add(name)
+        return built
 
     def _instance(self, node: Node, g: GlobalDefs) -> VrrpInstance | None:
         r = self.r
@@ -714,11 +727,6 @@ class VrrpParser:
                     f"({name}) cannot use IPv6 with VRRP version 2; setting version 3",
                 )
             fields["version"] = 3
-        if family == 6 and fields.pop("use_vmac", False):
-            fields.pop("vmac_name", None)
-            fields.pop("vmac_xmit_base", None)
-            r.sink.warning(node.location,
-                           f"{where}: use_vmac with IPv6 is not supported yet; ignored")
         version = fields.setdefault("version", g.vrrp_version)
         assert isinstance(version, int)
         if block.advert_int is not None:

@@ -339,7 +339,8 @@ class Instance:
         try:
             if self._vmac is not None and self.conf.effective_vmac_name is not None:
                 self._use_vmac_name(await self._vmac.create(
-                    self.conf.interface, self.conf.effective_vmac_name, self.conf.virtual_router_id
+                    self.conf.interface, self.conf.effective_vmac_name,
+                    self.conf.virtual_router_id, self.family,
                 ))
             if self.family == 6:
                 self._sockets.advert6(self.xmit_dev)

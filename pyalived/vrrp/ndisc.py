@@ -75,10 +75,3 @@ def build_na_frame(src_mac: bytes, target: IPv6Address, *, router: bool) -> byte
     ethernet = ALL_NODES_MAC + src_mac + struct.pack("!H", ETH_P_IPV6)
     ipv6 = struct.pack("!IHBB", 6 << 28, len(icmp), ICMPV6_PROTO, HOP_LIMIT)
     return ethernet + ipv6 + src.packed + ALL_NODES.packed + icmp
-
-
-def vmac_address6(vrid: int) -> bytes:
-    """The IPv6 virtual router MAC 00:00:5e:00:02:VRID (RFC 5798 §7.3)."""
-    if not 1 <= vrid <= 255:
-        raise ValueError(f"VRID {vrid} is outside 1..255")
-    return b"\x00\x00\x5e\x00\x02" + bytes([vrid])

@@ -50,7 +50,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -287,26 +287,33 @@ def ipv4_addresses(index: int) -> list[IPv4Address]:
 IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection
 IFA_F_TENTATIVE = 0x40
 IFA_F_DADFAILED = 0x08
+INFINITY_LIFE_TIME = 0xFFFFFFFF  # linux/if_addr.h: a lifetime that never ends
 
 
-def ipv6_link_local(index: int) -> IPv6Address | None:
-    """The first usable (not tentative, DAD not failed) link-local IPv6 address of
-    interface ``index``, as keepalived picks the source of IPv6 adverts and NAs."""
+def ipv6_interfaces(index: int) -> list[tuple[IPv6Interface, int]]:
+    """The IPv6 addresses (with prefix length) of interface ``index`` and their flags."""
+    result: list[tuple[IPv6Interface, int]] = []
     for mtype, body in _dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_INET6, 0, 0, 0, 0)):
         if mtype != RTM_NEWADDR or len(body) < _IFADDRMSG.size:
             continue
-        family, _plen, flags, _scope, ifindex = _IFADDRMSG.unpack_from(body)
+        family, plen, flags, _scope, ifindex = _IFADDRMSG.unpack_from(body)
         if family != socket.AF_INET6 or ifindex != index:
             continue
         attrs = _attrs(body, _IFADDRMSG.size)
         if IFA_FLAGS in attrs and len(attrs[IFA_FLAGS]) >= 4:
             flags = struct.unpack_from("=I", attrs[IFA_FLAGS])[0]
         raw = attrs.get(IFA_ADDRESS) or attrs.get(IFA_LOCAL)
-        if raw is None or len(raw) != 16:
-            continue
-        addr = IPv6Address(raw)
-        if addr.is_link_local and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
-            return addr
+        if raw is not None and len(raw) == 16:
+            result.append((IPv6Interface((IPv6Address(raw), plen)), flags))
+    return result
+
+
+def ipv6_link_local(index: int) -> IPv6Address | None:
+    """The first usable (not tentative, DAD not failed) link-local IPv6 address of
+    interface ``index``, as keepalived picks the source of IPv6 adverts and NAs."""
+    for interface, flags in ipv6_interfaces(index):
+        if interface.ip.is_link_local and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+            return interface.ip
     return None
 
 
@@ -589,10 +596,23 @@ class RtnlLinkOps:
         self._call(f"set ifindex {index} macvlan mode private", lambda: self._ipr.link(
             "set", index=index, kind="macvlan", macvlan_mode="private"))
 
-    def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
-        return ipv4_interfaces(index)
+    def addresses(self, index: int) -> list[IPv4Interface | IPv6Interface]:
+        return [*ipv4_interfaces(index), *(i for i, _flags in ipv6_interfaces(index))]
 
-    def delete_address(self, index: int, address: IPv4Interface) -> None:
+    def link_local(self, index: int) -> IPv6Address | None:
+        return ipv6_link_local(index)
+
+    def add_link_local(self, index: int, address: IPv6Address) -> None:
+        try:
+            self._call(f"add {address} to ifindex {index}", lambda: self._ipr.addr(
+                "add", index=index, address=str(address), prefixlen=64,
+                flags=IFA_F_NODAD, IFA_CACHEINFO={
+                    "ifa_preferred": 0, "ifa_valid": INFINITY_LIFE_TIME}))
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+
+    def delete_address(self, index: int, address: IPv4Interface | IPv6Interface) -> None:
         try:
             self._call(f"delete {address} from ifindex {index}", lambda: self._ipr.addr(
                 "del", index=index, address=str(address.ip),
@@ -610,25 +630,36 @@ class VmacManager:
 
     ``create`` adopts a leftover VMAC rather than failing on it and returns
     the name the VMAC ended up with (``pyalived.vrrp.vmac`` has the rules);
-    ``delete`` deletes only a VMAC, never another kind of interface.
+    ``delete`` deletes only a VMAC, never another kind of interface.  The
+    VMACs it made stay claimed until deleted, so that one instance's VMAC
+    (an IPv4 and an IPv6 instance may share a VRID) is never taken for a
+    leftover by another.
     """
 
     def __init__(self, thread: NetlinkThread | None = None) -> None:
         self._thread = thread or default_thread()
+        # The VMACs this daemon's instances use (touched in the netlink thread only).
+        self._claimed: set[str] = set()
 
-    async def create(self, parent: str, name: str, vrid: int) -> str:
+    async def create(self, parent: str, name: str, vrid: int, family: int = 4) -> str:
         def job(ipr: Any) -> str:
             ops = RtnlLinkOps(ipr)
-            return _retrying(f"create VMAC {name} on {parent}", ADD_ATTEMPTS, FIRST_DELAY,
-                             lambda: prepare_vmac(ops, parent, name, vrid))
+            made = _retrying(f"create VMAC {name} on {parent}", ADD_ATTEMPTS, FIRST_DELAY,
+                             lambda: prepare_vmac(ops, parent, name, vrid, family,
+                                                  frozenset(self._claimed)))
+            self._claimed.add(made)
+            return made
 
         return await self._thread.call(job)
 
     async def delete(self, name: str) -> None:
         def job(ipr: Any) -> None:
             ops = RtnlLinkOps(ipr)
-            _retrying(f"delete VMAC {name}", REMOVE_ATTEMPTS, FIRST_DELAY,
-                      lambda: remove_vmac(ops, name))
+            try:
+                _retrying(f"delete VMAC {name}", REMOVE_ATTEMPTS, FIRST_DELAY,
+                          lambda: remove_vmac(ops, name))
+            finally:  # a VMAC left behind is a leftover for the next one to adopt
+                self._claimed.discard(name)
 
         await self._thread.call(job)
 

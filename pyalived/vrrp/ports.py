@@ -101,9 +101,10 @@ class AddressManager(Protocol):
 
 
 class VmacManager(Protocol):
-    """Creates/removes the macvlan ``name`` on ``parent`` with MAC 00:00:5e:00:01:VRID."""
+    """Creates/removes the macvlan ``name`` on ``parent`` with MAC 00:00:5e:00:01:VRID
+    (IPv4) or 00:00:5e:00:02:VRID (IPv6)."""
 
-    async def create(self, parent: str, name: str, vrid: int) -> str:
+    async def create(self, parent: str, name: str, vrid: int, family: int = 4) -> str:
         """Adopt (a leftover) or create the VMAC, bring it up; return the name it has.
 
         That is ``name`` unless a foreign interface holds it (``pyalived.vrrp.vmac``).

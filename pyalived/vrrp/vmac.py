@@ -1,8 +1,9 @@
 """Choosing, adopting and preparing the VMAC interface of a VRRP instance.
 
 Theory of operation: with ``use_vmac`` an instance needs a macvlan child of
-its interface (the *parent*) carrying the virtual router MAC
-00:00:5e:00:01:VRID (RFC 3768 §7.3).  The kernel refuses to bring up a
+its interface (the *parent*) carrying the virtual router MAC,
+00:00:5e:00:01:VRID for IPv4 (RFC 3768 §7.3, RFC 5798 §7.3) and
+00:00:5e:00:02:VRID for IPv6 (RFC 5798 §7.3).  The kernel refuses to bring up a
 second macvlan with the same MAC on the same parent (EADDRINUSE), so a VMAC
 left behind by a daemon that died without cleaning up (SIGKILL, a crash, a
 power cut during a reload that renamed it) must be reused, never duplicated.
@@ -23,7 +24,8 @@ The rules, in order:
   another VRID's virtual MAC is a leftover of an older configuration (the
   VRID was renumbered): it is deleted.
 - Any other link holding the configured name (a physical or veth interface,
-  a macvlan on another parent or with a MAC not in the VRRP block) is not
+  a macvlan on another parent or with a MAC not in the VRRP block, or the
+  VMAC of another running instance of this daemon, *claimed*) is not
   ours and is never touched.  As keepalived 2.2.7 does, the VMAC then gets
   another name: the adopted leftover keeps its own, a new one is called
   ``vrrp.VRID``, else ``vrrp1.VRID``, ``vrrp2.VRID``...  The instance uses
@@ -35,11 +37,19 @@ The rules, in order:
   answering for it.  keepalived 2.2.7 instead keeps the leftover's name,
   leaves it down (and the instance in FAULT) if it was down, ignores one in
   another mode (and then fails to bring its own up) and leaves addresses it
-  does not configure on it.
+  does not configure on it.  (An IPv6 VMAC keeps its link-local address.)
 - Then, adopted or new, the VMAC gets the same treatment: the sysctls
-  keepalived 2.2.7 sets on a VMAC it creates (arp_ignore=1, accept_local=1,
-  promote_secondaries=1, IPv6 off and no link-local address; arp_ignore=1
-  and arp_filter=1 on the parent), and it is brought up.
+  keepalived 2.2.7 sets on a VMAC it creates, and it is brought up.  IPv4:
+  arp_ignore=1, accept_local=1, promote_secondaries=1, IPv6 off and no
+  link-local address; arp_ignore=1 and arp_filter=1 on the parent.  IPv6:
+  IPv6 on, no address generated from the virtual MAC (addr_gen_mode=1), and
+  once it is up the parent's link-local address, added without duplicate
+  address detection and deprecated (preferred lifetime 0, so the kernel
+  never picks it as a source itself): RFC 5798 §5.1.2.1 sends adverts from
+  the link-local address of the interface they leave by, so the VMAC needs
+  one, and it is the parent's so that the source peers see does not change
+  with ``use_vmac``.  The instance then sends, receives and announces
+  (unsolicited neighbour advertisements) on the VMAC, as keepalived does.
 
 Every adoption, rename, deletion and stripped address is logged at warning
 level; a foreign link in the way is logged at error level (at warning level
@@ -53,9 +63,9 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Address, IPv6Interface
 from typing import Protocol
 
 log = logging.getLogger("pyalived.vrrp.vmac")
@@ -65,11 +75,12 @@ VMAC_SYSCTLS = {"arp_ignore": "1", "accept_local": "1", "promote_secondaries": "
 PARENT_SYSCTLS = {"arp_ignore": "1", "arp_filter": "1"}
 
 
-def vmac_mac(vrid: int) -> str:
-    """The virtual router MAC of ``vrid`` in ``aa:bb:..`` notation."""
+def vmac_mac(vrid: int, family: int = 4) -> str:
+    """The virtual router MAC of ``vrid`` for IPv4 or IPv6 in ``aa:bb:..`` notation."""
     if not 1 <= vrid <= 255:
         raise ValueError(f"VRID {vrid} is outside 1..255")
-    return f"00:00:5e:00:01:{vrid:02x}"
+    block = 1 if family == 4 else 2
+    return f"00:00:5e:00:0{block}:{vrid:02x}"
 
 
 def is_vrrp_mac(mac: str) -> bool:
@@ -120,19 +131,22 @@ def _fallback_names(vrid: int) -> Iterator[str]:
         yield f"vrrp{n}.{vrid}"
 
 
-def plan_vmac(links: Sequence[LinkInfo], parent: str, name: str, vrid: int) -> VmacPlan:
+def plan_vmac(links: Sequence[LinkInfo], parent: str, name: str, vrid: int,
+              family: int = 4, claimed: Collection[str] = ()) -> VmacPlan:
     """Decide how to get the VMAC ``name`` for ``vrid`` on ``parent`` (rules: module doc).
 
-    Raises ``OSError(ENODEV)`` if ``parent`` does not exist.
+    ``claimed`` names the VMACs other instances of this daemon use.  Raises
+    ``OSError(ENODEV)`` if ``parent`` does not exist.
     """
-    mac = vmac_mac(vrid)
+    mac = vmac_mac(vrid, family)
     by_name = {link.name: link for link in links}
     base = by_name.get(parent)
     if base is None:
         raise OSError(errno.ENODEV, f"no interface {parent}")
 
     def on_parent(link: LinkInfo) -> bool:
-        return link.kind == "macvlan" and link.parent == base.index and link is not base
+        return (link.kind == "macvlan" and link.parent == base.index and link is not base
+                and link.name not in claimed)
 
     ours = [link for link in links if on_parent(link) and link.mac == mac]
     remove: list[LinkInfo] = []
@@ -174,9 +188,19 @@ class LinkOps(Protocol):
         """Switch a macvlan to private mode."""
         ...
 
-    def ipv4_addresses(self, index: int) -> Sequence[IPv4Interface]: ...
+    def addresses(self, index: int) -> Sequence[IPv4Interface | IPv6Interface]:
+        """Every IPv4 and IPv6 address of interface ``index``."""
+        ...
 
-    def delete_address(self, index: int, address: IPv4Interface) -> None: ...
+    def delete_address(self, index: int, address: IPv4Interface | IPv6Interface) -> None: ...
+
+    def link_local(self, index: int) -> IPv6Address | None:
+        """The usable link-local address of interface ``index``, if any."""
+        ...
+
+    def add_link_local(self, index: int, address: IPv6Address) -> None:
+        """Add ``address``/64, without DAD and deprecated; an existing one is not an error."""
+        ...
 
     def write_sysctl(self, path: str, value: str) -> None:
         """Write ``/proc/sys/net/PATH`` if it exists."""
@@ -198,28 +222,34 @@ def _delete(ops: LinkOps, index: int) -> None:
             raise
 
 
-def _log_blocked(plan: VmacPlan, configured: str, vrid: int, names: dict[int, str]) -> None:
+def _log_blocked(plan: VmacPlan, configured: str, vrid: int, names: dict[int, str],
+                 claimed: Collection[str]) -> None:
     holder = plan.blocked_by
     if holder is None:
         return
     instead = (f"adopting the leftover VMAC {plan.name}" if plan.adopt is not None
                else f"creating the VMAC as {plan.name}")
+    if holder.name in claimed:
+        log.info("interface %s is the VMAC of another instance; %s", configured, instead)
+        return
     level = logging.WARNING if holder.kind == "macvlan" and is_vrrp_mac(holder.mac) \
         else logging.ERROR
     log.log(level, "interface %s is %s, not the VMAC of VRID %d on %s; left alone, %s instead",
             configured, holder.describe(names), vrid, plan.parent.name, instead)
 
 
-def prepare_vmac(ops: LinkOps, parent: str, name: str, vrid: int) -> str:
+def prepare_vmac(ops: LinkOps, parent: str, name: str, vrid: int, family: int = 4,
+                 claimed: Collection[str] = ()) -> str:
     """Adopt or create the VMAC, configure it and bring it up; return its name.
 
     Idempotent: run again after a failure it finds its own work as a leftover
-    and finishes it.
+    and finishes it.  An IPv6 VMAC needs the parent's link-local address:
+    ``OSError(EADDRNOTAVAIL)`` while the parent has none usable yet.
     """
     links = ops.links()
     names = {link.index: link.name for link in links}
-    plan = plan_vmac(links, parent, name, vrid)
-    _log_blocked(plan, name, vrid, names)
+    plan = plan_vmac(links, parent, name, vrid, family, claimed)
+    _log_blocked(plan, name, vrid, names, claimed)
     for stale in plan.remove:
         log.warning("deleting leftover VMAC %s (%s)", stale.name, stale.describe(names))
         _delete(ops, stale.index)
@@ -250,21 +280,32 @@ def prepare_vmac(ops: LinkOps, parent: str, name: str, vrid: int) -> str:
                         link.name, link.describe(names), plan.name)
         else:
             log.warning("adopted leftover VMAC %s (%s)", link.name, link.describe(names))
-        stale_addresses = list(ops.ipv4_addresses(index))
+        stale_addresses = [a for a in ops.addresses(index)
+                           if a.version == 4 or not a.ip.is_link_local]
         for address in stale_addresses:
             ops.delete_address(index, address)
         if stale_addresses:
             log.warning("removed stale address%s %s from leftover VMAC %s",
                         "es" if len(stale_addresses) > 1 else "",
                         ", ".join(str(a) for a in stale_addresses), plan.name)
-    # IPv6 off (VRRPv2 is IPv4 only) and no link-local address.
+    # No link-local address generated from the virtual MAC; IPv6 only on an IPv6 VMAC.
     ops.write_sysctl(f"ipv6/conf/{plan.name}/addr_gen_mode", "1")
-    ops.write_sysctl(f"ipv6/conf/{plan.name}/disable_ipv6", "1")
-    for key, value in VMAC_SYSCTLS.items():
-        ops.write_sysctl(f"ipv4/conf/{plan.name}/{key}", value)
-    for key, value in PARENT_SYSCTLS.items():
-        ops.write_sysctl(f"ipv4/conf/{parent}/{key}", value)
+    ops.write_sysctl(f"ipv6/conf/{plan.name}/disable_ipv6", "1" if family == 4 else "0")
+    if family == 4:
+        for key, value in VMAC_SYSCTLS.items():
+            ops.write_sysctl(f"ipv4/conf/{plan.name}/{key}", value)
+        for key, value in PARENT_SYSCTLS.items():
+            ops.write_sysctl(f"ipv4/conf/{parent}/{key}", value)
     ops.set_up(index, True)
+    if family == 6:
+        source = ops.link_local(plan.parent.index)
+        if source is None:
+            raise OSError(errno.EADDRNOTAVAIL,
+                          f"{parent} has no usable link-local address for {plan.name}")
+        for address in ops.addresses(index):
+            if address.version == 6 and address.ip.is_link_local and address.ip != source:
+                ops.delete_address(index, address)  # the parent's changed since
+        ops.add_link_local(index, source)
     return plan.name
 
 

@@ -11,7 +11,7 @@ import errno
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_interface
 
 import trio
 
@@ -206,11 +206,13 @@ class FakeVmacManager:
         self.present: dict[str, tuple[str, int]] = {}
         self.calls: list[tuple[float, str, str]] = []
         self.names = dict(names or {})
+        self.families: dict[str, int] = {}
 
-    async def create(self, parent: str, name: str, vrid: int) -> str:
+    async def create(self, parent: str, name: str, vrid: int, family: int = 4) -> str:
         self.calls.append((_now(), "create", name))
         actual = self.names.get(name, name)
         self.present[actual] = (parent, vrid)
+        self.families[actual] = family
         return actual
 
     async def delete(self, name: str) -> None:
@@ -287,8 +289,9 @@ class FakeLink:
     mac: str = ""
     mode: str | None = None
     up: bool = False
-    addresses: list[IPv4Interface] = field(default_factory=list)
+    addresses: list[IPv4Interface | IPv6Interface] = field(default_factory=list)
     fixed_mode: bool = False  # the fake kernel refuses to change its macvlan mode
+    deprecated: set[IPv6Address] = field(default_factory=set)  # added with preferred_lft 0
 
 
 class FakeLinkOps:
@@ -297,8 +300,10 @@ class FakeLinkOps:
     It enforces what makes leftover VMACs hard: two macvlans of one parent
     with the same MAC cannot both be up (EADDRINUSE), a name is unique
     (EEXIST), and (as on kernels before 6.x) a running interface cannot be
-    renamed (EBUSY).  Deleting a link deletes its macvlan children.  ``ops``
-    records every change made, in order.
+    renamed (EBUSY).  Deleting a link deletes its macvlan children.  As
+    addrconf does, bringing a link up with IPv6 on and addr_gen_mode 0 gives
+    it an EUI-64 link-local address, and IPv6 addresses go when IPv6 is
+    disabled.  ``ops`` records every change made, in order.
     """
 
     def __init__(self) -> None:
@@ -318,7 +323,7 @@ class FakeLinkOps:
         if kind == "macvlan" and mode is None:
             mode = "private"
         self.table[index] = FakeLink(name, kind, parent_index, mac, mode, up,
-                                     [IPv4Interface(a) for a in addresses], fixed_mode)
+                                     [ip_interface(a) for a in addresses], fixed_mode)
         return index
 
     def index(self, name: str) -> int:
@@ -368,7 +373,13 @@ class FakeLinkOps:
                 if (other_index != index and other.up and other.kind == "macvlan"
                         and other.parent == link.parent and other.mac == link.mac):
                     raise OSError(errno.EADDRINUSE, "Address already in use")
+        if up and not link.up and self._ipv6_on(link) and self.sysctls.get(
+                f"ipv6/conf/{link.name}/addr_gen_mode", "0") == "0" and link.mac:
+            link.addresses.append(IPv6Interface((_eui64(link.mac), 64)))
         link.up = up
+
+    def _ipv6_on(self, link: FakeLink) -> bool:
+        return self.sysctls.get(f"ipv6/conf/{link.name}/disable_ipv6", "0") == "0"
 
     def rename(self, index: int, name: str) -> None:
         link = self._link(index)
@@ -389,14 +400,41 @@ class FakeLinkOps:
             raise OSError(errno.EINVAL, "Invalid argument")
         link.mode = "private"
 
-    def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
+    def addresses(self, index: int) -> list[IPv4Interface | IPv6Interface]:
         return list(self._link(index).addresses)
 
-    def delete_address(self, index: int, address: IPv4Interface) -> None:
+    def delete_address(self, index: int, address: IPv4Interface | IPv6Interface) -> None:
         link = self._link(index)
         self.ops.append(("delete_address", link.name, str(address)))
         link.addresses.remove(address)
 
+    def link_local(self, index: int) -> IPv6Address | None:
+        for address in self._link(index).addresses:
+            if address.version == 6 and address.ip.is_link_local:
+                return IPv6Address(address.ip)
+        return None
+
+    def add_link_local(self, index: int, address: IPv6Address) -> None:
+        link = self._link(index)
+        self.ops.append(("add_link_local", link.name, str(address)))
+        if not self._ipv6_on(link):
+            raise OSError(errno.EACCES, "IPv6 is disabled on this interface")
+        interface = IPv6Interface((address, 64))
+        if interface not in link.addresses:
+            link.addresses.append(interface)
+        link.deprecated.add(address)
+
     def write_sysctl(self, path: str, value: str) -> None:
-        if path.split("/")[2] in self.names():  # as /proc/sys/net: only existing interfaces
+        name = path.split("/")[2]
+        if name in self.names():  # as /proc/sys/net: only existing interfaces
             self.sysctls[path] = value
+            if path.endswith("/disable_ipv6") and value == "1":
+                link = self.get(name)
+                link.addresses = [a for a in link.addresses if a.version == 4]
+
+
+def _eui64(mac: str) -> IPv6Address:
+    """The link-local address the kernel derives from ``mac`` (RFC 4291 appendix A)."""
+    octets = bytes.fromhex(mac.replace(":", ""))
+    iid = bytes([octets[0] ^ 0x02]) + octets[1:3] + b"\xff\xfe" + octets[3:]
+    return IPv6Address(b"\xfe\x80" + bytes(6) + iid)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import errno
 import logging
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Address, IPv6Interface
 
 import pytest
 import trio
 import trio.testing
 
 from pyalived.config.model import Config
+from pyalived.vrrp.fsm import State
 from pyalived.vrrp.vmac import (
     LinkInfo,
     plan_vmac,
@@ -27,6 +28,8 @@ from pyalived.vrrp.vmac import (
 )
 from tests.unit.fakes import FakeLinkOps, FakeVmacManager
 from tests.unit.test_instance import VIP, Rig, instance_conf, running
+from tests.unit.test_vrrp_ipv6 import OUR_LL, VIP6, Rig6, conf6
+from tests.unit.test_vrrp_ipv6 import running as running6
 
 MAC51 = "00:00:5e:00:01:33"
 MAC52 = "00:00:5e:00:01:34"
@@ -281,3 +284,112 @@ async def test_instance_uses_the_name_the_vmac_got(
         assert ("vrrp1.51", str(VIP.address)) in rig.addresses.present
     assert rig.vmac.present == {}
     assert [c[1:] for c in rig.vmac.calls] == [("create", "vmac51"), ("delete", "vrrp1.51")]
+
+
+# ---------------------------------------------------------------- IPv6 (RFC 5798 §7.3)
+
+MAC6_52 = "00:00:5e:00:02:34"
+PARENT_LL = "fe80::ff:fe00:b"
+
+
+def host6() -> FakeLinkOps:
+    """A host whose eth0 has its link-local address (and an IPv4 one)."""
+    ops = FakeLinkOps()
+    ops.add("lo", up=True)
+    ops.add("eth0", kind="veth", mac="02:00:00:00:00:0b", up=True,
+            addresses=("198.18.0.11/24", f"{PARENT_LL}/64", "fd00:198:18::11/64"))
+    return ops
+
+
+def assert_ready6(ops: FakeLinkOps, name: str, *, alone: bool = True) -> None:
+    """An IPv6 VMAC as keepalived 2.2.7 makes one: up, IPv6 on, no address of its own
+    (addr_gen_mode 1), the parent's link-local deprecated, no IPv4 sysctls."""
+    link = ops.get(name)
+    assert (link.kind, link.parent, link.mac, link.mode, link.up) == (
+        "macvlan", ops.index("eth0"), MAC6_52, "private", True)
+    assert [str(a) for a in link.addresses] == [f"{PARENT_LL}/64"]
+    assert link.deprecated == {IPv6Address(PARENT_LL)}
+    parent = "/eth0/" if alone else "/none/"  # an IPv4 VMAC sets the parent's
+    assert {k: v for k, v in ops.sysctls.items() if f"/{name}/" in k or parent in k} == {
+        f"ipv6/conf/{name}/addr_gen_mode": "1", f"ipv6/conf/{name}/disable_ipv6": "0"}
+
+
+def test_fresh_ipv6_vmac_carries_the_parent_s_link_local() -> None:
+    ops = host6()
+    assert prepare_vmac(ops, "eth0", "vrrp.52", 52, family=6) == "vrrp.52"
+    assert ops.ops[0] == ("add_macvlan", "vrrp.52", ops.index("eth0"), MAC6_52)
+    assert_ready6(ops, "vrrp.52")
+    # The sysctls come before the link goes up, else the kernel would give it
+    # an address of its own from the virtual MAC.
+    assert ops.ops.index(("set_up", "vrrp.52", True)) < ops.ops.index(
+        ("add_link_local", "vrrp.52", PARENT_LL))
+
+
+def test_ipv6_vmac_waits_for_the_parent_s_link_local() -> None:
+    """Right after the parent came up its link-local address is still tentative:
+    the attempt fails (and is retried by the caller) and the next one finishes."""
+    ops = host6()
+    eth0 = ops.get("eth0")
+    eth0.addresses = [a for a in eth0.addresses if not (a.version == 6 and a.ip.is_link_local)]
+    with pytest.raises(OSError) as failed:
+        prepare_vmac(ops, "eth0", "vrrp.52", 52, family=6)
+    assert failed.value.errno == errno.EADDRNOTAVAIL
+    eth0.addresses.append(IPv6Interface(f"{PARENT_LL}/64"))
+    assert prepare_vmac(ops, "eth0", "vrrp.52", 52, family=6) == "vrrp.52"
+    assert_ready6(ops, "vrrp.52")
+
+
+def test_ipv6_leftover_keeps_no_vip_and_takes_the_parent_s_current_link_local(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ops = host6()
+    index = leftover(ops, "vrrp.52", mac=MAC6_52, addresses=(
+        "fd00:198:18::100/64", "fe80::dead/64", "198.18.0.100/24"))
+    assert prepare_vmac(ops, "eth0", "vrrp.52", 52, family=6) == "vrrp.52"
+    assert ops.index("vrrp.52") == index
+    assert_ready6(ops, "vrrp.52")
+    assert ("removed stale addresses fd00:198:18::100/64, 198.18.0.100/24 "
+            "from leftover VMAC vrrp.52") in warnings(caplog)
+
+
+def test_ipv4_and_ipv6_vmacs_of_one_vrid_live_side_by_side(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both instances of a dual-stack VRID asked for vrrp.52: the second one
+    neither adopts nor deletes the first one's VMAC, it takes another name."""
+    ops = host6()
+    assert prepare_vmac(ops, "eth0", "vrrp.52", 52, family=6) == "vrrp.52"
+    with caplog.at_level(logging.INFO):
+        got = prepare_vmac(ops, "eth0", "vrrp.52", 52, family=4, claimed={"vrrp.52"})
+    assert got == "vrrp1.52"
+    assert_ready6(ops, "vrrp.52", alone=False)
+    assert ops.get("vrrp1.52").mac == MAC52 and ops.get("vrrp1.52").up
+    assert not any(op[0] == "delete" for op in ops.ops)
+    assert warnings(caplog) == []
+    # Unclaimed (the previous run's IPv6 instance of this VRID is gone), the
+    # same interface is a leftover under the name, and is replaced.
+    ops = host6()
+    prepare_vmac(ops, "eth0", "vrrp.52", 52, family=6)
+    assert prepare_vmac(ops, "eth0", "vrrp.52", 52, family=4) == "vrrp.52"
+    assert ops.get("vrrp.52").mac == MAC52
+
+
+async def test_ipv6_instance_sends_receives_and_announces_on_its_vmac(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """As keepalived: the VMAC is made for IPv6, the adverts leave by it from the
+    parent's link-local address, and the VIP and its NAs are on it."""
+    rig = Rig6()
+    conf = conf6(use_vmac=True, priority=100)
+    async with running6(rig, Config(vrrp_instances=(conf,))) as ((inst,), _start):
+        assert rig.ports.vmac.present == {"vrrp.52": ("eth0", 52)}  # type: ignore[attr-defined]
+        assert rig.ports.vmac.families == {"vrrp.52": 6}  # type: ignore[attr-defined]
+        await trio.sleep(4)
+        assert inst.state is State.MASTER
+        sent = rig.sockets.advert6["vrrp.52"].sent
+        assert sent and {s.src for s in sent} == {OUR_LL}
+        assert rig.sockets.garp["vrrp.52"].sent_na[0].ips == (VIP6.ip,)
+        assert ("vrrp.52", str(VIP6.address)) in rig.addresses.present
+        assert "eth0" not in rig.sockets.advert6
+    assert [c[1:] for c in rig.ports.vmac.calls] == [  # type: ignore[attr-defined]
+        ("create", "vrrp.52"), ("delete", "vrrp.52")]

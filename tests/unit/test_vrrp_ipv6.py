@@ -24,8 +24,9 @@ from pyalived.reload import instance_key
 from pyalived.vrrp import packet
 from pyalived.vrrp.fsm import State, master_down_interval_v3
 from pyalived.vrrp.instance import Instance
-from pyalived.vrrp.ndisc import build_na_frame, na_message, vmac_address6
+from pyalived.vrrp.ndisc import build_na_frame, na_message
 from pyalived.vrrp.runtime import VrrpPorts, run_vrrp
+from pyalived.vrrp.vmac import vmac_mac
 from tests.unit.fakes import (
     FakeAddressManager,
     FakeLinkWatcher,
@@ -149,13 +150,38 @@ def test_global_ipv6_keywords(tmp_path: Path) -> None:
     assert any("is not multicast" in d for d in diags)
 
 
-def test_use_vmac_is_not_supported_for_ipv6_yet(tmp_path: Path) -> None:
+def test_use_vmac_on_an_ipv6_instance(tmp_path: Path) -> None:
     config, diags = load(tmp_path, instance(
         "    use_vmac\n    virtual_ipaddress {\n        fd00:198:18::7\n    }\n"
     ))  # fmt: skip
-    assert config is not None
-    assert not config.vrrp_instances[0].use_vmac
-    assert any("use_vmac with IPv6 is not supported yet" in d for d in diags)
+    assert config is not None, diags
+    assert not [d for d in diags if "vmac" in d]
+    (inst,) = config.vrrp_instances
+    assert (inst.use_vmac, inst.effective_vmac_name) == (True, "vrrp.5")
+
+
+@pytest.mark.parametrize(("first", "names"), [
+    ("V4", {"V4": "vrrp.5", "V6": "vrrp6.5"}),
+    # keepalived: the IPv6 instance, first, keeps vrrp.5; the IPv4 one finds the
+    # name taken when it creates its VMAC, and gets another (pyalived.vrrp.vmac).
+    ("V6", {"V6": "vrrp.5", "V4": "vrrp.5"}),
+])
+def test_default_vmac_names_of_a_dual_stack_vrid(tmp_path: Path, first: str,
+                                                   names: dict[str, str]) -> None:
+    blocks = {
+        "V4": instance("    use_vmac\n    virtual_ipaddress {\n        198.18.0.5\n    }\n",
+                       name="V4", head=""),
+        "V6": instance("    use_vmac\n    virtual_ipaddress {\n        fd00:198:18::5\n    }\n",
+                       name="V6", head=""),
+    }
+    second = "V6" if first == "V4" else "V4"
+    config, diags = load(tmp_path, HEAD + blocks[first] + blocks[second])
+    assert config is not None, diags
+    assert {i.name: i.effective_vmac_name for i in config.vrrp_instances} == names
+    named = blocks["V6"].replace("use_vmac", "use_vmac v6mac")
+    config, diags = load(tmp_path, HEAD + blocks["V4"] + named)
+    assert config is not None, diags
+    assert [i.effective_vmac_name for i in config.vrrp_instances] == ["vrrp.5", "v6mac"]
 
 
 def test_an_ipv6_vip_has_no_broadcast(tmp_path: Path) -> None:
@@ -203,7 +229,8 @@ def test_na_router_flag_and_checksum() -> None:
 
 
 def test_ipv6_vmac() -> None:
-    assert vmac_address6(51) == bytes.fromhex("00005e000233")
+    assert vmac_mac(51, 6) == "00:00:5e:00:02:33"  # RFC 5798 §7.3
+    assert vmac_mac(51, 4) == "00:00:5e:00:01:33"
 
 
 # ----------------------------------------------------------------------------- driver
