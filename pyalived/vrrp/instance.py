@@ -225,6 +225,7 @@ class Instance:
         multicast_group: IPv4Address = packet.VRRP_MCAST_GROUP,
         multicast_group6: IPv6Address = packet.VRRP_MCAST_GROUP6,
         script_user: str | None = None,
+        script_group: str | None = None,
         machine_factory: Callable[[MachineConfig], VrrpMachine] = VrrpMachine,
         wakeup: Wakeup | None = None,
     ) -> None:
@@ -240,6 +241,7 @@ class Instance:
         self._vmac = vmac if conf.use_vmac else None
         self._links = links
         self._script_user = script_user
+        self._script_group = script_group
         self.proto = advert_proto(conf)
         self._use_vmac_name(conf.effective_vmac_name)
         self._multicast_group6 = multicast_group6
@@ -802,7 +804,7 @@ class Instance:
     def _notify(self, state: State) -> None:
         priority = self._stop_priority if state is State.INIT else self.machine.effective_priority
         for argv in notify_commands(self.conf.notify, state, "INSTANCE", self.name, priority):
-            self._scripts.notify(argv, self._script_user)
+            self._scripts.notify(argv, self._script_user, self._script_group)
 
     async def _stop(self) -> None:
         if self.started:

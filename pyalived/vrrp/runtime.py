@@ -116,6 +116,7 @@ def build_instances(
             multicast_group=gd.vrrp_mcast_group4,
             multicast_group6=gd.vrrp_mcast_group6,
             script_user=gd.script_user,
+            script_group=gd.script_group,
             machine_factory=machine_for(conf),
             wakeup=ports.wakeup,
         )
@@ -124,7 +125,8 @@ def build_instances(
     by_name = {inst.name: inst for inst in instances}
     for group_conf in wired:
         follower = _SyncFollower(
-            groups[group_conf.group[0]], group_conf, by_name, ports.scripts, gd.script_user
+            groups[group_conf.group[0]], group_conf, by_name, ports.scripts,
+            gd.script_user, gd.script_group,
         )
         for member in group_conf.group:
             by_name[member].state_listeners.append(follower)
@@ -155,12 +157,14 @@ class _SyncFollower:
         members: dict[str, Instance],
         scripts: ScriptRunner,
         script_user: str | None,
+        script_group: str | None = None,
     ) -> None:
         self._sync = sync
         self._conf = conf
         self._members = members
         self._scripts = scripts
         self._user = script_user
+        self._group = script_group
         self._notified: State | None = None
 
     def __call__(self, inst: Instance, change: StateChanged) -> None:
@@ -175,7 +179,7 @@ class _SyncFollower:
 
     def _notify_group(self, state: State) -> None:
         for argv in notify_commands(self._conf.notify, state, "GROUP", self._conf.name):
-            self._scripts.notify(argv, self._user)
+            self._scripts.notify(argv, self._user, self._group)
 
 
 class VrrpRuntime:
@@ -330,6 +334,7 @@ class VrrpRuntime:
                 self.ports.scripts,
                 self._script_subs[script.name],
                 default_user=self.config.global_defs.script_user,
+                default_group=self.config.global_defs.script_group,
                 task_status=task_status,
             )
 

@@ -251,6 +251,7 @@ class ScriptCall:
     argv: tuple[str, ...]
     user: str | None
     timeout: float | None = None
+    group: str | None = None
 
 
 @dataclass
@@ -266,8 +267,9 @@ class FakeScriptRunner:
     runs: list[ScriptCall] = field(default_factory=list)
     notified: list[ScriptCall] = field(default_factory=list)
 
-    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None) -> int:
-        self.runs.append(ScriptCall(_now(), tuple(argv), user, timeout))
+    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None,
+                  group: str | None = None) -> int:
+        self.runs.append(ScriptCall(_now(), tuple(argv), user, timeout, group))
         duration = self.durations.get(argv[0], 0.0)
         if timeout is not None and duration > timeout:
             await trio.sleep(timeout)
@@ -277,8 +279,8 @@ class FakeScriptRunner:
         result = self.results.get(argv[0], 0)
         return result() if callable(result) else result
 
-    def notify(self, argv: Sequence[str], user: str | None) -> None:
-        self.notified.append(ScriptCall(_now(), tuple(argv), user))
+    def notify(self, argv: Sequence[str], user: str | None, group: str | None = None) -> None:
+        self.notified.append(ScriptCall(_now(), tuple(argv), user, group=group))
 
 
 @dataclass
