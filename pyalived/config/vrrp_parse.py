@@ -68,7 +68,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_interface
 
 from pyalived.config.diagnostics import Category
-from pyalived.config.keywords import Block, Keywords, field, user_fields
+from pyalived.config.keywords import Block, Keywords, field, user_fields, writes
 from pyalived.config.model import (
     Authentication,
     AuthType,
@@ -271,6 +271,7 @@ def _script_weight(r: ValueReader, node: Node) -> int | None:
     return weight
 
 
+@writes("advert_int")
 def _advert_int(block: _Instance, node: Node) -> None:
     """``advert_int``, applied by ``_advert_interval`` once the version is known."""
     value = block.r.number(node, 0.001, 255)
@@ -342,6 +343,7 @@ def _authentication(r: ValueReader, node: Node) -> Authentication | None:
     return Authentication(auth_type, password)
 
 
+@writes("interface")
 def _interface(block: _Instance, node: Node) -> None:
     name = block.r.one(node)
     if name is not None:
@@ -354,19 +356,23 @@ def _interface(block: _Instance, node: Node) -> None:
             )
 
 
+@writes("virtual_router_id")
 def _virtual_router_id(block: _Instance, node: Node) -> None:
     block.vrid = block.r.integer(node, 1, 255)
     block.ok = block.ok and block.vrid is not None
 
 
+@writes("virtual_ipaddress")
 def _virtual_ipaddress(block: _Instance, node: Node) -> None:
     block.vips.extend(_vips(block.r, node))
 
 
+@writes("virtual_ipaddress_excluded")
 def _virtual_ipaddress_excluded(block: _Instance, node: Node) -> None:
     block.vips_excluded.extend(_vips(block.r, node))
 
 
+@writes("unicast_peer")
 def _unicast_peer(block: _Instance, node: Node) -> None:
     r = block.r
     for m in r.block(node):
@@ -381,6 +387,7 @@ def _unicast_peer(block: _Instance, node: Node) -> None:
             )
 
 
+@writes("use_vmac", "vmac_name")
 def _use_vmac(block: _Instance, node: Node) -> None:
     block.r.no_block(node)
     block.fields["use_vmac"] = True
@@ -388,11 +395,13 @@ def _use_vmac(block: _Instance, node: Node) -> None:
         block.fields["vmac_name"] = node.values[0]
 
 
+@writes("master", "backup", "fault", "stop", "generic")
 def _notify(block: _Tracking, node: Node) -> None:
     """A notify script; a bad line unsets the script given before."""
     block.notify[_NOTIFY_KEYS[node.name]] = block.r.script(node)
 
 
+@writes("track_script")
 def _track_script(block: _Tracking, node: Node) -> None:
     for m in block.r.block(node):
         res = block.r.weighted(m, "track_script")
@@ -400,6 +409,7 @@ def _track_script(block: _Tracking, node: Node) -> None:
             block.track_script.append(TrackScriptRef(res[0], res[1], m.location))
 
 
+@writes("track_interface")
 def _track_interface(block: _Tracking, node: Node) -> None:
     r = block.r
     for m in r.block(node):
@@ -415,6 +425,7 @@ def _track_interface(block: _Tracking, node: Node) -> None:
         block.track_interface.append(TrackInterface(res[0], res[1] or 0, m.location))
 
 
+@writes("group")
 def _group(block: _SyncGroup, node: Node) -> None:
     for m in block.r.block(node):
         block.r.no_block(m)
