@@ -38,6 +38,8 @@ from typing import Any, Protocol
 
 import trio
 
+from pyalived.tuning import spawn_options
+
 log = logging.getLogger("pyalived.scripts")
 
 TIMEOUT_STATUS = -1
@@ -142,6 +144,7 @@ class TrioScriptRunner:
                 start_new_session=True,
                 close_fds=True,
                 **_identity(user, group),
+                **spawn_options(),
             )
         except OSError as exc:
             log.warning("cannot run %s: %s", argv[0] if argv else "<empty>", exc)

@@ -209,6 +209,17 @@ class GlobalDefs:
     enable_script_security: bool = False
     vrrp_strict: bool = False
     vrrp_skip_check_adv_addr: bool = False
+    # The children's scheduling and memory (pyalived.tuning); None/False/(): untouched.
+    vrrp_priority: int | None = None
+    checker_priority: int | None = None
+    vrrp_rt_priority: int | None = None
+    checker_rt_priority: int | None = None
+    vrrp_rlimit_rttime: int | None = None  # microseconds
+    checker_rlimit_rttime: int | None = None
+    vrrp_no_swap: bool = False
+    checker_no_swap: bool = False
+    vrrp_cpu_affinity: tuple[int, ...] = ()
+    checker_cpu_affinity: tuple[int, ...] = ()
     location: Location = NOWHERE
 
 

@@ -64,6 +64,7 @@ with keepalived 2.2.7's limits and diagnostics (``keepalived -t``):
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_interface
 
@@ -103,9 +104,8 @@ UNSUPPORTED_GLOBAL = frozenset(
     smtp_alert smtp_alert_vrrp smtp_alert_checker no_email_faults email_faults lvs_id
     lvs_sync_daemon lvs_flush lvs_flush_onstop lvs_timeouts lvs_timeout default_interface
     dynamic_interfaces vrrp_iptables vrrp_ipsets vrrp_check_unicast_src
-    vrrp_priority checker_priority bfd_priority vrrp_no_swap
-    checker_no_swap bfd_no_swap vrrp_rt_priority checker_rt_priority bfd_rt_priority
-    vrrp_rlimit_rtime checker_rlimit_rtime bfd_rlimit_rtime snmp_socket enable_snmp_vrrp
+    bfd_priority bfd_no_swap bfd_rt_priority bfd_rlimit_rtime bfd_rlimit_rttime
+    bfd_cpu_affinity snmp_socket enable_snmp_vrrp
     enable_snmp_keepalived enable_snmp_checker enable_snmp_rfc enable_snmp_rfcv2
     enable_snmp_rfcv3 enable_traps enable_dbus enable_dbus_create_instance notify_fifo
     notify_fifo_script vrrp_notify_fifo vrrp_notify_fifo_script lvs_notify_fifo
@@ -199,6 +199,70 @@ class _SyncGroup(_Tracking):
 def _version(r: ValueReader, node: Node) -> int | None:
     """``vrrp_version`` / ``version``: 2 (RFC 3768) or 3 (RFC 5798)."""
     return r.integer(node, 2, 3)
+
+
+def _whole(r: ValueReader, node: Node) -> int | None:
+    """One whole number; anything else is warned about and ignored (keepalived's way
+    with the process settings below)."""
+    text = r.one(node)
+    if text is None:
+        return None
+    try:
+        return int(text, 10)
+    except ValueError:
+        r.sink.warning(node.location, f"{node.name}: '{text}' is not a whole number; ignored")
+        return None
+
+
+def _nice(r: ValueReader, node: Node) -> int | None:
+    """``vrrp_priority`` / ``checker_priority``: a nice value; out of range, ignored."""
+    value = _whole(r, node)
+    if value is not None and not -20 <= value <= 19:
+        r.sink.warning(node.location, f"{node.name} {value} is outside [-20, 19]; ignored")
+        return None
+    return value
+
+
+def _rt_priority(r: ValueReader, node: Node) -> int | None:
+    """``vrrp_rt_priority`` / ``checker_rt_priority``: 1..99, clamped as keepalived does."""
+    value = _whole(r, node)
+    if value is None:
+        return None
+    clamped = min(max(value, 1), 99)
+    if clamped != value:
+        r.sink.warning(node.location, f"{node.name} {value} is outside [1, 99]; "
+                       f"using {clamped}")
+    return clamped
+
+
+def _rlimit_rttime(r: ValueReader, node: Node) -> int | None:
+    """``*_rlimit_rttime`` (and keepalived's older spelling ``*_rlimit_rtime``): µs."""
+    value = _whole(r, node)
+    if value is not None and value < 1:
+        r.sink.warning(node.location, f"{node.name} {value} is not a positive number; ignored")
+        return None
+    return value
+
+
+def _cpu_affinity(r: ValueReader, node: Node) -> tuple[int, ...] | None:
+    """``vrrp_cpu_affinity CPU...``: this host's CPU numbers; a bad one is ignored."""
+    r.no_block(node)
+    cpus = os.cpu_count() or 1
+    found: list[int] = []
+    for word in node.values:
+        try:
+            cpu = int(word, 10)
+        except ValueError:
+            r.sink.warning(node.location, f"{node.name}: '{word}' is not a CPU number; ignored")
+            continue
+        if not 0 <= cpu < cpus:
+            r.sink.warning(node.location,
+                           f"{node.name}: CPU {cpu} is outside [0, {cpus - 1}]; ignored")
+            continue
+        found.append(cpu)
+    if not node.values:
+        r.sink.warning(node.location, f"{node.name} needs CPU numbers")
+    return tuple(found) if found else None
 
 
 def _old_unicast_checksum(r: ValueReader, node: Node) -> OldUnicastChecksum | None:
@@ -516,6 +580,17 @@ _GLOBAL_DEFS = Keywords[Block](
         "enable_script_security": field("enable_script_security", ValueReader.flag),
         "vrrp_strict": field("vrrp_strict", ValueReader.flag),
         "vrrp_skip_check_adv_addr": field("vrrp_skip_check_adv_addr", ValueReader.flag),
+        # The VRRP and checker children's scheduling and memory (pyalived.tuning).
+        **{f"{half}_{name}": field(f"{half}_{key}", read)
+           for half in ("vrrp", "checker")
+           for name, key, read in (
+               ("priority", "priority", _nice),
+               ("rt_priority", "rt_priority", _rt_priority),
+               ("rlimit_rttime", "rlimit_rttime", _rlimit_rttime),
+               ("rlimit_rtime", "rlimit_rttime", _rlimit_rttime),
+               ("no_swap", "no_swap", ValueReader.flag),
+               ("cpu_affinity", "cpu_affinity", _cpu_affinity),
+           )},
     },
     UNSUPPORTED_GLOBAL,
 )
