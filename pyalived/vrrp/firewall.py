@@ -31,7 +31,8 @@ elements; a reload that changes them (or the first batch after a start)
 replaces the tables whole in one transaction, so the leftovers of a killed
 daemon are replaced, never duplicated.  A failed batch is logged and the
 state tried again every ``RETRY_INTERVAL`` seconds by ``run`` until it
-applies; ``close`` deletes the tables on stop.
+applies (at most one error line per ``ERROR_LOG_INTERVAL``); ``close``
+deletes the tables on stop.
 
 The driver (``pyalived.vrrp.instance``) blocks an instance's VIPs before
 adding them to the interface and unblocks them after removing them, so a
@@ -49,12 +50,14 @@ from typing import Any
 import trio
 
 from pyalived.config.model import Config, VirtualIP, VrrpInstance
+from pyalived.limits import LogThrottle
 from pyalived.vrrp.ports import FirewallError, NftRunner
 
 log = logging.getLogger("pyalived.vrrp")
 
 RETRY_INTERVAL = 1.0  # seconds between attempts at a batch that failed
 CLOSE_ATTEMPTS = 3  # attempts at deleting the tables on stop
+ERROR_LOG_INTERVAL = 10.0  # seconds between two log lines about failing batches
 LINK_LOCAL = IPv6Network("fe80::/10")
 
 JsonCmd = dict[str, Any]
@@ -251,6 +254,7 @@ class VipFirewall:
         self._ok = True  # False while the kernel lags behind the desired state
         self._wake = trio.Event()  # set when a batch fails, for ``run``
         self._touched = False  # anything was ever asked of the kernel
+        self._errors = LogThrottle(log, ERROR_LOG_INTERVAL, trio.current_time)
 
     @property
     def in_sync(self) -> bool:
@@ -295,8 +299,8 @@ class VipFirewall:
             try:
                 await self._runner.run(cmds)
             except FirewallError as exc:
-                log.error("nftables: setting the VIP drop rules failed (retrying every %gs): %s",
-                          self._retry_interval, exc)
+                self._errors.log(logging.ERROR, "nftables: setting the VIP drop rules failed"
+                                 " (retrying every %gs): %s", self._retry_interval, exc)
                 self._ok = False
                 self._wake.set()
                 return False

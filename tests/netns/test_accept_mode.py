@@ -36,12 +36,13 @@ SETTLE = 30.0
 PORT = 8080
 VIP1, VIP2 = "198.18.0.100", "198.18.0.101"
 
-# A TCP service on every address of the router, as a director's real service would be.
+# A TCP service on every address of the router (IPv4 and IPv6), as a director's would be.
 LISTENER = f"""
 import socket
-s = socket.socket()
+s = socket.socket(socket.AF_INET6)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", {PORT}))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", {PORT}))
 s.listen(16)
 while True:
     c, _ = s.accept()
@@ -210,7 +211,10 @@ def test_sigkill_leftovers_are_replaced_not_duplicated(make_lab: MakeLab) -> Non
              and vips_in_set(lab, ours, "ip6") == {"fd00:198:18::100"}, SETTLE,
              what="both VIPs in their sets again")
     assert count_copies(lab, ours) == first
-    assert not lab.ping(client, VIP1, count=2, wait=1.0)
+    listen(lab, ours)
+    assert not reachable(lab, client, VIP1)
+    assert not tcp_ok(lab, client, "fd00:198:18::100")
+    assert tcp_ok(lab, client, "fd00:198:18::11")  # the router's own IPv6 address answers
     assert ours.daemon is not None
     ours.daemon.terminate()
     assert ours.daemon.wait(20.0) == 0

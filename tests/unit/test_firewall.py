@@ -6,6 +6,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv6Interface, ip_address
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -142,7 +143,7 @@ async def test_firewall_replaces_leftovers_and_keeps_one_copy() -> None:
 
 
 async def test_a_failed_batch_is_retried_every_second(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture,
 ) -> None:
     nft = FakeNft()
     fw = VipFirewall(nft, BOTH)
@@ -157,6 +158,12 @@ async def test_a_failed_batch_is_retried_every_second(
         assert fw.in_sync and nft.elements() == {"198.18.0.100"}
         times = [t - start for t, _ in nft.batches[1:]]
         assert times == [0, RETRY_INTERVAL, 2 * RETRY_INTERVAL]
+        # One error line for the two failures a second apart, one line once it works.
+        lines = [r.getMessage() for r in caplog.records if "nftables" in r.getMessage()]
+        assert [line.split(":")[1].strip() for line in lines[-2:]] == [
+            "setting the VIP drop rules failed (retrying every 1s)",
+            "the VIP drop rules are set"]
+        assert len([line for line in lines if "failed" in line]) == 1
         nursery.cancel_scope.cancel()
 
 
