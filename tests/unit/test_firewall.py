@@ -255,3 +255,20 @@ async def test_reload_moves_the_table_and_switches_accept_in_place(
         assert [c.op for c in rig.addresses.calls] == ["remove", "add"]
         nursery.cancel_scope.cancel()
     assert nft.tables == {}
+
+
+async def test_the_data_dump_shows_the_accept_mode(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from pyalived import dump
+
+    rig = Rig()
+    config = Config(vrrp_instances=(
+        strict_instance(), strict_instance(name="VI_2", virtual_router_id=52, accept=True)))
+    async with trio.open_nursery() as nursery:
+        runtime = await nursery.start(VrrpRuntime(config, rig.ports, rig.counters).run)
+        text = dump.format_data(runtime.instances, trio.current_time())
+        nursery.cancel_scope.cancel()
+    vi1, vi2 = (next(b for b in text.split("\n\n") if f"VRRP instance {n}" in b)
+                for n in ("VI_1", "VI_2"))
+    assert "Accept               = no" in vi1 and "Accept               = yes" in vi2
