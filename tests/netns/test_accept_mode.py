@@ -6,8 +6,9 @@ while the master still hears its peer's adverts and elects correctly.  The
 peer is keepalived 2.2.7.  Alongside, an instance with ``accept`` answers on
 its VIP.  The rules are read back with ``nft -j list ruleset`` inside the
 router's namespace (nft's own JSON, nothing parsed from its text output);
-they are gone after SIGTERM, and after a SIGKILL a restarted daemon replaces
-what was left instead of adding a second copy.  A reload that switches
+they are gone after SIGTERM, and after a SIGKILL (of the VRRP process, which
+the parent restarts, or of the whole daemon) the new process replaces what
+was left instead of adding a second copy.  A reload that switches
 accept modes updates the sets in place: the table keeps its handle, and the
 VIPs stay configured throughout.
 """
@@ -15,16 +16,18 @@ VIPs stay configured throughout.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pyalived.lab import KEEPALIVED, Lab, Node, VrrpSpec, wait_for
+from pyalived.lab import KEEPALIVED, REPO_ROOT, Lab, Node, VrrpSpec, daemon_argv, wait_for
 
 pytestmark = [
     pytest.mark.netns,
@@ -179,6 +182,26 @@ def test_accept_answers_no_accept_drops_and_reload_swaps_in_place(make_lab: Make
     assert "0 restarted" in ours.daemon.log_text()  # applied in place
 
 
+def start_with_vrrp_pid(lab: Lab, node: Node, config: str, vrrp_pid: Path) -> None:
+    """pyalived as ``Lab.start_daemon`` runs it, also writing the VRRP child's pid."""
+    argv = [*daemon_argv("pyalived", lab.write_config(node, config), lab.workdir / node.name),
+            "-r", str(vrrp_pid)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    node.daemon = lab.spawn(node, argv, f"{node.name}-pyalived", env=env)
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def table_handles(lab: Lab, node: Node) -> set[tuple[str, int]]:
+    return {(t["family"], int(t["handle"])) for t in objects(ruleset(lab, node), "table")}
+
+
 def count_copies(lab: Lab, node: Node) -> tuple[int, int, int]:
     """(tables, sets, rules) of pyalived's firewall in ``node``."""
     rules = ruleset(lab, node)
@@ -194,13 +217,25 @@ def test_sigkill_leftovers_are_replaced_not_duplicated(make_lab: MakeLab) -> Non
     lab.ip(client, "addr", "add", "fd00:198:18::201/64", "dev", "eth0", "nodad")
     config = strict_config("r1", VrrpSpec(priority=100, vips=(f"{VIP1}/24",)), VrrpSpec(
         priority=100, name="VI_6", vrid=61, vips=("fd00:198:18::100/64",)))
-    lab.start_daemon(ours, config)
+    vrrp_pid = lab.workdir / "r1.vrrp.pid"
+    start_with_vrrp_pid(lab, ours, config, vrrp_pid)
     lab.wait_sole_holder(ours, VIP1)
     wait_for(lambda: vips_in_set(lab, ours) == {VIP1}
              and vips_in_set(lab, ours, "ip6") == {"fd00:198:18::100"}, SETTLE,
              what="both VIPs in their sets")
     first = count_copies(lab, ours)
     assert first == (2, 4, 2 + 8), ruleset(lab, ours)
+    assert not lab.ping(client, VIP1, count=2, wait=1.0)
+    # The VRRP process crashes; the parent starts a new one, which replaces the tables
+    # (new handles) and fills them again once MASTER: still one copy.
+    handles = table_handles(lab, ours)
+    child = wait_for(lambda: read_pid(vrrp_pid), SETTLE, what="the VRRP child's pid")
+    os.kill(child, signal.SIGKILL)
+    wait_for(lambda: read_pid(vrrp_pid) not in (None, child), SETTLE, what="a new VRRP child")
+    wait_for(lambda: table_handles(lab, ours) != handles and vips_in_set(lab, ours) == {VIP1}
+             and vips_in_set(lab, ours, "ip6") == {"fd00:198:18::100"}, SETTLE,
+             what="the tables replaced and filled again")
+    assert count_copies(lab, ours) == first
     assert not lab.ping(client, VIP1, count=2, wait=1.0)
     # A crash: nothing cleans up, the rules stay.
     lab.crash(ours)
