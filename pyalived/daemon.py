@@ -62,7 +62,7 @@ from pyalived.sdnotify import Notifier, run_watchdog
 from pyalived.tuning import Tuner
 from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.instance import Instance
-from pyalived.vrrp.ports import AdvertSocket, GarpSocket
+from pyalived.vrrp.ports import AdvertSocket, GarpSocket, NftRunner
 from pyalived.vrrp.runtime import VrrpPorts, VrrpRuntime
 
 if TYPE_CHECKING:
@@ -139,6 +139,18 @@ def _primary_ip(ifname: str) -> IPv4Address:
     return IPv4Address(ip)
 
 
+def _nft_runner(config: Config) -> NftRunner | None:
+    """nftables for the no_accept VIPs; missing nftables is logged when it is needed."""
+    from pyalived.vrrp import nftables
+    from pyalived.vrrp.firewall import blocks
+
+    runner = nftables.default_runner()
+    if runner is None and any(blocks(inst) for inst in config.vrrp_instances):
+        log.error("no_accept (or vrrp_strict) is configured but nftables is not available"
+                  " (libnftables or nft): the VIPs will not be blocked")
+    return runner
+
+
 @asynccontextmanager
 async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
     """The real ports: raw sockets, netlink, script runner and exact timer wake-ups."""
@@ -160,6 +172,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
             scripts=runner,
             primary_ip=_primary_ip,
             wakeup=timers,
+            nft=_nft_runner(config),
         )
         nursery.cancel_scope.cancel()
 

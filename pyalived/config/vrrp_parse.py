@@ -59,6 +59,14 @@ with keepalived 2.2.7's limits and diagnostics (``keepalived -t``):
   authentication. Ignoring.").
 * ``old_unicast_checksum [never]`` chooses the checksum of unicast VRRPv3
   adverts over IPv4 (``OldUnicastChecksum``; see ``pyalived.vrrp.packet``).
+
+Accept mode (RFC 5798 Accept_Mode) is settled with the other ``vrrp_strict``
+consequences: ``accept`` / ``no_accept`` as written, by default accept unless
+``vrrp_strict``; the address owner always accepts; under ``vrrp_strict`` a
+VRRPv2 instance's ``accept`` is warned about and dropped, as keepalived does.
+``nftables [TABLE]``, ``nftables_priority``, ``nftables_counters`` and
+``nftables_ifindex`` configure the firewall (``pyalived.vrrp.firewall``);
+``vrrp_iptables`` / ``vrrp_ipsets`` are warned about: nftables is used.
 """
 
 from __future__ import annotations
@@ -103,15 +111,14 @@ UNSUPPORTED_GLOBAL = frozenset(
     """notification_email notification_email_from smtp_server smtp_connect_timeout smtp_helo
     smtp_alert smtp_alert_vrrp smtp_alert_checker no_email_faults email_faults lvs_id
     lvs_sync_daemon lvs_flush lvs_flush_onstop lvs_timeouts lvs_timeout default_interface
-    dynamic_interfaces vrrp_iptables vrrp_ipsets vrrp_check_unicast_src
+    dynamic_interfaces vrrp_check_unicast_src
     bfd_priority bfd_no_swap bfd_rt_priority bfd_rlimit_rtime bfd_rlimit_rttime
     bfd_cpu_affinity snmp_socket enable_snmp_vrrp
     enable_snmp_keepalived enable_snmp_checker enable_snmp_rfc enable_snmp_rfcv2
     enable_snmp_rfcv3 enable_traps enable_dbus enable_dbus_create_instance notify_fifo
     notify_fifo_script vrrp_notify_fifo vrrp_notify_fifo_script lvs_notify_fifo
     lvs_notify_fifo_script process_names process_name vrrp_process_name checker_process_name
-    bfd_process_name max_auto_priority min_auto_priority_delay nftables nftables_priority
-    nftables_counters nftables_ifindex nftables_ifname vrrp_startup_delay
+    bfd_process_name max_auto_priority min_auto_priority_delay vrrp_startup_delay
     vrrp_higher_prio_send_advert vrrp_lower_prio_no_advert vrrp_min_garp
     vrrp_netlink_cmd_rcv_bufs vrrp_netlink_cmd_rcv_bufs_force vrrp_netlink_monitor_rcv_bufs
     vrrp_netlink_monitor_rcv_bufs_force vrrp_rx_bufs_policy vrrp_rx_bufs_multiplier
@@ -127,8 +134,8 @@ UNSUPPORTED_GLOBAL = frozenset(
     local_name instance net_namespace use_symlink_paths""".split()
 )
 UNSUPPORTED_INSTANCE = frozenset(
-    """native_ipv6 virtual_routes virtual_rules track_file track_process track_bfd accept
-    no_accept strict_mode lvs_sync_daemon_interface debug linkbeat_use_polling notify_deleted
+    """native_ipv6 virtual_routes virtual_rules track_file track_process track_bfd
+    strict_mode lvs_sync_daemon_interface debug linkbeat_use_polling notify_deleted
     notify_master_rx_lower_pri lower_prio_no_advert higher_prio_send_advert
     kernel_rx_buf_size unicast_ttl check_unicast_src promote_secondaries
     down_timer_adverts notify_priority_changes unicast_fault_no_peer
@@ -383,6 +390,48 @@ def _preempt(r: ValueReader, node: Node) -> bool:
     return not r.flag(node)
 
 
+def _accept(r: ValueReader, node: Node) -> bool:
+    """``accept``: RFC 5798 Accept_Mode on (a bare keyword, as keepalived reads it)."""
+    r.no_block(node)
+    return True
+
+
+def _no_accept(r: ValueReader, node: Node) -> bool:
+    r.no_block(node)
+    return False
+
+
+NFT_TABLE_MAX = 255  # NFT_NAME_MAXLEN 256, with its terminating zero
+
+
+def _nftables_table(r: ValueReader, node: Node) -> str | None:
+    """``nftables [TABLE]``: the firewall's table (default ``keepalived``)."""
+    r.no_block(node)
+    if not node.values:
+        return "keepalived"
+    name = node.values[0]
+    if len(name) > NFT_TABLE_MAX:
+        r.sink.error(node.location, f"nftables table name longer than {NFT_TABLE_MAX} characters")
+        return None
+    if len(node.values) > 1:
+        r.sink.warning(node.location, f"nftables: extra words after {name!r} ignored")
+    return name
+
+
+def _nftables_priority(r: ValueReader, node: Node) -> int | None:
+    """``nftables_priority N``: the hook priority of the input and output chains."""
+    return r.integer(node, -(2**31), 2**31 - 1)
+
+
+def _iptables(block: Block, node: Node) -> None:
+    """``vrrp_iptables`` / ``vrrp_ipsets``: iptables is not used; nftables does the job."""
+    block.r.sink.warning(
+        node.location,
+        f"{node.name}: iptables not supported, using nftables instead; replace"
+        " vrrp_iptables and vrrp_ipsets with the nftables option",
+    )
+
+
 def _auth_pass(r: ValueReader, node: Node) -> bytes | None:
     text = r.one(node)
     if text is None:
@@ -591,6 +640,12 @@ _GLOBAL_DEFS = Keywords[Block](
                ("no_swap", "no_swap", ValueReader.flag),
                ("cpu_affinity", "cpu_affinity", _cpu_affinity),
            )},
+        "nftables": field("nftables", _nftables_table),
+        "nftables_priority": field("nftables_priority", _nftables_priority),
+        "nftables_counters": field("nftables_counters", ValueReader.flag),
+        "nftables_ifindex": field("nftables_ifindex", ValueReader.flag),
+        "vrrp_iptables": _iptables,
+        "vrrp_ipsets": _iptables,
     },
     UNSUPPORTED_GLOBAL,
 )
@@ -649,6 +704,8 @@ _INSTANCE = Keywords[_Instance](
         "skip_check_adv_addr": field("skip_check_adv_addr", ValueReader.flag),
         "version": field("version", _version),
         "old_unicast_checksum": field("old_unicast_checksum", _old_unicast_checksum),
+        "accept": field("accept", _accept),
+        "no_accept": field("accept", _no_accept),
     },
     UNSUPPORTED_INSTANCE,
 )
@@ -951,6 +1008,24 @@ class VrrpParser:
                         f"vrrp_instance {inst.name}: vrrp_strict forbids unicast_peer",
                     )
 
+    def _accept_mode(self, inst: VrrpInstance, strict: bool) -> bool:
+        """RFC 5798 Accept_Mode as keepalived 2.2.7 settles it: the address owner always
+        accepts; otherwise ``accept`` / ``no_accept``, by default accept unless
+        ``vrrp_strict``; under ``vrrp_strict`` a VRRPv2 instance cannot accept (RFC 3768
+        has no Accept_Mode), which is warned about."""
+        if inst.priority == 255:
+            return True
+        if inst.accept is None:
+            return not strict
+        if inst.accept and strict and inst.version == 2:
+            self.r.sink.warning(
+                inst.location,
+                f"vrrp_instance {inst.name}: accept mode for VRRP version 2 does not comply"
+                " with RFC 3768 under vrrp_strict; using no_accept",
+            )
+            return False
+        return inst.accept
+
     def strict_fixups(self, config: Config) -> Config:
         """keepalived's vrrp_strict: drop authentication, MASTER only for the owner; and
         each instance's ``skip_check_adv_addr`` defaults from the global
@@ -962,6 +1037,7 @@ class VrrpParser:
                 skip_check_adv_addr=(g.vrrp_skip_check_adv_addr if inst.skip_check_adv_addr
                                      is None else inst.skip_check_adv_addr),
                 strict_mode=g.vrrp_strict,
+                accept=self._accept_mode(inst, g.vrrp_strict),
             )
             for inst in config.vrrp_instances
         ))

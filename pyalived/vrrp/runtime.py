@@ -10,7 +10,11 @@ address is their interface's link-local one, RFC 5798 §5.1.2.1) and the
 ``Demux`` (``pyalived.vrrp.demux``), the link
 dispatcher and one tracker per ``vrrp_script`` (``pyalived.vrrp.tracking``).
 Their subscriber lists are edited in place, and a tracker is restarted only
-when its script changed.
+when its script changed.  So is the ``VipFirewall`` of ``no_accept`` VIPs
+(``pyalived.vrrp.firewall``), when the ports have nftables: configured
+before the first instance starts (replacing a killed daemon's leftovers) and
+on each reload before the instances change, its retry task under the
+nursery, its tables deleted once every instance has stopped.
 
 Building (``build_instances``): each instance gets its settings and its
 tracking from ``pyalived.vrrp.compile``, and the members of a
@@ -44,12 +48,14 @@ from pyalived.scripts import ScriptRunner
 from pyalived.vrrp.compile import build_tracking
 from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.demux import Demux
+from pyalived.vrrp.firewall import VipFirewall, firewall_settings
 from pyalived.vrrp.fsm import MachineConfig, State, StateChanged, VrrpMachine
 from pyalived.vrrp.instance import Instance
 from pyalived.vrrp.notify import notify_commands
 from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
+    NftRunner,
     SocketFactory,
     SocketFactory6,
     VmacManager,
@@ -72,6 +78,8 @@ class VrrpPorts:
     # IPv6 advert sockets and link-local addresses; None: pyalived.vrrp.net6's, made
     # when an IPv6 instance first needs them.
     sockets6: SocketFactory6 | None = None
+    # The firewall of no_accept VIPs (pyalived.vrrp.nftables); None: no firewall.
+    nft: NftRunner | None = None
 
 
 def build_instances(
@@ -81,6 +89,7 @@ def build_instances(
     demux: Demux,
     counters: VrrpCounters,
     only: Sequence[VrrpInstance] | None = None,
+    firewall: VipFirewall | None = None,
 ) -> list[Instance]:
     """The ``Instance`` of every configured instance (or of ``only`` those).
 
@@ -119,6 +128,7 @@ def build_instances(
             script_group=gd.script_group,
             machine_factory=machine_for(conf),
             wakeup=ports.wakeup,
+            firewall=firewall,
         )
         for conf in confs
     ]
@@ -182,6 +192,9 @@ class _SyncFollower:
             self._scripts.notify(argv, self._user, self._group)
 
 
+FIREWALL_STOP_TIMEOUT = 5.0  # seconds allowed for deleting the nftables tables on stop
+
+
 class VrrpRuntime:
     """The running VRRP half of a config; ``apply`` moves it to a reloaded config.
 
@@ -216,6 +229,8 @@ class VrrpRuntime:
         self._trackers: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
+        self.firewall = (VipFirewall(ports.nft, firewall_settings(config))
+                         if ports.nft is not None else None)
 
     async def run(
         self, *, task_status: trio.TaskStatus[VrrpRuntime] = trio.TASK_STATUS_IGNORED
@@ -223,12 +238,17 @@ class VrrpRuntime:
         """Start every instance; run until cancelled, then stop them gracefully."""
         try:
             self.instances = build_instances(
-                self.config, self.ports, self.pool, self.demux, self.counters
+                self.config, self.ports, self.pool, self.demux, self.counters,
+                firewall=self.firewall,
             )
             if self.on_instances is not None:
                 self.on_instances(self.instances, self.instances)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.firewall is not None:
+                    # Replaces what a killed daemon left, before any VIP is blocked.
+                    await self.firewall.configure(firewall_settings(self.config))
+                    await nursery.start(self.firewall.run)
                 await nursery.start(self.demux.run)
                 await self._sync_links()
                 for inst in self.instances:
@@ -238,10 +258,16 @@ class VrrpRuntime:
         finally:
             self._nursery = None
             self.pool.close()
+            if self.firewall is not None:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + FIREWALL_STOP_TIMEOUT
+                    await self.firewall.close()
 
     async def apply(self, config: Config, plan: ReloadPlan) -> None:
         """Move to ``config`` as ``plan`` (``pyalived.reload.plan_reload``) says."""
         async with self._lock:
+            if self.firewall is not None:
+                await self.firewall.configure(firewall_settings(config))
             by_key = {instance_key(inst.conf): inst for inst in self.instances}
             for conf in [*plan.removed, *(u.old for u in plan.restarted)]:
                 inst = by_key.pop(instance_key(conf), None)
@@ -253,7 +279,8 @@ class VrrpRuntime:
                     await inst.reconfigure(upd.new, build_tracking(config, upd.new))
             fresh_confs = [*plan.added, *(u.new for u in plan.restarted)]
             fresh = build_instances(
-                config, self.ports, self.pool, self.demux, self.counters, only=fresh_confs
+                config, self.ports, self.pool, self.demux, self.counters, only=fresh_confs,
+                firewall=self.firewall,
             )
             for inst in fresh:
                 by_key[instance_key(inst.conf)] = inst
