@@ -417,8 +417,9 @@ def _read_pid(path: Path) -> int | None:
 
 
 def bench_busy(interval: float, virtual: int, real: int, delay_loop: float, seconds: float,
-               res: V3Result, keep_workdir: bool = False) -> None:
-    """Advert spacing of a pyalived VRRPv3 master whose checker half is busy."""
+               res: V3Result, keep_workdir: bool = False, global_lines: str = "") -> None:
+    """Advert spacing of a pyalived VRRPv3 master whose checker half is busy;
+    ``global_lines`` go into its global_defs (``vrrp_rt_priority 50``, say)."""
     with Lab(routers=1, clients=1, keep_workdir=keep_workdir) as lab:
         if keep_workdir:
             print(f"  busy lab work directory (kept): {lab.workdir}", flush=True)
@@ -430,8 +431,11 @@ def bench_busy(interval: float, virtual: int, real: int, delay_loop: float, seco
         wait_for(lambda: "listening" in listener.log_text(), 15.0, what="the listener")
         spec = VrrpSpec(priority=100, vrid=51, state="MASTER", advert_int=interval,
                         vips=(f"{VIP}/24",), version=3)
-        conf = lab.write_config(r1, render_config("busy", [spec])
-                                + virtual_servers_text(virtual, real, delay_loop), "busy")
+        text = render_config("busy", [spec]).replace(
+            "global_defs {\n", "global_defs {\n" + "".join(
+                f"    {line.strip()}\n" for line in global_lines.split(";") if line.strip()), 1)
+        conf = lab.write_config(r1, text + virtual_servers_text(virtual, real, delay_loop),
+                                "busy")
         base = lab.workdir / "busy"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", ""))
@@ -555,7 +559,7 @@ def run_v3(args: argparse.Namespace) -> int:
         if args.busy:
             for interval in [float(x) for x in args.busy_intervals.split(",") if x]:
                 bench_busy(interval, args.busy_virtual, args.busy_real, args.busy_delay_loop,
-                           args.busy_seconds, res, args.keep_workdir)
+                           args.busy_seconds, res, args.keep_workdir, args.busy_global)
     except Exception as exc:  # report and fail instead of a traceback
         print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print_v3_summary(res, intervals)
@@ -596,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     v3.add_argument("--busy-real", type=int, default=5000)
     v3.add_argument("--busy-delay-loop", type=float, default=1.0)
     v3.add_argument("--busy-seconds", type=float, default=30.0)
+    v3.add_argument("--busy-global", default="",
+                    help="global_defs lines for the busy master, ';'-separated "
+                         "(e.g. 'vrrp_rt_priority 50')")
     v3.add_argument("--keep-workdir", action="store_true",
                     help="keep the busy lab's work directory (config, logs, capture)")
     args = parser.parse_args(argv)
