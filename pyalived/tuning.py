@@ -63,18 +63,11 @@ class Tuning:
     @classmethod
     def of(cls, gd: GlobalDefs, half: str) -> Tuning:
         """The settings of ``half`` ("vrrp" or "checker") in ``gd``."""
-        prefix = "vrrp" if half == "vrrp" else "checker"
-
-        def get(name: str) -> object:
-            return getattr(gd, f"{prefix}_{name}")
-
-        nice, rt, rttime = get("priority"), get("rt_priority"), get("rlimit_rttime")
-        affinity, no_swap = get("cpu_affinity"), get("no_swap")
-        assert nice is None or isinstance(nice, int)
-        assert rt is None or isinstance(rt, int)
-        assert rttime is None or isinstance(rttime, int)
-        assert isinstance(affinity, tuple) and isinstance(no_swap, bool)
-        return cls(nice or 0, rt, rttime, no_swap, affinity)
+        if half == "vrrp":
+            return cls(gd.vrrp_priority or 0, gd.vrrp_rt_priority, gd.vrrp_rlimit_rttime,
+                       gd.vrrp_no_swap, gd.vrrp_cpu_affinity)
+        return cls(gd.checker_priority or 0, gd.checker_rt_priority, gd.checker_rlimit_rttime,
+                   gd.checker_no_swap, gd.checker_cpu_affinity)
 
 
 def _threads() -> Iterator[int]:

@@ -423,6 +423,7 @@ def _nftables_priority(r: ValueReader, node: Node) -> int | None:
     return r.integer(node, -(2**31), 2**31 - 1)
 
 
+@writes()  # warns: nftables is used instead
 def _iptables(block: Block, node: Node) -> None:
     """``vrrp_iptables`` / ``vrrp_ipsets``: iptables is not used; nftables does the job."""
     block.r.sink.warning(
