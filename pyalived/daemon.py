@@ -140,7 +140,7 @@ def _primary_ip(ifname: str) -> IPv4Address:
 async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
     """The real ports: raw sockets, netlink, script runner and exact timer wake-ups."""
     from pyalived import scripts
-    from pyalived.vrrp import netlink, wakeup
+    from pyalived.vrrp import netlink, routes, wakeup
 
     runner = scripts.TrioScriptRunner()
     watcher = netlink.LinkWatcher()
@@ -157,6 +157,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
             scripts=runner,
             primary_ip=_primary_ip,
             wakeup=timers,
+            routes=routes.RouteManager(),
         )
         nursery.cancel_scope.cancel()
 
