@@ -87,7 +87,7 @@ MAIN_TABLE = 254  # RT_TABLE_MAIN
 class VirtualRoute:
     """One ``virtual_routes`` / ``static_routes`` line (``pyalived.config.routes_parse``):
     ``[src ADDR] [to] PREFIX [via|gw ADDR] [dev IF] [scope S] [table T] [metric M]
-    [proto P] [tos N] [onlink]``, or a ``blackhole``/``unreachable``/``prohibit``/``throw``
+    [protocol P] [tos N] [onlink]``, or a ``blackhole``/``unreachable``/``prohibit``/``throw``
     PREFIX."""
 
     dst: IPv4Network | IPv6Network

@@ -7,13 +7,14 @@ command line without its verb, and is read word by word into a frozen
 2.2.7 reads it:
 
 * routes: ``[TYPE] [src ADDR] [to] PREFIX [via|gw ADDR] [dev|oif IF] [scope S]
-  [table T] [metric|priority|preference M] [proto|protocol P] [tos|dsfield N]
+  [table T] [metric|priority|preference M] [protocol P] [tos|dsfield N]
   [onlink]``; TYPE is ``blackhole``, ``unreachable``, ``prohibit`` or
   ``throw`` (those take no gateway or device).  ``default`` is 0.0.0.0/0
   (or ::/0 next to an IPv6 gateway); a prefix with host bits set is
-  masked, with a warning.  Without ``proto`` a route is tagged ``proto
-  keepalived`` (18), as keepalived tags it, which is also what makes a
-  deletion match only the route this daemon added.
+  masked, silently as in keepalived.  Without ``protocol`` a route is tagged
+  ``proto keepalived`` (18), as keepalived tags it, which is also what makes
+  a deletion match only the route this daemon added; a virtual route with a
+  device always is, as keepalived resets it (it tracks such routes).
 * rules: ``[not] [from P|all] [to P|all] [iif IF] [oif IF] [fwmark N[/M]]
   [tos N] [preference|priority|order N] [protocol P]`` and one action:
   ``table|lookup T``, ``goto N``, ``blackhole``, ``unreachable``,
@@ -42,7 +43,7 @@ errors.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import (
     IPv4Address,
     IPv4Network,
@@ -201,13 +202,21 @@ class RouteReader:
 
     # ---- blocks -----------------------------------------------------------------------
 
-    def routes(self, node: Node, family: int = 4) -> list[VirtualRoute]:
+    def routes(self, node: Node, family: int = 4, *, virtual: bool = False
+               ) -> list[VirtualRoute]:
         out: list[VirtualRoute] = []
         for m in self.r.block(node):
             self.r.no_block(m)
             route = self.route([m.name, *m.values], m.location, family)
-            if route is not None:
-                out.append(route)
+            if route is None:
+                continue
+            if virtual and route.dev is not None and route.protocol != RTPROT_KEEPALIVED:
+                # keepalived tracks a virtual route with a device, which takes its tag.
+                self.r.sink.warning(m.location, "a virtual route with a dev keeps protocol "
+                                    f"keepalived ({RTPROT_KEEPALIVED}), as in keepalived; "
+                                    f"protocol {route.protocol} ignored")
+                route = replace(route, protocol=RTPROT_KEEPALIVED)
+            out.append(route)
         return out
 
     def rules(self, node: Node, family: int = 4) -> list[VirtualRule]:
@@ -236,9 +245,7 @@ class RouteReader:
         except ValueError:
             self.r.sink.error(loc, f"{what} '{text}' is not an address[/prefix]")
             return None
-        if "/" in text and net.network_address != ip_address(text.split("/")[0]):
-            self.r.sink.warning(loc, f"{what} {text} has host bits set; using {net}")
-        return net
+        return net  # host bits masked silently, as keepalived does
 
     def _interface(self, loc: Location, name: str) -> str:
         if not self.r.exists(name):
@@ -285,7 +292,7 @@ class RouteReader:
                 return None
             takes_value = word in _ROUTE_IGNORED_1 or word in (
                 "src", "to", "via", "gw", "dev", "oif", "scope", "table", "metric",
-                "priority", "preference", "proto", "protocol", "tos", "dsfield")
+                "priority", "preference", "protocol", "tos", "dsfield")
             if not takes_value:
                 if dst_text is None:
                     dst_text = word
@@ -328,7 +335,7 @@ class RouteReader:
                 if metric is None:
                     sink.error(loc, f"route {word} '{value}' is not a number in [0, {U32_MAX}]")
                     ok = False
-            elif word in ("proto", "protocol"):
+            elif word == "protocol":
                 number = protocol_number(value)
                 if number is None:
                     sink.error(loc, f"unknown route protocol '{value}'")
@@ -395,7 +402,7 @@ class RouteReader:
             takes_value = word in _RULE_IGNORED_1 or word in (
                 "from", "to", "iif", "iifname", "dev", "oif", "oifname", "fwmark", "tos",
                 "dsfield", "preference", "priority", "order", "prio", "table", "lookup",
-                "goto", "protocol", "proto")
+                "goto", "protocol")
             if not takes_value:
                 sink.error(loc, f"unknown rule option '{word}'")
                 return None

@@ -608,8 +608,6 @@ class VrrpParser:
         default interface, eth0."""
         for vip in _vips(self.r, node):
             if vip.dev is None:
-                self.r.sink.warning(vip.location, f"static address {vip.address} has no dev;"
-                                    f" using {STATIC_DEFAULT_INTERFACE}")
                 if not self.r.exists(STATIC_DEFAULT_INTERFACE):
                     self.r.sink.error(vip.location,
                                       f"interface {STATIC_DEFAULT_INTERFACE} does not exist",
@@ -778,7 +776,7 @@ class VrrpParser:
         rules: list[VirtualRule] = []
         for n in route_blocks:  # read once the instance's family is known
             if n.name == "virtual_routes":
-                routes += self.route_reader.routes(n, family)
+                routes += self.route_reader.routes(n, family, virtual=True)
             else:
                 rules += self.route_reader.rules(n, family)
         if routes:

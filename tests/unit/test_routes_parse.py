@@ -59,7 +59,7 @@ def test_the_route_forms_of_keepalived_s_man_page(tmp_path: Path) -> None:
     routes, diags = routes_of(tmp_path, """\
   src 198.18.0.100 to 198.18.9.0/24 via 198.18.0.254 dev eth1
   198.18.10.0/24 via 198.18.0.254 dev eth1
-  198.18.11.0/24 dev eth0 scope link metric 7 proto static
+  198.18.11.0/24 via 198.18.0.1 scope link metric 7 protocol static
   198.18.12.0/24 gw 198.18.0.254 table 100 onlink dev eth0 tos 0x10
   blackhole 198.18.13.0/24
   unreachable fd00:198:18:1::/64
@@ -96,11 +96,18 @@ def test_route_options_not_implemented_are_warned_and_multipath_is_skipped(
     ]
 
 
-def test_a_prefix_with_host_bits_is_masked_with_a_warning(tmp_path: Path) -> None:
+def test_a_prefix_with_host_bits_is_masked_silently_as_keepalived_does(tmp_path: Path) -> None:
     (route,), diags = routes_of(tmp_path, "  198.18.9.1/24 dev eth0")
-    assert route.dst == IPv4Network("198.18.9.0/24")
-    assert diags == ["8: warning: route destination 198.18.9.1/24 has host bits set; "
-                     "using 198.18.9.0/24"]
+    assert route.dst == IPv4Network("198.18.9.0/24") and diags == []
+
+
+def test_a_virtual_route_with_a_device_keeps_keepalived_s_protocol(tmp_path: Path) -> None:
+    (route,), diags = routes_of(tmp_path, "  198.18.9.0/24 dev eth0 protocol static")
+    assert route.protocol == 18
+    assert diags == ["8: warning: a virtual route with a dev keeps protocol keepalived (18), "
+                     "as in keepalived; protocol 4 ignored"]
+    config, diags = load_text(tmp_path, "static_routes {\n 198.18.9.0/24 dev eth0 protocol 4\n}\n")
+    assert config is not None and diags == [] and config.static_routes[0].protocol == 4
 
 
 @pytest.mark.parametrize(
@@ -114,7 +121,7 @@ def test_a_prefix_with_host_bits_is_masked_with_a_warning(tmp_path: Path) -> Non
         ("blackhole 198.18.9.0/24 via 198.18.0.1", "a blackhole route takes no gateway"),
         ("198.18.9.0/24 via 198.18.0.1 metric x", "route metric 'x' is not a number"),
         ("198.18.9.0/24 via 198.18.0.1 scope wide", "unknown route scope 'wide'"),
-        ("198.18.9.0/24 via 198.18.0.1 proto nosuch", "unknown route protocol 'nosuch'"),
+        ("198.18.9.0/24 via 198.18.0.1 protocol nosuch", "unknown route protocol 'nosuch'"),
         ("198.18.9.0/24 via", "route option via needs a value"),
         ("via 198.18.0.1", "route has no destination"),
         ("198.18.9.0/24 via 198.18.0.1 bogus", "unknown route option 'bogus'"),
@@ -254,3 +261,14 @@ def test_the_checker_half_does_not_carry_the_static_blocks(tmp_path: Path) -> No
     assert half_config(CHECKERS, config).static_routes == ()
 
 
+
+
+def test_a_static_address_without_dev_goes_on_eth0_as_in_keepalived(tmp_path: Path) -> None:
+    config, diags = load_text(tmp_path, "static_ipaddress {\n 198.18.5.5/32\n}\n")
+    assert config is not None and diags == []
+    assert config.static_ipaddress[0].dev == "eth0"
+    path = tmp_path / "keepalived.conf"
+    res = load(str(path), interface_exists=lambda name: name == "ens3")
+    (d,) = res.diagnostics
+    assert (d.location.line, d.message, d.category) == (
+        2, "interface eth0 does not exist", Category.MISSING_INTERFACE)
