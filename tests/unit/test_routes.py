@@ -26,7 +26,18 @@ from pyalived.config.model import (
 )
 from pyalived.reload import plan_reload
 from pyalived.vrrp.fsm import State
-from pyalived.vrrp.routes import FIB_RULE_INVERT, RTNH_F_ONLINK, route_request, rule_request
+from pyalived.vrrp.routes import (
+    FIB_RULE_INVERT,
+    RTM_DELROUTE,
+    RTM_DELRULE,
+    RTM_NEWROUTE,
+    RTM_NEWRULE,
+    RTNH_F_ONLINK,
+    encode_route,
+    encode_rule,
+    route_request,
+    rule_request,
+)
 from pyalived.vrrp.runtime import VrrpRuntime
 from tests.unit.fakes import FakeRouteManager
 from tests.unit.test_instance import MASTER_DOWN_90, PEER, Rig, advert_from, instance_conf
@@ -262,3 +273,46 @@ async def test_a_reload_changes_only_the_changed_statics(
             ("remove", (str(STATIC_ROUTE),), ()), ("add", (str(ROUTE2),), ())]
         assert rig.routes.routes == {str(ROUTE2)}
         assert rig.routes.rules == {str(STATIC_RULE)}
+
+
+def test_encoded_route_requests() -> None:
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    big = VirtualRoute(IPv4Network("198.18.7.0/24"), via=IPv4Address("198.18.0.1"),
+                       table=70000, metric=5, onlink=True)
+    msg = rtmsg(encode_route(big, 3, True, 7))
+    msg.decode()
+    assert msg["header"]["type"] == RTM_NEWROUTE and msg["header"]["sequence_number"] == 7
+    assert msg["header"]["flags"] == 0x1 | 0x4 | 0x200 | 0x400  # REQUEST ACK EXCL CREATE
+    assert (msg["family"], msg["dst_len"], msg["table"], msg["proto"], msg["scope"],
+            msg["type"], msg["flags"]) == (AF_INET, 24, 252, 18, 0, 1, RTNH_F_ONLINK)
+    assert (msg.get_attr("RTA_TABLE"), msg.get_attr("RTA_DST"), msg.get_attr("RTA_GATEWAY"),
+            msg.get_attr("RTA_OIF"), msg.get_attr("RTA_PRIORITY")) == (
+        70000, "198.18.7.0", "198.18.0.1", 3, 5)
+    # a deletion matches any scope unless one was written, as ``ip route del``
+    gone = rtmsg(encode_route(VirtualRoute(IPv6Network("::/0"), "unreachable"), None, False, 1))
+    gone.decode()
+    assert gone["header"]["type"] == RTM_DELROUTE and gone["header"]["flags"] == 0x1 | 0x4
+    assert (gone["family"], gone["dst_len"], gone["scope"], gone["type"]) == (AF_INET6, 0,
+                                                                             255, 7)
+    assert gone.get_attr("RTA_DST") is None and gone.get_attr("RTA_OIF") is None
+
+
+def test_encoded_rule_requests() -> None:
+    from pyroute2.netlink.rtnl.fibmsg import fibmsg
+
+    rule = VirtualRule(6, 7, "table", table=70000, src=IPv6Network("fd00:198:18::/64"),
+                       iif="eth0", fwmark=3, fwmask=255, tos=4, invert=True)
+    msg = fibmsg(encode_rule(rule, True, 2))
+    msg.decode()
+    assert msg["header"]["type"] == RTM_NEWRULE
+    assert (msg["family"], msg["src_len"], msg["dst_len"], msg["tos"], msg["table"],
+            msg["action"], msg["flags"]) == (AF_INET6, 64, 0, 4, 0, 1, FIB_RULE_INVERT)
+    assert (msg.get_attr("FRA_PRIORITY"), msg.get_attr("FRA_TABLE"), msg.get_attr("FRA_SRC"),
+            msg.get_attr("FRA_IIFNAME"), msg.get_attr("FRA_FWMARK"),
+            msg.get_attr("FRA_FWMASK"), msg.get_attr("FRA_PROTOCOL")) == (
+        7, 70000, "fd00:198:18::", "eth0", 3, 255, 18)
+    goto = fibmsg(encode_rule(VirtualRule(4, 9, "goto", goto=32766), False, 3))
+    goto.decode()
+    assert goto["header"]["type"] == RTM_DELRULE and goto["action"] == 2
+    assert goto.get_attr("FRA_GOTO") == 32766 and goto.get_attr("FRA_TABLE") is None
