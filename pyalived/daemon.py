@@ -155,7 +155,7 @@ def _nft_runner(config: Config) -> NftRunner | None:
 async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
     """The real ports: raw sockets, netlink, script runner and exact timer wake-ups."""
     from pyalived import scripts
-    from pyalived.vrrp import netlink, wakeup
+    from pyalived.vrrp import netlink, routes, wakeup
 
     runner = scripts.TrioScriptRunner()
     watcher = netlink.LinkWatcher()
@@ -173,6 +173,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
             primary_ip=_primary_ip,
             wakeup=timers,
             nft=_nft_runner(config),
+            routes=routes.RouteManager(),
         )
         nursery.cancel_scope.cancel()
 

@@ -28,6 +28,9 @@ The VIPs of a matched instance are compared without their source locations
 does with the difference: as MASTER it removes the dropped VIPs, adds the
 new ones and announces only those by gratuitous ARP; in any other state it
 holds no VIPs and does nothing (its next MASTER transition adds them all).
+``virtual_routes`` and ``virtual_rules`` are updated in place the same way
+(``difference``): a MASTER deletes the dropped ones and adds the new ones,
+leaving its VIPs and the unchanged routes alone.
 
 keepalived 2.2.7, reloaded with ``kill -HUP`` in a namespace lab, keeps a
 MASTER's state across VIP-list, priority and advert_int changes, but also
@@ -41,12 +44,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pyalived.config.model import NOWHERE, Config, VirtualIP, VrrpInstance
 from pyalived.vrrp.compile import instance_vips, sync_group_of, tracking_spec
 from pyalived.vrrp.fsm import State
 
+T = TypeVar("T")
 InstanceKey = tuple[int, int, str]  # (VRID, address family: 4 or 6, interface)
 
 # Settings a running instance cannot take over in place (see the module docstring).
@@ -200,6 +204,17 @@ def vip_difference(
     new_keys = {vip_key(v) for v in new_l}
     added = tuple(v for v in new_l if vip_key(v) not in old_keys)
     removed = tuple(v for v in old_l if vip_key(v) not in new_keys)
+    return added, removed
+
+
+def difference(old: Iterable[T], new: Iterable[T]) -> tuple[tuple[T, ...], tuple[T, ...]]:
+    """(added, removed) of any configured items (routes, rules), compared without their
+    locations; each keeps its order and its own location."""
+    old_l, new_l = list(old), list(new)
+    old_keys = {strip_locations(v) for v in old_l}
+    new_keys = {strip_locations(v) for v in new_l}
+    added = tuple(v for v in new_l if strip_locations(v) not in old_keys)
+    removed = tuple(v for v in old_l if strip_locations(v) not in new_keys)
     return added, removed
 
 

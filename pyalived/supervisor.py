@@ -441,13 +441,20 @@ class Supervisor:
 
     def _release_vips(self) -> None:
         from pyalived.vrrp.netlink import release_addresses
+        from pyalived.vrrp.routes import release_routes
 
         pickled = self.pickled.get(VRRP)
         if pickled is None:
             return
         log.warning("removing the VIPs the VRRP child left behind")
         try:  # the one place the parent needs a configuration: unpickled for the occasion
-            release_addresses(unpacked(_unpickle(pickled)).vrrp_instances)
+            config = unpacked(_unpickle(pickled))
+            # Rules and routes first: a route may use a VIP, as when the child removes them.
+            release_routes([r for i in config.vrrp_instances for r in i.virtual_routes]
+                           + list(config.static_routes),
+                           [r for i in config.vrrp_instances for r in i.virtual_rules]
+                           + list(config.static_rules), config.static_ipaddress)
+            release_addresses(config.vrrp_instances)
         except OSError as exc:
             log.error("removing the VIPs failed: %s", exc)
 

@@ -23,7 +23,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from socket import AF_INET6
 
 
@@ -70,6 +77,87 @@ class VirtualIP:
     @property
     def ip(self) -> IPv4Address | IPv6Address:
         return self.address.ip
+
+
+RTPROT_KEEPALIVED = 18  # linux/rtnetlink.h: the protocol keepalived tags its routes with
+MAIN_TABLE = 254  # RT_TABLE_MAIN
+
+
+@dataclass(frozen=True)
+class VirtualRoute:
+    """One ``virtual_routes`` / ``static_routes`` line (``pyalived.config.routes_parse``):
+    ``[src ADDR] [to] PREFIX [via|gw ADDR] [dev IF] [scope S] [table T] [metric M]
+    [protocol P] [tos N] [onlink]``, or a ``blackhole``/``unreachable``/``prohibit``/``throw``
+    PREFIX."""
+
+    dst: IPv4Network | IPv6Network
+    type: str = "unicast"  # unicast, blackhole, unreachable, prohibit, throw
+    src: IPv4Address | IPv6Address | None = None  # preferred source (RTA_PREFSRC)
+    via: IPv4Address | IPv6Address | None = None
+    dev: str | None = None
+    scope: int | None = None  # None: universe, as keepalived leaves it
+    table: int = MAIN_TABLE
+    metric: int | None = None
+    protocol: int = RTPROT_KEEPALIVED
+    tos: int = 0
+    onlink: bool = False
+    location: Location = NOWHERE
+
+    @property
+    def family(self) -> int:
+        return self.dst.version
+
+    def __str__(self) -> str:
+        words = [] if self.type == "unicast" else [self.type]
+        words.append(str(self.dst))
+        for key, value in (("via", self.via), ("src", self.src), ("dev", self.dev)):
+            if value is not None:
+                words += [key, str(value)]
+        if self.table != MAIN_TABLE:
+            words += ["table", str(self.table)]
+        if self.metric is not None:
+            words += ["metric", str(self.metric)]
+        return " ".join(words)
+
+
+@dataclass(frozen=True)
+class VirtualRule:
+    """One ``virtual_rules`` / ``static_rules`` line: the selector (``from``, ``to``,
+    ``iif``, ``oif``, ``fwmark``, ``tos``), ``preference`` and the action (``table``,
+    ``goto``, ``blackhole``, ``unreachable``, ``prohibit``, ``nop``)."""
+
+    family: int  # 4 or 6
+    priority: int
+    action: str = "table"  # table, goto, blackhole, unreachable, prohibit, nop
+    table: int | None = None
+    goto: int | None = None
+    src: IPv4Network | IPv6Network | None = None
+    dst: IPv4Network | IPv6Network | None = None
+    iif: str | None = None
+    oif: str | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
+    tos: int = 0
+    invert: bool = False  # ``not``
+    protocol: int = RTPROT_KEEPALIVED
+    location: Location = NOWHERE
+
+    def __str__(self) -> str:
+        words = [f"{self.priority}:"] + (["not"] if self.invert else [])
+        words += ["from", str(self.src) if self.src is not None else "all"]
+        for key, value in (("to", self.dst), ("iif", self.iif), ("oif", self.oif)):
+            if value is not None:
+                words += [key, str(value)]
+        if self.fwmark is not None:
+            mask = "" if self.fwmask is None else f"/{self.fwmask:#x}"
+            words += ["fwmark", f"{self.fwmark:#x}{mask}"]
+        if self.action == "table":
+            words += ["lookup", str(self.table)]
+        elif self.action == "goto":
+            words += ["goto", str(self.goto)]
+        else:
+            words.append(self.action)
+        return " ".join(words)
 
 
 @dataclass(frozen=True)
@@ -160,6 +248,9 @@ class VrrpInstance:
     # RFC 5798 Accept_Mode: ``accept`` / ``no_accept``; None until the parser resolves
     # the default (accept unless vrrp_strict; always for the address owner).
     accept: bool | None = None
+    # Added on becoming MASTER (after the VIPs), removed on leaving it (before them).
+    virtual_routes: tuple[VirtualRoute, ...] = ()
+    virtual_rules: tuple[VirtualRule, ...] = ()
 
     @property
     def family(self) -> int:
@@ -436,6 +527,10 @@ class Config:
     vrrp_sync_groups: tuple[VrrpSyncGroup, ...] = ()
     virtual_servers: tuple[VirtualServer, ...] = ()
     virtual_server_groups: tuple[VirtualServerGroup, ...] = ()
+    # Set up when the VRRP half starts, removed when it stops; VRRP states leave them be.
+    static_ipaddress: tuple[VirtualIP, ...] = ()
+    static_routes: tuple[VirtualRoute, ...] = ()
+    static_rules: tuple[VirtualRule, ...] = ()
 
     def instance(self, name: str) -> VrrpInstance:
         for inst in self.vrrp_instances:

@@ -61,8 +61,7 @@ from pyalived.config.vrrp_parse import VrrpParser
 
 # Top-level keywords keepalived 2.2.7 accepts that this project does not implement yet.
 UNSUPPORTED_TOP = frozenset(
-    """static_ipaddress static_routes static_rules
-    vrrp_track_file track_file vrrp_track_process track_process linkbeat_interfaces
+    """vrrp_track_file track_file vrrp_track_process track_process linkbeat_interfaces
     net_namespace net_namespace_ipvs namespace_with_ipsets instance use_pid_dir
     bfd_instance vrrp_track_bfd track_bfd garp_group child_wait_time""".split()
 )
@@ -161,6 +160,9 @@ class _Parser:
             "vrrp_instance": self.vrrp.vrrp_instance,
             "vrrp_sync_group": self.vrrp.vrrp_sync_group,
             "virtual_server_group": self.lvs.virtual_server_group,
+            "static_ipaddress": self.vrrp.static_ipaddress_block,
+            "static_routes": self.vrrp.static_routes_block,
+            "static_rules": self.vrrp.static_rules_block,
         }
 
     def parse(self, nodes: tuple[Node, ...]) -> Config:
@@ -186,6 +188,9 @@ class _Parser:
             tuple(vrrp.sync_groups),
             tuple(lvs.servers),
             tuple(lvs.groups),
+            static_ipaddress=tuple(vrrp.static_ipaddress),
+            static_routes=tuple(vrrp.static_routes),
+            static_rules=tuple(vrrp.static_rules),
         )
         lvs.cross_check(config)
         vrrp.cross_check(config)

@@ -90,10 +90,13 @@ from pyalived.config.model import (
     TrackInterface,
     TrackScriptRef,
     VirtualIP,
+    VirtualRoute,
+    VirtualRule,
     VrrpInstance,
     VrrpScript,
     VrrpSyncGroup,
 )
+from pyalived.config.routes_parse import RouteReader, RulePreferences, instance_blocks
 from pyalived.config.tree import Node
 from pyalived.config.values import (
     WEIGHT_MAX,
@@ -104,6 +107,7 @@ from pyalived.config.values import (
     one_of,
 )
 
+STATIC_DEFAULT_INTERFACE = "eth0"  # keepalived's default_interface
 MAX_ADVERT_ADDRESSES = 255  # RFC 3768 §5.3.5: Count IP Addrs is 8 bits
 
 # Keywords keepalived 2.2.7 accepts that this project does not implement yet.
@@ -134,7 +138,7 @@ UNSUPPORTED_GLOBAL = frozenset(
     local_name instance net_namespace use_symlink_paths""".split()
 )
 UNSUPPORTED_INSTANCE = frozenset(
-    """native_ipv6 virtual_routes virtual_rules track_file track_process track_bfd
+    """native_ipv6 track_file track_process track_bfd
     strict_mode lvs_sync_daemon_interface debug linkbeat_use_polling notify_deleted
     notify_master_rx_lower_pri lower_prio_no_advert higher_prio_send_advert
     kernel_rx_buf_size unicast_ttl check_unicast_src promote_secondaries
@@ -736,6 +740,31 @@ class VrrpParser:
         self.scripts: list[VrrpScript] = []
         self.instance_nodes: list[Node] = []  # parsed by ``instances``
         self.sync_groups: list[VrrpSyncGroup] = []
+        # Routes, rules and static addresses (pyalived.config.routes_parse).
+        self.rule_preferences = RulePreferences()
+        self.route_reader = RouteReader(r, self.rule_preferences)
+        self.static_ipaddress: list[VirtualIP] = []
+        self.static_routes: list[VirtualRoute] = []
+        self.static_rules: list[VirtualRule] = []
+
+    def static_ipaddress_block(self, node: Node) -> None:
+        """``static_ipaddress``: virtual_ipaddress lines; without ``dev``, keepalived's
+        default interface, eth0."""
+        for vip in _vips(self.r, node):
+            if vip.dev is None:
+                if not self.r.exists(STATIC_DEFAULT_INTERFACE):
+                    self.r.sink.error(vip.location,
+                                      f"interface {STATIC_DEFAULT_INTERFACE} does not exist",
+                                      Category.MISSING_INTERFACE)
+                vip = replace(vip, dev=STATIC_DEFAULT_INTERFACE)
+            self.static_ipaddress.append(vip)
+
+    def static_routes_block(self, node: Node) -> None:
+        self.static_routes.extend(self.route_reader.routes(node))
+
+    def static_rules_block(self, node: Node) -> None:
+        self.rule_preferences.reserve(node.children or (), self.r.exists)
+        self.static_rules.extend(self.route_reader.rules(node))
 
     def global_defs(self, node: Node) -> None:
         if self.seen_global:
@@ -771,6 +800,8 @@ class VrrpParser:
 
     def vrrp_instance(self, node: Node) -> None:
         self.instance_nodes.append(node)  # parsed after global_defs (garp defaults)
+        for rules in instance_blocks(node.children or (), "virtual_rules"):
+            self.rule_preferences.reserve(rules.children or (), self.r.exists)  # file order
 
     def vrrp_sync_group(self, node: Node) -> None:
         name = self.r.block_name(node)
@@ -828,7 +859,9 @@ class VrrpParser:
         fields["garp_lower_prio_delay"] = g.vrrp_garp_lower_prio_delay
         fields["garp_lower_prio_repeat"] = g.vrrp_garp_lower_prio_repeat
         fields["gna_interval"] = g.vrrp_gna_interval
-        _INSTANCE.run(block, body)
+        route_blocks = [n for n in body if n.name in ("virtual_routes", "virtual_rules")]
+        _INSTANCE.run(block, (n for n in body if n.name not in ("virtual_routes",
+                                                                  "virtual_rules")))
         interface, vrid, vips = block.interface, block.vrid, block.vips
         vips_excl = block.vips_excluded
         if interface is None:
@@ -883,6 +916,17 @@ class VrrpParser:
                 f"{where}: VRRP version 3 does not support authentication; ignored",
             )
             del fields["authentication"]
+        routes: list[VirtualRoute] = []
+        rules: list[VirtualRule] = []
+        for n in route_blocks:  # read once the instance's family is known
+            if n.name == "virtual_routes":
+                routes += self.route_reader.routes(n, family, virtual=True)
+            else:
+                rules += self.route_reader.rules(n, family)
+        if routes:
+            fields["virtual_routes"] = tuple(routes)
+        if rules:
+            fields["virtual_rules"] = tuple(rules)
         if "state" not in fields and fields.get("priority") == 255:
             # keepalived: the address owner with no `state` line starts as MASTER.
             fields["state"] = InitialState.MASTER

@@ -63,6 +63,13 @@ may hold both).  With ``gna_interval`` (keepalived's ``vrrp_gna_interval``)
 the NAs of a burst go out one per interval, the loop waking for each; only
 the first of them is retried on a shortage.  With ``use_vmac`` adverts,
 GARPs and NAs leave through the VMAC interface unless ``vmac_xmit_base``.
+The ``virtual_routes`` and ``virtual_rules`` follow the VIPs through the
+``RouteManager`` port: added right after the VIPs (a route may use one as
+its source or reach its gateway through one's subnet), removed right
+before them, wherever the VIPs are (becoming MASTER; leaving it for BACKUP
+or FAULT; the stop; the clean-up of a start that is not MASTER, which
+removes what a killed predecessor left); a reload on a MASTER deletes the
+dropped ones and adds the new ones only.
 On cancellation the instance runs ``shutdown`` (a master sends a
 priority-0 advert, RFC 3768 §6.4.3, and drops its VIPs), runs its stop
 notify scripts and deletes its VMAC inside a shielded scope with a time
@@ -81,9 +88,9 @@ from ipaddress import IPv4Address, IPv6Address
 
 import trio
 
-from pyalived.config.model import VirtualIP, VrrpInstance
+from pyalived.config.model import VirtualIP, VirtualRoute, VirtualRule, VrrpInstance
 from pyalived.limits import LogThrottle, is_resource_exhaustion
-from pyalived.reload import reload_vip_change
+from pyalived.reload import difference, reload_vip_change
 from pyalived.scripts import ScriptRunner
 from pyalived.vrrp import packet
 from pyalived.vrrp.ah_replay import AhReplayGuard
@@ -121,6 +128,7 @@ from pyalived.vrrp.peer_addresses import PeerAddressWatch
 from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
+    RouteManager,
     VmacManager,
     Wakeup,
 )
@@ -234,9 +242,11 @@ class Instance:
         machine_factory: Callable[[MachineConfig], VrrpMachine] = VrrpMachine,
         wakeup: Wakeup | None = None,
         firewall: VipFirewall | None = None,
+        routes: RouteManager | None = None,
     ) -> None:
         self.conf = conf
         self._firewall = firewall
+        self._routes = routes  # virtual_routes / virtual_rules; None: not managed
         self.name = conf.name
         self.family = conf.family  # 6: VRRPv3 over IPv6 (RFC 5798 §5.1.2)
         self.primary_ip = primary_ip
@@ -523,6 +533,10 @@ class Instance:
 
     async def _reconfigure(self, conf: VrrpInstance, tracking: InstanceTracking) -> None:
         running_vips = self.vips
+        routes_added, routes_removed = difference(self.conf.virtual_routes, conf.virtual_routes)
+        rules_added, rules_removed = difference(self.conf.virtual_rules, conf.virtual_rules)
+        if self.machine.state is State.MASTER:  # the dropped ones go in any case
+            await self._route_change(routes_removed, rules_removed, adding=False)
         if conf.name != self.name:
             log.info("(%s) renamed to %s", self.name, conf.name)
         self.conf = conf
@@ -548,6 +562,8 @@ class Instance:
         await self._vip_change(change.remove, adding=False)
         await self._accept_mode_changed()
         await self._vip_change(change.add, adding=True)
+        if self.machine.state is State.MASTER:
+            await self._route_change(routes_added, rules_added, adding=True)
         if change.announce:
             self._send_garp(GarpKind.MASTER, change.announce)
         await self._apply_tracking()
@@ -771,7 +787,28 @@ class Instance:
                 self._garp_burst(r.dev, r.ips, r.count, r.attempt)
 
     async def _vip_action(self, action: AddVips | RemoveVips) -> None:
-        await self._vip_change(self.vips, adding=isinstance(action, AddVips))
+        conf = self.conf
+        if isinstance(action, AddVips):  # the routes may use the VIPs: after them
+            await self._vip_change(self.vips, adding=True)
+            await self._route_change(conf.virtual_routes, conf.virtual_rules, adding=True)
+        else:
+            await self._route_change(conf.virtual_routes, conf.virtual_rules, adding=False)
+            await self._vip_change(self.vips, adding=False)
+
+    async def _route_change(self, routes: Sequence[VirtualRoute], rules: Sequence[VirtualRule],
+                            *, adding: bool) -> None:
+        if self._routes is None or not (routes or rules):
+            return
+        verb = "setting" if adding else "removing"
+        log.info("(%s) %s %d virtual route(s) and %d virtual rule(s)", self.name, verb,
+                 len(routes), len(rules))
+        try:
+            if adding:
+                await self._routes.add(routes, rules)
+            else:
+                await self._routes.remove(routes, rules)
+        except OSError as exc:  # each failure is logged with its line by the manager
+            log.error("(%s) %s virtual routes and rules failed: %s", self.name, verb, exc)
 
     async def _accept_mode_changed(self) -> None:
         """A reload switched ``accept``/``no_accept``: block or unblock the VIPs a

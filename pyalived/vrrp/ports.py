@@ -6,6 +6,7 @@ the implementations in ``pyalived.vrrp.net`` (raw sockets, AF_PACKET),
 ``pyalived.vrrp.net6`` (raw IPv6 sockets and link-local addresses, RFC 5798
 §5.1.2),
 ``pyalived.vrrp.netlink`` (addresses, macvlan, link state),
+``pyalived.vrrp.routes`` (routes and policy rules),
 ``pyalived.scripts`` (notify and track scripts, shared with the checker
 half, which is why ``ScriptRunner`` is defined there),
 ``pyalived.vrrp.wakeup`` (exact timer wake-ups) and ``pyalived.vrrp.nftables`` (the
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from pyalived.config.model import VirtualIP
+from pyalived.config.model import VirtualIP, VirtualRoute, VirtualRule
 
 if TYPE_CHECKING:
     from pyalived.vrrp.net6 import Datagram6
@@ -99,6 +100,16 @@ class AddressManager(Protocol):
     async def add(self, default_dev: str, vips: Sequence[VirtualIP]) -> None: ...
 
     async def remove(self, default_dev: str, vips: Sequence[VirtualIP]) -> None: ...
+
+
+class RouteManager(Protocol):
+    """Adds routes then rules, removes rules then routes (``pyalived.vrrp.routes``).
+    Idempotent; every change is tried, then OSError tells that one failed."""
+
+    async def add(self, routes: Sequence[VirtualRoute], rules: Sequence[VirtualRule]) -> None: ...
+
+    async def remove(self, routes: Sequence[VirtualRoute],
+                     rules: Sequence[VirtualRule]) -> None: ...
 
 
 class VmacManager(Protocol):

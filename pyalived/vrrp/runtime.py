@@ -30,20 +30,37 @@ gracefully; changed ones are reconfigured by their own task (state, timers
 and unchanged VIPs kept; the VIP work is ``pyalived.reload.reload_vip_change``);
 new ones and the new halves of restarted ones are built and started; then
 the link subscriptions and the script trackers follow the new set.  Reloads
-are serialized by a lock.  ``run_vrrp`` runs a runtime without reloads.
+are serialized by a lock.
+
+Static addresses, routes and rules (``static_ipaddress``, ``static_routes``,
+``static_rules``) belong to the runtime, not to an instance: set up before
+the instances start, left alone by every VRRP state, removed when the
+runtime stops (as keepalived 2.2.7 removes them on stop), and on a reload
+only the dropped ones are removed and the new ones added, before the
+instances are touched.  ``run_vrrp`` runs a runtime without reloads.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 import trio
 
-from pyalived.config.model import Config, IPAddress, VrrpInstance, VrrpScript, VrrpSyncGroup
-from pyalived.reload import ReloadPlan, instance_key
+from pyalived.config.model import (
+    Config,
+    IPAddress,
+    VirtualIP,
+    VirtualRoute,
+    VirtualRule,
+    VrrpInstance,
+    VrrpScript,
+    VrrpSyncGroup,
+)
+from pyalived.reload import ReloadPlan, difference, instance_key
 from pyalived.scripts import ScriptRunner
 from pyalived.vrrp.compile import build_tracking
 from pyalived.vrrp.counters import VrrpCounters
@@ -56,6 +73,7 @@ from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
     NftRunner,
+    RouteManager,
     SocketFactory,
     SocketFactory6,
     VmacManager,
@@ -64,6 +82,10 @@ from pyalived.vrrp.ports import (
 from pyalived.vrrp.socket_pool import SocketPool
 from pyalived.vrrp.sync import SyncGroup
 from pyalived.vrrp.tracking import run_link_dispatch, run_script_tracker
+
+log = logging.getLogger("pyalived.vrrp")
+
+STATIC_STOP_TIMEOUT = 10.0  # seconds allowed to remove the static addresses, routes, rules
 
 
 @dataclass
@@ -80,6 +102,9 @@ class VrrpPorts:
     sockets6: SocketFactory6 | None = None
     # The firewall of no_accept VIPs (pyalived.vrrp.nftables); None: no firewall.
     nft: NftRunner | None = None
+    # virtual_routes/virtual_rules and the static ones (pyalived.vrrp.routes); None:
+    # routes and rules are not touched.
+    routes: RouteManager | None = None
 
 
 def build_instances(
@@ -129,6 +154,7 @@ def build_instances(
             machine_factory=machine_for(conf),
             wakeup=ports.wakeup,
             firewall=firewall,
+            routes=ports.routes,
         )
         for conf in confs
     ]
@@ -237,6 +263,8 @@ class VrrpRuntime:
     ) -> None:
         """Start every instance; run until cancelled, then stop them gracefully."""
         try:
+            await self._statics(self.config.static_ipaddress, self.config.static_routes,
+                                self.config.static_rules, adding=True)
             self.instances = build_instances(
                 self.config, self.ports, self.pool, self.demux, self.counters,
                 firewall=self.firewall,
@@ -262,6 +290,11 @@ class VrrpRuntime:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + FIREWALL_STOP_TIMEOUT
                     await self.firewall.close()
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + STATIC_STOP_TIMEOUT
+                config = self.config
+                await self._statics(config.static_ipaddress, config.static_routes,
+                                    config.static_rules, adding=False)
 
     async def apply(self, config: Config, plan: ReloadPlan) -> None:
         """Move to ``config`` as ``plan`` (``pyalived.reload.plan_reload``) says."""
@@ -269,6 +302,12 @@ class VrrpRuntime:
             if self.firewall is not None:
                 await self.firewall.configure(firewall_settings(config))
             by_key = {instance_key(inst.conf): inst for inst in self.instances}
+            old = self.config
+            ips_added, ips_removed = difference(old.static_ipaddress, config.static_ipaddress)
+            routes_added, routes_removed = difference(old.static_routes, config.static_routes)
+            rules_added, rules_removed = difference(old.static_rules, config.static_rules)
+            await self._statics(ips_removed, routes_removed, rules_removed, adding=False)
+            await self._statics(ips_added, routes_added, rules_added, adding=True)
             for conf in [*plan.removed, *(u.old for u in plan.restarted)]:
                 inst = by_key.pop(instance_key(conf), None)
                 if inst is not None:
@@ -294,6 +333,34 @@ class VrrpRuntime:
             await self._sync_scripts(plan.scripts_changed)
 
     # -- internals --
+
+    async def _statics(self, ips: Sequence[VirtualIP], routes: Sequence[VirtualRoute],
+                       rules: Sequence[VirtualRule], *, adding: bool) -> None:
+        """static_ipaddress, static_routes and static_rules: addresses, routes, rules in
+        that order when adding, the other way round when removing; logged, never raised."""
+        if not (ips or routes or rules):
+            return
+        verb = "setting" if adding else "removing"
+        log.info("%s %d static address(es), %d static route(s) and %d static rule(s)", verb,
+                 len(ips), len(routes), len(rules))
+        try:
+            if adding and ips:
+                await self.ports.addresses.add("", ips)
+        except OSError as exc:
+            log.error("%s static addresses failed: %s", verb, exc)
+        if self.ports.routes is not None:
+            try:
+                if adding:
+                    await self.ports.routes.add(routes, rules)
+                else:
+                    await self.ports.routes.remove(routes, rules)
+            except OSError as exc:
+                log.error("%s static routes and rules failed: %s", verb, exc)
+        try:
+            if not adding and ips:
+                await self.ports.addresses.remove("", ips)
+        except OSError as exc:
+            log.error("%s static addresses failed: %s", verb, exc)
 
     def _nursery_or_fail(self) -> trio.Nursery:
         if self._nursery is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from pyalived.config.model import VirtualIP
+from pyalived.config.model import VirtualIP, VirtualRoute, VirtualRule
 from pyalived.vrrp.net6 import Datagram6
 from pyalived.vrrp.ports import FirewallError, LinkEvent
 from pyalived.vrrp.vmac import LinkInfo
@@ -199,6 +199,46 @@ class FakeAddressManager:
             raise OSError("netlink failure")
         for vip in vips:
             self.present.discard((vip.dev or default_dev, str(vip.address)))
+
+
+@dataclass(frozen=True)
+class RouteCall:
+    time: float
+    op: str  # "add" or "remove"
+    routes: tuple[str, ...]  # str() of each route and rule
+    rules: tuple[str, ...]
+    addresses: frozenset[tuple[str, str]]  # the addresses present at the call
+
+
+class FakeRouteManager:
+    """Keeps the routes and rules present (by their text); optionally fails.  Each call
+    records which addresses of ``addresses`` were present then, to check the order."""
+
+    def __init__(self, addresses: FakeAddressManager | None = None) -> None:
+        self.calls: list[RouteCall] = []
+        self.routes: set[str] = set()
+        self.rules: set[str] = set()
+        self.fail = False
+        self._addresses = addresses
+
+    def _call(self, op: str, routes: Sequence[VirtualRoute],
+              rules: Sequence[VirtualRule]) -> None:
+        present = frozenset(self._addresses.present) if self._addresses else frozenset()
+        self.calls.append(RouteCall(_now(), op, tuple(map(str, routes)),
+                                    tuple(map(str, rules)), present))
+        if self.fail:
+            raise OSError("netlink failure")
+
+    async def add(self, routes: Sequence[VirtualRoute], rules: Sequence[VirtualRule]) -> None:
+        self._call("add", routes, rules)
+        self.routes |= {str(r) for r in routes}
+        self.rules |= {str(r) for r in rules}
+
+    async def remove(self, routes: Sequence[VirtualRoute],
+                     rules: Sequence[VirtualRule]) -> None:
+        self._call("remove", routes, rules)
+        self.routes -= {str(r) for r in routes}
+        self.rules -= {str(r) for r in rules}
 
 
 class FakeVmacManager:

@@ -291,13 +291,9 @@ def test_missing_include_exit_4(tmp_path: Path) -> None:
     [
         ("global_defs {\n smtp_server 198.18.0.1\n}\n" + inst(""), 2, "not supported yet"),
         ("global_defs {\n frobnicate 1\n}\n" + inst(""), 2, "unknown keyword frobnicate"),
-        (
-            inst("") + "static_ipaddress {\n 198.18.0.5/32 dev eth0\n}\n",
-            8,
-            "static_ipaddress is not supported yet; block skipped",
-        ),
         (inst("") + "bogus_block {\n a\n}\n", 8, "unknown keyword bogus_block"),
-        (inst(" virtual_routes {\n  198.18.3.0/24 via 198.18.0.1\n }\n"), 7, "not supported"),
+        (inst(" virtual_routes {\n  198.18.3.0/24 via 198.18.0.1 mtu 1400\n }\n"), 8,
+         "route option mtu is not supported yet; ignored"),
         (inst(" foo 1\n"), 7, "unknown keyword foo in vrrp_instance VI_1"),
         (inst(" advert_int 1.5\n"), 7, "whole seconds; using 2"),
         (inst(" authentication {\n auth_type PASS\n auth_pass 123456789\n }\n"), 9, "truncated"),

@@ -38,7 +38,10 @@ def test_sample_loads_with_real_locations(path: Path) -> None:
         assert os.path.isfile(d.location.file), str(d)
         n_lines = len(Path(d.location.file).read_text().splitlines())
         assert 1 <= d.location.line <= n_lines, str(d)
-    assert (res.config is None) == any(d.severity is Severity.ERROR for d in res.diagnostics)
+    # Every sample runs (with its interfaces present): what pyalived does not support
+    # is warned about, never a reason to refuse the file.
+    errors = [str(d) for d in res.diagnostics if d.severity is Severity.ERROR]
+    assert res.config is not None and not errors, errors
     assert res.exit_code in (0, 5, 6)
 
 
