@@ -638,16 +638,19 @@ class VmacManager:
 
     def __init__(self, thread: NetlinkThread | None = None) -> None:
         self._thread = thread or default_thread()
-        # The VMACs this daemon's instances use (touched in the netlink thread only).
-        self._claimed: set[str] = set()
+        # name -> (parent, VRID, family) of the VMACs this daemon's instances use
+        # (touched in the netlink thread only); asking again for one's own is fine.
+        self._claimed: dict[str, tuple[str, int, int]] = {}
 
     async def create(self, parent: str, name: str, vrid: int, family: int = 4) -> str:
+        owner = (parent, vrid, family)
+
         def job(ipr: Any) -> str:
             ops = RtnlLinkOps(ipr)
+            others = frozenset(n for n, o in self._claimed.items() if o != owner)
             made = _retrying(f"create VMAC {name} on {parent}", ADD_ATTEMPTS, FIRST_DELAY,
-                             lambda: prepare_vmac(ops, parent, name, vrid, family,
-                                                  frozenset(self._claimed)))
-            self._claimed.add(made)
+                             lambda: prepare_vmac(ops, parent, name, vrid, family, others))
+            self._claimed[made] = owner
             return made
 
         return await self._thread.call(job)
@@ -659,7 +662,7 @@ class VmacManager:
                 _retrying(f"delete VMAC {name}", REMOVE_ATTEMPTS, FIRST_DELAY,
                           lambda: remove_vmac(ops, name))
             finally:  # a VMAC left behind is a leftover for the next one to adopt
-                self._claimed.discard(name)
+                self._claimed.pop(name, None)
 
         await self._thread.call(job)
 

@@ -135,8 +135,11 @@ async def test_vmac_create_delete(lan: NsLan, thread: NetlinkThread) -> None:
     assert sysctl(lan, "ipv4/conf/eth0/arp_filter") == "1"
     if os.path.exists("/proc/sys/net/ipv6"):
         assert sysctl(lan, "ipv6/conf/vrrp.51/disable_ipv6") == "1"
-    # creating again reuses it; a wrong MAC under the name is replaced
+    # creating again reuses it; after a restart (another manager), a wrong MAC
+    # under the name is a leftover, replaced
     await mgr.create("eth0", "vrrp.51", 51)
+    assert "vrrp1.51" not in sh("ip", "-n", ns, "-o", "link", "show")
+    mgr = VmacManager(thread)
     await mgr.create("eth0", "vrrp.51", 52)
     assert "link/ether 00:00:5e:00:01:34" in sh("ip", "-n", ns, "-o", "link", "show", "vrrp.51")
     # addresses can be placed on it
