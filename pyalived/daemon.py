@@ -140,13 +140,16 @@ def _primary_ip(ifname: str) -> IPv4Address:
 async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
     """The real ports: raw sockets, netlink, script runner and exact timer wake-ups."""
     from pyalived import scripts
+    from pyalived.alerts import VrrpAlerts
     from pyalived.vrrp import netlink, wakeup
 
     runner = scripts.TrioScriptRunner()
     watcher = netlink.LinkWatcher()
     timers = wakeup.TimerfdWakeup()
+    alerts = VrrpAlerts(config, runner)
     async with trio.open_nursery() as nursery:
         await nursery.start(runner.run_forever)
+        await nursery.start(alerts.run)
         await nursery.start(watcher.run_forever)
         await nursery.start(timers.run)
         yield VrrpPorts(
@@ -157,6 +160,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
             scripts=runner,
             primary_ip=_primary_ip,
             wakeup=timers,
+            alerts=alerts,
         )
         nursery.cancel_scope.cancel()
 

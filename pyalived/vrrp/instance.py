@@ -111,11 +111,12 @@ from pyalived.vrrp.fsm import (
     VrrpMachine,
     start_cleanup,
 )
-from pyalived.vrrp.notify import notify_commands
+from pyalived.vrrp.notify import NOTIFY_STATE, notify_commands
 from pyalived.vrrp.peer_addresses import PeerAddressWatch
 from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
+    StateAlerts,
     VmacManager,
     Wakeup,
 )
@@ -227,8 +228,10 @@ class Instance:
         script_user: str | None = None,
         machine_factory: Callable[[MachineConfig], VrrpMachine] = VrrpMachine,
         wakeup: Wakeup | None = None,
+        alerts: StateAlerts | None = None,
     ) -> None:
         self.conf = conf
+        self._alerts = alerts
         self.name = conf.name
         self.family = conf.family  # 6: VRRPv3 over IPv6 (RFC 5798 §5.1.2)
         self.primary_ip = primary_ip
@@ -803,6 +806,8 @@ class Instance:
         priority = self._stop_priority if state is State.INIT else self.machine.effective_priority
         for argv in notify_commands(self.conf.notify, state, "INSTANCE", self.name, priority):
             self._scripts.notify(argv, self._script_user)
+        if self._alerts is not None:  # notify FIFOs and mail
+            self._alerts.instance_state(self.name, NOTIFY_STATE[state], priority)
 
     async def _stop(self) -> None:
         if self.started:

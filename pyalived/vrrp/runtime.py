@@ -46,12 +46,13 @@ from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.demux import Demux
 from pyalived.vrrp.fsm import MachineConfig, State, StateChanged, VrrpMachine
 from pyalived.vrrp.instance import Instance
-from pyalived.vrrp.notify import notify_commands
+from pyalived.vrrp.notify import NOTIFY_STATE, notify_commands
 from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
     SocketFactory,
     SocketFactory6,
+    StateAlerts,
     VmacManager,
     Wakeup,
 )
@@ -72,6 +73,8 @@ class VrrpPorts:
     # IPv6 advert sockets and link-local addresses; None: pyalived.vrrp.net6's, made
     # when an IPv6 instance first needs them.
     sockets6: SocketFactory6 | None = None
+    # Notify FIFOs and mail alerts (pyalived.alerts); None: none.
+    alerts: StateAlerts | None = None
 
 
 def build_instances(
@@ -118,13 +121,15 @@ def build_instances(
             script_user=gd.script_user,
             machine_factory=machine_for(conf),
             wakeup=ports.wakeup,
+            alerts=ports.alerts,
         )
         for conf in confs
     ]
     by_name = {inst.name: inst for inst in instances}
     for group_conf in wired:
         follower = _SyncFollower(
-            groups[group_conf.group[0]], group_conf, by_name, ports.scripts, gd.script_user
+            groups[group_conf.group[0]], group_conf, by_name, ports.scripts, gd.script_user,
+            ports.alerts,
         )
         for member in group_conf.group:
             by_name[member].state_listeners.append(follower)
@@ -155,7 +160,9 @@ class _SyncFollower:
         members: dict[str, Instance],
         scripts: ScriptRunner,
         script_user: str | None,
+        alerts: StateAlerts | None = None,
     ) -> None:
+        self._alerts = alerts
         self._sync = sync
         self._conf = conf
         self._members = members
@@ -176,6 +183,8 @@ class _SyncFollower:
     def _notify_group(self, state: State) -> None:
         for argv in notify_commands(self._conf.notify, state, "GROUP", self._conf.name):
             self._scripts.notify(argv, self._user)
+        if self._alerts is not None:
+            self._alerts.group_state(self._conf.name, NOTIFY_STATE[state])
 
 
 class VrrpRuntime:
@@ -254,6 +263,8 @@ class VrrpRuntime:
             for inst in fresh:
                 by_key[instance_key(inst.conf)] = inst
             self.config = config
+            if self.ports.alerts is not None:  # new FIFOs, mail settings, smtp_alert
+                self.ports.alerts.configure(config)
             self.instances = [by_key[instance_key(c)] for c in config.vrrp_instances]
             if self.on_instances is not None:
                 self.on_instances(self.instances, fresh)
