@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from datetime import UTC, datetime
 
 import pytest
@@ -163,7 +164,7 @@ async def test_back_off_is_capped_at_a_minute(autojump_clock: trio.testing.MockC
         mailer.send(instance_alert("VI_1", "MASTER"))
         await trio.sleep(1000)
         nursery.cancel_scope.cancel()
-    gaps = [b - a for a, b in zip(server.tries, server.tries[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(server.tries)]
     assert gaps == [1, 2, 4, 8, 16, 32, 60, 60, 60]
     assert mailer.counters.sent == 1
 

@@ -1,0 +1,225 @@
+"""Mail alerts and notify FIFOs of the real daemon, with a real SMTP server on the LAN.
+
+Two routers (r1 priority 100, r2 priority 90) and a mail server (c1, an
+aiosmtpd server in its own namespace, 198.18.0.201 port 2525) share the lab
+LAN.  The server writes each message it accepts, with its envelope and the
+time it accepted it, to a file.  The tests judge from what the server got,
+from the notify FIFO lines the routers wrote, and from the VRRP packets on
+the bridge.
+"""
+
+from __future__ import annotations
+
+import email
+import email.utils
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyalived.lab import VIP, Lab, Node, Proc, VrrpSpec, adverts, wait_for
+
+pytestmark = pytest.mark.netns
+
+MakeLab = Callable[..., Lab]
+SETTLE = 30.0
+SMTP_PORT = 2525
+
+# The mail server: aiosmtpd (asyncio, in its own process), one JSON file per message.
+SMTP_SERVER = r"""
+import json, os, signal, sys, threading, time
+from aiosmtpd.controller import Controller
+
+host, port, outdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        record = {"time": time.time(), "helo": session.host_name, "peer": session.peer[0],
+                  "mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos,
+                  "data": envelope.original_content.decode()}
+        name = os.path.join(outdir, f"{time.time_ns()}.json")
+        with open(name + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.rename(name + ".tmp", name)
+        return "250 2.0.0 Ok: queued"
+
+controller = Controller(Sink(), hostname=host, port=port)
+controller.start()
+print("listening", flush=True)
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *a: stop.set())
+stop.wait()
+controller.stop()
+"""
+
+# A notify FIFO script: appends each line it reads, stamped with the time it read it.
+FIFO_READER = """#!/bin/sh
+while IFS= read -r line; do
+    echo "$(date +%s.%N) $line" >> "$OUT"
+done < "$1"
+"""
+
+
+def start_smtp(lab: Lab, node: Node, outdir: Path) -> Proc:
+    outdir.mkdir(exist_ok=True)
+    script = lab.workdir / "smtp_server.py"
+    script.write_text(SMTP_SERVER)
+    proc = lab.spawn(node, [sys.executable, str(script), node.ip, str(SMTP_PORT), str(outdir)],
+                     f"smtp-{len(lab.procs)}")
+    wait_for(lambda: "listening" in proc.log_text() or not proc.running(), 30,
+             what="the SMTP server")
+    assert proc.running(), proc.log_text()
+    return proc
+
+
+def mails(outdir: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(outdir.glob("*.json"))]
+
+
+def mail_with(outdir: Path, subject: str, timeout: float = SETTLE) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        for m in mails(outdir):
+            if email.message_from_string(m["data"])["Subject"] == subject:
+                return m
+        return None
+
+    return wait_for(find, timeout, what=f"a mail '{subject}'", interval=0.05)
+
+
+def config(node: Node, lab: Lab, server: str, *, priority: int, fifo_script: bool) -> str:
+    fifo = lab.workdir / f"{node.name}.fifo"
+    lines = [
+        f"router_id lab_{node.name}",
+        "notification_email {", "    ops@example.org", "    noc@example.org", "}",
+        f"notification_email_from pyalived@{node.name}.example.org",
+        f"smtp_server {server} {SMTP_PORT}",
+        f"smtp_helo_name {node.name}.example.org",
+        "smtp_connect_timeout 5",
+        "smtp_alert",
+        f"vrrp_notify_fifo {fifo}",
+    ]
+    if fifo_script:
+        reader = lab.workdir / "fifo_reader.sh"
+        reader.write_text(FIFO_READER)
+        reader.chmod(0o755)
+        lines.append(f"vrrp_notify_fifo_script {reader}")
+    head = "global_defs {\n" + "".join(f"    {ln}\n" for ln in lines) + "}\n"
+    return head + VrrpSpec(priority=priority).render()
+
+
+def start_router(lab: Lab, node: Node, text: str) -> None:
+    os.environ["OUT"] = str(lab.workdir / f"{node.name}.fifo.out")  # for the FIFO script
+    try:
+        lab.start_daemon(node, text)
+    finally:
+        del os.environ["OUT"]
+
+
+def read_fifo(path: Path) -> list[str]:
+    """What a FIFO holds now, read without blocking through a second read end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        data = b""
+        try:
+            while chunk := os.read(fd, 65536):
+                data += chunk
+        except BlockingIOError:
+            pass
+    finally:
+        os.close(fd)
+    return data.decode().splitlines()
+
+
+def test_failover_mail_reaches_the_server_with_keepalived_s_message(
+    make_lab: MakeLab,
+) -> None:
+    """r1 is cut off the LAN; r2 takes over and the mail server gets r2's MASTER alert."""
+    lab = make_lab(routers=2, clients=1)
+    r1, r2 = lab.routers
+    server = lab.clients[0]
+    outdir = lab.workdir / "mail"
+    start_smtp(lab, server, outdir)
+    cap = lab.capture()
+    start_router(lab, r1, config(r1, lab, server.ip, priority=100, fifo_script=False))
+    lab.wait_sole_holder(r1, timeout=SETTLE)
+    start_router(lab, r2, config(r2, lab, server.ip, priority=90, fifo_script=True))
+    mail_with(outdir, "[lab_r1] VRRP Instance VI_1 - Entering MASTER state")
+    mail_with(outdir, "[lab_r2] VRRP Instance VI_1 - Entering BACKUP state")
+
+    lab.cut(r1)
+    cut_at = time.time()
+    wait_for(lambda: VIP in lab.addresses(r2), SETTLE, what="the VIP on r2")
+    took_over = cap.wait_for(
+        lambda ev: [e.time for e in adverts(ev, src=r2.ip, after=cut_at) if e.priority],
+        SETTLE, what="r2's first advert as MASTER")[0]
+    got = mail_with(outdir, "[lab_r2] VRRP Instance VI_1 - Entering MASTER state")
+    assert got["time"] > cut_at
+
+    # The envelope and the message, as keepalived 2.2.7 sends them.
+    assert got["helo"] == "r2.example.org"
+    assert got["peer"] == r2.ip
+    assert got["mail_from"] == "pyalived@r2.example.org"
+    assert got["rcpt_tos"] == ["ops@example.org", "noc@example.org"]
+    msg = email.message_from_string(got["data"])
+    assert msg["From"] == "pyalived@r2.example.org"
+    assert msg["To"] == "ops@example.org, noc@example.org"
+    assert msg["X-Mailer"] == "Keepalived"
+    assert msg.get_payload().strip() == "=> VRRP Instance is now owning VRRP VIPs <="
+    # Date: the moment of the transition (to the second, as the header has it).
+    sent = email.utils.parsedate_to_datetime(msg["Date"]).timestamp()
+    assert int(took_over) - 1 <= sent <= took_over + 1
+    print(f"state change (first advert as MASTER on the wire) to mail accepted by the "
+          f"server: {got['time'] - took_over:.3f} s")
+
+    # r2's FIFO script read each of r2's transitions, in order.
+    out = lab.workdir / "r2.fifo.out"
+    lines = wait_for(lambda: [ln.split(" ", 1)[1] for ln in out.read_text().splitlines()]
+                     if out.exists() and "MASTER" in out.read_text() else None,
+                     SETTLE, what="r2's FIFO lines")
+    assert lines == ['INSTANCE "VI_1" BACKUP 90', 'INSTANCE "VI_1" MASTER 90']
+    # r1's FIFO has no reader at all: its lines wait in the pipe, nothing blocked.  Cut
+    # off, its interface lost its carrier: FAULT.
+    assert read_fifo(lab.workdir / "r1.fifo") == [
+        'INSTANCE "VI_1" BACKUP 100', 'INSTANCE "VI_1" MASTER 100', 'INSTANCE "VI_1" FAULT 100']
+
+
+def test_mail_server_down_at_first_gets_the_alert_once_it_is_up(make_lab: MakeLab) -> None:
+    """The mail server is down when r1 becomes MASTER and comes up 10 s later: the alert
+    arrives by a retry, stamped with the time of the transition, and VRRP never noticed."""
+    lab = make_lab(routers=2, clients=1)
+    r1, r2 = lab.routers
+    server = lab.clients[0]
+    outdir = lab.workdir / "mail"
+    cap = lab.capture()
+    start_router(lab, r1, config(r1, lab, server.ip, priority=100, fifo_script=False))
+    lab.wait_sole_holder(r1, timeout=SETTLE)
+    start_router(lab, r2, config(r2, lab, server.ip, priority=90, fifo_script=False))
+    master_at = cap.wait_for(
+        lambda ev: [e.time for e in adverts(ev, src=r1.ip) if e.priority],
+        SETTLE, what="r1's first advert")[0]
+    wait_for(lambda: "retrying in" in r1.daemon.log_text() if r1.daemon else False, SETTLE,
+             what="r1 to fail and plan a retry")
+    time.sleep(10)
+    up_at = time.time()
+    start_smtp(lab, server, outdir)
+    got = mail_with(outdir, "[lab_r1] VRRP Instance VI_1 - Entering MASTER state", timeout=90)
+    mail_with(outdir, "[lab_r2] VRRP Instance VI_1 - Entering BACKUP state", timeout=90)
+    assert got["time"] >= up_at
+    sent = email.utils.parsedate_to_datetime(
+        email.message_from_string(got["data"])["Date"]).timestamp()
+    assert sent < up_at - 5  # the time of the transition, not of the delivery
+    # VRRP went on undisturbed: r1 advertised all along, r2 never did.
+    events = cap.events()
+    assert [e for e in adverts(events, src=r2.ip) if e.priority] == []
+    times = [e.time for e in adverts(events, src=r1.ip, after=master_at) if e.priority]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps and max(gaps) < 3 + (256 - 90) / 256  # never long enough for r2 to take over
+    print(f"mail server up {up_at - master_at:.1f} s after the transition; alert accepted "
+          f"{got['time'] - up_at:.3f} s after it came up; largest advert gap meanwhile "
+          f"{max(gaps):.3f} s over {len(gaps)} adverts")
