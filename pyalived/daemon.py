@@ -43,6 +43,7 @@ above.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
@@ -212,7 +213,8 @@ async def run_daemon(
                 log.info("VRRP started with %d instance(s)", len(vrrp_config.vrrp_instances))
                 del vrrp_config
             if options.checkers:
-                lvs_service = (lvs or _production_lvs)(config, metrics)
+                lvs_service = (lvs or functools.partial(
+                    _production_lvs, vrrp_running=options.vrrp))(config, metrics)
                 metrics.lvs = lvs_service
                 await nursery.start(lvs_service.run)
             del config  # the services hold what they need; a reload replaces it
@@ -245,10 +247,13 @@ async def run_daemon(
     log.info("stopped")
 
 
-def _production_lvs(config: Config | PackedLvs, metrics: Metrics) -> LvsService:
+def _production_lvs(
+    config: Config | PackedLvs, metrics: Metrics, *, vrrp_running: bool = True
+) -> LvsService:
     from pyalived.checkers.service import LvsService
 
-    return LvsService(config, probe_observer=metrics.observe_probe)
+    return LvsService(config, probe_observer=metrics.observe_probe, alerts=True,
+                      vrrp_running=vrrp_running)
 
 
 def _status(runtime: VrrpRuntime | None, lvs: LvsService | None) -> str:

@@ -72,6 +72,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import trio
 
+from pyalived.alerts import LvsAlerts
 from pyalived.checkers.compile import (
     BlockKey,
     PackedLvs,
@@ -142,6 +143,8 @@ class _Block:
     services: tuple[VirtualServerConfig, ...]
     servers: dict[Address, RealServerSpec] = field(default_factory=dict)
     notify: dict[Address, tuple[str | None, str | None]] = field(default_factory=dict)
+    fifo_name: str = ""  # as keepalived's notify FIFO lines name it: [IP]:tcp:PORT
+    fifo_proto: str = "tcp"
 
     @classmethod
     def build(
@@ -163,6 +166,7 @@ class _Block:
         else:
             for rs in spec.real_servers:
                 blk.servers.setdefault((rs.ip, rs.port), rs)
+        blk.fifo_name, blk.fifo_proto = _fifo_name(vs)
         for conf in vs.real_servers:
             if conf.notify_up is not None or conf.notify_down is not None:
                 blk.notify[(conf.address, conf.port)] = (conf.notify_up, conf.notify_down)
@@ -179,6 +183,16 @@ class _Block:
 
     def rid(self, rs: RealServerSpec) -> RealServerId:
         return (self.key, rs.ip, rs.port)
+
+
+def _fifo_name(vs: VirtualServer) -> tuple[str, str]:
+    """A virtual server as keepalived's notify FIFO lines name it, and its protocol word."""
+    proto = vs.protocol.value.lower()
+    if vs.fwmark is not None:
+        return f"FWM {vs.fwmark}", proto
+    if vs.group is not None:
+        return f"[{vs.group}]:0", proto
+    return f"[{vs.address}]:{proto}:{vs.port or 0}", proto
 
 
 def _group_of(
@@ -227,6 +241,8 @@ class LvsService:
         timer_granularity: float = CHECK_TIMER_GRANULARITY,
         plan_observer: PlanObserver | None = None,
         apply_slice: float = APPLY_SLICE,
+        alerts: bool = False,
+        vrrp_running: bool = True,
     ) -> None:
         self.manager = (
             manager
@@ -239,6 +255,10 @@ class LvsService:
         self._own_scripts = scripts is None
         self._scripts: ScriptRunner = scripts if scripts is not None else TrioScriptRunner()
         self._rng = rng if rng is not None else random.Random()
+        # notify_fifo / lvs_notify_fifo lines (pyalived.alerts); the shared notify_fifo's
+        # script is the VRRP half's unless it does not run.
+        self.alerts = (LvsAlerts(unpacked(config), self._scripts, vrrp_running=vrrp_running)
+                       if alerts else None)
         self._scheduler: CheckerScheduler | None = None
         self._timer_granularity = timer_granularity
         self._apply_slice = apply_slice
@@ -326,6 +346,10 @@ class LvsService:
         if prev is not None and prev.alive != event.alive:
             up, down = blk.notify.get((rid[1], rid[2]), (None, None))
             self._run_script(up if event.alive else down)
+            if self.alerts is not None:
+                rs = event.real_server
+                self.alerts.real_server(f"[{rs.ip}]:{blk.fifo_proto}:{rs.port or 0}",
+                                        blk.fifo_name, event.alive)
         if prev is None or prev.alive != event.alive or prev.weight != event.weight:
             self._pending.update(blk.service_keys())
             self._mark_dirty()
@@ -381,6 +405,8 @@ class LvsService:
                 blk.spec.name, "gained" if change.up else "lost", change.weight,
             )
             self._run_script(blk.quorum_scripts[0 if change.up else 1])
+            if self.alerts is not None:
+                self.alerts.virtual_server(blk.fifo_name, change.up)
         return list(keys)
 
     async def _apply_table(self, changed: Sequence[ServiceKey] | None) -> None:
@@ -415,6 +441,7 @@ class LvsService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: checkers, the applier and (if owned) the script runner."""
         script_scope = trio.CancelScope(shield=True)  # outlives the checkers' last reports
+        alerts_scope = trio.CancelScope(shield=True)
         async with trio.open_nursery() as outer:
             if self._own_scripts:
                 runner = self._scripts
@@ -425,6 +452,14 @@ class LvsService:
                         await runner.run_forever(task_status=task_status)
 
                 await outer.start(scripts)
+            if self.alerts is not None:
+                alerts = self.alerts
+
+                async def fifos(*, task_status: trio.TaskStatus[None]) -> None:
+                    with alerts_scope:  # outlives the checkers' last reports too
+                        await alerts.run(task_status=task_status)
+
+                await outer.start(fifos)
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -454,6 +489,7 @@ class LvsService:
                 with trio.CancelScope(shield=True):
                     await self._shutdown()
                 script_scope.cancel()
+                alerts_scope.cancel()
 
     async def _shutdown(self) -> None:
         # The checkers have stopped, so the omega reports are in (their notify_down
@@ -481,6 +517,8 @@ class LvsService:
         pace = _Pacer(self._apply_slice)
         # 1. What the new configuration is, block by block; nothing running changes yet.
         groups = groups_of(unpacked(config))
+        if self.alerts is not None:
+            self.alerts.configure(unpacked(config))  # FIFOs reopened only if changed
         old = self._blocks
         blocks: dict[BlockKey, _Block] = {}
         changed: list[tuple[_Block | None, _Block]] = []

@@ -223,3 +223,54 @@ def test_mail_server_down_at_first_gets_the_alert_once_it_is_up(make_lab: MakeLa
     print(f"mail server up {up_at - master_at:.1f} s after the transition; alert accepted "
           f"{got['time'] - up_at:.3f} s after it came up; largest advert gap meanwhile "
           f"{max(gaps):.3f} s over {len(gaps)} adverts")
+
+
+def test_lvs_fifo_lines_when_a_web_server_crashes_and_comes_back(make_lab: MakeLab) -> None:
+    """The checker child writes RS and VS lines to lvs_notify_fifo, read by its script.
+
+    (This host's kernel has no IPVS: the checkers and their notifications run anyway.)
+    """
+    lab = make_lab(routers=1, clients=1)
+    (r1,), web = lab.routers, lab.clients[0]
+    serve = [sys.executable, "-m", "http.server", "-b", web.ip, "8080"]
+    server = lab.spawn(web, serve, "web-1")
+    reader = lab.workdir / "fifo_reader.sh"
+    reader.write_text(FIFO_READER)
+    reader.chmod(0o755)
+    text = f"""global_defs {{
+    router_id lab_r1
+    lvs_notify_fifo {lab.workdir}/lvs.fifo
+    lvs_notify_fifo_script {reader}
+}}
+virtual_server 198.18.0.100 80 {{
+    delay_loop 1
+    lb_algo rr
+    lb_kind NAT
+    protocol TCP
+    real_server {web.ip} 8080 {{
+        TCP_CHECK {{
+            connect_timeout 1
+            retry 0
+        }}
+    }}
+}}
+"""
+    start_router(lab, r1, text)
+    out = lab.workdir / "r1.fifo.out"
+
+    def lines() -> list[str]:
+        return [ln.split(" ", 1)[1] for ln in out.read_text().splitlines()] \
+            if out.exists() else []
+
+    wait_for(lambda: "LVS started" in (r1.daemon.log_text() if r1.daemon else ""), SETTLE,
+             what="the checkers")
+    time.sleep(3)
+    assert lines() == []  # up from the start: nothing changed
+    server.stop()
+    rs = f"RS [{web.ip}]:tcp:8080 [198.18.0.100]:tcp:80"
+    wait_for(lambda: len(lines()) >= 2, SETTLE, what="the DOWN lines")
+    assert lines() == [f"{rs} DOWN", "VS [198.18.0.100]:tcp:80 DOWN"]
+    lab.spawn(web, serve, "web-2")
+    wait_for(lambda: len(lines()) >= 4, SETTLE, what="the UP lines")
+    assert lines() == [f"{rs} DOWN", "VS [198.18.0.100]:tcp:80 DOWN",
+                       f"{rs} UP", "VS [198.18.0.100]:tcp:80 UP"]
