@@ -147,3 +147,13 @@ async def test_reload_turns_mail_off_in_place_and_moves_the_fifo(
     assert moved.lines() == ['INSTANCE "VI_1" MASTER 90', 'INSTANCE "VI_1" STOP 90']
     old_fifo.close()
     moved.close()
+
+
+def test_a_sync_group_s_smtp_alert_changes_in_place() -> None:
+    a = instance_conf()
+    b = instance_conf(name="VI_2", virtual_router_id=52)
+    old = Config(vrrp_instances=(a, b), vrrp_sync_groups=(VrrpSyncGroup("G1", ("VI_1", "VI_2")),))
+    new = dataclasses.replace(old, vrrp_sync_groups=(
+        VrrpSyncGroup("G1", ("VI_1", "VI_2"), smtp_alert=True),))
+    plan = plan_reload(old, new)
+    assert plan.restarted == () and plan.empty
