@@ -6,6 +6,10 @@ turns ``global_defs`` into ``MailSettings`` (None unless both an
 ``instance_alert`` / ``group_alert`` give keepalived 2.2.7's subject and
 body for a VRRP state change (``[ROUTER_ID] VRRP Instance NAME - Entering
 MASTER state``, body ``=> VRRP Instance is now owning VRRP VIPs <=``), and
+``real_server_alert`` / ``virtual_server_alert`` those of the checkers
+(``[ROUTER_ID] Realserver [IP]:tcp:PORT of virtual server [IP]:tcp:PORT -
+DOWN``, ``=> TCP CHECK failed on service <=``; ``Virtualserver ... - UP``,
+``=> Starting with quorum up 2+0=2 <= 2 <=``), and
 ``message`` renders the headers keepalived sends (Date, From, Subject,
 X-Mailer, To) with CRLF line ends and dot-stuffing (RFC 5321 §4.5.2).
 ``SmtpDialogue`` is the client side of the SMTP exchange (RFC 5321) as a
@@ -94,6 +98,28 @@ def group_alert(name: str, state: str) -> Alert:
     """keepalived's alert for sync group ``name`` whose members all entered ``state``."""
     return Alert(f"VRRP Group {name} - Entering {state} state",
                  f"=> All VRRP group instances are now in {state} state <=")
+
+
+#: How a checker names itself in a real server alert's body (keepalived 2.2.7's
+#: wording, checked for TCP_CHECK).
+CHECK_WORDS = {"TCP_CHECK": "TCP CHECK", "HTTP_GET": "HTTP_GET CHECK",
+               "SSL_GET": "SSL_GET CHECK", "MISC_CHECK": "MISC CHECK"}
+
+
+def real_server_alert(rs: str, vs: str, up: bool, checker: str) -> Alert:
+    """keepalived's alert for real server ``rs`` of ``vs`` (both as ``[IP]:tcp:PORT``),
+    whose ``checker`` (TCP_CHECK, ...) succeeded (``up``) or failed."""
+    word = CHECK_WORDS.get(checker, checker)
+    return Alert(f"Realserver {rs} of virtual server {vs} - {'UP' if up else 'DOWN'}",
+                 f"=> {word} {'succeed' if up else 'failed'} on service <=")
+
+
+def virtual_server_alert(vs: str, up: bool, quorum: int, hysteresis: int, weight: int,
+                         *, starting: bool = False) -> Alert:
+    """keepalived's alert for virtual server ``vs`` gaining or losing its quorum."""
+    what = "Starting with quorum up" if starting else "Gained quorum" if up else "Lost quorum"
+    return Alert(f"Virtualserver {vs} - {'UP' if up else 'DOWN'}",
+                 f"=> {what} {quorum}+{hysteresis}={quorum + hysteresis} <= {weight} <=")
 
 
 def message(settings: MailSettings, alert: Alert, when: datetime) -> bytes:

@@ -355,6 +355,7 @@ class RealServer:
     virtualhost: str | None = None
     options: CheckerOptions = field(default_factory=CheckerOptions)
     checkers: tuple[Checker, ...] = ()
+    smtp_alert: bool | None = None  # None: global smtp_alert_checker / smtp_alert (alerts.py)
 
     def __str__(self) -> str:
         return host_port(self.address, self.port)
@@ -432,6 +433,7 @@ class VirtualServer:
     options: CheckerOptions = field(default_factory=CheckerOptions)
     real_servers: tuple[RealServer, ...] = ()
     family: int | None = None
+    smtp_alert: bool | None = None  # None: global smtp_alert_checker / smtp_alert (alerts.py)
 
     @property
     def name(self) -> str:

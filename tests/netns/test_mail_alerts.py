@@ -226,7 +226,8 @@ def test_mail_server_down_at_first_gets_the_alert_once_it_is_up(make_lab: MakeLa
 
 
 def test_lvs_fifo_lines_when_a_web_server_crashes_and_comes_back(make_lab: MakeLab) -> None:
-    """The checker child writes RS and VS lines to lvs_notify_fifo, read by its script.
+    """The checker child writes RS and VS lines to lvs_notify_fifo, read by its script, and
+    mails the real server's alerts (on by default, as keepalived) to the mail server.
 
     (This host's kernel has no IPVS: the checkers and their notifications run anyway.)
     """
@@ -234,6 +235,8 @@ def test_lvs_fifo_lines_when_a_web_server_crashes_and_comes_back(make_lab: MakeL
     (r1,), web = lab.routers, lab.clients[0]
     serve = [sys.executable, "-m", "http.server", "-b", web.ip, "8080"]
     server = lab.spawn(web, serve, "web-1")
+    outdir = lab.workdir / "mail"
+    start_smtp(lab, web, outdir)
     reader = lab.workdir / "fifo_reader.sh"
     reader.write_text(FIFO_READER)
     reader.chmod(0o755)
@@ -241,6 +244,10 @@ def test_lvs_fifo_lines_when_a_web_server_crashes_and_comes_back(make_lab: MakeL
     router_id lab_r1
     lvs_notify_fifo {lab.workdir}/lvs.fifo
     lvs_notify_fifo_script {reader}
+    notification_email {{
+        ops@example.org
+    }}
+    smtp_server {web.ip} {SMTP_PORT}
 }}
 virtual_server 198.18.0.100 80 {{
     delay_loop 1
@@ -265,12 +272,23 @@ virtual_server 198.18.0.100 80 {{
     wait_for(lambda: "LVS started" in (r1.daemon.log_text() if r1.daemon else ""), SETTLE,
              what="the checkers")
     time.sleep(3)
-    assert lines() == []  # up from the start: nothing changed
+    start = ["VS [198.18.0.100]:tcp:80 UP"]  # the quorum at start, as keepalived writes it
+    assert lines() == start
     server.stop()
     rs = f"RS [{web.ip}]:tcp:8080 [198.18.0.100]:tcp:80"
-    wait_for(lambda: len(lines()) >= 2, SETTLE, what="the DOWN lines")
-    assert lines() == [f"{rs} DOWN", "VS [198.18.0.100]:tcp:80 DOWN"]
+    wait_for(lambda: len(lines()) >= 3, SETTLE, what="the DOWN lines")
+    assert lines() == [*start, f"{rs} DOWN", "VS [198.18.0.100]:tcp:80 DOWN"]
     lab.spawn(web, serve, "web-2")
-    wait_for(lambda: len(lines()) >= 4, SETTLE, what="the UP lines")
-    assert lines() == [f"{rs} DOWN", "VS [198.18.0.100]:tcp:80 DOWN",
+    wait_for(lambda: len(lines()) >= 5, SETTLE, what="the UP lines")
+    assert lines() == [*start, f"{rs} DOWN", "VS [198.18.0.100]:tcp:80 DOWN",
                        f"{rs} UP", "VS [198.18.0.100]:tcp:80 UP"]
+    down = mail_with(outdir, f"[lab_r1] Realserver [{web.ip}]:tcp:8080 of virtual server "
+                     "[198.18.0.100]:tcp:80 - DOWN")
+    up = mail_with(outdir, f"[lab_r1] Realserver [{web.ip}]:tcp:8080 of virtual server "
+                   "[198.18.0.100]:tcp:80 - UP")
+    assert email.message_from_string(down["data"]).get_payload().strip() == (
+        "=> TCP CHECK failed on service <=")
+    assert email.message_from_string(up["data"]).get_payload().strip() == (
+        "=> TCP CHECK succeed on service <=")
+    # No smtp_alert on the virtual server: its quorum changes are not mailed.
+    assert len(mails(outdir)) == 2
