@@ -15,6 +15,7 @@ import email.utils
 import itertools
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -92,8 +93,9 @@ def mail_with(outdir: Path, subject: str, timeout: float = SETTLE) -> dict[str, 
     return wait_for(find, timeout, what=f"a mail '{subject}'", interval=0.05)
 
 
-def config(node: Node, lab: Lab, server: str, *, priority: int, fifo_script: bool) -> str:
-    fifo = lab.workdir / f"{node.name}.fifo"
+def config(node: Node, lab: Lab, server: str, *, priority: int, fifo_script: bool,
+           fifo: str | None = None, instance_mail: bool = True) -> str:
+    fifo_path = lab.workdir / (fifo or f"{node.name}.fifo")
     lines = [
         f"router_id lab_{node.name}",
         "notification_email {", "    ops@example.org", "    noc@example.org", "}",
@@ -102,7 +104,7 @@ def config(node: Node, lab: Lab, server: str, *, priority: int, fifo_script: boo
         f"smtp_helo_name {node.name}.example.org",
         "smtp_connect_timeout 5",
         "smtp_alert",
-        f"vrrp_notify_fifo {fifo}",
+        f"vrrp_notify_fifo {fifo_path}",
     ]
     if fifo_script:
         reader = lab.workdir / "fifo_reader.sh"
@@ -110,7 +112,8 @@ def config(node: Node, lab: Lab, server: str, *, priority: int, fifo_script: boo
         reader.chmod(0o755)
         lines.append(f"vrrp_notify_fifo_script {reader}")
     head = "global_defs {\n" + "".join(f"    {ln}\n" for ln in lines) + "}\n"
-    return head + VrrpSpec(priority=priority).render()
+    extra = () if instance_mail else ("smtp_alert off",)
+    return head + VrrpSpec(priority=priority, extra=extra).render()
 
 
 def start_router(lab: Lab, node: Node, text: str) -> None:
@@ -292,3 +295,54 @@ virtual_server 198.18.0.100 80 {{
         "=> TCP CHECK succeed on service <=")
     # No smtp_alert on the virtual server: its quorum changes are not mailed.
     assert len(mails(outdir)) == 2
+
+
+def test_reload_moves_the_fifo_and_turns_mail_off_without_disturbing_vrrp(
+    make_lab: MakeLab,
+) -> None:
+    """An operator points r2 (BACKUP) at a new FIFO, read by a script, and turns its
+    instance's mail off, then reloads.  r2 stays BACKUP, untouched; when it later takes
+    over, the new FIFO gets the line, the old one nothing more, and no mail is sent."""
+    lab = make_lab(routers=2, clients=1)
+    r1, r2 = lab.routers
+    server = lab.clients[0]
+    outdir = lab.workdir / "mail"
+    start_smtp(lab, server, outdir)
+    cap = lab.capture()
+    start_router(lab, r1, config(r1, lab, server.ip, priority=100, fifo_script=False))
+    lab.wait_sole_holder(r1, timeout=SETTLE)
+    start_router(lab, r2, config(r2, lab, server.ip, priority=90, fifo_script=False))
+    mail_with(outdir, "[lab_r2] VRRP Instance VI_1 - Entering BACKUP state")
+    old_fifo = os.open(lab.workdir / "r2.fifo", os.O_RDONLY | os.O_NONBLOCK)  # a late reader
+    try:
+        lab.write_config(r2, config(r2, lab, server.ip, priority=90, fifo_script=True,
+                                    fifo="r2-new.fifo", instance_mail=False))
+        since = time.time()
+        assert r2.daemon is not None
+        r2.daemon.signal(signal.SIGHUP)
+        daemon = r2.daemon
+        wait_for(lambda: "reload: applied by every child" in daemon.log_text(), SETTLE,
+                 what="the reload")
+        assert "VI_1 updated (smtp_alert)" in daemon.log_text()  # in place, not restarted
+        out = lab.workdir / "r2.fifo.out"
+        time.sleep(1.5)
+        assert not out.exists() or out.read_text() == ""  # r2 sent nothing, changed nothing
+        assert [e for e in adverts(cap.events(), src=r2.ip, after=since) if e.priority] == []
+        lab.cut(r1)
+        wait_for(lambda: out.exists() and "MASTER" in out.read_text(), SETTLE,
+                 what="the MASTER line in the new FIFO")
+        assert [ln.split(" ", 1)[1] for ln in out.read_text().splitlines()] == [
+            'INSTANCE "VI_1" MASTER 90']
+        # The old FIFO, closed at the reload, got only what came before it.
+        data = b""
+        try:
+            while chunk := os.read(old_fifo, 65536):
+                data += chunk
+        except BlockingIOError:
+            pass
+        assert data.decode().splitlines() == ['INSTANCE "VI_1" BACKUP 90']
+        time.sleep(2)  # a mail would have arrived within milliseconds
+        subjects = [email.message_from_string(m["data"])["Subject"] for m in mails(outdir)]
+        assert "[lab_r2] VRRP Instance VI_1 - Entering MASTER state" not in subjects
+    finally:
+        os.close(old_fifo)
