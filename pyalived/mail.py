@@ -283,8 +283,16 @@ class Mailer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async for item in self._rx:
-            await self._send_one(item)
+        busy = False
+        try:
+            async for item in self._rx:
+                busy = True
+                await self._send_one(item)
+                busy = False
+        finally:
+            unsent = self._rx.statistics().current_buffer_used + busy
+            if unsent:
+                log.warning("stopping with %d mail alert(s) not sent", unsent)
 
     async def _send_one(self, item: _Queued) -> None:
         s = item.settings

@@ -282,3 +282,17 @@ async def test_deliver_reports_a_refusing_server() -> None:
         with pytest.raises(SmtpError, match="554"):
             await deliver(settings, b"x\r\n")
         nursery.cancel_scope.cancel()
+
+
+async def test_stop_logs_the_alerts_not_sent(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = FlakyServer(failures=100)
+    mailer = Mailer(SETTINGS, deliver=server, clock=lambda: WHEN)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mailer.run)
+        mailer.send(Alert("one", "b"))
+        mailer.send(Alert("two", "b"))
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert "stopping with 2 mail alert(s) not sent" in caplog.text
