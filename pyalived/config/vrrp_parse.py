@@ -499,7 +499,9 @@ def _notification_email(block: Block, node: Node) -> None:
     for m in r.block(node):
         r.no_block(m)
         for word in (m.name, *m.values):
-            if "@" not in word or any(c in word for c in "<>\r\n ,"):
+            # A local mailbox ("root") is fine, as in keepalived; what would break the
+            # SMTP command is not.
+            if any(c in word for c in "<>\r\n ,\"") or word.startswith("@"):
                 r.sink.error(m.location, f"notification_email: '{word}' is not a mail address")
             else:
                 found.append(word)

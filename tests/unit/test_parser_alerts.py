@@ -91,7 +91,7 @@ def test_smtp_alert_defaults_as_keepalived(
     ("smtp_connect_timeout 1.5", "not a whole number", True),
     ("smtp_connect_timeout 0", "greater than 0; using 1", False),
     ("smtp_alert maybe", "not true/false", True),
-    ("notification_email {\n  not-an-address\n }", "not a mail address", True),
+    ("notification_email {\n  <root>\n }", "not a mail address", True),
     ("notify_fifo relative/path", "not an absolute path", True),
     ("vrrp_notify_fifo /a b c d", "needs PATH [USER [GROUP]]", True),
     ("no_email_faults", "not supported yet", False),
@@ -104,6 +104,12 @@ def test_bad_values_name_their_line(
     at = ":3:" if line.startswith("notification_email") else ":2:"
     assert fragment in str(d) and at in str(d), str(d)
     assert (res.config is None) is error
+
+
+def test_a_local_mailbox_is_an_address(tmp_path: Path) -> None:
+    res = load_text(tmp_path, "global_defs {\n notification_email {\n  acassen\n }\n}\n"
+                    + INSTANCE.format(body=""))
+    assert res.config is not None and res.config.global_defs.notification_email == ("acassen",)
 
 
 def test_smtp_server_takes_a_host_name_and_ipv6(tmp_path: Path) -> None:
