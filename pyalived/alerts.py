@@ -76,7 +76,8 @@ class VrrpAlerts:
         g = config.global_defs
         self.mailer.configure(mail_settings(g, self._hostname))
         confs, scripts = _fifos(g, g.vrrp_notify_fifo, shared_script=True)
-        self.fifos.configure(confs, script_user=g.script_user, scripts=scripts)
+        self.fifos.configure(confs, script_user=g.script_user, scripts=scripts,
+                             script_group=g.script_group)
         self._smtp_instances = {i.name: i.smtp_alert for i in config.vrrp_instances}
         self._smtp_groups = {s.name: s.smtp_alert for s in config.vrrp_sync_groups}
 
@@ -129,7 +130,8 @@ class LvsAlerts:
     def configure(self, config: Config) -> None:
         g = config.global_defs
         confs, scripts = _fifos(g, g.lvs_notify_fifo, shared_script=not self._vrrp_running)
-        self.fifos.configure(confs, script_user=g.script_user, scripts=scripts)
+        self.fifos.configure(confs, script_user=g.script_user, scripts=scripts,
+                             script_group=g.script_group)
         self.mailer.configure(mail_settings(g, self._hostname))
         self._defaults = checker_alert_defaults(g)
 

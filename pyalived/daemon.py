@@ -50,6 +50,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,9 +60,10 @@ from pyalived.checkers.compile import PackedLvs, unpacked
 from pyalived.config.model import Config
 from pyalived.metrics import Metrics, serve_metrics
 from pyalived.sdnotify import Notifier, run_watchdog
+from pyalived.tuning import Tuner
 from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.instance import Instance
-from pyalived.vrrp.ports import AdvertSocket, GarpSocket
+from pyalived.vrrp.ports import AdvertSocket, GarpSocket, NftRunner
 from pyalived.vrrp.runtime import VrrpPorts, VrrpRuntime
 
 if TYPE_CHECKING:
@@ -104,6 +106,7 @@ class DaemonOptions:
     config_id: str | None = None  # -i, for '@' lines on reload
     dump_dir: str = "/tmp"  # where SIGUSR1/SIGUSR2/SIGRTMIN+2 write their dumps
     reload_timeout: float = RELOAD_TIMEOUT  # seconds a SIGHUP's read may take before refusal
+    tune: bool = False  # apply the half's process settings (pyalived.tuning): children only
 
 
 class _NetSockets:
@@ -137,6 +140,18 @@ def _primary_ip(ifname: str) -> IPv4Address:
     return IPv4Address(ip)
 
 
+def _nft_runner(config: Config) -> NftRunner | None:
+    """nftables for the no_accept VIPs; missing nftables is logged when it is needed."""
+    from pyalived.vrrp import nftables
+    from pyalived.vrrp.firewall import blocks
+
+    runner = nftables.default_runner()
+    if runner is None and any(blocks(inst) for inst in config.vrrp_instances):
+        log.error("no_accept (or vrrp_strict) is configured but nftables is not available"
+                  " (libnftables or nft): the VIPs will not be blocked")
+    return runner
+
+
 @asynccontextmanager
 async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
     """The real ports: raw sockets, netlink, script runner and exact timer wake-ups."""
@@ -162,6 +177,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
             primary_ip=_primary_ip,
             wakeup=timers,
             alerts=alerts,
+            nft=_nft_runner(config),
         )
         nursery.cancel_scope.cancel()
 
@@ -200,6 +216,10 @@ async def run_daemon(
     loader = loader or _file_loader(options)
     runtime: VrrpRuntime | None = None
     lvs_service: LvsService | None = None
+    # keepalived's vrrp_*/checker_* process settings, for the half this process runs
+    tuner = Tuner("vrrp" if options.vrrp else "checker") if options.tune else None
+    if tuner is not None:
+        tuner.apply(unpacked(config).global_defs)
     with trio.open_signal_receiver(*stop_signals, *dump_signals) as signals:
         # The command line blocks these until now (no-op otherwise); any that
         # arrived in between are delivered to the receiver.
@@ -221,9 +241,10 @@ async def run_daemon(
             if options.metrics_listen is not None:
                 await start_metrics(nursery, metrics, *options.metrics_listen)
             await nursery.start(run_watchdog, notifier)
-            reloads = await nursery.start(
-                _reloader, runtime, lvs_service, loader, notifier, metrics, options.reload_timeout
-            )
+            reloads = await nursery.start(partial(
+                _reloader, runtime, lvs_service, loader, notifier, metrics,
+                options.reload_timeout, tuner=tuner,
+            ))
             if control is not None:
                 await nursery.start(
                     control.serve, reloads, metrics, nursery.cancel_scope.cancel
@@ -365,6 +386,7 @@ async def _reloader(
     metrics: Metrics,
     timeout: float,
     *,
+    tuner: Tuner | None = None,
     task_status: trio.TaskStatus[trio.MemorySendChannel[None]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The reload service: one reload per item sent, one at a time.
@@ -374,7 +396,7 @@ async def _reloader(
     send, receive = trio.open_memory_channel[None](1)
     task_status.started(send)
     async for _ in receive:
-        await _reload(runtime, lvs, loader, notifier, metrics, timeout)
+        await _reload(runtime, lvs, loader, notifier, metrics, timeout, tuner)
 
 
 async def _read(loader: Loader, timeout: float) -> Any:
@@ -399,6 +421,7 @@ async def _reload(
     notifier: Notifier,
     metrics: Metrics,
     timeout: float,
+    tuner: Tuner | None = None,
 ) -> None:
     """SIGHUP: re-read the config; refuse it whole on errors, else apply the difference."""
     from pyalived.reload import plan_reload
@@ -428,6 +451,8 @@ async def _reload(
             await runtime.apply(vrrp_config, plan)
         if lvs is not None:
             await lvs.apply(new)
+        if tuner is not None:
+            tuner.apply(unpacked(new).global_defs)
         metrics.reloaded(True)
     finally:
         notifier.ready(status=_status(runtime, lvs))

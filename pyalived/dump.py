@@ -95,6 +95,7 @@ def instance_data(inst: DumpedInstance, now: float) -> dict[str, Any]:
         "master_adver_int": machine.master_adver_interval,
         "preempt": not conf.nopreempt,
         "preempt_delay": conf.preempt_delay,
+        "accept": conf.accept is not False,  # RFC 5798 Accept_Mode (False: no_accept)
         "source_ip": str(inst.src_ip),
         "master_down_interval": round(machine.master_down_interval, 6),
         "next_timer_in": _timer_in(machine, now),
@@ -147,6 +148,7 @@ def format_data(instances: Sequence[DumpedInstance], now: float) -> str:
             ),
             f"   Preempt              = {'yes' if d['preempt'] else 'no'}"
             + (f" (delay {d['preempt_delay']:g} s)" if d["preempt_delay"] else ""),
+            f"   Accept               = {'yes' if d['accept'] else 'no'}",
             f"   Source address       = {d['source_ip']}",
             f"   Master down interval = {d['master_down_interval']:.3f} s",
             f"   Next timer in        = {'none' if timer is None else f'{timer:.3f} s'}",

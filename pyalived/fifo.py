@@ -151,9 +151,11 @@ class NotifyFifos:
         *,
         script_user: str | None = None,
         scripts: Sequence[bool] | None = None,
+        script_group: str | None = None,
     ) -> None:
         self._runner = runner
         self._script_user = script_user
+        self._script_group = script_group
         self._wanted = self._key(confs, scripts)
         self._active: tuple[tuple[NotifyFifo, bool], ...] = ()
         self.writers: list[FifoWriter] = []
@@ -182,12 +184,14 @@ class NotifyFifos:
         *,
         script_user: str | None = None,
         scripts: Sequence[bool] | None = None,
+        script_group: str | None = None,
     ) -> None:
         """A reload: reopen the FIFOs (and restart their scripts) only if they changed."""
         wanted = self._key(confs, scripts)
-        if wanted == self._wanted and script_user == self._script_user:
+        if (wanted, script_user, script_group) == (
+                self._wanted, self._script_user, self._script_group):
             return
-        self._wanted, self._script_user = wanted, script_user
+        self._wanted, self._script_user, self._script_group = wanted, script_user, script_group
         self._changed.set()
 
     def write(self, line: str) -> None:
@@ -243,12 +247,14 @@ class NotifyFifos:
     async def _script(self, conf: NotifyFifo, scopes: list[trio.CancelScope]) -> None:
         assert conf.script is not None
         argv = [*split_command(conf.script), conf.path]
-        user = conf.script_user or self._script_user
+        # The line's USER [GROUP], else script_user and its group, as keepalived.
+        user, group = ((conf.script_user, conf.script_group) if conf.script_user
+                       else (self._script_user, self._script_group))
         # Shielded so that it outlives the cancellation by SCRIPT_GRACE (set on stop).
         with trio.CancelScope(shield=True) as scope:
             scopes.append(scope)
             log.info("starting notify FIFO script %s", " ".join(argv))
-            status = await self._runner.run(argv, None, user)
+            status = await self._runner.run(argv, None, user, group)
             stopping = scope.deadline != math.inf  # its FIFO was closed
             log.log(logging.INFO if stopping else logging.WARNING,
                     "notify FIFO script %s exited with status %d", argv[0], status)

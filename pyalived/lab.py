@@ -20,15 +20,29 @@ hearing it), ``set_link`` flips any interface inside a namespace, and
 ``Proc.terminate``/``Proc.kill`` send SIGTERM/SIGKILL to a daemon.
 
 Observation happens on the bridge: ``Capture`` runs ``tcpdump -w`` on ``br0``
-(packet-buffered, so the file can be read while the capture runs) and
-``parse_pcap`` turns the file into ``Event`` records -- kernel timestamp,
-source MAC and IP, destination, and a kind: ``AdvertKind`` for a VRRPv2
-advertisement (plain, or behind an IPsec AH header as RFC 2338 §5.3.6.3
-authentication produces), ``GarpKind`` for a gratuitous ARP (an ARP whose
-sender and target protocol addresses are equal, RFC 3768 §6.4.1), ``ArpKind``
-for any other ARP request or reply.  The parser
-is written here, independently of the daemon's codec, so that tests do not
-judge the daemon with its own code.
+(packet-buffered, so the file can be read while the capture runs; a
+``PcapFollower`` parses only the records added since it last looked, so that
+polling costs the benchmarks little CPU) and ``parse_pcap`` turns the file
+into ``Event`` records -- kernel timestamp,
+source MAC and IP, destination, and a kind: ``AdvertKind`` for a VRRP
+advertisement, ``GarpKind`` for a gratuitous ARP (an ARP whose sender and
+target protocol addresses are equal, RFC 3768 §6.4.1), ``ArpKind`` for any
+other ARP request or reply, ``NaKind`` for an ICMPv6 Neighbor Advertisement
+(RFC 4861 §4.4; the unsolicited ones a new IPv6 master sends, RFC 5798
+§6.4.2, are the IPv6 gratuitous ARPs).  Adverts are VRRPv2 over IPv4 (plain,
+or behind an IPsec AH header as RFC 2338 §5.3.6.3 authentication produces;
+``version`` 2, the interval in whole seconds in ``advert_int``) and VRRPv3
+over IPv4 or over IPv6 (Ethernet type 0x86dd, next header 112 in the fixed
+IPv6 header; ``version`` 3, Max Adver Int in centiseconds in
+``max_advert_int``).  ``AdvertKind.checksum_ok`` says whether the VRRP
+checksum verifies: VRRPv2's covers the VRRP message alone (RFC 3768 §5.3.8),
+VRRPv3's a pseudo-header first (RFC 5798 §5.2.8: IPv4 source, destination,
+zero, protocol, length; IPv6 the RFC 8200 §8.1 one) -- the IPv6 header has
+no checksum of its own.  Only the IPv4 header's length fields are trusted
+to cut the VRRP message; for IPv6 the payload length is.  The parser is
+written here, independently of the daemon's codec, so that tests do not
+judge the daemon with its own code (the unit tests feed it frames built by
+that codec, which cross-checks both).
 
 ``VrrpSpec``/``render_config`` write keepalived.conf text, understood both by
 keepalived 2.2.7 and by pyalived, and ``Lab.start_daemon`` runs either
@@ -37,6 +51,7 @@ implementation in a router namespace with its own pid files and log.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import secrets
@@ -66,6 +81,12 @@ KEEPALIVED = "/usr/sbin/keepalived"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _counter = itertools.count(1)
+
+# What ``Capture`` records: VRRP over IPv4 (plain or AH) and IPv6, ARP, and ICMPv6
+# Neighbor Advertisements (type 136; ``ip6[40]`` is the ICMPv6 type when no extension
+# header comes first, as in every NA a VRRP router sends).
+CAPTURE_FILTER = ("ip proto 112 or ip proto 51 or arp or ip6 proto 112"
+                  " or (icmp6 and ip6[40] == 136)")
 
 # ICMP echo request/reply over a raw socket (RFC 792); exit status 0 on a reply.
 _PING_SCRIPT = """
@@ -241,7 +262,13 @@ class Proc:
 
 @dataclass(frozen=True)
 class AdvertKind:
-    """A VRRPv2 advertisement (RFC 3768 §5.1)."""
+    """A VRRP advertisement: VRRPv2 (RFC 3768 §5.1) or VRRPv3 (RFC 5798 §5.1).
+
+    For VRRPv3 ``auth_type``, ``advert_int`` and ``auth_data`` are zero/empty
+    (the protocol has no authentication and counts its interval in
+    centiseconds, ``max_advert_int``); ``interval`` is the interval in seconds
+    for either version.
+    """
 
     vrid: int
     priority: int
@@ -250,6 +277,15 @@ class AdvertKind:
     addresses: tuple[str, ...]
     auth_data: bytes = b""
     ah: bool = False  # carried behind an IPsec AH header
+    version: int = 2
+    max_advert_int: int = 0  # VRRPv3: centiseconds (12 bits)
+    # Whether the VRRP checksum verifies (v3: with its pseudo-header); not compared.
+    checksum_ok: bool = field(default=True, compare=False)
+
+    @property
+    def interval(self) -> float:
+        """The advertised interval in seconds."""
+        return self.max_advert_int / 100 if self.version == 3 else float(self.advert_int)
 
 
 @dataclass(frozen=True)
@@ -271,13 +307,29 @@ class ArpKind:
 
 
 @dataclass(frozen=True)
+class NaKind:
+    """An ICMPv6 Neighbor Advertisement (RFC 4861 §4.4) for ``target``."""
+
+    target: str
+    router: bool
+    solicited: bool
+    override: bool
+    lladdr: str = ""  # the Target Link-Layer Address option, if any
+    hop_limit: int = 255
+
+    @property
+    def unsolicited(self) -> bool:
+        return not self.solicited
+
+
+@dataclass(frozen=True)
 class Event:
     time: float
     src_mac: str
     dst_mac: str
     src: str
     dst: str
-    kind: AdvertKind | GarpKind | ArpKind
+    kind: AdvertKind | GarpKind | ArpKind | NaKind
 
     @property
     def is_advert(self) -> bool:
@@ -286,6 +338,10 @@ class Event:
     @property
     def is_garp(self) -> bool:
         return isinstance(self.kind, GarpKind)
+
+    @property
+    def is_na(self) -> bool:
+        return isinstance(self.kind, NaKind)
 
     @property
     def priority(self) -> int | None:
@@ -298,6 +354,71 @@ def _mac(raw: bytes) -> str:
 
 def _ip(raw: bytes) -> str:
     return ".".join(str(b) for b in raw)
+
+
+def _ip6(raw: bytes) -> str:
+    return str(ipaddress.IPv6Address(raw))
+
+
+def _csum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``: 0 when it verifies."""
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _advert_v3(body: bytes, alen: int, pseudo: bytes) -> AdvertKind | None:
+    """A VRRPv3 message with ``alen``-byte addresses; ``pseudo`` is its checksum
+    pseudo-header without the length (IPv4: src, dst, 0, 112 -- the 16-bit length
+    follows; IPv6: src, dst -- the 32-bit length and next header follow)."""
+    if len(body) < 8:
+        return None
+    count = body[3]
+    size = 8 + alen * count
+    if len(body) < size:
+        return None
+    message = body[:size]
+    if alen == 4:
+        header = pseudo + struct.pack("!H", size)
+        addrs = tuple(_ip(message[8 + 4 * i : 12 + 4 * i]) for i in range(count))
+    else:
+        header = pseudo + struct.pack("!I3xB", size, 112)
+        addrs = tuple(_ip6(message[8 + 16 * i : 24 + 16 * i]) for i in range(count))
+    (rsvd_int,) = struct.unpack("!H", message[4:6])
+    return AdvertKind(message[1], message[2], 0, 0, addrs, b"", False, 3, rsvd_int & 0x0FFF,
+                      _csum(header + message) == 0)
+
+
+def _parse_ipv6(ts: float, src_mac: str, dst_mac: str, payload: bytes) -> Event | None:
+    """VRRPv3 (next header 112) or an ICMPv6 Neighbor Advertisement (58, type 136) in
+    an IPv6 packet without extension headers."""
+    if len(payload) < 40 or payload[0] >> 4 != 6:
+        return None
+    (plen,) = struct.unpack("!H", payload[4:6])
+    nxt, hop = payload[6], payload[7]
+    src, dst = payload[8:24], payload[24:40]
+    body = payload[40 : 40 + plen]
+    if nxt == 112:
+        if not body or body[0] >> 4 != 3:
+            return None
+        kind = _advert_v3(body, 16, src + dst)
+        return None if kind is None else Event(ts, src_mac, dst_mac, _ip6(src), _ip6(dst), kind)
+    if nxt != 58 or len(body) < 24 or body[0] != 136:
+        return None
+    (flags,) = struct.unpack("!I", body[4:8])
+    lladdr = ""
+    at = 24
+    while at + 2 <= len(body) and body[at + 1]:
+        opt_len = body[at + 1] * 8
+        if body[at] == 2 and opt_len >= 8 and at + 8 <= len(body):
+            lladdr = _mac(body[at + 2 : at + 8])
+        at += opt_len
+    na = NaKind(_ip6(body[8:24]), bool(flags & 0x80000000), bool(flags & 0x40000000),
+                bool(flags & 0x20000000), lladdr, hop)
+    return Event(ts, src_mac, dst_mac, _ip6(src), _ip6(dst), na)
 
 
 def _parse_frame(ts: float, frame: bytes) -> Event | None:
@@ -314,11 +435,14 @@ def _parse_frame(ts: float, frame: bytes) -> Event | None:
             return Event(ts, src_mac, dst_mac, arp.sender_ip, arp.target_ip, arp)
         ip = _ip(sender_ip)
         return Event(ts, src_mac, dst_mac, ip, ip, GarpKind(ip, op))
+    if ethertype == 0x86DD:
+        return _parse_ipv6(ts, src_mac, dst_mac, payload)
     if ethertype != 0x0800 or len(payload) < 20:
         return None
     ihl = (payload[0] & 0x0F) * 4
     proto = payload[9]
     src, dst = _ip(payload[12:16]), _ip(payload[16:20])
+    (total,) = struct.unpack("!H", payload[2:4])
     body = payload[ihl:]
     ah = False
     if proto == 51:
@@ -328,19 +452,23 @@ def _parse_frame(ts: float, frame: bytes) -> Event | None:
         ah = True
     elif proto != 112:
         return None
+    if len(body) >= 1 and body[0] >> 4 == 3 and not ah:
+        # Cut at the IPv4 total length: an Ethernet frame may carry padding.
+        kind3 = _advert_v3(payload[ihl:total], 4, payload[12:20] + bytes([0, 112]))
+        return None if kind3 is None else Event(ts, src_mac, dst_mac, src, dst, kind3)
     if len(body) < 8 or body[0] >> 4 != 2:
         return None
     count = body[3]
     addrs = tuple(_ip(body[8 + 4 * i : 12 + 4 * i]) for i in range(count))
     auth_data = body[8 + 4 * count : 16 + 4 * count]
-    kind = AdvertKind(body[1], body[2], body[4], body[5], addrs, auth_data, ah)
+    message = body[: 16 + 4 * count]
+    kind = AdvertKind(body[1], body[2], body[4], body[5], addrs, auth_data, ah,
+                      checksum_ok=len(message) == 16 + 4 * count and _csum(message) == 0)
     return Event(ts, src_mac, dst_mac, src, dst, kind)
 
 
-def parse_pcap(data: bytes) -> list[Event]:
-    """VRRP adverts and gratuitous ARPs of a pcap (Ethernet) file; a torn last record is ignored."""
-    if len(data) < 24:
-        return []
+def _pcap_format(data: bytes) -> tuple[str, bool]:
+    """Byte order and timestamp resolution (True: nanoseconds) of a pcap file header."""
     magic = data[:4]
     if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
         endian = "<"
@@ -352,20 +480,67 @@ def parse_pcap(data: bytes) -> list[Event]:
     (linktype,) = struct.unpack(endian + "I", data[20:24])
     if linktype != 1:
         raise ValueError(f"unsupported link type {linktype}")
+    return endian, nanos
+
+
+def _parse_records(data: bytes, offset: int, endian: str, nanos: bool
+                   ) -> tuple[list[Event], int]:
+    """The events of the complete records from ``offset`` on, and where the first
+    incomplete one (or the end) starts."""
     events = []
-    offset = 24
     rec = struct.Struct(endian + "IIII")
     while offset + 16 <= len(data):
         sec, frac, incl, _orig = rec.unpack_from(data, offset)
-        offset += 16
-        if offset + incl > len(data):
+        if offset + 16 + incl > len(data):
             break
+        offset += 16
         ts = sec + frac / (1e9 if nanos else 1e6)
         event = _parse_frame(ts, data[offset : offset + incl])
         offset += incl
         if event is not None:
             events.append(event)
-    return events
+    return events, offset
+
+
+def parse_pcap(data: bytes) -> list[Event]:
+    """VRRP adverts, ARPs and neighbour advertisements of a pcap (Ethernet) file; a torn
+    last record is ignored."""
+    if len(data) < 24:
+        return []
+    endian, nanos = _pcap_format(data)
+    return _parse_records(data, 24, endian, nanos)[0]
+
+
+class PcapFollower:
+    """The events of a pcap file that is still being written, read incrementally:
+    each call parses only the records added since the last one, so that polling a
+    long capture costs little CPU next to the daemons being measured.  A record not
+    yet complete is left for the next call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._format: tuple[str, bool] | None = None  # byte order, nanoseconds
+        self._offset = 0  # of the first record not parsed yet
+        self._events: list[Event] = []
+
+    def events(self) -> list[Event]:
+        try:
+            with open(self.path, "rb") as f:
+                if self._format is None:
+                    header = f.read(24)
+                    if len(header) < 24:
+                        return []
+                    self._format = _pcap_format(header)
+                    self._offset = 24
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        endian, nanos = self._format
+        new, used = _parse_records(data, 0, endian, nanos)
+        self._offset += used
+        self._events += new
+        return list(self._events)
 
 
 class Capture:
@@ -376,9 +551,10 @@ class Capture:
         self.ns = ns
         self._stderr = path.with_suffix(".log")
         self._err: IO[bytes] = open(self._stderr, "wb")
+        self._follower = PcapFollower(path)
         self.popen = subprocess.Popen(
             ["ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-nn", "-U", "-Z", "root",
-             "-s", "2048", "-w", str(path), "ip proto 112 or ip proto 51 or arp"],
+             "-s", "2048", "-w", str(path), CAPTURE_FILTER],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
         )
         try:
@@ -393,10 +569,8 @@ class Capture:
         return "listening on" in self._stderr.read_text(errors="replace")
 
     def events(self) -> list[Event]:
-        try:
-            return parse_pcap(self.path.read_bytes())
-        except FileNotFoundError:
-            return []
+        """Every event captured so far (read incrementally, see ``PcapFollower``)."""
+        return self._follower.events()
 
     def wait_for(
         self, predicate: Callable[[list[Event]], T | None], timeout: float, what: str = "packets"
@@ -424,12 +598,14 @@ class Capture:
 
 
 def adverts(events: Iterable[Event], src: str | None = None, vrid: int | None = None,
-            after: float = 0.0) -> list[Event]:
-    """The adverts among ``events``, optionally from ``src``/for ``vrid``/later than ``after``."""
+            after: float = 0.0, version: int | None = None) -> list[Event]:
+    """The adverts among ``events``, optionally from ``src``/for ``vrid``/later than
+    ``after``/of VRRP ``version``."""
     return [
         e for e in events
         if isinstance(e.kind, AdvertKind) and e.time > after
         and (src is None or e.src == src) and (vrid is None or e.kind.vrid == vrid)
+        and (version is None or e.kind.version == version)
     ]
 
 
@@ -446,6 +622,20 @@ def garps(events: Iterable[Event], ip: str | None = None, after: float = 0.0) ->
     return [
         e for e in events
         if isinstance(e.kind, GarpKind) and e.time > after and (ip is None or e.kind.ip == ip)
+    ]
+
+
+def nas(events: Iterable[Event], target: str | None = None, after: float = 0.0,
+        unsolicited: bool = True) -> list[Event]:
+    """Neighbor Advertisements (unsolicited ones only, unless ``unsolicited`` is False),
+    optionally only for ``target`` (in ``ipaddress``'s compressed form) and later than
+    ``after``: the IPv6 counterpart of ``garps``."""
+    want = None if target is None else str(ipaddress.ip_address(target))
+    return [
+        e for e in events
+        if isinstance(e.kind, NaKind) and e.time > after
+        and (want is None or e.kind.target == want)
+        and (not unsolicited or e.kind.unsolicited)
     ]
 
 
@@ -472,6 +662,7 @@ class VrrpSpec:
     unicast_peers: tuple[str, ...] = ()
     track_interfaces: tuple[str, ...] = ()
     garp_master_delay: float | None = None
+    version: int | None = None  # a ``version`` line (VRRPv3: 3); IPv6 VIPs imply 3
     extra: tuple[str, ...] = ()
 
     def render(self) -> str:
@@ -483,6 +674,8 @@ class VrrpSpec:
             f"priority {self.priority}",
             f"advert_int {self.advert_int:g}",
         ]
+        if self.version is not None:
+            body.append(f"version {self.version}")
         if self.nopreempt:
             body.append("nopreempt")
         if self.use_vmac:
@@ -643,8 +836,30 @@ class Lab:
         out = self.ip(node, "-o", "-4", "addr", "show")
         return {line.split()[3].split("/")[0] for line in out.splitlines() if " inet " in line}
 
+    def addresses6(self, node: Node) -> set[str]:
+        """Every IPv6 address configured in the namespace, compressed, without prefix length."""
+        out = self.ip(node, "-o", "-6", "addr", "show")
+        return {str(ipaddress.IPv6Address(line.split()[3].split("/")[0]))
+                for line in out.splitlines() if " inet6 " in line}
+
+    def add_ipv6(self, node: Node, address: str, timeout: float = 30.0) -> str:
+        """Add ``address`` (with its prefix length, no duplicate address detection) to
+        ``node``'s eth0 and return its link-local address once that is usable."""
+        self.ip(node, "-6", "addr", "add", address, "dev", "eth0", "nodad")
+
+        def link_local() -> str | None:
+            out = self.ip(node, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link")
+            if not out.strip() or "tentative" in out:
+                return None
+            return str(ipaddress.IPv6Address(out.split()[3].split("/")[0]))
+
+        return wait_for(link_local, timeout, what=f"a link-local address on {node}")
+
     def holders(self, ip: str = VIP) -> list[Node]:
-        """Routers on which ``ip`` is configured."""
+        """Routers on which ``ip`` (IPv4, or IPv6 in any spelling) is configured."""
+        if ":" in ip:
+            ip6 = str(ipaddress.IPv6Address(ip))
+            return [r for r in self.routers if ip6 in self.addresses6(r)]
         return [r for r in self.routers if ip in self.addresses(r)]
 
     def wait_sole_holder(self, node: Node, ip: str = VIP, timeout: float = 30.0) -> Node:

@@ -26,6 +26,7 @@ quotes grouping words (the quotes are removed and adjacent pieces join, so
 
 from __future__ import annotations
 
+import grp
 import logging
 import math
 import os
@@ -36,6 +37,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import trio
+
+from pyalived.tuning import spawn_options
 
 log = logging.getLogger("pyalived.scripts")
 
@@ -69,20 +72,27 @@ def split_command(line: str) -> list[str]:
     return words
 
 
-def _identity(user: str | None) -> dict[str, Any]:
-    """``subprocess`` arguments that switch to ``user`` (nothing for None)."""
+def _identity(user: str | None, group: str | None = None) -> dict[str, Any]:
+    """``subprocess`` arguments that switch to ``user`` and ``group`` (default: the
+    user's primary group); nothing for no user, or for ourselves in our own group."""
     if user is None:
         return {}
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
         raise OSError(f"unknown script user {user!r}") from None
-    if entry.pw_uid == os.geteuid():
+    gid = entry.pw_gid
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise OSError(f"unknown script group {group!r}") from None
+    if entry.pw_uid == os.geteuid() and gid == os.getegid():
         return {}
     return {
         "user": entry.pw_uid,
-        "group": entry.pw_gid,
-        "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid),
+        "group": gid,
+        "extra_groups": os.getgrouplist(entry.pw_name, gid),
     }
 
 
@@ -100,11 +110,13 @@ def _kill_group(pid: int) -> None:
 class ScriptRunner(Protocol):
     """Runs external scripts without ever blocking the caller's state machine."""
 
-    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None) -> int:
-        """Run to completion (killed at ``timeout``); return the exit status (-1 on timeout)."""
+    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None,
+                  group: str | None = None) -> int:
+        """Run to completion (killed at ``timeout``) as ``user`` [``group``]; return the
+        exit status (-1 on timeout)."""
         ...
 
-    def notify(self, argv: Sequence[str], user: str | None) -> None:
+    def notify(self, argv: Sequence[str], user: str | None, group: str | None = None) -> None:
         """Fire-and-forget, but reaped by the runner's own task (no detached tasks)."""
         ...
 
@@ -116,11 +128,12 @@ class TrioScriptRunner:
         self.shutdown_grace = shutdown_grace
         self._output = None if log_output else subprocess.DEVNULL
         self._nursery: trio.Nursery | None = None
-        self._pending: list[tuple[tuple[str, ...], str | None]] = []
+        self._pending: list[tuple[tuple[str, ...], str | None, str | None]] = []
         self._notify_scopes: set[trio.CancelScope] = set()
         self._closed = False
 
-    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None) -> int:
+    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None,
+                  group: str | None = None) -> int:
         """Run ``argv`` to completion; -1 if it outlives ``timeout`` (it is then killed)."""
         try:
             proc = await trio.lowlevel.open_process(
@@ -130,7 +143,8 @@ class TrioScriptRunner:
                 stderr=self._output,
                 start_new_session=True,
                 close_fds=True,
-                **_identity(user),
+                **_identity(user, group),
+                **spawn_options(),
             )
         except OSError as exc:
             log.warning("cannot run %s: %s", argv[0] if argv else "<empty>", exc)
@@ -151,9 +165,9 @@ class TrioScriptRunner:
                 with trio.CancelScope(shield=True):
                     await proc.wait()
 
-    def notify(self, argv: Sequence[str], user: str | None) -> None:
+    def notify(self, argv: Sequence[str], user: str | None, group: str | None = None) -> None:
         """Start ``argv`` in the runner's nursery and return at once."""
-        job = (tuple(argv), user)
+        job = (tuple(argv), user, group)
         if self._nursery is None:
             if self._closed:
                 log.warning("script runner stopped; not running %s", job[0][0])
@@ -165,14 +179,15 @@ class TrioScriptRunner:
         except RuntimeError:  # the nursery has closed
             log.warning("script runner stopped; not running %s", job[0][0])
 
-    async def _notify_task(self, argv: tuple[str, ...], user: str | None) -> None:
+    async def _notify_task(self, argv: tuple[str, ...], user: str | None,
+                           group: str | None) -> None:
         # Shielded from the runner's cancellation; run_forever sets the deadline instead.
         with trio.CancelScope(shield=True) as scope:
             if self._closed:
                 scope.deadline = trio.current_time() + self.shutdown_grace
             self._notify_scopes.add(scope)
             try:
-                status = await self.run(argv, None, user)
+                status = await self.run(argv, None, user, group)
                 log.debug("notify %s exited with %d", argv[0], status)
             finally:
                 self._notify_scopes.discard(scope)

@@ -296,7 +296,7 @@ def child_main(half: str, pickled: bytes, options: DaemonOptions, sock: socket.s
     notifier = LinkNotifier(watchdog)
     control = ChildControl(sock, notifier)
     opts = dataclasses.replace(options, vrrp=half == VRRP, checkers=half == CHECKERS,
-                               metrics_listen=None, config_path=None)
+                               metrics_listen=None, config_path=None, tune=True)
 
     async def main() -> None:
         await run_daemon(handed.pop(), opts, counters=counters, notifier=notifier,

@@ -78,6 +78,7 @@ from pyalived.checkers.spec import (
     UrlSpec,
 )
 from pyalived.limits import is_resource_exhaustion
+from pyalived.tuning import spawn_options
 
 RECEIVE_CHUNK = 65536
 TOTAL_TIMEOUT_FACTOR = 3.0
@@ -405,6 +406,7 @@ async def misc_probe(spec: MiscCheck) -> ProbeResult:
                 deliver_cancel=kill_group,
                 user=spec.user,
                 group=spec.group,
+                **spawn_options(),
             )
     except trio.TooSlowError:
         return ProbeResult(False, f"timeout after {spec.effective_timeout:g} s")

@@ -19,12 +19,17 @@ An irregular keyword has a handler function of its own, referenced from the
 table like any other.  The statements are handled in file order: a keyword
 given twice has the effect of its last line, and the diagnostics come out in
 the order of the statements.
+
+Every handler says which attributes of the model its keyword ends up in
+(``field`` and ``user_fields`` by themselves, the others with ``writes``),
+and every table is listed in ``TABLES``: ``tests/unit/test_keyword_coverage.py``
+checks from them that no keyword is accepted whose value nothing reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pyalived.config.tree import Node
 from pyalived.config.values import Read, ValueReader
@@ -49,6 +54,20 @@ class Block:
 
 B = TypeVar("B", bound=Block)
 Handler = Callable[[B, Node], None]
+H = TypeVar("H", bound=Callable[..., None])
+
+# handler -> the model attributes its keyword sets (see the module docstring)
+WRITES: dict[Callable[..., None], tuple[str, ...]] = {}
+
+
+def writes(*names: str) -> Callable[[H], H]:
+    """Declare the model attributes a hand-written handler sets."""
+
+    def declare(handler: H) -> H:
+        WRITES[handler] = names
+        return handler
+
+    return declare
 
 
 class Keywords(Generic[B]):
@@ -61,6 +80,7 @@ class Keywords(Generic[B]):
     ) -> None:
         self.handlers = dict(handlers)
         self.unsupported = unsupported
+        TABLES.append(self)
 
     def run(self, block: B, nodes: Iterable[Node]) -> None:
         """Handle each statement of ``nodes``, in order, into ``block``."""
@@ -73,15 +93,20 @@ class Keywords(Generic[B]):
                 handle(block, node)
 
 
+TABLES: list[Keywords[Any]] = []  # every table made, for the coverage test
+
+
 def field(name: str, read: Read[object], *, unset_on_error: bool = False) -> Handler[Block]:
     """A handler that reads one value with ``read`` into ``fields[name]``."""
     if unset_on_error:
 
+        @writes(name)
         def store(block: Block, node: Node) -> None:
             block.fields[name] = read(block.r, node)
 
         return store
 
+    @writes(name)
     def handle(block: Block, node: Node) -> None:
         value = read(block.r, node)
         if value is not None:
@@ -93,6 +118,7 @@ def field(name: str, read: Read[object], *, unset_on_error: bool = False) -> Han
 def user_fields(user: str, group: str) -> Handler[Block]:
     """A handler that reads ``USER [GROUP]`` into ``fields[user]`` and ``fields[group]``."""
 
+    @writes(user, group)
     def handle(block: Block, node: Node) -> None:
         value = block.r.user_group(node)
         if value is not None:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from socket import AF_INET, AF_INET6
 
-from pyalived.config.keywords import Block, Handler, Keywords, field, user_fields
+from pyalived.config.keywords import Block, Handler, Keywords, field, user_fields, writes
 from pyalived.config.model import (
     Checker,
     CheckerOptions,
@@ -238,6 +238,7 @@ class _Url(Block):
 def option(name: str, read: Read[Option]) -> Handler[_Options]:
     """A handler that reads one generic checker option into ``opts[name]``."""
 
+    @writes(name)
     def handle(block: _Options, node: Node) -> None:
         value = read(block.r, node)
         if value is not None:  # a bad value is reported and leaves the option as it was
@@ -394,6 +395,7 @@ def _status(r: ValueReader, node: Node, word: str) -> tuple[int, int] | None:
 # ---- handlers ------------------------------------------------------------------------
 
 
+@writes("persistence_timeout")
 def _persistence_timeout(block: _VirtualServer, node: Node) -> None:
     """Seconds; with no value, keepalived's default."""
     block.r.no_block(node)
@@ -405,6 +407,7 @@ def _persistence_timeout(block: _VirtualServer, node: Node) -> None:
         block.fields["persistence_timeout"] = DEFAULT_PERSISTENCE_TIMEOUT
 
 
+@writes("persistence_granularity")
 def _persistence_granularity(block: _VirtualServer, node: Node) -> None:
     read = _granularity(block.r, node, block.family)
     if read is not None:
@@ -413,6 +416,7 @@ def _persistence_granularity(block: _VirtualServer, node: Node) -> None:
             block.family = read[1]
 
 
+@writes("family")
 def _ip_family(block: _VirtualServer, node: Node) -> None:
     """``inet`` or ``inet6``; one that conflicts with the family settled so far is ignored."""
     r = block.r
@@ -433,11 +437,13 @@ def _ip_family(block: _VirtualServer, node: Node) -> None:
     block.family = family
 
 
+@writes("sched_flags")
 def _sched_flag(block: _VirtualServer, node: Node) -> None:
     if block.r.flag(node):
         block.flags.add(node.name)
 
 
+@writes("real_servers")
 def _real_server(block: _VirtualServer, node: Node) -> None:
     rs = block.lvs.real_server(node)
     if rs is None:
@@ -470,6 +476,7 @@ def _real_server(block: _VirtualServer, node: Node) -> None:
     block.real_servers.append(rs)
 
 
+@writes()  # warns: not supported yet
 def _unsupported_checker(block: _RealServer, node: Node) -> None:
     block.r.sink.warning(
         node.location,
@@ -477,6 +484,7 @@ def _unsupported_checker(block: _RealServer, node: Node) -> None:
     )
 
 
+@writes("urls")
 def _url(block: _Checker, node: Node) -> None:
     r = block.r
     url = _Url(r)
@@ -493,6 +501,7 @@ def _url(block: _Checker, node: Node) -> None:
     )
 
 
+@writes("status_code")
 def _status_code(block: _Url, node: Node) -> None:
     r = block.r
     r.no_block(node)
@@ -575,6 +584,7 @@ def _checker(kind: CheckerType, keywords: dict[str, Handler[_Checker]]) -> Handl
         kind is CheckerType.MISC_CHECK,
     )
 
+    @writes("checkers")
     def handle(block: _RealServer, node: Node) -> None:
         checker = block.lvs.checker(node, spec)
         if checker is None:

@@ -157,6 +157,9 @@ class VrrpInstance:
     # pyalived.vrrp.peer_addresses); None until the parser resolves the global default.
     skip_check_adv_addr: bool | None = None  # default: global vrrp_skip_check_adv_addr
     strict_mode: bool | None = None  # global vrrp_strict (the instance keyword: not yet)
+    # RFC 5798 Accept_Mode: ``accept`` / ``no_accept``; None until the parser resolves
+    # the default (accept unless vrrp_strict; always for the address owner).
+    accept: bool | None = None
 
     @property
     def family(self) -> int:
@@ -230,6 +233,22 @@ class GlobalDefs:
     enable_script_security: bool = False
     vrrp_strict: bool = False
     vrrp_skip_check_adv_addr: bool = False
+    # The children's scheduling and memory (pyalived.tuning); None/False/(): untouched.
+    vrrp_priority: int | None = None
+    checker_priority: int | None = None
+    vrrp_rt_priority: int | None = None
+    checker_rt_priority: int | None = None
+    vrrp_rlimit_rttime: int | None = None  # microseconds
+    checker_rlimit_rttime: int | None = None
+    vrrp_no_swap: bool = False
+    checker_no_swap: bool = False
+    vrrp_cpu_affinity: tuple[int, ...] = ()
+    checker_cpu_affinity: tuple[int, ...] = ()
+    # The firewall of no_accept VIPs (pyalived.vrrp.firewall): nftables [TABLE] and its knobs.
+    nftables: str = "keepalived"
+    nftables_priority: int = -1
+    nftables_counters: bool = False
+    nftables_ifindex: bool = False
     location: Location = NOWHERE
     # Mail alerts (pyalived.mail).  The smtp_alert* flags are None when not written:
     # an instance's own smtp_alert then defaults to smtp_alert_vrrp, else smtp_alert.

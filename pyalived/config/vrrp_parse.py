@@ -59,17 +59,26 @@ with keepalived 2.2.7's limits and diagnostics (``keepalived -t``):
   authentication. Ignoring.").
 * ``old_unicast_checksum [never]`` chooses the checksum of unicast VRRPv3
   adverts over IPv4 (``OldUnicastChecksum``; see ``pyalived.vrrp.packet``).
+
+Accept mode (RFC 5798 Accept_Mode) is settled with the other ``vrrp_strict``
+consequences: ``accept`` / ``no_accept`` as written, by default accept unless
+``vrrp_strict``; the address owner always accepts; under ``vrrp_strict`` a
+VRRPv2 instance's ``accept`` is warned about and dropped, as keepalived does.
+``nftables [TABLE]``, ``nftables_priority``, ``nftables_counters`` and
+``nftables_ifindex`` configure the firewall (``pyalived.vrrp.firewall``);
+``vrrp_iptables`` / ``vrrp_ipsets`` are warned about: nftables is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_interface
 
 from pyalived.config.diagnostics import Category
-from pyalived.config.keywords import Block, Keywords, field, user_fields
+from pyalived.config.keywords import Block, Keywords, field, user_fields, writes
 from pyalived.config.model import (
     Authentication,
     AuthType,
@@ -104,15 +113,13 @@ MAX_ADVERT_ADDRESSES = 255  # RFC 3768 §5.3.5: Count IP Addrs is 8 bits
 UNSUPPORTED_GLOBAL = frozenset(
     """no_email_faults email_faults lvs_id
     lvs_sync_daemon lvs_flush lvs_flush_onstop lvs_timeouts lvs_timeout default_interface
-    dynamic_interfaces vrrp_iptables vrrp_ipsets vrrp_check_unicast_src
-    vrrp_priority checker_priority bfd_priority vrrp_no_swap
-    checker_no_swap bfd_no_swap vrrp_rt_priority checker_rt_priority bfd_rt_priority
-    vrrp_rlimit_rtime checker_rlimit_rtime bfd_rlimit_rtime snmp_socket enable_snmp_vrrp
+    dynamic_interfaces vrrp_check_unicast_src
+    bfd_priority bfd_no_swap bfd_rt_priority bfd_rlimit_rtime bfd_rlimit_rttime
+    bfd_cpu_affinity snmp_socket enable_snmp_vrrp
     enable_snmp_keepalived enable_snmp_checker enable_snmp_rfc enable_snmp_rfcv2
     enable_snmp_rfcv3 enable_traps enable_dbus enable_dbus_create_instance
     process_names process_name vrrp_process_name checker_process_name
-    bfd_process_name max_auto_priority min_auto_priority_delay nftables nftables_priority
-    nftables_counters nftables_ifindex nftables_ifname vrrp_startup_delay
+    bfd_process_name max_auto_priority min_auto_priority_delay vrrp_startup_delay
     vrrp_higher_prio_send_advert vrrp_lower_prio_no_advert vrrp_min_garp
     vrrp_netlink_cmd_rcv_bufs vrrp_netlink_cmd_rcv_bufs_force vrrp_netlink_monitor_rcv_bufs
     vrrp_netlink_monitor_rcv_bufs_force vrrp_rx_bufs_policy vrrp_rx_bufs_multiplier
@@ -128,8 +135,8 @@ UNSUPPORTED_GLOBAL = frozenset(
     local_name instance net_namespace use_symlink_paths""".split()
 )
 UNSUPPORTED_INSTANCE = frozenset(
-    """native_ipv6 virtual_routes virtual_rules track_file track_process track_bfd accept
-    no_accept strict_mode lvs_sync_daemon_interface debug linkbeat_use_polling notify_deleted
+    """native_ipv6 virtual_routes virtual_rules track_file track_process track_bfd
+    strict_mode lvs_sync_daemon_interface debug linkbeat_use_polling notify_deleted
     notify_master_rx_lower_pri lower_prio_no_advert higher_prio_send_advert
     kernel_rx_buf_size unicast_ttl check_unicast_src promote_secondaries
     down_timer_adverts notify_priority_changes unicast_fault_no_peer
@@ -202,6 +209,70 @@ def _version(r: ValueReader, node: Node) -> int | None:
     return r.integer(node, 2, 3)
 
 
+def _whole(r: ValueReader, node: Node) -> int | None:
+    """One whole number; anything else is warned about and ignored (keepalived's way
+    with the process settings below)."""
+    text = r.one(node)
+    if text is None:
+        return None
+    try:
+        return int(text, 10)
+    except ValueError:
+        r.sink.warning(node.location, f"{node.name}: '{text}' is not a whole number; ignored")
+        return None
+
+
+def _nice(r: ValueReader, node: Node) -> int | None:
+    """``vrrp_priority`` / ``checker_priority``: a nice value; out of range, ignored."""
+    value = _whole(r, node)
+    if value is not None and not -20 <= value <= 19:
+        r.sink.warning(node.location, f"{node.name} {value} is outside [-20, 19]; ignored")
+        return None
+    return value
+
+
+def _rt_priority(r: ValueReader, node: Node) -> int | None:
+    """``vrrp_rt_priority`` / ``checker_rt_priority``: 1..99, clamped as keepalived does."""
+    value = _whole(r, node)
+    if value is None:
+        return None
+    clamped = min(max(value, 1), 99)
+    if clamped != value:
+        r.sink.warning(node.location, f"{node.name} {value} is outside [1, 99]; "
+                       f"using {clamped}")
+    return clamped
+
+
+def _rlimit_rttime(r: ValueReader, node: Node) -> int | None:
+    """``*_rlimit_rttime`` (and keepalived's older spelling ``*_rlimit_rtime``): µs."""
+    value = _whole(r, node)
+    if value is not None and value < 1:
+        r.sink.warning(node.location, f"{node.name} {value} is not a positive number; ignored")
+        return None
+    return value
+
+
+def _cpu_affinity(r: ValueReader, node: Node) -> tuple[int, ...] | None:
+    """``vrrp_cpu_affinity CPU...``: this host's CPU numbers; a bad one is ignored."""
+    r.no_block(node)
+    cpus = os.cpu_count() or 1
+    found: list[int] = []
+    for word in node.values:
+        try:
+            cpu = int(word, 10)
+        except ValueError:
+            r.sink.warning(node.location, f"{node.name}: '{word}' is not a CPU number; ignored")
+            continue
+        if not 0 <= cpu < cpus:
+            r.sink.warning(node.location,
+                           f"{node.name}: CPU {cpu} is outside [0, {cpus - 1}]; ignored")
+            continue
+        found.append(cpu)
+    if not node.values:
+        r.sink.warning(node.location, f"{node.name} needs CPU numbers")
+    return tuple(found) if found else None
+
+
 def _old_unicast_checksum(r: ValueReader, node: Node) -> OldUnicastChecksum | None:
     """``old_unicast_checksum [never]``; another word is ignored, as keepalived does."""
     r.no_block(node)
@@ -272,6 +343,7 @@ def _script_weight(r: ValueReader, node: Node) -> int | None:
     return weight
 
 
+@writes("advert_int")
 def _advert_int(block: _Instance, node: Node) -> None:
     """``advert_int``, applied by ``_advert_interval`` once the version is known."""
     value = block.r.number(node, 0.001, 255)
@@ -319,6 +391,49 @@ def _preempt(r: ValueReader, node: Node) -> bool:
     return not r.flag(node)
 
 
+def _accept(r: ValueReader, node: Node) -> bool:
+    """``accept``: RFC 5798 Accept_Mode on (a bare keyword, as keepalived reads it)."""
+    r.no_block(node)
+    return True
+
+
+def _no_accept(r: ValueReader, node: Node) -> bool:
+    r.no_block(node)
+    return False
+
+
+NFT_TABLE_MAX = 255  # NFT_NAME_MAXLEN 256, with its terminating zero
+
+
+def _nftables_table(r: ValueReader, node: Node) -> str | None:
+    """``nftables [TABLE]``: the firewall's table (default ``keepalived``)."""
+    r.no_block(node)
+    if not node.values:
+        return "keepalived"
+    name = node.values[0]
+    if len(name) > NFT_TABLE_MAX:
+        r.sink.error(node.location, f"nftables table name longer than {NFT_TABLE_MAX} characters")
+        return None
+    if len(node.values) > 1:
+        r.sink.warning(node.location, f"nftables: extra words after {name!r} ignored")
+    return name
+
+
+def _nftables_priority(r: ValueReader, node: Node) -> int | None:
+    """``nftables_priority N``: the hook priority of the input and output chains."""
+    return r.integer(node, -(2**31), 2**31 - 1)
+
+
+@writes()  # warns: nftables is used instead
+def _iptables(block: Block, node: Node) -> None:
+    """``vrrp_iptables`` / ``vrrp_ipsets``: iptables is not used; nftables does the job."""
+    block.r.sink.warning(
+        node.location,
+        f"{node.name}: iptables not supported, using nftables instead; replace"
+        " vrrp_iptables and vrrp_ipsets with the nftables option",
+    )
+
+
 def _auth_pass(r: ValueReader, node: Node) -> bytes | None:
     text = r.one(node)
     if text is None:
@@ -343,6 +458,7 @@ def _authentication(r: ValueReader, node: Node) -> Authentication | None:
     return Authentication(auth_type, password)
 
 
+@writes("interface")
 def _interface(block: _Instance, node: Node) -> None:
     name = block.r.one(node)
     if name is not None:
@@ -355,19 +471,23 @@ def _interface(block: _Instance, node: Node) -> None:
             )
 
 
+@writes("virtual_router_id")
 def _virtual_router_id(block: _Instance, node: Node) -> None:
     block.vrid = block.r.integer(node, 1, 255)
     block.ok = block.ok and block.vrid is not None
 
 
+@writes("virtual_ipaddress")
 def _virtual_ipaddress(block: _Instance, node: Node) -> None:
     block.vips.extend(_vips(block.r, node))
 
 
+@writes("virtual_ipaddress_excluded")
 def _virtual_ipaddress_excluded(block: _Instance, node: Node) -> None:
     block.vips_excluded.extend(_vips(block.r, node))
 
 
+@writes("unicast_peer")
 def _unicast_peer(block: _Instance, node: Node) -> None:
     r = block.r
     for m in r.block(node):
@@ -382,6 +502,7 @@ def _unicast_peer(block: _Instance, node: Node) -> None:
             )
 
 
+@writes("use_vmac", "vmac_name")
 def _use_vmac(block: _Instance, node: Node) -> None:
     block.r.no_block(node)
     block.fields["use_vmac"] = True
@@ -389,11 +510,13 @@ def _use_vmac(block: _Instance, node: Node) -> None:
         block.fields["vmac_name"] = node.values[0]
 
 
+@writes("master", "backup", "fault", "stop", "generic")
 def _notify(block: _Tracking, node: Node) -> None:
     """A notify script; a bad line unsets the script given before."""
     block.notify[_NOTIFY_KEYS[node.name]] = block.r.script(node)
 
 
+@writes("track_script")
 def _track_script(block: _Tracking, node: Node) -> None:
     for m in block.r.block(node):
         res = block.r.weighted(m, "track_script")
@@ -401,6 +524,7 @@ def _track_script(block: _Tracking, node: Node) -> None:
             block.track_script.append(TrackScriptRef(res[0], res[1], m.location))
 
 
+@writes("track_interface")
 def _track_interface(block: _Tracking, node: Node) -> None:
     r = block.r
     for m in r.block(node):
@@ -416,6 +540,7 @@ def _track_interface(block: _Tracking, node: Node) -> None:
         block.track_interface.append(TrackInterface(res[0], res[1] or 0, m.location))
 
 
+@writes("group")
 def _group(block: _SyncGroup, node: Node) -> None:
     for m in block.r.block(node):
         block.r.no_block(m)
@@ -614,6 +739,23 @@ _GLOBAL_DEFS = Keywords[Block](
         "smtp_alert_checker": field("smtp_alert_checker", ValueReader.flag),
         **{key: field(key, _fifo) for key in _FIFO_KEYS},
         **{f"{key}_script": field(f"{key}_script", _fifo) for key in _FIFO_KEYS},
+        # The VRRP and checker children's scheduling and memory (pyalived.tuning).
+        **{f"{half}_{name}": field(f"{half}_{key}", read)
+           for half in ("vrrp", "checker")
+           for name, key, read in (
+               ("priority", "priority", _nice),
+               ("rt_priority", "rt_priority", _rt_priority),
+               ("rlimit_rttime", "rlimit_rttime", _rlimit_rttime),
+               ("rlimit_rtime", "rlimit_rttime", _rlimit_rttime),
+               ("no_swap", "no_swap", ValueReader.flag),
+               ("cpu_affinity", "cpu_affinity", _cpu_affinity),
+           )},
+        "nftables": field("nftables", _nftables_table),
+        "nftables_priority": field("nftables_priority", _nftables_priority),
+        "nftables_counters": field("nftables_counters", ValueReader.flag),
+        "nftables_ifindex": field("nftables_ifindex", ValueReader.flag),
+        "vrrp_iptables": _iptables,
+        "vrrp_ipsets": _iptables,
     },
     UNSUPPORTED_GLOBAL,
 )
@@ -672,6 +814,8 @@ _INSTANCE = Keywords[_Instance](
         "skip_check_adv_addr": field("skip_check_adv_addr", ValueReader.flag),
         "version": field("version", _version),
         "old_unicast_checksum": field("old_unicast_checksum", _old_unicast_checksum),
+        "accept": field("accept", _accept),
+        "no_accept": field("accept", _no_accept),
     },
     UNSUPPORTED_INSTANCE,
 )
@@ -979,6 +1123,24 @@ class VrrpParser:
                         f"vrrp_instance {inst.name}: vrrp_strict forbids unicast_peer",
                     )
 
+    def _accept_mode(self, inst: VrrpInstance, strict: bool) -> bool:
+        """RFC 5798 Accept_Mode as keepalived 2.2.7 settles it: the address owner always
+        accepts; otherwise ``accept`` / ``no_accept``, by default accept unless
+        ``vrrp_strict``; under ``vrrp_strict`` a VRRPv2 instance cannot accept (RFC 3768
+        has no Accept_Mode), which is warned about."""
+        if inst.priority == 255:
+            return True
+        if inst.accept is None:
+            return not strict
+        if inst.accept and strict and inst.version == 2:
+            self.r.sink.warning(
+                inst.location,
+                f"vrrp_instance {inst.name}: accept mode for VRRP version 2 does not comply"
+                " with RFC 3768 under vrrp_strict; using no_accept",
+            )
+            return False
+        return inst.accept
+
     def strict_fixups(self, config: Config) -> Config:
         """keepalived's vrrp_strict: drop authentication, MASTER only for the owner; and
         each instance's ``skip_check_adv_addr`` defaults from the global
@@ -996,6 +1158,7 @@ class VrrpParser:
                 skip_check_adv_addr=(g.vrrp_skip_check_adv_addr if inst.skip_check_adv_addr
                                      is None else inst.skip_check_adv_addr),
                 strict_mode=g.vrrp_strict,
+                accept=self._accept_mode(inst, g.vrrp_strict),
             )
             for inst in config.vrrp_instances
         ))

@@ -34,7 +34,11 @@ instead of whenever epoll's rounded, slack-stretched timeout ends.
 
 Actions are executed in the machine's order, with one exception: adding or
 removing VIPs (a netlink round trip) is done after the adverts and gratuitous
-ARPs of the same batch, so that a new master announces itself first.
+ARPs of the same batch, so that a new master announces itself first.  A
+``no_accept`` instance's VIPs are blocked by the ``VipFirewall``
+(``pyalived.vrrp.firewall``) before they are added and unblocked after they
+are removed; a reload switching the mode blocks or unblocks a MASTER's VIPs
+in place.
 Gratuitous ARPs must not be lost to a passing shortage of this process's
 resources.  An instance opens its GARP socket when it starts, so that a
 failover needs no new file descriptor, and a burst that fails for lack of
@@ -98,6 +102,7 @@ from pyalived.vrrp.compile import (
 )
 from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.demux import Demux, V3Route
+from pyalived.vrrp.firewall import VipFirewall, blocked, blocks
 from pyalived.vrrp.fsm import (
     Action,
     AddVips,
@@ -226,12 +231,15 @@ class Instance:
         multicast_group: IPv4Address = packet.VRRP_MCAST_GROUP,
         multicast_group6: IPv6Address = packet.VRRP_MCAST_GROUP6,
         script_user: str | None = None,
+        script_group: str | None = None,
         machine_factory: Callable[[MachineConfig], VrrpMachine] = VrrpMachine,
         wakeup: Wakeup | None = None,
         alerts: StateAlerts | None = None,
+        firewall: VipFirewall | None = None,
     ) -> None:
         self.conf = conf
         self._alerts = alerts
+        self._firewall = firewall
         self.name = conf.name
         self.family = conf.family  # 6: VRRPv3 over IPv6 (RFC 5798 §5.1.2)
         self.primary_ip = primary_ip
@@ -243,6 +251,7 @@ class Instance:
         self._vmac = vmac if conf.use_vmac else None
         self._links = links
         self._script_user = script_user
+        self._script_group = script_group
         self.proto = advert_proto(conf)
         self._use_vmac_name(conf.effective_vmac_name)
         self._multicast_group6 = multicast_group6
@@ -540,6 +549,7 @@ class Instance:
         await self._execute(self.machine.reconfigure(now, machine_config(conf, self.src_ip)))
         change = reload_vip_change(running_vips, self.vips, self.machine.state)
         await self._vip_change(change.remove, adding=False)
+        await self._accept_mode_changed()
         await self._vip_change(change.add, adding=True)
         if change.announce:
             self._send_garp(GarpKind.MASTER, change.announce)
@@ -766,9 +776,30 @@ class Instance:
     async def _vip_action(self, action: AddVips | RemoveVips) -> None:
         await self._vip_change(self.vips, adding=isinstance(action, AddVips))
 
+    async def _accept_mode_changed(self) -> None:
+        """A reload switched ``accept``/``no_accept``: block or unblock the VIPs a
+        MASTER holds (the ones a reload adds are blocked as they are added)."""
+        if self._firewall is None:
+            return
+        if not blocks(self.conf):
+            await self._firewall.unblock(self)
+        elif self.machine.state is State.MASTER:
+            await self._firewall.block(self, blocked(self.vips, self.vip_dev))
+
     async def _vip_change(self, vips: tuple[VirtualIP, ...], *, adding: bool) -> None:
         if not vips:
             return
+        # no_accept: the VIPs are blocked before they are configured, and unblocked
+        # once they are gone (pyalived.vrrp.firewall).
+        if adding and self._firewall is not None and blocks(self.conf):
+            await self._firewall.block(self, blocked(vips, self.vip_dev))
+        try:
+            await self._vip_netlink(vips, adding=adding)
+        finally:
+            if not adding and self._firewall is not None:
+                await self._firewall.unblock(self, blocked(vips, self.vip_dev))
+
+    async def _vip_netlink(self, vips: tuple[VirtualIP, ...], *, adding: bool) -> None:
         try:
             if adding:
                 await self._addresses.add(self.vip_dev, vips)
@@ -805,7 +836,7 @@ class Instance:
     def _notify(self, state: State) -> None:
         priority = self._stop_priority if state is State.INIT else self.machine.effective_priority
         for argv in notify_commands(self.conf.notify, state, "INSTANCE", self.name, priority):
-            self._scripts.notify(argv, self._script_user)
+            self._scripts.notify(argv, self._script_user, self._script_group)
         if self._alerts is not None:  # notify FIFOs and mail
             self._alerts.instance_state(self.name, NOTIFY_STATE[state], priority)
 

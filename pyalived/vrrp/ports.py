@@ -7,8 +7,9 @@ the implementations in ``pyalived.vrrp.net`` (raw sockets, AF_PACKET),
 §5.1.2),
 ``pyalived.vrrp.netlink`` (addresses, macvlan, link state),
 ``pyalived.scripts`` (notify and track scripts, shared with the checker
-half, which is why ``ScriptRunner`` is defined there) and
-``pyalived.vrrp.wakeup`` (exact timer wake-ups); tests get fakes that record
+half, which is why ``ScriptRunner`` is defined there),
+``pyalived.vrrp.wakeup`` (exact timer wake-ups) and ``pyalived.vrrp.nftables`` (the
+firewall of ``no_accept`` VIPs); tests get fakes that record
 what was asked of them.  Nothing here blocks the trio loop: calls that may
 block (netlink) are async and run in a worker thread.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pyalived.config.model import Config, VirtualIP
 
@@ -155,3 +156,14 @@ class StateAlerts(Protocol):
     def configure(self, config: Config) -> None:
         """A reload: the new configuration's FIFOs, mail settings and ``smtp_alert``s."""
         ...
+
+
+class FirewallError(Exception):
+    """An nftables batch was refused or could not be run; nothing of it was applied."""
+
+
+class NftRunner(Protocol):
+    """Applies one nftables JSON batch (a list of commands) as one transaction;
+    production: ``pyalived.vrrp.nftables``.  Raises ``FirewallError``."""
+
+    async def run(self, commands: list[dict[str, Any]]) -> None: ...

@@ -10,7 +10,11 @@ address is their interface's link-local one, RFC 5798 §5.1.2.1) and the
 ``Demux`` (``pyalived.vrrp.demux``), the link
 dispatcher and one tracker per ``vrrp_script`` (``pyalived.vrrp.tracking``).
 Their subscriber lists are edited in place, and a tracker is restarted only
-when its script changed.
+when its script changed.  So is the ``VipFirewall`` of ``no_accept`` VIPs
+(``pyalived.vrrp.firewall``), when the ports have nftables: configured
+before the first instance starts (replacing a killed daemon's leftovers) and
+on each reload before the instances change, its retry task under the
+nursery, its tables deleted once every instance has stopped.
 
 Building (``build_instances``): each instance gets its settings and its
 tracking from ``pyalived.vrrp.compile``, and the members of a
@@ -44,12 +48,14 @@ from pyalived.scripts import ScriptRunner
 from pyalived.vrrp.compile import build_tracking
 from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.demux import Demux
+from pyalived.vrrp.firewall import VipFirewall, firewall_settings
 from pyalived.vrrp.fsm import MachineConfig, State, StateChanged, VrrpMachine
 from pyalived.vrrp.instance import Instance
 from pyalived.vrrp.notify import NOTIFY_STATE, notify_commands
 from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
+    NftRunner,
     SocketFactory,
     SocketFactory6,
     StateAlerts,
@@ -75,6 +81,8 @@ class VrrpPorts:
     sockets6: SocketFactory6 | None = None
     # Notify FIFOs and mail alerts (pyalived.alerts); None: none.
     alerts: StateAlerts | None = None
+    # The firewall of no_accept VIPs (pyalived.vrrp.nftables); None: no firewall.
+    nft: NftRunner | None = None
 
 
 def build_instances(
@@ -84,6 +92,7 @@ def build_instances(
     demux: Demux,
     counters: VrrpCounters,
     only: Sequence[VrrpInstance] | None = None,
+    firewall: VipFirewall | None = None,
 ) -> list[Instance]:
     """The ``Instance`` of every configured instance (or of ``only`` those).
 
@@ -119,17 +128,19 @@ def build_instances(
             multicast_group=gd.vrrp_mcast_group4,
             multicast_group6=gd.vrrp_mcast_group6,
             script_user=gd.script_user,
+            script_group=gd.script_group,
             machine_factory=machine_for(conf),
             wakeup=ports.wakeup,
             alerts=ports.alerts,
+            firewall=firewall,
         )
         for conf in confs
     ]
     by_name = {inst.name: inst for inst in instances}
     for group_conf in wired:
         follower = _SyncFollower(
-            groups[group_conf.group[0]], group_conf, by_name, ports.scripts, gd.script_user,
-            ports.alerts,
+            groups[group_conf.group[0]], group_conf, by_name, ports.scripts,
+            gd.script_user, gd.script_group, ports.alerts,
         )
         for member in group_conf.group:
             by_name[member].state_listeners.append(follower)
@@ -160,6 +171,7 @@ class _SyncFollower:
         members: dict[str, Instance],
         scripts: ScriptRunner,
         script_user: str | None,
+        script_group: str | None = None,
         alerts: StateAlerts | None = None,
     ) -> None:
         self._alerts = alerts
@@ -168,6 +180,7 @@ class _SyncFollower:
         self._members = members
         self._scripts = scripts
         self._user = script_user
+        self._group = script_group
         self._notified: State | None = None
 
     def __call__(self, inst: Instance, change: StateChanged) -> None:
@@ -182,9 +195,12 @@ class _SyncFollower:
 
     def _notify_group(self, state: State) -> None:
         for argv in notify_commands(self._conf.notify, state, "GROUP", self._conf.name):
-            self._scripts.notify(argv, self._user)
+            self._scripts.notify(argv, self._user, self._group)
         if self._alerts is not None:
             self._alerts.group_state(self._conf.name, NOTIFY_STATE[state])
+
+
+FIREWALL_STOP_TIMEOUT = 5.0  # seconds allowed for deleting the nftables tables on stop
 
 
 class VrrpRuntime:
@@ -221,6 +237,8 @@ class VrrpRuntime:
         self._trackers: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
+        self.firewall = (VipFirewall(ports.nft, firewall_settings(config))
+                         if ports.nft is not None else None)
 
     async def run(
         self, *, task_status: trio.TaskStatus[VrrpRuntime] = trio.TASK_STATUS_IGNORED
@@ -228,12 +246,17 @@ class VrrpRuntime:
         """Start every instance; run until cancelled, then stop them gracefully."""
         try:
             self.instances = build_instances(
-                self.config, self.ports, self.pool, self.demux, self.counters
+                self.config, self.ports, self.pool, self.demux, self.counters,
+                firewall=self.firewall,
             )
             if self.on_instances is not None:
                 self.on_instances(self.instances, self.instances)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.firewall is not None:
+                    # Replaces what a killed daemon left, before any VIP is blocked.
+                    await self.firewall.configure(firewall_settings(self.config))
+                    await nursery.start(self.firewall.run)
                 await nursery.start(self.demux.run)
                 await self._sync_links()
                 for inst in self.instances:
@@ -243,10 +266,16 @@ class VrrpRuntime:
         finally:
             self._nursery = None
             self.pool.close()
+            if self.firewall is not None:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + FIREWALL_STOP_TIMEOUT
+                    await self.firewall.close()
 
     async def apply(self, config: Config, plan: ReloadPlan) -> None:
         """Move to ``config`` as ``plan`` (``pyalived.reload.plan_reload``) says."""
         async with self._lock:
+            if self.firewall is not None:
+                await self.firewall.configure(firewall_settings(config))
             by_key = {instance_key(inst.conf): inst for inst in self.instances}
             for conf in [*plan.removed, *(u.old for u in plan.restarted)]:
                 inst = by_key.pop(instance_key(conf), None)
@@ -258,7 +287,8 @@ class VrrpRuntime:
                     await inst.reconfigure(upd.new, build_tracking(config, upd.new))
             fresh_confs = [*plan.added, *(u.new for u in plan.restarted)]
             fresh = build_instances(
-                config, self.ports, self.pool, self.demux, self.counters, only=fresh_confs
+                config, self.ports, self.pool, self.demux, self.counters, only=fresh_confs,
+                firewall=self.firewall,
             )
             for inst in fresh:
                 by_key[instance_key(inst.conf)] = inst
@@ -341,6 +371,7 @@ class VrrpRuntime:
                 self.ports.scripts,
                 self._script_subs[script.name],
                 default_user=self.config.global_defs.script_user,
+                default_group=self.config.global_defs.script_group,
                 task_status=task_status,
             )
 

@@ -162,6 +162,7 @@ async def run_script_tracker(
     subscribers: Sequence[ScriptSubscriber],
     *,
     default_user: str | None = None,
+    default_group: str | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``script`` every ``interval`` forever; report status changes.
@@ -173,13 +174,14 @@ async def run_script_tracker(
     argv = script_argv(script)
     interval = script.interval if script.interval > 0 else 1.0
     timeout = script.timeout if script.timeout is not None else interval
-    user = script.user or default_user
+    # The script's own ``user USER [GROUP]``, else global_defs' ``script_user``.
+    user, group = (script.user, script.group) if script.user else (default_user, default_group)
     task_status.started()
     next_run = trio.current_time()
     while True:
         await trio.sleep_until(next_run)
         started = trio.current_time()
-        status = await runner.run(argv, timeout, user)
+        status = await runner.run(argv, timeout, user, group)
         success = status == 0
         if status == -1:
             log.debug("track script %s timed out after %gs", script.name, timeout)

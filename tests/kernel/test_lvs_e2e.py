@@ -841,17 +841,21 @@ def test_http_urls_checked_in_turn_like_keepalived(workdir: Path) -> None:
             three[impl].fail()
             one[impl].fail()
         # Each director's table is watched by a thread of its own, so a slow
-        # ipvsadm on one (the VM is emulated) does not delay seeing the other's;
-        # the read that first shows the real server spans [start, end].
+        # ipvsadm on one (the VM is emulated) does not delay seeing the other's.
+        # The real server was still out at some moment of the last read that
+        # missed it (which began at ``absent``), and back by the end of the
+        # first read that showed it: it came back within (absent, end].
         back: dict[str, tuple[float, float]] = {}
 
         def watch(impl: str) -> None:
             deadline = time.monotonic() + SETTLE_TIMEOUT
+            absent = time.monotonic()
             while time.monotonic() < deadline:
                 start = time.monotonic()
                 if in_table(impl):
-                    back[impl] = (start, time.monotonic())
+                    back[impl] = (absent, time.monotonic())
                     return
+                absent = start
                 time.sleep(0.02)
 
         watchers = [threading.Thread(target=watch, args=(impl,)) for impl in impls]
@@ -869,15 +873,16 @@ def test_http_urls_checked_in_turn_like_keepalived(workdir: Path) -> None:
         expected = ["/b 404", "/b 200", "/a 200", "/b 200", "/c 200", "/a 200", "/b 200"]
         assert patterns["keepalived"][1] == patterns["pyalived"][1] == expected, patterns
         # The single URL came back into the table with its second success: no
-        # more than two before the read that saw it began, two by its end.
+        # more than two before the last read that missed it began, two by the
+        # end of the read that saw it.
         # keepalived 2.2.7 comes back with its second or, depending on where in
         # its check cycle the failure stopped, its third success; pyalived with
         # its second, always.
         most = {"pyalived": 2, "keepalived": 3}
         for impl in impls:
             since = [t for t, _, _ in _since_last_404(one[impl].requests)]
-            start, end = back[impl]
-            before_start, before_end = sum(t < start for t in since), sum(t < end for t in since)
+            absent, end = back[impl]
+            before_start, before_end = sum(t < absent for t in since), sum(t < end for t in since)
             assert before_start <= most[impl] and before_end >= 2, (
                 impl, before_start, before_end, since, back[impl])
     finally:

@@ -70,7 +70,10 @@ def addresses_on(lab: Lab, node: Node, dev: str) -> set[str] | None:
 
 def assert_master_on_vmac(lab: Lab, node: Node, dev: str, since: float) -> None:
     """The VIP (and nothing else) on ``dev``, a private-mode VMAC, adverts from the virtual MAC."""
-    wait_for(lambda: addresses_on(lab, node, dev) == {VIP}, SETTLE, what=f"{VIP} on {dev}")
+    # The leftover's own copy of the VIP is there from the start (and is taken
+    # off while the VMAC is prepared): wait for the VIP on a VMAC that is up.
+    wait_for(lambda: addresses_on(lab, node, dev) == {VIP} and ",UP," in links(lab, node)[dev],
+             SETTLE, what=f"{VIP} on {dev}, up")
     line = links(lab, node)[dev]
     assert f"link/ether {VMAC}" in line and "macvlan mode private" in line and ",UP," in line
     cap = lab.captures[0]

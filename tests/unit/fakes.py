@@ -8,16 +8,18 @@ touches the host.
 from __future__ import annotations
 
 import errno
+import json
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_interface
+from typing import Any
 
 import trio
 
 from pyalived.config.model import VirtualIP
 from pyalived.vrrp.net6 import Datagram6
-from pyalived.vrrp.ports import LinkEvent
+from pyalived.vrrp.ports import FirewallError, LinkEvent
 from pyalived.vrrp.vmac import LinkInfo
 
 
@@ -251,6 +253,7 @@ class ScriptCall:
     argv: tuple[str, ...]
     user: str | None
     timeout: float | None = None
+    group: str | None = None
 
 
 @dataclass
@@ -266,8 +269,9 @@ class FakeScriptRunner:
     runs: list[ScriptCall] = field(default_factory=list)
     notified: list[ScriptCall] = field(default_factory=list)
 
-    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None) -> int:
-        self.runs.append(ScriptCall(_now(), tuple(argv), user, timeout))
+    async def run(self, argv: Sequence[str], timeout: float | None, user: str | None,
+                  group: str | None = None) -> int:
+        self.runs.append(ScriptCall(_now(), tuple(argv), user, timeout, group))
         duration = self.durations.get(argv[0], 0.0)
         if timeout is not None and duration > timeout:
             await trio.sleep(timeout)
@@ -277,8 +281,8 @@ class FakeScriptRunner:
         result = self.results.get(argv[0], 0)
         return result() if callable(result) else result
 
-    def notify(self, argv: Sequence[str], user: str | None) -> None:
-        self.notified.append(ScriptCall(_now(), tuple(argv), user))
+    def notify(self, argv: Sequence[str], user: str | None, group: str | None = None) -> None:
+        self.notified.append(ScriptCall(_now(), tuple(argv), user, group=group))
 
 
 @dataclass
@@ -438,3 +442,52 @@ def _eui64(mac: str) -> IPv6Address:
     octets = bytes.fromhex(mac.replace(":", ""))
     iid = bytes([octets[0] ^ 0x02]) + octets[1:3] + b"\xff\xfe" + octets[3:]
     return IPv6Address(b"\xfe\x80" + bytes(6) + iid)
+
+
+class FakeNft:
+    """An nftables ``NftRunner`` keeping a small model of the tables it was asked to build:
+    per (family, table) its sets' elements and its number of rules.  ``fail`` makes the
+    next batches fail (all or nothing, as nftables does); every batch is recorded."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, list[dict[str, Any]]]] = []
+        self.tables: dict[tuple[str, str], dict[str, Any]] = {}
+        self.fail = 0  # number of batches still to refuse
+
+    async def run(self, commands: list[dict[str, Any]]) -> None:
+        self.batches.append((_now(), commands))
+        if self.fail:
+            self.fail -= 1
+            raise FirewallError("Could not process rule: Operation not permitted")
+        tables = {k: {"sets": {n: set(e) for n, e in v["sets"].items()}, "rules": v["rules"]}
+                  for k, v in self.tables.items()}
+        for cmd in commands:
+            (verb, obj), = cmd.items()
+            (kind, body), = obj.items()
+            key = (body["family"], body.get("table", body.get("name")))
+            if kind == "table":
+                if verb == "add":
+                    tables.setdefault(key, {"sets": {}, "rules": 0})
+                elif key in tables:
+                    del tables[key]
+                else:
+                    raise FirewallError("No such file or directory")
+            elif kind == "set":
+                tables[key]["sets"][body["name"]] = {json.dumps(e) for e in body.get("elem", [])}
+            elif kind == "rule":
+                tables[key]["rules"] += 1
+            elif kind == "element":
+                elems = tables[key]["sets"][body["name"]]
+                for e in body["elem"]:
+                    if verb == "add":
+                        elems.add(json.dumps(e))
+                    else:
+                        elems.remove(json.dumps(e))
+        self.tables = tables
+
+    def elements(self, family: str = "ip", table: str = "keepalived",
+                 name: str = "vips") -> set[object]:
+        return {json.loads(e) for e in self.tables[(family, table)]["sets"][name]
+                if not e.startswith("{")} | {
+            tuple(json.loads(e)["concat"]) for e in self.tables[(family, table)]["sets"][name]
+            if e.startswith("{")}

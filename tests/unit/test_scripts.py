@@ -7,6 +7,7 @@ processes gone), never how long something took.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 from collections.abc import AsyncIterator
@@ -89,6 +90,19 @@ async def test_runs_as_user(runner: TrioScriptRunner) -> None:
     assert await runner.run(sh(check), 5.0, "nobody") == 0
     assert await runner.run(sh(check), 5.0, None) != 0  # root stays root
     assert await runner.run(sh("true"), 5.0, "no-such-user-here") == 127
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+async def test_runs_as_user_and_group(runner: TrioScriptRunner) -> None:
+    """``user USER GROUP`` / ``script_user USER GROUP``: the group given, not the user's."""
+    nobody, daemon = pwd.getpwnam("nobody"), grp.getgrnam("daemon")
+    assert nobody.pw_gid != daemon.gr_gid
+    check = f'[ "$(id -u)" = {nobody.pw_uid} ] && [ "$(id -g)" = {daemon.gr_gid} ]'
+    assert await runner.run(sh(check), 5.0, "nobody", "daemon") == 0
+    assert await runner.run(sh(check), 5.0, "nobody") != 0
+    # root in another group is a switch too
+    assert await runner.run(sh(f'[ "$(id -g)" = {daemon.gr_gid} ]'), 5.0, "root", "daemon") == 0
+    assert await runner.run(sh("true"), 5.0, "nobody", "no-such-group-here") == 127
 
 
 async def test_notify_runs_in_background_and_is_reaped(runner: TrioScriptRunner,

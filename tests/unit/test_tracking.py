@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import pytest
 import trio
 import trio.testing
 
@@ -169,3 +172,22 @@ async def test_link_dispatch_forwards_changes_of_tracked_interfaces() -> None:
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert seen == [("eth0", False), ("eth0", True)]
+
+
+@pytest.mark.parametrize(("own", "expected"), [
+    ((None, None), ("nobody", "daemon")),  # global_defs' script_user nobody daemon
+    (("www-data", None), ("www-data", None)),  # its own user, in that user's group
+    (("www-data", "adm"), ("www-data", "adm")),
+])
+async def test_script_runs_as_its_user_and_group(
+    autojump_clock: trio.testing.MockClock, own: tuple[str | None, str | None],
+    expected: tuple[str, str | None],
+) -> None:
+    runner = FakeScriptRunner()
+    script = VrrpScript("chk", "/bin/check", interval=1.0, user=own[0], group=own[1])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_script_tracker, script, runner, [],
+                                    default_user="nobody", default_group="daemon"))
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert (runner.runs[0].user, runner.runs[0].group) == expected
