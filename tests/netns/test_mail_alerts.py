@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -192,13 +193,31 @@ def test_failover_mail_reaches_the_server_with_keepalived_s_message(
         'INSTANCE "VI_1" BACKUP 100', 'INSTANCE "VI_1" MASTER 100', 'INSTANCE "VI_1" FAULT 100']
 
 
-def test_mail_server_down_at_first_gets_the_alert_once_it_is_up(make_lab: MakeLab) -> None:
+BLACKHOLE = """table inet mailtest {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        tcp dport 2525 drop
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("down", ["refusing", "blackholed"])
+def test_mail_server_down_at_first_gets_the_alert_once_it_is_up(
+    make_lab: MakeLab, down: str
+) -> None:
     """The mail server is down when r1 becomes MASTER and comes up 10 s later: the alert
-    arrives by a retry, stamped with the time of the transition, and VRRP never noticed."""
+    arrives by a retry, stamped with the time of the transition, and VRRP never noticed.
+
+    Down is either a host that refuses the connection, or one whose packets are dropped
+    (each attempt then waits smtp_connect_timeout, 5 s here)."""
     lab = make_lab(routers=2, clients=1)
     r1, r2 = lab.routers
     server = lab.clients[0]
     outdir = lab.workdir / "mail"
+    if down == "blackholed":  # in the server's namespace, gone with it
+        subprocess.run(["ip", "netns", "exec", server.ns, "nft", "-f", "-"], input=BLACKHOLE,
+                       text=True, check=True, capture_output=True)
     cap = lab.capture()
     start_router(lab, r1, config(r1, lab, server.ip, priority=100, fifo_script=False))
     lab.wait_sole_holder(r1, timeout=SETTLE)
@@ -210,6 +229,8 @@ def test_mail_server_down_at_first_gets_the_alert_once_it_is_up(make_lab: MakeLa
              what="r1 to fail and plan a retry")
     time.sleep(10)
     up_at = time.time()
+    if down == "blackholed":
+        lab.run(server, "nft", "delete", "table", "inet", "mailtest")
     start_smtp(lab, server, outdir)
     got = mail_with(outdir, "[lab_r1] VRRP Instance VI_1 - Entering MASTER state", timeout=90)
     mail_with(outdir, "[lab_r2] VRRP Instance VI_1 - Entering BACKUP state", timeout=90)
@@ -223,7 +244,10 @@ def test_mail_server_down_at_first_gets_the_alert_once_it_is_up(make_lab: MakeLa
     times = [e.time for e in adverts(events, src=r1.ip, after=master_at) if e.priority]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps and max(gaps) < 3 + (256 - 90) / 256  # never long enough for r2 to take over
-    print(f"mail server up {up_at - master_at:.1f} s after the transition; alert accepted "
+    if down == "blackholed":
+        assert "timed out" in (r1.daemon.log_text() if r1.daemon else "")
+    print(f"({down}) mail server up {up_at - master_at:.1f} s after the transition; alert "
+          "accepted "
           f"{got['time'] - up_at:.3f} s after it came up; largest advert gap meanwhile "
           f"{max(gaps):.3f} s over {len(gaps)} adverts")
 
