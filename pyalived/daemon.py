@@ -43,6 +43,7 @@ above.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
@@ -155,13 +156,16 @@ def _nft_runner(config: Config) -> NftRunner | None:
 async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
     """The real ports: raw sockets, netlink, script runner and exact timer wake-ups."""
     from pyalived import scripts
+    from pyalived.alerts import VrrpAlerts
     from pyalived.vrrp import netlink, routes, wakeup
 
     runner = scripts.TrioScriptRunner()
     watcher = netlink.LinkWatcher()
     timers = wakeup.TimerfdWakeup()
+    alerts = VrrpAlerts(config, runner)
     async with trio.open_nursery() as nursery:
         await nursery.start(runner.run_forever)
+        await nursery.start(alerts.run)
         await nursery.start(watcher.run_forever)
         await nursery.start(timers.run)
         yield VrrpPorts(
@@ -172,6 +176,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
             scripts=runner,
             primary_ip=_primary_ip,
             wakeup=timers,
+            alerts=alerts,
             nft=_nft_runner(config),
             routes=routes.RouteManager(),
         )
@@ -229,7 +234,8 @@ async def run_daemon(
                 log.info("VRRP started with %d instance(s)", len(vrrp_config.vrrp_instances))
                 del vrrp_config
             if options.checkers:
-                lvs_service = (lvs or _production_lvs)(config, metrics)
+                lvs_service = (lvs or functools.partial(
+                    _production_lvs, vrrp_running=options.vrrp))(config, metrics)
                 metrics.lvs = lvs_service
                 await nursery.start(lvs_service.run)
             del config  # the services hold what they need; a reload replaces it
@@ -263,10 +269,13 @@ async def run_daemon(
     log.info("stopped")
 
 
-def _production_lvs(config: Config | PackedLvs, metrics: Metrics) -> LvsService:
+def _production_lvs(
+    config: Config | PackedLvs, metrics: Metrics, *, vrrp_running: bool = True
+) -> LvsService:
     from pyalived.checkers.service import LvsService
 
-    return LvsService(config, probe_observer=metrics.observe_probe)
+    return LvsService(config, probe_observer=metrics.observe_probe, alerts=True,
+                      vrrp_running=vrrp_running)
 
 
 def _status(runtime: VrrpRuntime | None, lvs: LvsService | None) -> str:

@@ -46,7 +46,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pyalived.config.model import NOWHERE, Config, VirtualIP, VrrpInstance
+from pyalived.config.model import NOWHERE, Config, VirtualIP, VrrpInstance, VrrpSyncGroup
 from pyalived.vrrp.compile import instance_vips, sync_group_of, tracking_spec
 from pyalived.vrrp.fsm import State
 
@@ -168,6 +168,14 @@ def _group_identity(config: Config, conf: VrrpInstance) -> Any:
                               if any(i.name == m for i in config.vrrp_instances)))
 
 
+def _group_settings(group: VrrpSyncGroup | None) -> Any:
+    """A sync group's settings that matter to its members (its mail alerts do not: the
+    alert outlets read ``smtp_alert`` from the running configuration)."""
+    if group is None:
+        return None
+    return strip_locations(dataclasses.replace(group, smtp_alert=False))
+
+
 def _diff(old_cfg: Config, new_cfg: Config, old: VrrpInstance, new: VrrpInstance) -> set[str]:
     a, b = strip_locations(old), strip_locations(new)
     changed = {f.name for f in dataclasses.fields(VrrpInstance) if getattr(a, f.name) !=
@@ -179,7 +187,7 @@ def _diff(old_cfg: Config, new_cfg: Config, old: VrrpInstance, new: VrrpInstance
     old_group, new_group = sync_group_of(old_cfg, old.name), sync_group_of(new_cfg, new.name)
     if _group_identity(old_cfg, old) != _group_identity(new_cfg, new):
         changed.add("sync_group")
-    elif strip_locations(old_group) != strip_locations(new_group):
+    elif _group_settings(old_group) != _group_settings(new_group):
         changed.add("sync_group_settings")
     old_type = old.authentication.type if old.authentication else None
     new_type = new.authentication.type if new.authentication else None

@@ -72,6 +72,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import trio
 
+from pyalived.alerts import LvsAlerts
 from pyalived.checkers.compile import (
     BlockKey,
     PackedLvs,
@@ -142,6 +143,11 @@ class _Block:
     services: tuple[VirtualServerConfig, ...]
     servers: dict[Address, RealServerSpec] = field(default_factory=dict)
     notify: dict[Address, tuple[str | None, str | None]] = field(default_factory=dict)
+    fifo_name: str = ""  # as keepalived's notify FIFO lines name it: [IP]:tcp:PORT
+    fifo_proto: str = "tcp"
+    quorum_numbers: tuple[int, int] = (1, 0)  # quorum, hysteresis (for the mail alerts)
+    vs_smtp: bool | None = None  # smtp_alert of the block; None: the global default
+    rs_smtp: dict[Address, bool] = field(default_factory=dict)  # real servers' own
 
     @classmethod
     def build(
@@ -163,7 +169,11 @@ class _Block:
         else:
             for rs in spec.real_servers:
                 blk.servers.setdefault((rs.ip, rs.port), rs)
+        blk.fifo_name, blk.fifo_proto = _fifo_name(vs)
+        blk.quorum_numbers, blk.vs_smtp = (vs.quorum, vs.hysteresis), vs.smtp_alert
         for conf in vs.real_servers:
+            if conf.smtp_alert is not None:
+                blk.rs_smtp[(conf.address, conf.port)] = conf.smtp_alert
             if conf.notify_up is not None or conf.notify_down is not None:
                 blk.notify[(conf.address, conf.port)] = (conf.notify_up, conf.notify_down)
         return blk
@@ -179,6 +189,16 @@ class _Block:
 
     def rid(self, rs: RealServerSpec) -> RealServerId:
         return (self.key, rs.ip, rs.port)
+
+
+def _fifo_name(vs: VirtualServer) -> tuple[str, str]:
+    """A virtual server as keepalived's notify FIFO lines name it, and its protocol word."""
+    proto = vs.protocol.value.lower()
+    if vs.fwmark is not None:
+        return f"FWM {vs.fwmark}", "none"  # keepalived: RS [IP]:none:0 of FWM N
+    if vs.group is not None:
+        return f"[{vs.group}]:0", proto
+    return f"[{vs.address}]:{proto}:{vs.port or 0}", proto
 
 
 def _group_of(
@@ -227,6 +247,8 @@ class LvsService:
         timer_granularity: float = CHECK_TIMER_GRANULARITY,
         plan_observer: PlanObserver | None = None,
         apply_slice: float = APPLY_SLICE,
+        alerts: bool | LvsAlerts = False,
+        vrrp_running: bool = True,
     ) -> None:
         self.manager = (
             manager
@@ -239,6 +261,11 @@ class LvsService:
         self._own_scripts = scripts is None
         self._scripts: ScriptRunner = scripts if scripts is not None else TrioScriptRunner()
         self._rng = rng if rng is not None else random.Random()
+        # notify_fifo / lvs_notify_fifo lines (pyalived.alerts); the shared notify_fifo's
+        # script is the VRRP half's unless it does not run.
+        self.alerts = alerts if isinstance(alerts, LvsAlerts) else (
+            LvsAlerts(unpacked(config), self._scripts, vrrp_running=vrrp_running)
+            if alerts else None)
         self._scheduler: CheckerScheduler | None = None
         self._timer_granularity = timer_granularity
         self._apply_slice = apply_slice
@@ -326,6 +353,12 @@ class LvsService:
         if prev is not None and prev.alive != event.alive:
             up, down = blk.notify.get((rid[1], rid[2]), (None, None))
             self._run_script(up if event.alive else down)
+            if self.alerts is not None:
+                rs = event.real_server
+                port = 0 if blk.fifo_proto == "none" else rs.port or 0
+                kind = event.checker.split("#")[0] if event.checker else None
+                self.alerts.real_server(f"[{rs.ip}]:{blk.fifo_proto}:{port}", blk.fifo_name,
+                                        event.alive, kind, blk.rs_smtp.get((rid[1], rid[2])))
         if prev is None or prev.alive != event.alive or prev.weight != event.weight:
             self._pending.update(blk.service_keys())
             self._mark_dirty()
@@ -381,6 +414,9 @@ class LvsService:
                 blk.spec.name, "gained" if change.up else "lost", change.weight,
             )
             self._run_script(blk.quorum_scripts[0 if change.up else 1])
+            if self.alerts is not None:
+                self.alerts.virtual_server(blk.fifo_name, change.up, *blk.quorum_numbers,
+                                           change.weight, blk.vs_smtp)
         return list(keys)
 
     async def _apply_table(self, changed: Sequence[ServiceKey] | None) -> None:
@@ -415,6 +451,7 @@ class LvsService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: checkers, the applier and (if owned) the script runner."""
         script_scope = trio.CancelScope(shield=True)  # outlives the checkers' last reports
+        alerts_scope = trio.CancelScope(shield=True)
         async with trio.open_nursery() as outer:
             if self._own_scripts:
                 runner = self._scripts
@@ -425,6 +462,14 @@ class LvsService:
                         await runner.run_forever(task_status=task_status)
 
                 await outer.start(scripts)
+            if self.alerts is not None:
+                alerts = self.alerts
+
+                async def fifos(*, task_status: trio.TaskStatus[None]) -> None:
+                    with alerts_scope:  # outlives the checkers' last reports too
+                        await alerts.run(task_status=task_status)
+
+                await outer.start(fifos)
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -440,6 +485,7 @@ class LvsService:
                     await self._scheduler.wait_running()  # probes due at once have started
                     self._dirty = trio.Event()  # the initial states are in this plan
                     await self._apply_table(self._plan())
+                    self._alert_start()
                     if not self._dirty.is_set():
                         self._idle.set()
                     nursery.start_soon(self._applier)
@@ -454,6 +500,20 @@ class LvsService:
                 with trio.CancelScope(shield=True):
                     await self._shutdown()
                 script_scope.cancel()
+                alerts_scope.cancel()
+
+    def _alert_start(self) -> None:
+        """Each virtual server's quorum state at start, as keepalived reports it."""
+        if self.alerts is None:
+            return
+        for blk in self._blocks.values():
+            states = [self.quorum[k] for k in blk.service_keys() if k in self.quorum]
+            if not states:
+                continue
+            weight = sum(st.weight for rs in blk.servers.values()
+                         if (st := self.health.get(blk.rid(rs))) is not None and st.alive)
+            self.alerts.virtual_server(blk.fifo_name, all(states), *blk.quorum_numbers,
+                                       weight, blk.vs_smtp, starting=True)
 
     async def _shutdown(self) -> None:
         # The checkers have stopped, so the omega reports are in (their notify_down
@@ -481,6 +541,8 @@ class LvsService:
         pace = _Pacer(self._apply_slice)
         # 1. What the new configuration is, block by block; nothing running changes yet.
         groups = groups_of(unpacked(config))
+        if self.alerts is not None:
+            self.alerts.configure(unpacked(config))  # FIFOs reopened only if changed
         old = self._blocks
         blocks: dict[BlockKey, _Block] = {}
         changed: list[tuple[_Block | None, _Block]] = []

@@ -151,9 +151,9 @@ UNSUPPORTED_CHECKERS = frozenset(
 )
 SCHED_FLAGS = frozenset("flag-1 flag-2 flag-3 sh-port sh-fallback mh-port mh-fallback".split())
 UNSUPPORTED_VS = frozenset(
-    """persistence_engine smtp_alert snmp_name nat_mask lvs_sync_daemon tunnel_type""".split()
+    """persistence_engine snmp_name nat_mask lvs_sync_daemon tunnel_type""".split()
 )
-UNSUPPORTED_RS = frozenset("smtp_alert snmp_name".split())  # and UNSUPPORTED_CHECKERS
+UNSUPPORTED_RS = frozenset("snmp_name".split())  # and UNSUPPORTED_CHECKERS
 UNSUPPORTED_CHECKER_OPTS = frozenset("bind_if fwmark log_all_failures fast_recovery".split())
 UNSUPPORTED_URL = frozenset(
     "regex regex_no_match regex_options regex_stack regex_min_offset regex_max_offset".split()
@@ -622,6 +622,7 @@ _REAL_SERVER = Keywords[_RealServer](
         "uthreshold": field("uthreshold", int_in(0, U32)),
         "lthreshold": field("lthreshold", int_in(0, U32)),
         "virtualhost": field("virtualhost", ValueReader.one),
+        "smtp_alert": field("smtp_alert", ValueReader.flag),
     },
     UNSUPPORTED_RS,
 )
@@ -653,6 +654,7 @@ _VIRTUAL_SERVER = Keywords[_VirtualServer](
         "alpha": field("alpha", ValueReader.flag),
         "omega": field("omega", ValueReader.flag),
         "inhibit_on_failure": field("inhibit_on_failure", ValueReader.flag),
+        "smtp_alert": field("smtp_alert", ValueReader.flag),
     },
     UNSUPPORTED_VS,
 )

@@ -280,6 +280,27 @@ class VrrpSyncGroup:
     smtp_alert: bool = False
 
 
+@dataclass(frozen=True)
+class NotifyFifo:
+    """``notify_fifo`` / ``vrrp_notify_fifo`` / ``lvs_notify_fifo PATH [USER [GROUP]]`` with
+    its ``..._script`` companion (started with PATH as its last argument)."""
+
+    path: str
+    user: str | None = None  # owner of a FIFO pyalived creates
+    group: str | None = None
+    script: str | None = None  # the script line, split as keepalived splits it
+    script_user: str | None = None  # None: script_user
+    script_group: str | None = None
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """``smtp_server HOST [PORT]``: an IP address or a host name."""
+
+    host: str
+    port: int = 25
+
+
 VRRP_MCAST_GROUP4 = IPv4Address("224.0.0.18")  # RFC 3768 §5.2.2
 VRRP_MCAST_GROUP6 = IPv6Address("ff02::12")  # RFC 5798 §5.1.2.2
 
@@ -320,6 +341,20 @@ class GlobalDefs:
     nftables_counters: bool = False
     nftables_ifindex: bool = False
     location: Location = NOWHERE
+    # Mail alerts (pyalived.mail).  The smtp_alert* flags are None when not written:
+    # an instance's own smtp_alert then defaults to smtp_alert_vrrp, else smtp_alert.
+    notification_email: tuple[str, ...] = ()
+    notification_email_from: str | None = None  # None: keepalived@<host name>
+    smtp_server: SmtpServer | None = None
+    smtp_helo_name: str | None = None  # None: the host name
+    smtp_connect_timeout: float = 30.0
+    smtp_alert: bool | None = None
+    smtp_alert_vrrp: bool | None = None
+    smtp_alert_checker: bool | None = None
+    # FIFO notifications (pyalived.fifo).
+    notify_fifo: NotifyFifo | None = None
+    vrrp_notify_fifo: NotifyFifo | None = None
+    lvs_notify_fifo: NotifyFifo | None = None
 
 
 # ---- LVS: virtual_server, virtual_server_group -------------------------------
@@ -430,6 +465,7 @@ class RealServer:
     virtualhost: str | None = None
     options: CheckerOptions = field(default_factory=CheckerOptions)
     checkers: tuple[Checker, ...] = ()
+    smtp_alert: bool | None = None  # None: global smtp_alert_checker / smtp_alert (alerts.py)
 
     def __str__(self) -> str:
         return host_port(self.address, self.port)
@@ -507,6 +543,7 @@ class VirtualServer:
     options: CheckerOptions = field(default_factory=CheckerOptions)
     real_servers: tuple[RealServer, ...] = ()
     family: int | None = None
+    smtp_alert: bool | None = None  # None: global smtp_alert_checker / smtp_alert (alerts.py)
 
     @property
     def name(self) -> str:

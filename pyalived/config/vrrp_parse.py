@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_interface
 
@@ -86,7 +87,9 @@ from pyalived.config.model import (
     InitialState,
     Location,
     Notify,
+    NotifyFifo,
     OldUnicastChecksum,
+    SmtpServer,
     TrackInterface,
     TrackScriptRef,
     VirtualIP,
@@ -112,16 +115,14 @@ MAX_ADVERT_ADDRESSES = 255  # RFC 3768 §5.3.5: Count IP Addrs is 8 bits
 
 # Keywords keepalived 2.2.7 accepts that this project does not implement yet.
 UNSUPPORTED_GLOBAL = frozenset(
-    """notification_email notification_email_from smtp_server smtp_connect_timeout smtp_helo
-    smtp_alert smtp_alert_vrrp smtp_alert_checker no_email_faults email_faults lvs_id
+    """no_email_faults email_faults lvs_id
     lvs_sync_daemon lvs_flush lvs_flush_onstop lvs_timeouts lvs_timeout default_interface
     dynamic_interfaces vrrp_check_unicast_src
     bfd_priority bfd_no_swap bfd_rt_priority bfd_rlimit_rtime bfd_rlimit_rttime
     bfd_cpu_affinity snmp_socket enable_snmp_vrrp
     enable_snmp_keepalived enable_snmp_checker enable_snmp_rfc enable_snmp_rfcv2
-    enable_snmp_rfcv3 enable_traps enable_dbus enable_dbus_create_instance notify_fifo
-    notify_fifo_script vrrp_notify_fifo vrrp_notify_fifo_script lvs_notify_fifo
-    lvs_notify_fifo_script process_names process_name vrrp_process_name checker_process_name
+    enable_snmp_rfcv3 enable_traps enable_dbus enable_dbus_create_instance
+    process_names process_name vrrp_process_name checker_process_name
     bfd_process_name max_auto_priority min_auto_priority_delay vrrp_startup_delay
     vrrp_higher_prio_send_advert vrrp_lower_prio_no_advert vrrp_min_garp
     vrrp_netlink_cmd_rcv_bufs vrrp_netlink_cmd_rcv_bufs_force vrrp_netlink_monitor_rcv_bufs
@@ -612,6 +613,103 @@ def _vips(r: ValueReader, node: Node) -> list[VirtualIP]:
     return out
 
 
+# ---- mail alerts and notify FIFOs (global_defs) -------------------------------------
+
+SMTP_CONNECT_TIMEOUT_MAX = 4294  # seconds, keepalived 2.2.7's limit
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+                        r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
+_FIFO_KEYS = ("notify_fifo", "vrrp_notify_fifo", "lvs_notify_fifo")
+
+
+def _notification_email(block: Block, node: Node) -> None:
+    """``notification_email { ADDRESS ... }``: one or more addresses a line, appended."""
+    r = block.r
+    found = list(block.fields.get("notification_email", ()))  # type: ignore[call-overload]
+    for m in r.block(node):
+        r.no_block(m)
+        for word in (m.name, *m.values):
+            # A local mailbox ("root") is fine, as in keepalived; what would break the
+            # SMTP command is not.
+            if any(c in word for c in "<>\r\n ,\"") or word.startswith("@"):
+                r.sink.error(m.location, f"notification_email: '{word}' is not a mail address")
+            else:
+                found.append(word)
+    block.fields["notification_email"] = tuple(found)
+
+
+def _smtp_server(r: ValueReader, node: Node) -> SmtpServer | None:
+    """``smtp_server HOST [PORT]``: an IPv4 or IPv6 address or a host name (default port 25)."""
+    r.no_block(node)
+    if not node.values or len(node.values) > 2:
+        r.sink.error(node.location, "smtp_server needs HOST [PORT]")
+        return None
+    host = node.values[0]
+    try:
+        host = str(ip_address(host))
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            r.sink.error(node.location, f"smtp_server: '{host}' is not an address or host name")
+            return None
+    port = 25
+    if len(node.values) > 1:
+        read = r.port(node, node.values[1], "smtp_server")
+        if read is None:
+            return None
+        port = read
+    return SmtpServer(host, port)
+
+
+def _smtp_connect_timeout(r: ValueReader, node: Node) -> float | None:
+    """Whole seconds in [0, 4294]; 0 becomes 1 with a warning, as keepalived does."""
+    value = r.integer(node, 0, SMTP_CONNECT_TIMEOUT_MAX)
+    if value == 0:
+        r.sink.warning(node.location, "smtp_connect_timeout must be greater than 0; using 1")
+        value = 1
+    return None if value is None else float(value)
+
+
+def _fifo(r: ValueReader, node: Node) -> tuple[str, str | None, str | None] | None:
+    """``..._fifo PATH [USER [GROUP]]`` and ``..._fifo_script SCRIPT [USER [GROUP]]``."""
+    r.no_block(node)
+    if not node.values or len(node.values) > 3:
+        what = "SCRIPT" if node.name.endswith("_script") else "PATH"
+        r.sink.error(node.location, f"{node.name} needs {what} [USER [GROUP]]")
+        return None
+    first = node.values[0]
+    if node.name.endswith("_script"):
+        r.script_locations.append(node.location)
+    elif not first.startswith("/"):
+        r.sink.error(node.location, f"{node.name}: '{first}' is not an absolute path")
+        return None
+    words = list(node.values[1:])
+    return first, *[*words, None, None][:2]  # type: ignore[return-value]
+
+
+def _fifos(fields: dict[str, object], defs: GlobalDefs) -> None:
+    """Join each ``..._fifo`` with its ``..._fifo_script`` into a ``NotifyFifo``."""
+    for key in _FIFO_KEYS:
+        fifo = fields.pop(key, None)
+        script = fields.pop(f"{key}_script", None)
+        current: NotifyFifo | None = getattr(defs, key)
+        if isinstance(fifo, tuple):
+            current = NotifyFifo(fifo[0], fifo[1], fifo[2], *(
+                (current.script, current.script_user, current.script_group)
+                if current is not None else ()))
+        if isinstance(script, tuple) and current is not None:
+            current = replace(current, script=script[0], script_user=script[1],
+                              script_group=script[2])
+        if current is not None:
+            fields[key] = current
+
+
+def vrrp_alert_default(g: GlobalDefs) -> bool:
+    """An instance's or sync group's ``smtp_alert`` when it has none: ``smtp_alert_vrrp``,
+    else ``smtp_alert``, else off (keepalived 2.2.7)."""
+    if g.smtp_alert_vrrp is not None:
+        return g.smtp_alert_vrrp
+    return bool(g.smtp_alert)
+
+
 # ---- keyword tables ----------------------------------------------------------------------
 
 _GLOBAL_DEFS = Keywords[Block](
@@ -634,6 +732,17 @@ _GLOBAL_DEFS = Keywords[Block](
         "enable_script_security": field("enable_script_security", ValueReader.flag),
         "vrrp_strict": field("vrrp_strict", ValueReader.flag),
         "vrrp_skip_check_adv_addr": field("vrrp_skip_check_adv_addr", ValueReader.flag),
+        "notification_email": _notification_email,
+        "notification_email_from": field("notification_email_from", ValueReader.one),
+        "smtp_server": field("smtp_server", _smtp_server),
+        "smtp_helo_name": field("smtp_helo_name", ValueReader.one),
+        "smtp_helo": field("smtp_helo_name", ValueReader.one),
+        "smtp_connect_timeout": field("smtp_connect_timeout", _smtp_connect_timeout),
+        "smtp_alert": field("smtp_alert", ValueReader.flag),
+        "smtp_alert_vrrp": field("smtp_alert_vrrp", ValueReader.flag),
+        "smtp_alert_checker": field("smtp_alert_checker", ValueReader.flag),
+        **{key: field(key, _fifo) for key in _FIFO_KEYS},
+        **{f"{key}_script": field(f"{key}_script", _fifo) for key in _FIFO_KEYS},
         # The VRRP and checker children's scheduling and memory (pyalived.tuning).
         **{f"{half}_{name}": field(f"{half}_{key}", read)
            for half in ("vrrp", "checker")
@@ -746,6 +855,7 @@ class VrrpParser:
         self.static_ipaddress: list[VirtualIP] = []
         self.static_routes: list[VirtualRoute] = []
         self.static_rules: list[VirtualRule] = []
+        self.group_alert_default: set[str] = set()  # groups without their own smtp_alert
 
     def static_ipaddress_block(self, node: Node) -> None:
         """``static_ipaddress``: virtual_ipaddress lines; without ``dev``, keepalived's
@@ -771,6 +881,7 @@ class VrrpParser:
             self.r.sink.warning(node.location, "second global_defs block merged into first")
         block = Block(self.r, "global_defs")
         _GLOBAL_DEFS.run(block, self.r.block(node))
+        _fifos(block.fields, self.defs)
         self.defs = replace(
             self.defs,
             location=node.location,
@@ -817,6 +928,8 @@ class VrrpParser:
             return
         if len(block.members) < 2:
             self.r.sink.warning(node.location, f"vrrp_sync_group {name} has only one instance")
+        if "smtp_alert" not in block.fields:
+            self.group_alert_default.add(name)  # global_defs may come later in the file
         self.sync_groups.append(
             VrrpSyncGroup(
                 name=name,
@@ -859,6 +972,7 @@ class VrrpParser:
         fields["garp_lower_prio_delay"] = g.vrrp_garp_lower_prio_delay
         fields["garp_lower_prio_repeat"] = g.vrrp_garp_lower_prio_repeat
         fields["gna_interval"] = g.vrrp_gna_interval
+        fields["smtp_alert"] = vrrp_alert_default(g)
         route_blocks = [n for n in body if n.name in ("virtual_routes", "virtual_rules")]
         _INSTANCE.run(block, (n for n in body if n.name not in ("virtual_routes",
                                                                   "virtual_rules")))
@@ -1076,6 +1190,12 @@ class VrrpParser:
         each instance's ``skip_check_adv_addr`` defaults from the global
         ``vrrp_skip_check_adv_addr``, its ``strict_mode`` is ``vrrp_strict``."""
         g = config.global_defs
+        default_alert = vrrp_alert_default(g)
+        config = replace(config, vrrp_sync_groups=tuple(
+            replace(group, smtp_alert=default_alert)
+            if group.name in self.group_alert_default else group
+            for group in config.vrrp_sync_groups
+        ))
         config = replace(config, vrrp_instances=tuple(
             replace(
                 inst,

@@ -123,12 +123,13 @@ from pyalived.vrrp.fsm import (
     VrrpMachine,
     start_cleanup,
 )
-from pyalived.vrrp.notify import notify_commands
+from pyalived.vrrp.notify import NOTIFY_STATE, notify_commands
 from pyalived.vrrp.peer_addresses import PeerAddressWatch
 from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
     RouteManager,
+    StateAlerts,
     VmacManager,
     Wakeup,
 )
@@ -241,10 +242,12 @@ class Instance:
         script_group: str | None = None,
         machine_factory: Callable[[MachineConfig], VrrpMachine] = VrrpMachine,
         wakeup: Wakeup | None = None,
+        alerts: StateAlerts | None = None,
         firewall: VipFirewall | None = None,
         routes: RouteManager | None = None,
     ) -> None:
         self.conf = conf
+        self._alerts = alerts
         self._firewall = firewall
         self._routes = routes  # virtual_routes / virtual_rules; None: not managed
         self.name = conf.name
@@ -871,6 +874,8 @@ class Instance:
         priority = self._stop_priority if state is State.INIT else self.machine.effective_priority
         for argv in notify_commands(self.conf.notify, state, "INSTANCE", self.name, priority):
             self._scripts.notify(argv, self._script_user, self._script_group)
+        if self._alerts is not None:  # notify FIFOs and mail
+            self._alerts.instance_state(self.name, NOTIFY_STATE[state], priority)
 
     async def _stop(self) -> None:
         if self.started:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from pyalived.config.model import VirtualIP, VirtualRoute, VirtualRule
+from pyalived.config.model import Config, VirtualIP, VirtualRoute, VirtualRule
 
 if TYPE_CHECKING:
     from pyalived.vrrp.net6 import Datagram6
@@ -150,6 +150,23 @@ class Wakeup(Protocol):
     fallback: float
 
     def wake_at(self, owner: Hashable, deadline: float | None) -> None: ...
+
+
+class StateAlerts(Protocol):
+    """Where state changes are reported besides notify scripts: the notify FIFOs and
+    mail alerts (``pyalived.alerts``).  Calls return at once; nothing they do blocks."""
+
+    def instance_state(self, name: str, state: str, priority: int) -> None:
+        """Instance ``name`` entered ``state`` (MASTER, BACKUP, FAULT or STOP)."""
+        ...
+
+    def group_state(self, name: str, state: str) -> None:
+        """Every member of sync group ``name`` is in ``state``."""
+        ...
+
+    def configure(self, config: Config) -> None:
+        """A reload: the new configuration's FIFOs, mail settings and ``smtp_alert``s."""
+        ...
 
 
 class FirewallError(Exception):

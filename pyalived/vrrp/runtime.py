@@ -68,7 +68,7 @@ from pyalived.vrrp.demux import Demux
 from pyalived.vrrp.firewall import VipFirewall, firewall_settings
 from pyalived.vrrp.fsm import MachineConfig, State, StateChanged, VrrpMachine
 from pyalived.vrrp.instance import Instance
-from pyalived.vrrp.notify import notify_commands
+from pyalived.vrrp.notify import NOTIFY_STATE, notify_commands
 from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
@@ -76,6 +76,7 @@ from pyalived.vrrp.ports import (
     RouteManager,
     SocketFactory,
     SocketFactory6,
+    StateAlerts,
     VmacManager,
     Wakeup,
 )
@@ -100,6 +101,8 @@ class VrrpPorts:
     # IPv6 advert sockets and link-local addresses; None: pyalived.vrrp.net6's, made
     # when an IPv6 instance first needs them.
     sockets6: SocketFactory6 | None = None
+    # Notify FIFOs and mail alerts (pyalived.alerts); None: none.
+    alerts: StateAlerts | None = None
     # The firewall of no_accept VIPs (pyalived.vrrp.nftables); None: no firewall.
     nft: NftRunner | None = None
     # virtual_routes/virtual_rules and the static ones (pyalived.vrrp.routes); None:
@@ -153,6 +156,7 @@ def build_instances(
             script_group=gd.script_group,
             machine_factory=machine_for(conf),
             wakeup=ports.wakeup,
+            alerts=ports.alerts,
             firewall=firewall,
             routes=ports.routes,
         )
@@ -162,7 +166,7 @@ def build_instances(
     for group_conf in wired:
         follower = _SyncFollower(
             groups[group_conf.group[0]], group_conf, by_name, ports.scripts,
-            gd.script_user, gd.script_group,
+            gd.script_user, gd.script_group, ports.alerts,
         )
         for member in group_conf.group:
             by_name[member].state_listeners.append(follower)
@@ -194,7 +198,9 @@ class _SyncFollower:
         scripts: ScriptRunner,
         script_user: str | None,
         script_group: str | None = None,
+        alerts: StateAlerts | None = None,
     ) -> None:
+        self._alerts = alerts
         self._sync = sync
         self._conf = conf
         self._members = members
@@ -216,6 +222,8 @@ class _SyncFollower:
     def _notify_group(self, state: State) -> None:
         for argv in notify_commands(self._conf.notify, state, "GROUP", self._conf.name):
             self._scripts.notify(argv, self._user, self._group)
+        if self._alerts is not None:
+            self._alerts.group_state(self._conf.name, NOTIFY_STATE[state])
 
 
 FIREWALL_STOP_TIMEOUT = 5.0  # seconds allowed for deleting the nftables tables on stop
@@ -324,6 +332,8 @@ class VrrpRuntime:
             for inst in fresh:
                 by_key[instance_key(inst.conf)] = inst
             self.config = config
+            if self.ports.alerts is not None:  # new FIFOs, mail settings, smtp_alert
+                self.ports.alerts.configure(config)
             self.instances = [by_key[instance_key(c)] for c in config.vrrp_instances]
             if self.on_instances is not None:
                 self.on_instances(self.instances, fresh)

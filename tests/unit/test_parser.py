@@ -289,7 +289,7 @@ def test_missing_include_exit_4(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "line", "fragment"),
     [
-        ("global_defs {\n smtp_server 198.18.0.1\n}\n" + inst(""), 2, "not supported yet"),
+        ("global_defs {\n no_email_faults\n}\n" + inst(""), 2, "not supported yet"),
         ("global_defs {\n frobnicate 1\n}\n" + inst(""), 2, "unknown keyword frobnicate"),
         (inst("") + "bogus_block {\n a\n}\n", 8, "unknown keyword bogus_block"),
         (inst(" virtual_routes {\n  198.18.3.0/24 via 198.18.0.1 mtu 1400\n }\n"), 8,
