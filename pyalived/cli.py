@@ -36,7 +36,6 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -177,14 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _interface_exists(name: str) -> bool:
-    try:
-        socket.if_nametoindex(name)
-    except OSError:
-        return False
-    return True
-
-
 def _daemonize() -> None:
     """fork, setsid, fork, chdir /, stdio to /dev/null (the parents exit 0)."""
     if os.fork() > 0:
@@ -243,7 +234,7 @@ def _config_test(conf_path: str, config_id: str | None, output: str) -> int:
     from pyalived.config import load, render
 
     # No -i: the loader selects @name lines by the short host name, as keepalived does.
-    result = load(conf_path, config_id=config_id, interface_exists=_interface_exists)
+    result = load(conf_path, config_id=config_id)
     text = render(result.diagnostics)
     if output == "-":
         sys.stderr.write(text)

@@ -63,8 +63,8 @@ from pyalived.config.vrrp_parse import VrrpParser
 UNSUPPORTED_TOP = frozenset(
     """static_ipaddress static_routes static_rules
     vrrp_track_file track_file vrrp_track_process track_process linkbeat_interfaces
-    net_namespace net_namespace_ipvs namespace_with_ipsets instance use_pid_dir
-    bfd_instance vrrp_track_bfd track_bfd garp_group child_wait_time""".split()
+    net_namespace_ipvs namespace_with_ipsets instance use_pid_dir
+    bfd_instance vrrp_track_bfd track_bfd child_wait_time""".split()
 )
 
 
@@ -74,6 +74,34 @@ def system_interface_exists(name: str) -> bool:
     except OSError:
         return False
     return True
+
+
+class SystemInterfaces:
+    """``InterfaceExists`` on this host: in this process's network namespace, or in the
+    one a top-level ``net_namespace`` names, once the parser has seen it
+    (``use_namespace``).  Every interface check is made after the whole file is read
+    (instances wait for ``finish``), so the namespace applies wherever the line is."""
+
+    def __init__(self) -> None:
+        self.namespace: str | None = None
+
+    def use_namespace(self, name: str) -> bool:
+        """Look for interfaces in /run/netns/NAME from now on; False if it does not exist."""
+        if not os.path.exists(f"/run/netns/{name}"):
+            return False
+        self.namespace = name
+        return True
+
+    def __call__(self, name: str) -> bool:
+        if self.namespace is None:
+            return system_interface_exists(name)
+        from pyalived.vrrp.netlink import in_netns
+
+        try:
+            with in_netns(self.namespace):
+                return system_interface_exists(name)
+        except OSError:
+            return False
 
 
 @dataclass(frozen=True)
@@ -103,7 +131,7 @@ def load(
             Category.MISSING_FILE,
         )
         return LoadResult(None, tuple(sink.items), exit_code_for(sink.items))
-    parser = _Parser(DiagnosticSink(), interface_exists or system_interface_exists)
+    parser = _Parser(DiagnosticSink(), interface_exists or SystemInterfaces())
     builder = TreeBuilder(parser.top)
     cid = config_id if config_id is not None else default_config_id()
     lexer = Lexer(cid, sink, limits, on_line=builder.line)
@@ -161,6 +189,8 @@ class _Parser:
             "vrrp_instance": self.vrrp.vrrp_instance,
             "vrrp_sync_group": self.vrrp.vrrp_sync_group,
             "virtual_server_group": self.lvs.virtual_server_group,
+            "net_namespace": self.vrrp.net_namespace,
+            "garp_group": self.vrrp.garp_group,
         }
 
     def parse(self, nodes: tuple[Node, ...]) -> Config:

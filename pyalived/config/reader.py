@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from pyalived.config.lexer import Source
 from pyalived.config.model import Config
-from pyalived.config.parser import load, system_interface_exists
+from pyalived.config.parser import SystemInterfaces, load
 
 VRRP = "vrrp"
 CHECKERS = "checkers"
@@ -176,7 +176,7 @@ def run_reader(path: str, config_id: str | None, halves: Sequence[str]) -> ReadR
 
 def read(path: str, config_id: str | None, halves: Sequence[str]) -> ReadResult:
     """Load ``path`` as the daemon's loader does (``pyalived.daemon._file_loader``)."""
-    loaded = load(path, config_id=config_id, interface_exists=system_interface_exists)
+    loaded = load(path, config_id=config_id, interface_exists=SystemInterfaces())
     pickled = None if loaded.config is None else pickle_halves(loaded.config, halves)
     return ReadResult(tuple(str(d) for d in loaded.diagnostics), loaded.exit_code,
                       loaded.sources, pickled)

@@ -111,10 +111,12 @@ from pyalived.vrrp.fsm import (
     VrrpMachine,
     start_cleanup,
 )
+from pyalived.vrrp.garp_pacing import GarpPacer
 from pyalived.vrrp.notify import notify_commands
 from pyalived.vrrp.peer_addresses import PeerAddressWatch
 from pyalived.vrrp.ports import (
     AddressManager,
+    GarpSocket,
     LinkWatcher,
     VmacManager,
     Wakeup,
@@ -180,11 +182,12 @@ _Event = _Rx | _Script | _Link | _Force | _Reconf | _Tick
 
 @dataclass(frozen=True)
 class _SpacedNa:
-    """One unsolicited NA of a burst spaced by ``gna_interval``, due later."""
+    """One frame of a paced burst (``pyalived.vrrp.garp_pacing``), due later: a
+    gratuitous ARP for an IPv4 address, an unsolicited NA for an IPv6 one."""
 
     due: float  # trio time
     dev: str
-    ip: IPv6Address
+    ip: packet.IPAddress
 
 
 @dataclass(frozen=True)
@@ -227,8 +230,14 @@ class Instance:
         script_user: str | None = None,
         machine_factory: Callable[[MachineConfig], VrrpMachine] = VrrpMachine,
         wakeup: Wakeup | None = None,
+        pacer: GarpPacer | None = None,
+        start_at: float | None = None,
     ) -> None:
         self.conf = conf
+        # vrrp_startup_delay: the instance starts at this trio time, not at once.
+        self._start_at = start_at
+        self._machine_factory = machine_factory
+        self._pacer = pacer if pacer is not None else GarpPacer()
         self.name = conf.name
         self.family = conf.family  # 6: VRRPv3 over IPv6 (RFC 5798 §5.1.2)
         self.primary_ip = primary_ip
@@ -323,6 +332,8 @@ class Instance:
         unchanged.  Returns at once if the instance is not running.
         """
         if not self.started:
+            if self._start_at is not None:  # still waiting to start: start with ``conf``
+                self._pending_conf(conf, tracking)
             return
         done = trio.Event()
         self._post(_Reconf(conf, tracking, done))
@@ -335,8 +346,27 @@ class Instance:
 
     # -- the task --
 
+    def _pending_conf(self, conf: VrrpInstance, tracking: InstanceTracking) -> None:
+        """A reload before the delayed start: the instance will start with ``conf``."""
+        self.conf = conf
+        self.name = conf.name
+        self.vips = instance_vips(conf)
+        self.destinations = advert_destinations(
+            conf, self._multicast_group, self._multicast_group6
+        )
+        self._expect = expectation(conf)
+        self._expect_v3 = expectation_v3(conf)
+        self.tracking = tracking
+        self.machine = self._machine_factory(machine_config(conf, self.src_ip))
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
+            if self._start_at is not None and trio.current_time() < self._start_at:
+                # vrrp_startup_delay: nothing is opened, sent or heard until then.
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                await trio.sleep_until(self._start_at)
+            self._start_at = None
             if self._vmac is not None and self.conf.effective_vmac_name is not None:
                 self._use_vmac_name(await self._vmac.create(
                     self.conf.interface, self.conf.effective_vmac_name,
@@ -695,21 +725,12 @@ class Instance:
         RFC 5798 §6.4.2) for the IPv6 ones; retried together."""
         ips4 = [ip for ip in ips if isinstance(ip, IPv4Address)]
         ips6 = [ip for ip in ips if isinstance(ip, IPv6Address)]
-        spacing = self.conf.gna_interval
         try:
             sock = self._sockets.garp(dev)
             if ips4:
-                sock.send_garp(ips4, count)
-            if ips6 and spacing > 0:
-                # One NA now, the others every gna_interval (keepalived's
-                # vrrp_gna_interval); only this first one is retried on failure.
-                now = trio.current_time()
-                frames = [ip for ip in ips6 for _ in range(count)]
-                sock.send_na(frames[:1], 1)
-                self._spaced_nas += [_SpacedNa(now + k * spacing, dev, ip)
-                                     for k, ip in enumerate(frames) if k]
-            elif ips6:
-                sock.send_na(ips6, count)
+                self._paced_burst(sock, dev, ips4, count, arp=True)
+            if ips6:
+                self._paced_burst(sock, dev, ips6, count, arp=False)
         except OSError as exc:
             self._counters.tx_errors[self.name] += 1
             if not _garp_retryable(exc):
@@ -730,8 +751,40 @@ class Instance:
                 log.info("(%s) gratuitous ARP on %s sent at attempt %d",
                          self.name, dev, attempt)
 
+    def _paced_burst(self, sock: GarpSocket, dev: str, ips: Sequence[packet.IPAddress],
+                     count: int, *, arp: bool) -> None:
+        """``count`` frames per address, spaced as the interface's pace says
+        (``vrrp_garp_interval``/``garp_interval``, ``vrrp_gna_interval``/``gna_interval``,
+        ``garp_group``): the frames due now leave now, the others are woken for.
+        Only a failure of the frames sent now is retried (``_garp_burst``)."""
+        own = self.conf.garp_interval if arp else self.conf.gna_interval
+        # A VMAC shares its parent's pace: they are one port on the switch.
+        base = self.conf.interface if dev == self.vmac_name else dev
+        key, interval = self._pacer.pace(base, arp=arp, own=own)
+        if interval <= 0:
+            if arp:
+                sock.send_garp([ip for ip in ips if isinstance(ip, IPv4Address)], count)
+            else:
+                sock.send_na([ip for ip in ips if isinstance(ip, IPv6Address)], count)
+            return
+        now = trio.current_time()
+        frames = [ip for ip in ips for _ in range(count)]
+        times = self._pacer.reserve(key, arp=arp, interval=interval, n=len(frames), now=now)
+        for due, ip in zip(times, frames, strict=True):
+            if due <= now:
+                self._send_one(sock, ip)
+            else:
+                self._spaced_nas.append(_SpacedNa(due, dev, ip))
+
+    @staticmethod
+    def _send_one(sock: GarpSocket, ip: packet.IPAddress) -> None:
+        if isinstance(ip, IPv4Address):
+            sock.send_garp([ip], 1)
+        else:
+            sock.send_na([ip], 1)
+
     def _send_spaced_nas(self, now: float) -> None:
-        """Send the NAs of a spaced burst that are due (only while MASTER)."""
+        """Send the frames of a paced burst that are due (only while MASTER)."""
         if self.machine.state is not State.MASTER:
             self._spaced_nas.clear()
             return
@@ -739,11 +792,12 @@ class Instance:
         self._spaced_nas = [n for n in self._spaced_nas if n.due > now]
         for n in due:
             try:
-                self._sockets.garp(n.dev).send_na([n.ip], 1)
+                self._send_one(self._sockets.garp(n.dev), n.ip)
             except OSError as exc:
                 self._counters.tx_errors[self.name] += 1
-                log.warning("(%s) sending a neighbour advertisement on %s failed: %s",
-                            self.name, n.dev, exc)
+                log.warning("(%s) sending a %s on %s failed: %s", self.name,
+                            "gratuitous ARP" if n.ip.version == 4 else
+                            "neighbour advertisement", n.dev, exc)
 
     def _retry_garps(self, now: float) -> None:
         """Send the failed GARP bursts that are due again (only while MASTER)."""

@@ -32,6 +32,7 @@ are serialized by a lock.  ``run_vrrp`` runs a runtime without reloads.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -45,6 +46,7 @@ from pyalived.vrrp.compile import build_tracking
 from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.demux import Demux
 from pyalived.vrrp.fsm import MachineConfig, State, StateChanged, VrrpMachine
+from pyalived.vrrp.garp_pacing import GarpPacer
 from pyalived.vrrp.instance import Instance
 from pyalived.vrrp.notify import notify_commands
 from pyalived.vrrp.ports import (
@@ -58,6 +60,8 @@ from pyalived.vrrp.ports import (
 from pyalived.vrrp.socket_pool import SocketPool
 from pyalived.vrrp.sync import SyncGroup
 from pyalived.vrrp.tracking import run_link_dispatch, run_script_tracker
+
+log = logging.getLogger("pyalived.vrrp")
 
 
 @dataclass
@@ -81,6 +85,8 @@ def build_instances(
     demux: Demux,
     counters: VrrpCounters,
     only: Sequence[VrrpInstance] | None = None,
+    pacer: GarpPacer | None = None,
+    start_at: float | None = None,
 ) -> list[Instance]:
     """The ``Instance`` of every configured instance (or of ``only`` those).
 
@@ -118,6 +124,8 @@ def build_instances(
             script_user=gd.script_user,
             machine_factory=machine_for(conf),
             wakeup=ports.wakeup,
+            pacer=pacer,
+            start_at=start_at,
         )
         for conf in confs
     ]
@@ -202,6 +210,8 @@ class VrrpRuntime:
         self.pool = SocketPool(ports.sockets, ports.sockets6,
                                config.global_defs.vrrp_mcast_group6)
         self.demux = Demux(self.pool, self.counters)
+        # GARP / NA spacing per interface or garp_group, shared by every instance.
+        self.pacer = GarpPacer(config.global_defs.garp_groups)
         self.instances: list[Instance] = []
         # Called with (all instances, newly built ones) at start and after each reload.
         self.on_instances = on_instances
@@ -218,8 +228,15 @@ class VrrpRuntime:
     ) -> None:
         """Start every instance; run until cancelled, then stop them gracefully."""
         try:
+            delay = self.config.global_defs.vrrp_startup_delay
+            start_at = None
+            if delay > 0:
+                log.info("delaying the start of the VRRP instances by %g s "
+                         "(vrrp_startup_delay)", delay)
+                start_at = trio.current_time() + delay
             self.instances = build_instances(
-                self.config, self.ports, self.pool, self.demux, self.counters
+                self.config, self.ports, self.pool, self.demux, self.counters,
+                pacer=self.pacer, start_at=start_at,
             )
             if self.on_instances is not None:
                 self.on_instances(self.instances, self.instances)
@@ -238,6 +255,7 @@ class VrrpRuntime:
     async def apply(self, config: Config, plan: ReloadPlan) -> None:
         """Move to ``config`` as ``plan`` (``pyalived.reload.plan_reload``) says."""
         async with self._lock:
+            self.pacer.set_groups(config.global_defs.garp_groups)
             by_key = {instance_key(inst.conf): inst for inst in self.instances}
             for conf in [*plan.removed, *(u.old for u in plan.restarted)]:
                 inst = by_key.pop(instance_key(conf), None)
@@ -249,7 +267,8 @@ class VrrpRuntime:
                     await inst.reconfigure(upd.new, build_tracking(config, upd.new))
             fresh_confs = [*plan.added, *(u.new for u in plan.restarted)]
             fresh = build_instances(
-                config, self.ports, self.pool, self.demux, self.counters, only=fresh_confs
+                config, self.ports, self.pool, self.demux, self.counters, only=fresh_confs,
+                pacer=self.pacer,
             )
             for inst in fresh:
                 by_key[instance_key(inst.conf)] = inst
