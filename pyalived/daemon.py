@@ -126,6 +126,13 @@ class _NetSockets:
         return sock
 
 
+def _interface_index(ifname: str) -> int | None:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+
+
 def _primary_ip(ifname: str) -> IPv4Address:
     from pyalived.vrrp import net
 
@@ -157,6 +164,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
             scripts=runner,
             primary_ip=_primary_ip,
             wakeup=timers,
+            interface_index=_interface_index,
         )
         nursery.cancel_scope.cancel()
 

@@ -48,6 +48,8 @@ from pyalived.config.parser import SystemInterfaces, load
 VRRP = "vrrp"
 CHECKERS = "checkers"
 HALVES = (VRRP, CHECKERS)
+#: The key of the parent's own settings (``pyalived.startup.ParentSettings``) next to the halves.
+PARENT = "parent"
 COMMAND = (sys.executable, "-m", "pyalived.config.reader")
 
 
@@ -66,8 +68,11 @@ def pickle_halves(config: Config, halves: Iterable[str]) -> dict[str, bytes]:
     time, and only the blocks that changed.
     """
     from pyalived.checkers.compile import pack
+    from pyalived.startup import parent_settings
 
-    out: dict[str, bytes] = {}
+    out: dict[str, bytes] = {
+        PARENT: pickle.dumps(parent_settings(config), protocol=pickle.HIGHEST_PROTOCOL)
+    }
     for h in halves:
         half = half_config(h, config)
         out[h] = pickle.dumps(pack(half) if h == CHECKERS else half,

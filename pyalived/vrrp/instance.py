@@ -135,6 +135,8 @@ GARP_RETRY_INTERVAL = 0.5
 GARP_RETRY_LIMIT = 20
 #: Seconds between two log lines about GARP bursts failing for lack of resources.
 GARP_ERROR_LOG_INTERVAL = 10.0
+#: Seconds between checks for a missing interface (dynamic_interfaces), besides its link events.
+INTERFACE_POLL = 1.0
 
 
 @dataclass(frozen=True)
@@ -232,8 +234,17 @@ class Instance:
         wakeup: Wakeup | None = None,
         pacer: GarpPacer | None = None,
         start_at: float | None = None,
+        interface_index: Callable[[str], int | None] | None = None,
+        resolve_address: Callable[[], packet.IPAddress] | None = None,
     ) -> None:
         self.conf = conf
+        # dynamic_interfaces: the interface's index, None while it does not exist (no
+        # callable: it must exist, as checked when the configuration was read), and
+        # once it does, the instance's own address.
+        self._interface_index = interface_index
+        self._resolve_address = resolve_address
+        self._ifindex: int | None = None  # of the interface the sockets were opened on
+        self._recreated = False  # it was deleted and created again: FAULT for good
         # vrrp_startup_delay: the instance starts at this trio time, not at once.
         self._start_at = start_at
         self._machine_factory = machine_factory
@@ -346,7 +357,54 @@ class Instance:
 
     # -- the task --
 
-    def _pending_conf(self, conf: VrrpInstance, tracking: InstanceTracking) -> None:
+    def _interface_ready(self) -> bool:
+        """dynamic_interfaces: the interface exists and has the address adverts leave from."""
+        assert self._interface_index is not None
+        index = self._interface_index(self.conf.interface)
+        if index is None:
+            return False
+        self._ifindex = index
+        if self._resolve_address is not None:
+            try:
+                self.primary_ip = self._resolve_address()
+            except OSError:
+                return False
+            self.src_ip = advert_source(self.conf, self.primary_ip)
+        return True
+
+    async def _await_interface(self, task_status: trio.TaskStatus[None]) -> None:
+        """dynamic_interfaces: FAULT until the interface exists (checked on each of its
+        link events, and every ``INTERFACE_POLL`` seconds for its address)."""
+        ifname = self.conf.interface
+        self._floor = now = trio.current_time()
+        self.started = True
+        log.warning("(%s) interface %s does not exist: FAULT until it appears "
+                    "(dynamic_interfaces)", self.name, ifname)
+        await self._execute(self.machine.set_fault(now, True, f"interface {ifname} is missing"))
+        await self._execute(self.machine.start(now))
+        task_status.started()
+        while not self._interface_ready():
+            event: _Event | None = None
+            with trio.move_on_after(INTERFACE_POLL):
+                event = await self._inbox_rx.receive()
+            if isinstance(event, _Reconf):
+                try:
+                    self._pending_conf(event.conf, event.tracking, keep_machine=True)
+                    await self._execute(self.machine.reconfigure(
+                        trio.current_time(), machine_config(self.conf, self.src_ip)))
+                finally:
+                    event.done.set()
+            elif isinstance(event, _Script):
+                self.tracking.update_script(event.name, event.ok)
+            elif isinstance(event, _Force):
+                await self._execute(self.machine.force_state(
+                    trio.current_time(), event.state, event.reason))
+        await self._execute(self.machine.reconfigure(
+            trio.current_time(), machine_config(self.conf, self.src_ip)))
+        log.info("(%s) interface %s exists now (%s)", self.name, ifname, self.primary_ip)
+
+    def _pending_conf(self, conf: VrrpInstance, tracking: InstanceTracking,
+                      keep_machine: bool = False) -> None:
         """A reload before the delayed start: the instance will start with ``conf``."""
         self.conf = conf
         self.name = conf.name
@@ -357,7 +415,8 @@ class Instance:
         self._expect = expectation(conf)
         self._expect_v3 = expectation_v3(conf)
         self.tracking = tracking
-        self.machine = self._machine_factory(machine_config(conf, self.src_ip))
+        if not keep_machine:
+            self.machine = self._machine_factory(machine_config(conf, self.src_ip))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -367,6 +426,13 @@ class Instance:
                 task_status = trio.TASK_STATUS_IGNORED
                 await trio.sleep_until(self._start_at)
             self._start_at = None
+            waited = False
+            if self._interface_index is not None and not self._interface_ready():
+                await self._await_interface(task_status)
+                task_status = trio.TASK_STATUS_IGNORED
+                waited = True
+            elif self._interface_index is not None:
+                self._ifindex = self._interface_index(self.conf.interface)
             if self._vmac is not None and self.conf.effective_vmac_name is not None:
                 self._use_vmac_name(await self._vmac.create(
                     self.conf.interface, self.conf.effective_vmac_name,
@@ -392,7 +458,11 @@ class Instance:
                     self.tracking.update_link(ifname, self._links.is_up(ifname))
             self._floor = now = trio.current_time()
             self.started = True
-            actions = self.machine.start(now)
+            if waited:
+                actions = self.machine.set_fault(
+                    now, False, f"interface {self.conf.interface} appeared")
+            else:
+                actions = self.machine.start(now)
             await self._execute(actions)
             await self._execute(start_cleanup(self.machine.state, actions))
             await self._apply_tracking()
@@ -447,6 +517,8 @@ class Instance:
             await self._apply_tracking()
         elif isinstance(event, _Link):
             self.tracking.update_link(event.ifname, event.up)
+            if event.ifname == self.conf.interface:
+                self._check_recreated()
             await self._apply_tracking()
         elif isinstance(event, _Reconf):
             try:
@@ -523,8 +595,24 @@ class Instance:
         if note is not None:
             log.log(note.level, "(%s) %s", self.name, note.message)
 
+    def _check_recreated(self) -> None:
+        """dynamic_interfaces: the interface came back under another index.  The sockets
+        are bound to the one that was deleted, so the instance could neither advertise
+        nor hear a master: it stays in FAULT, rather than become a deaf master."""
+        if self._interface_index is None or self._ifindex is None or self._recreated:
+            return
+        index = self._interface_index(self.conf.interface)
+        if index is not None and index != self._ifindex:
+            self._recreated = True
+            log.error("(%s) interface %s was deleted and created again (index %d, was %d): "
+                      "FAULT until pyalived is restarted", self.name, self.conf.interface,
+                      index, self._ifindex)
+
     async def _apply_tracking(self) -> None:
         verdict = self.tracking.verdict()
+        if self._recreated:
+            verdict = Verdict(True, verdict.priority,
+                              f"interface {self.conf.interface} was re-created")
         previous = self._applied or Verdict(False, self.conf.priority, "")
         self._applied = verdict
         now = trio.current_time()

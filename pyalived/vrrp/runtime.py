@@ -76,6 +76,9 @@ class VrrpPorts:
     # IPv6 advert sockets and link-local addresses; None: pyalived.vrrp.net6's, made
     # when an IPv6 instance first needs them.
     sockets6: SocketFactory6 | None = None
+    # An interface's index, None if it does not exist (dynamic_interfaces); no callable:
+    # the interfaces checked when the configuration was read are taken to exist.
+    interface_index: Callable[[str], int | None] | None = None
 
 
 def build_instances(
@@ -107,10 +110,20 @@ def build_instances(
     def machine_for(conf: VrrpInstance) -> Callable[[MachineConfig], VrrpMachine]:
         return functools.partial(VrrpMachine, sync=groups.get(conf.name))
 
+    def own_address(conf: VrrpInstance) -> IPAddress:
+        if waits_for_interface(conf):
+            return IPv4Address(0)  # not known yet: resolved when the interface appears
+        return _own_address(conf, ports, pool)
+
+    def waits_for_interface(conf: VrrpInstance) -> bool:
+        exists = ports.interface_index
+        return gd.dynamic_interfaces and exists is not None and exists(conf.interface) is None
+
+    dynamic = gd.dynamic_interfaces and ports.interface_index is not None
     instances = [
         Instance(
             conf,
-            primary_ip=_own_address(conf, ports, pool),
+            primary_ip=own_address(conf),
             sockets=pool,
             demux=demux,
             addresses=ports.addresses,
@@ -126,6 +139,8 @@ def build_instances(
             wakeup=ports.wakeup,
             pacer=pacer,
             start_at=start_at,
+            interface_index=ports.interface_index if dynamic else None,
+            resolve_address=functools.partial(_own_address, conf, ports, pool),
         )
         for conf in confs
     ]
@@ -312,8 +327,12 @@ class VrrpRuntime:
 
     async def _sync_links(self) -> None:
         subs: dict[str, list[Callable[[str, bool], None]]] = {}
+        dynamic = self.config.global_defs.dynamic_interfaces
         for inst in self.instances:
-            for ifname in inst.tracking.interface_names:
+            names = set(inst.tracking.interface_names)
+            if dynamic:  # an instance waiting for its interface hears of it
+                names.add(inst.conf.interface)
+            for ifname in names:
                 subs.setdefault(ifname, []).append(inst.post_link)
         self._link_subs.clear()
         self._link_subs.update(subs)

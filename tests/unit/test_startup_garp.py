@@ -16,7 +16,14 @@ import trio
 import trio.testing
 
 from pyalived.config import load as load_file
-from pyalived.config.model import Config, GarpGroup, GlobalDefs, InitialState, VirtualIP
+from pyalived.config.model import (
+    Config,
+    GarpGroup,
+    GlobalDefs,
+    InitialState,
+    Notify,
+    VirtualIP,
+)
 from pyalived.config.parser import SystemInterfaces
 from pyalived.vrrp.compile import build_tracking
 from pyalived.vrrp.fsm import State
@@ -340,3 +347,57 @@ async def test_a_reload_during_the_startup_delay_is_what_starts(
         await trio.sleep_until(start + 2)
         await trio.testing.wait_all_tasks_blocked()
         assert inst.state is State.MASTER  # as the owner it now is, at the end of the delay
+
+
+async def test_a_missing_interface_holds_the_instance_in_fault_until_it_appears(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from pyalived.vrrp.runtime import run_vrrp
+
+    rig = Rig(links_up=())
+    present: dict[str, int] = {}
+    rig.ports.interface_index = present.get
+    conf = instance_conf(interface="late0", notify=Notify(fault="/bin/fault"))
+    config = Config(GlobalDefs(dynamic_interfaces=True), vrrp_instances=(conf,))
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        (inst,) = await nursery.start(run_vrrp, config, rig.ports, rig.counters)
+        assert inst.state is State.FAULT
+        assert [c.argv for c in rig.scripts.notified] == [("/bin/fault",)]
+        await trio.sleep(60)
+        assert inst.state is State.FAULT and rig.sockets.advert == {}
+        # The interface is created (down, then up): BACKUP, then MASTER on its own.
+        present["late0"] = 7
+        rig.links.set("late0", False)
+        await trio.sleep(0.5)
+        assert inst.state is State.FAULT  # it exists, but is down
+        appeared = trio.current_time()
+        rig.links.set("late0", True)
+        await trio.testing.wait_all_tasks_blocked()
+        assert inst.state is State.BACKUP
+        await trio.sleep(MASTER_DOWN_90 + 0.1)
+        assert inst.state is State.MASTER
+        sent = rig.sockets.advert[("late0", 112)].sent
+        assert sent[0].time - appeared == pytest.approx(MASTER_DOWN_90, abs=1e-6)
+        assert start < appeared
+        # Deleted: FAULT (the link watcher reports a deleted link as down).
+        del present["late0"]
+        rig.links.set("late0", False)
+        await trio.testing.wait_all_tasks_blocked()
+        assert inst.state is State.FAULT
+        # Created again, under another index: the sockets are the old link's, so the
+        # instance stays in FAULT instead of becoming a master nobody hears.
+        present["late0"] = 8
+        rig.links.set("late0", True)
+        await trio.sleep(30)
+        assert inst.state is State.FAULT
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_dynamic_interfaces_nothing_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rig = Rig()
+    rig.ports.interface_index = lambda name: None  # not consulted
+    async with running(rig, Config(vrrp_instances=(instance_conf(),))) as (_, (inst,), _s):
+        assert inst.state is State.BACKUP
