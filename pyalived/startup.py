@@ -29,7 +29,9 @@ line, and removes the directory when it stops.
 The scripts run synchronously in the parent, outside any event loop (no
 child exists yet, or none is left), in a session of their own: at the
 timeout the whole process group gets SIGTERM, as keepalived sends it, then
-SIGKILL if it is still there a second later.
+SIGKILL if it is still there a second later.  The parent keeps its stop
+signals blocked (its event loop takes them), so each script starts with an
+empty signal mask.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def run_parent_script(what: str, script: ParentScript, settings: ParentSettings)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True,
-                                close_fds=True, **identity)
+                                close_fds=True, preexec_fn=_unblock_signals, **identity)
     except OSError as exc:
         log.error("%s %s failed to start: %s", what, script.command, exc)
         return None
@@ -143,6 +145,13 @@ def run_parent_script(what: str, script: ParentScript, settings: ParentSettings)
         shown = f"signal {-status}" if status < 0 else f"status {status}"
         log.warning("%s %s failed (%s)", what, script.command, shown)
     return status
+
+
+def _unblock_signals() -> None:
+    """In the script's process: the parent holds its stop signals blocked (they are
+    taken by its event loop), and a blocked mask survives exec; the script must be
+    able to get the SIGTERM of its timeout."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
 def _signal_group(pgid: int, signum: int) -> None:
