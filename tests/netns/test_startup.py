@@ -160,7 +160,9 @@ def test_a_late_interface_brings_the_instance_up_from_fault(make_lab: MakeLab) -
     assert late_vip not in lab.addresses(node)
     lab.add_dummy(node, "late0")
     lab.ip(node, "addr", "add", "198.18.5.11/24", "dev", "late0")
+    created = time.monotonic()
     wait_for(lambda: late_vip in lab.addresses(node), SETTLE, what="the VIP on late0")
+    print(f"late0 created: VIP on it {time.monotonic() - created:.2f} s later")
     text = proc.log_text()
     assert "interface late0 exists now" in text and "FAULT -> BACKUP" in text
     lab.ip(node, "link", "del", "late0")
