@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -129,6 +130,26 @@ def test_net_namespace_runs_the_daemon_in_the_named_namespace(make_lab: MakeLab)
         assert not pid_dir.exists()
     finally:
         proc.stop(timeout=10)
+
+
+def test_config_test_looks_for_interfaces_in_the_net_namespace(make_lab: MakeLab) -> None:
+    """``pyalived -t`` run outside the namespace: eth0 is the namespace's, not ours."""
+    lab = make_lab(routers=1)
+    (node,) = lab.routers
+    spec = [VrrpSpec(priority=90, track_interfaces=("eth0",))]
+    path = lab.write_config(node, f"net_namespace {node.ns}\n" + render_config(node.name, spec))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", ""))
+                                        if p)
+    argv = ["ip", "netns", "exec", lab.bridge_ns, sys.executable, "-m", "pyalived", "-t",
+            "-f", str(path)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert (done.returncode, done.stderr) == (0, "configuration OK\n")
+    # The same file without net_namespace: no eth0 in the bridge's namespace.
+    path.write_text(render_config(node.name, spec))
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 5 and "interface eth0 of vrrp_instance VI_1 does not exist" \
+        in done.stderr
 
 
 def test_a_missing_net_namespace_refuses_to_start(make_lab: MakeLab) -> None:
