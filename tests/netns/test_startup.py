@@ -227,3 +227,32 @@ def test_vrrp_startup_delay_keeps_the_owner_silent_until_it_ends(make_lab: MakeL
     assert first.time - proc.started_at >= 3.0
     print(f"first advert {first.time - proc.started_at:.3f} s after the daemon was started")
     assert proc.stop(timeout=SETTLE) == 0
+
+
+def test_a_late_interface_joins_a_keepalived_master_as_backup(make_lab: MakeLab) -> None:
+    """The late interface is r1's only link to the LAN, where keepalived 2.2.7 is MASTER:
+    once it exists r1 hears the master and stays BACKUP (the VIP stays on r2), and takes
+    over when keepalived stops."""
+    lab = make_lab(routers=2)
+    r1, r2 = lab.routers
+    lab.ip(r1, "link", "set", "eth0", "down")  # r1 reaches the LAN only through lan1
+    conf = _global(lab, "    dynamic_interfaces\n")
+    conf += VrrpSpec(priority=100, interface="lan1").render()
+    lab.start_daemon(r2, render_config(r2.name, [VrrpSpec(priority=200)]), "keepalived")
+    lab.wait_sole_holder(r2, timeout=SETTLE)
+    proc = lab.start_daemon(r1, conf, "pyalived")
+    wait_for(lambda: "INIT -> FAULT" in proc.log_text(), SETTLE, what="r1 in FAULT")
+    # The operator plugs r1 in: a new veth leg on the bridge, lan1 inside r1.
+    lab.ip(lab.bridge_ns, "link", "add", "leg-lan1", "type", "veth", "peer", "name", "lan1",
+           "netns", r1.ns)
+    lab.ip(lab.bridge_ns, "link", "set", "leg-lan1", "master", "br0", "up")
+    lab.ip(r1, "addr", "add", "198.18.0.21/24", "dev", "lan1")
+    lab.ip(r1, "link", "set", "lan1", "up")
+    wait_for(lambda: "FAULT -> BACKUP" in proc.log_text(), SETTLE, what="r1 BACKUP")
+    time.sleep(5)  # more than Master_Down_Interval: r1 hears keepalived's adverts
+    assert "-> MASTER" not in proc.log_text()
+    assert lab.holders() == [r2]
+    lab.stop_daemon(r2)  # keepalived's priority-0 advert hands over at once
+    lab.wait_sole_holder(r1, timeout=SETTLE)
+    assert "(VI_1) BACKUP -> MASTER" in proc.log_text()
+    assert proc.stop(timeout=SETTLE) == 0
