@@ -244,7 +244,8 @@ class Instance:
         self._interface_index = interface_index
         self._resolve_address = resolve_address
         self._ifindex: int | None = None  # of the interface the sockets were opened on
-        self._recreated = False  # it was deleted and created again: FAULT for good
+        self._recreated = False  # deleted and created again, not usable yet: FAULT
+        self._recheck_at = math.inf
         # vrrp_startup_delay: the instance starts at this trio time, not at once.
         self._start_at = start_at
         self._machine_factory = machine_factory
@@ -489,12 +490,16 @@ class Instance:
                 wait_until += self._wakeup.fallback
             retry_at = min([r.due for r in self._garp_retries]
                            + [n.due for n in self._spaced_nas], default=math.inf)
+            if self._recreated:
+                retry_at = min(retry_at, self._recheck_at)
             event: _Event | None = None
             with trio.move_on_at(min(wait_until, retry_at)):
                 event = await self._inbox_rx.receive()
             if event is not None and not isinstance(event, _Tick):
                 await self._handle(event)
                 continue
+            if self._recreated and trio.current_time() >= self._recheck_at:
+                await self._resume_recreated(trio.current_time())
             if event is None and retry_at < wait_until and trio.current_time() < wait_until:
                 continue  # woken for a GARP retry only
             self._floor = now = trio.current_time()
@@ -596,17 +601,37 @@ class Instance:
             log.log(note.level, "(%s) %s", self.name, note.message)
 
     def _check_recreated(self) -> None:
-        """dynamic_interfaces: the interface came back under another index.  The sockets
-        are bound to the one that was deleted, so the instance could neither advertise
-        nor hear a master: it stays in FAULT, rather than become a deaf master."""
+        """dynamic_interfaces: the interface came back under another index.  The runtime
+        has given the pool new sockets for it (``VrrpRuntime._link_changed``); the
+        instance stays in FAULT until the new link has its address (which may come a
+        little after the link), then takes it as its own again.  With a VMAC (deleted
+        with its parent) it stays in FAULT until pyalived is restarted."""
         if self._interface_index is None or self._ifindex is None or self._recreated:
             return
         index = self._interface_index(self.conf.interface)
-        if index is not None and index != self._ifindex:
-            self._recreated = True
-            log.error("(%s) interface %s was deleted and created again (index %d, was %d): "
-                      "FAULT until pyalived is restarted", self.name, self.conf.interface,
-                      index, self._ifindex)
+        if index is None or index == self._ifindex:
+            return
+        self._recreated = True
+        self._recheck_at = trio.current_time()
+        if self._vmac is not None:
+            log.error("(%s) interface %s was deleted and created again (index %d, was %d), "
+                      "and its VMAC with it: FAULT until pyalived is restarted",
+                      self.name, self.conf.interface, index, self._ifindex)
+        else:
+            log.warning("(%s) interface %s was deleted and created again (index %d, "
+                        "was %d)", self.name, self.conf.interface, index, self._ifindex)
+
+    async def _resume_recreated(self, now: float) -> None:
+        """The re-created interface is usable once it has its address: leave the pin."""
+        self._recheck_at = now + INTERFACE_POLL
+        if self._vmac is not None or not self._interface_ready():
+            return
+        self._recreated = False
+        await self._execute(self.machine.reconfigure(now, machine_config(self.conf,
+                                                                         self.src_ip)))
+        log.info("(%s) interface %s usable again (%s)", self.name, self.conf.interface,
+                 self.primary_ip)
+        await self._apply_tracking()
 
     async def _apply_tracking(self) -> None:
         verdict = self.tracking.verdict()

@@ -237,6 +237,8 @@ class VrrpRuntime:
         self._trackers: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
+        # dynamic_interfaces: the index each instance interface had when last seen.
+        self._ifindex: dict[str, int] = {}
 
     async def run(
         self, *, task_status: trio.TaskStatus[VrrpRuntime] = trio.TASK_STATUS_IGNORED
@@ -327,13 +329,18 @@ class VrrpRuntime:
 
     async def _sync_links(self) -> None:
         subs: dict[str, list[Callable[[str, bool], None]]] = {}
-        dynamic = self.config.global_defs.dynamic_interfaces
+        dynamic = (self.config.global_defs.dynamic_interfaces
+                   and self.ports.interface_index is not None)
         for inst in self.instances:
             names = set(inst.tracking.interface_names)
             if dynamic:  # an instance waiting for its interface hears of it
                 names.add(inst.conf.interface)
+                subs.setdefault(inst.conf.interface, [self._link_changed])
             for ifname in names:
                 subs.setdefault(ifname, []).append(inst.post_link)
+        if dynamic:
+            for ifname in subs:
+                self._note_index(ifname)
         self._link_subs.clear()
         self._link_subs.update(subs)
         if subs and not self._link_dispatch:
@@ -341,6 +348,32 @@ class VrrpRuntime:
             await self._nursery_or_fail().start(
                 run_link_dispatch, self.ports.links, self._link_subs
             )
+
+    def _note_index(self, ifname: str) -> int | None:
+        assert self.ports.interface_index is not None
+        index = self.ports.interface_index(ifname)
+        if index is not None:
+            self._ifindex.setdefault(ifname, index)
+        return index
+
+    def _link_changed(self, ifname: str, up: bool) -> None:
+        """dynamic_interfaces: an instance interface deleted and created again has a new
+        index; its sockets belong to the old link, so the pool opens new ones and the
+        demux listens on them.  Called before the instances hear of the change."""
+        known = self._ifindex.get(ifname)
+        index = self._note_index(ifname)
+        if index is None or known is None or index == known:
+            return
+        self._ifindex[ifname] = index
+        log.warning("interface %s was created again (index %d, was %d): opening new sockets",
+                    ifname, index, known)
+        old = self.pool.forget(ifname)
+        self.demux.reopen(ifname)
+        for sock in old:
+            try:
+                sock.close()
+            except OSError as exc:
+                log.debug("closing a socket of the old %s: %s", ifname, exc)
 
     async def _sync_scripts(self, changed: Sequence[str]) -> None:
         subs: dict[str, list[Callable[[str, bool], None]]] = {}

@@ -231,8 +231,9 @@ def test_vrrp_startup_delay_keeps_the_owner_silent_until_it_ends(make_lab: MakeL
 
 def test_a_late_interface_joins_a_keepalived_master_as_backup(make_lab: MakeLab) -> None:
     """The late interface is r1's only link to the LAN, where keepalived 2.2.7 is MASTER:
-    once it exists r1 hears the master and stays BACKUP (the VIP stays on r2), and takes
-    over when keepalived stops."""
+    once it exists r1 hears the master and stays BACKUP (the VIP stays on r2).  Unplugged
+    (the link deleted) r1 goes to FAULT; plugged in again (a new link, a new index) it
+    hears the master again on new sockets; and it takes over when keepalived stops."""
     lab = make_lab(routers=2)
     r1, r2 = lab.routers
     lab.ip(r1, "link", "set", "eth0", "down")  # r1 reaches the LAN only through lan1
@@ -242,15 +243,28 @@ def test_a_late_interface_joins_a_keepalived_master_as_backup(make_lab: MakeLab)
     lab.wait_sole_holder(r2, timeout=SETTLE)
     proc = lab.start_daemon(r1, conf, "pyalived")
     wait_for(lambda: "INIT -> FAULT" in proc.log_text(), SETTLE, what="r1 in FAULT")
-    # The operator plugs r1 in: a new veth leg on the bridge, lan1 inside r1.
-    lab.ip(lab.bridge_ns, "link", "add", "leg-lan1", "type", "veth", "peer", "name", "lan1",
-           "netns", r1.ns)
-    lab.ip(lab.bridge_ns, "link", "set", "leg-lan1", "master", "br0", "up")
-    lab.ip(r1, "addr", "add", "198.18.0.21/24", "dev", "lan1")
-    lab.ip(r1, "link", "set", "lan1", "up")
+
+    def plug() -> None:  # a new veth leg on the bridge, lan1 inside r1
+        lab.ip(lab.bridge_ns, "link", "add", "leg-lan1", "type", "veth", "peer", "name",
+               "lan1", "netns", r1.ns)
+        lab.ip(lab.bridge_ns, "link", "set", "leg-lan1", "master", "br0", "up")
+        lab.ip(r1, "link", "set", "lan1", "up")
+        time.sleep(0.5)  # the address comes a little after the link, as with ifup
+        lab.ip(r1, "addr", "add", "198.18.0.21/24", "dev", "lan1")
+
+    plug()
     wait_for(lambda: "FAULT -> BACKUP" in proc.log_text(), SETTLE, what="r1 BACKUP")
     time.sleep(5)  # more than Master_Down_Interval: r1 hears keepalived's adverts
     assert "-> MASTER" not in proc.log_text()
+    assert lab.holders() == [r2]
+    lab.ip(lab.bridge_ns, "link", "del", "leg-lan1")  # unplugged: lan1 goes with it
+    wait_for(lambda: "(VI_1) BACKUP -> FAULT" in proc.log_text(), SETTLE, what="FAULT")
+    plug()
+    wait_for(lambda: proc.log_text().count("FAULT -> BACKUP") == 2, SETTLE,
+             what="r1 BACKUP again")
+    assert "interface lan1 was created again" in proc.log_text()
+    time.sleep(5)
+    assert "-> MASTER" not in proc.log_text()  # it hears keepalived on the new link
     assert lab.holders() == [r2]
     lab.stop_daemon(r2)  # keepalived's priority-0 advert hands over at once
     lab.wait_sole_holder(r1, timeout=SETTLE)

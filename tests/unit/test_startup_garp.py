@@ -25,10 +25,19 @@ from pyalived.config.model import (
     VirtualIP,
 )
 from pyalived.config.parser import SystemInterfaces
+from pyalived.vrrp import packet
 from pyalived.vrrp.compile import build_tracking
 from pyalived.vrrp.fsm import State
 from pyalived.vrrp.garp_pacing import GarpPacer
-from tests.unit.test_instance import MASTER_DOWN_90, VIP, Rig, instance_conf, running
+from tests.unit.test_instance import (
+    MASTER_DOWN_90,
+    PEER,
+    VIP,
+    Rig,
+    advert_from,
+    instance_conf,
+    running,
+)
 
 # ----------------------------------------------------------------------------- config
 
@@ -279,8 +288,6 @@ async def test_a_garp_group_paces_across_its_interfaces(
 async def test_paced_garps_stop_when_the_instance_is_no_longer_master(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from tests.unit.test_instance import PEER, advert_from
-
     rig = Rig()
     conf = instance_conf(garp_master_repeat=5, garp_interval=0.5)
     async with running(rig, Config(vrrp_instances=(conf,))) as (_, (inst,), _start):
@@ -385,12 +392,64 @@ async def test_a_missing_interface_holds_the_instance_in_fault_until_it_appears(
         rig.links.set("late0", False)
         await trio.testing.wait_all_tasks_blocked()
         assert inst.state is State.FAULT
-        # Created again, under another index: the sockets are the old link's, so the
-        # instance stays in FAULT instead of becoming a master nobody hears.
+        # Created again, under another index: the old sockets belong to the deleted
+        # link, so new ones are opened; the instance hears a master on them.
+        old_sock = rig.sockets.advert[("late0", 112)]
         present["late0"] = 8
         rig.links.set("late0", True)
-        await trio.sleep(30)
+        await trio.testing.wait_all_tasks_blocked()
+        assert inst.state is State.BACKUP
+        new_sock = rig.sockets.advert[("late0", 112)]
+        assert new_sock is not old_sock and old_sock.closed
+        for _ in range(10):
+            new_sock.inject(advert_from(PEER, 200))
+            await trio.sleep(1)
+        assert inst.state is State.BACKUP
+        assert new_sock.sent == []
+        recreated = trio.current_time() - 1  # the master's last advert
+        await trio.sleep(MASTER_DOWN_90 + 0.1)
+        assert inst.state is State.MASTER
+        assert new_sock.sent[0].time - recreated == pytest.approx(MASTER_DOWN_90, abs=1e-6)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_recreated_interface_waits_for_its_address(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from pyalived.vrrp.runtime import run_vrrp
+
+    rig = Rig()
+    present = {"eth0": 2}
+    rig.ports.interface_index = present.get
+    addresses = {"eth0": IPv4Address("198.18.0.11")}
+
+    def primary(ifname: str) -> IPv4Address:
+        if ifname not in addresses:
+            raise OSError(f"interface {ifname} has no IPv4 address")
+        return addresses[ifname]
+
+    rig.ports.primary_ip = primary
+    conf = instance_conf(priority=255, state=InitialState.MASTER)
+    config = Config(GlobalDefs(dynamic_interfaces=True), vrrp_instances=(conf,))
+    async with trio.open_nursery() as nursery:
+        (inst,) = await nursery.start(run_vrrp, config, rig.ports, rig.counters)
+        await trio.testing.wait_all_tasks_blocked()
+        assert inst.state is State.MASTER
+        del present["eth0"], addresses["eth0"]
+        rig.links.set("eth0", False)
+        await trio.testing.wait_all_tasks_blocked()
         assert inst.state is State.FAULT
+        present["eth0"] = 9  # back, up, but without its address for a while
+        rig.links.set("eth0", True)
+        await trio.sleep(10)
+        assert inst.state is State.FAULT
+        addresses["eth0"] = IPv4Address("198.18.0.12")  # another one, even
+        await trio.sleep(1.0)  # seen at the next poll: out of FAULT
+        assert inst.state is State.BACKUP
+        await trio.sleep(3 + 1 / 256 + 0.01)  # even the owner waits Master_Down after FAULT
+        assert inst.state is State.MASTER
+        sent = rig.sockets.advert[("eth0", 112)].sent
+        assert packet.parse_datagram(sent[-1].datagram).src == IPv4Address("198.18.0.12")
         nursery.cancel_scope.cancel()
 
 
