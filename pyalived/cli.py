@@ -36,7 +36,6 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -49,6 +48,7 @@ from pyalived.pidfile import PidFileError, check_not_running, remove_pid, write_
 
 if TYPE_CHECKING:
     from pyalived.daemon import DaemonOptions
+    from pyalived.startup import ParentSettings
 
 DEFAULT_CONFIG = "/etc/keepalived/keepalived.conf"
 DEFAULT_PIDFILE = "/run/pyalived.pid"
@@ -177,14 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _interface_exists(name: str) -> bool:
-    try:
-        socket.if_nametoindex(name)
-    except OSError:
-        return False
-    return True
-
-
 def _daemonize() -> None:
     """fork, setsid, fork, chdir /, stdio to /dev/null (the parents exit 0)."""
     if os.fork() > 0:
@@ -243,7 +235,7 @@ def _config_test(conf_path: str, config_id: str | None, output: str) -> int:
     from pyalived.config import load, render
 
     # No -i: the loader selects @name lines by the short host name, as keepalived does.
-    result = load(conf_path, config_id=config_id, interface_exists=_interface_exists)
+    result = load(conf_path, config_id=config_id)
     text = render(result.diagnostics)
     if output == "-":
         sys.stderr.write(text)
@@ -277,10 +269,26 @@ def _start(args: argparse.Namespace, conf_path: str) -> int:
         return result.exit_code or 1
     pickled, sources = result.halves, result.sources
     del result
+    settings = _parent_settings(pickled)
 
     pid_path = os.path.abspath(args.pid)
     vrrp_pid_path = os.path.abspath(args.vrrp_pid) if args.vrrp_pid else None
     checkers_pid_path = os.path.abspath(args.checkers_pid) if args.checkers_pid else None
+    namespace = settings.net_namespace
+    if namespace is not None:
+        from pyalived.startup import enter_namespace, make_pid_dir, namespace_pid_files
+
+        # As keepalived: the whole daemon (scripts included) runs in the namespace, and
+        # the pid files not given on the command line go to /run/pyalived/NAME/.
+        pid_path, vrrp_pid_path, checkers_pid_path = namespace_pid_files(
+            namespace, None if args.pid == DEFAULT_PIDFILE else pid_path,
+            vrrp_pid_path, checkers_pid_path)
+        try:
+            enter_namespace(namespace)
+            make_pid_dir(namespace)
+        except OSError as exc:
+            print(f"pyalived: {exc}", file=sys.stderr)
+            return 1
     try:
         check_not_running(pid_path)
     except PidFileError as exc:
@@ -294,6 +302,7 @@ def _start(args: argparse.Namespace, conf_path: str) -> int:
         detail=args.log_detail,
         facility=args.log_facility if args.log_facility is not None else parse_facility("daemon"),
         use_syslog=not args.no_syslog,
+        ident=f"pyalived_{namespace}" if namespace is not None else "pyalived",
     )
     # Hold the stop signals until the daemon's receiver is open: anyone who
     # reads the pid file may signal us, and must not kill us uncleanly.
@@ -305,11 +314,21 @@ def _start(args: argparse.Namespace, conf_path: str) -> int:
         from pyalived.daemon import DaemonOptions
 
         pid_files = {VRRP: vrrp_pid_path, CHECKERS: checkers_pid_path}
-        return _run(pickled, DaemonOptions(
-            vrrp=run_vrrp, checkers=run_checkers, metrics_listen=args.metrics_listen,
-            config_path=conf_path, config_id=args.config_id,
-            dump_dir=os.path.abspath(args.dump_dir)), pid_files, not args.dont_respawn,
-            sources)
+        if settings.startup_script is not None:
+            from pyalived.startup import run_parent_script
+
+            run_parent_script("startup script", settings.startup_script, settings)
+        try:
+            return _run(pickled, DaemonOptions(
+                vrrp=run_vrrp, checkers=run_checkers, metrics_listen=args.metrics_listen,
+                config_path=conf_path, config_id=args.config_id,
+                dump_dir=os.path.abspath(args.dump_dir)), pid_files, not args.dont_respawn,
+                sources)
+        finally:
+            if settings.shutdown_script is not None:
+                from pyalived.startup import run_parent_script
+
+                run_parent_script("shutdown script", settings.shutdown_script, settings)
     except PidFileError as exc:
         log.error("%s", exc)
         if args.dont_fork and not args.log_console:
@@ -318,6 +337,22 @@ def _start(args: argparse.Namespace, conf_path: str) -> int:
     finally:
         for path in written:
             remove_pid(path)
+        if namespace is not None:
+            from pyalived.startup import remove_pid_dir
+
+            remove_pid_dir(namespace)
+
+
+def _parent_settings(pickled: dict[str, bytes]) -> ParentSettings:
+    """The parent's own settings, which the reader pickled next to the halves."""
+    import pickle
+
+    from pyalived.config.reader import PARENT
+    from pyalived.startup import ParentSettings
+
+    data = pickled.pop(PARENT, None)
+    settings = pickle.loads(data) if data is not None else None
+    return settings if isinstance(settings, ParentSettings) else ParentSettings()
 
 
 def _run(pickled: dict[str, bytes], options: DaemonOptions, pid_files: dict[str, str | None],

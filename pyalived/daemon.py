@@ -130,6 +130,13 @@ class _NetSockets:
         return sock
 
 
+def _interface_index(ifname: str) -> int | None:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+
+
 def _primary_ip(ifname: str) -> IPv4Address:
     from pyalived.vrrp import net
 
@@ -179,6 +186,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
             alerts=alerts,
             nft=_nft_runner(config),
             routes=routes.RouteManager(),
+            interface_index=_interface_index,
         )
         nursery.cancel_scope.cancel()
 

@@ -54,6 +54,7 @@ def setup_logging(
     detail: bool = False,
     facility: int = logging.handlers.SysLogHandler.LOG_DAEMON,
     use_syslog: bool = True,
+    ident: str = SYSLOG_IDENT,
 ) -> logging.Logger:
     root = logging.getLogger(LOGGER)
     for old in list(root.handlers):
@@ -75,9 +76,9 @@ def setup_logging(
             root.addHandler(handler)
             root.warning("syslog unavailable (%s); logging to stderr", exc)
             return root
-        fmt = f"{SYSLOG_IDENT}[{os.getpid()}]: %(message)s"
+        fmt = f"{ident}[{os.getpid()}]: %(message)s"
         if detail:
-            fmt = f"{SYSLOG_IDENT}[{os.getpid()}]: [%(levelname)s %(name)s] %(message)s"
+            fmt = f"{ident}[{os.getpid()}]: [%(levelname)s %(name)s] %(message)s"
         handler.setFormatter(logging.Formatter(fmt))
         root.addHandler(handler)
     if not root.handlers:

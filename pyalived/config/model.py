@@ -251,6 +251,7 @@ class VrrpInstance:
     # Added on becoming MASTER (after the VIPs), removed on leaving it (before them).
     virtual_routes: tuple[VirtualRoute, ...] = ()
     virtual_rules: tuple[VirtualRule, ...] = ()
+    garp_interval: float = 0.0  # seconds between gratuitous ARPs (default: vrrp_garp_interval)
 
     @property
     def family(self) -> int:
@@ -355,6 +356,39 @@ class GlobalDefs:
     notify_fifo: NotifyFifo | None = None
     vrrp_notify_fifo: NotifyFifo | None = None
     lvs_notify_fifo: NotifyFifo | None = None
+    # Start-up and interfaces (see pyalived.startup)
+    vrrp_startup_delay: float = 0.0  # seconds before the VRRP instances start
+    dynamic_interfaces: bool = False  # a missing interface: FAULT until it appears
+    dynamic_interfaces_allow_changes: bool = False  # ``dynamic_interfaces allow_if_changes``
+    startup_script: ParentScript | None = None
+    shutdown_script: ParentScript | None = None
+    net_namespace: str | None = None  # top-level ``net_namespace NAME``
+    vrrp_min_garp: bool = False  # already applied to the garp defaults above
+    garp_groups: tuple[GarpGroup, ...] = ()  # the top-level ``garp_group`` blocks
+
+
+STARTUP_SCRIPT_TIMEOUT = 10.0  # keepalived's default for both scripts
+
+
+@dataclass(frozen=True)
+class ParentScript:
+    """``startup_script`` / ``shutdown_script``: run by the parent, killed at ``timeout``."""
+
+    command: str
+    timeout: float = STARTUP_SCRIPT_TIMEOUT
+    user: str | None = None
+    group: str | None = None
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
+class GarpGroup:
+    """One ``garp_group`` block: GARP / NA spacing shared by its interfaces."""
+
+    interfaces: tuple[str, ...]
+    garp_interval: float = 0.0
+    gna_interval: float = 0.0
+    location: Location = NOWHERE
 
 
 # ---- LVS: virtual_server, virtual_server_group -------------------------------

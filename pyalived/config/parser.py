@@ -62,8 +62,8 @@ from pyalived.config.vrrp_parse import VrrpParser
 # Top-level keywords keepalived 2.2.7 accepts that this project does not implement yet.
 UNSUPPORTED_TOP = frozenset(
     """vrrp_track_file track_file vrrp_track_process track_process linkbeat_interfaces
-    net_namespace net_namespace_ipvs namespace_with_ipsets instance use_pid_dir
-    bfd_instance vrrp_track_bfd track_bfd garp_group child_wait_time""".split()
+    net_namespace_ipvs namespace_with_ipsets instance use_pid_dir
+    bfd_instance vrrp_track_bfd track_bfd child_wait_time""".split()
 )
 
 
@@ -73,6 +73,34 @@ def system_interface_exists(name: str) -> bool:
     except OSError:
         return False
     return True
+
+
+class SystemInterfaces:
+    """``InterfaceExists`` on this host: in this process's network namespace, or in the
+    one a top-level ``net_namespace`` names, once the parser has seen it
+    (``use_namespace``).  Every interface check is made after the whole file is read
+    (instances wait for ``finish``), so the namespace applies wherever the line is."""
+
+    def __init__(self) -> None:
+        self.namespace: str | None = None
+
+    def use_namespace(self, name: str) -> bool:
+        """Look for interfaces in /run/netns/NAME from now on; False if it does not exist."""
+        if not os.path.exists(f"/run/netns/{name}"):
+            return False
+        self.namespace = name
+        return True
+
+    def __call__(self, name: str) -> bool:
+        if self.namespace is None:
+            return system_interface_exists(name)
+        from pyalived.vrrp.netlink import in_netns
+
+        try:
+            with in_netns(self.namespace):
+                return system_interface_exists(name)
+        except OSError:
+            return False
 
 
 @dataclass(frozen=True)
@@ -102,7 +130,7 @@ def load(
             Category.MISSING_FILE,
         )
         return LoadResult(None, tuple(sink.items), exit_code_for(sink.items))
-    parser = _Parser(DiagnosticSink(), interface_exists or system_interface_exists)
+    parser = _Parser(DiagnosticSink(), interface_exists or SystemInterfaces())
     builder = TreeBuilder(parser.top)
     cid = config_id if config_id is not None else default_config_id()
     lexer = Lexer(cid, sink, limits, on_line=builder.line)
@@ -163,6 +191,8 @@ class _Parser:
             "static_ipaddress": self.vrrp.static_ipaddress_block,
             "static_routes": self.vrrp.static_routes_block,
             "static_rules": self.vrrp.static_rules_block,
+            "net_namespace": self.vrrp.net_namespace,
+            "garp_group": self.vrrp.garp_group,
         }
 
     def parse(self, nodes: tuple[Node, ...]) -> Config:

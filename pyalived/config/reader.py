@@ -43,11 +43,13 @@ from dataclasses import dataclass
 
 from pyalived.config.lexer import Source
 from pyalived.config.model import Config
-from pyalived.config.parser import load, system_interface_exists
+from pyalived.config.parser import SystemInterfaces, load
 
 VRRP = "vrrp"
 CHECKERS = "checkers"
 HALVES = (VRRP, CHECKERS)
+#: The key of the parent's own settings (``pyalived.startup.ParentSettings``) next to the halves.
+PARENT = "parent"
 COMMAND = (sys.executable, "-m", "pyalived.config.reader")
 
 
@@ -67,8 +69,11 @@ def pickle_halves(config: Config, halves: Iterable[str]) -> dict[str, bytes]:
     time, and only the blocks that changed.
     """
     from pyalived.checkers.compile import pack
+    from pyalived.startup import parent_settings
 
-    out: dict[str, bytes] = {}
+    out: dict[str, bytes] = {
+        PARENT: pickle.dumps(parent_settings(config), protocol=pickle.HIGHEST_PROTOCOL)
+    }
     for h in halves:
         half = half_config(h, config)
         out[h] = pickle.dumps(pack(half) if h == CHECKERS else half,
@@ -177,7 +182,7 @@ def run_reader(path: str, config_id: str | None, halves: Sequence[str]) -> ReadR
 
 def read(path: str, config_id: str | None, halves: Sequence[str]) -> ReadResult:
     """Load ``path`` as the daemon's loader does (``pyalived.daemon._file_loader``)."""
-    loaded = load(path, config_id=config_id, interface_exists=system_interface_exists)
+    loaded = load(path, config_id=config_id, interface_exists=SystemInterfaces())
     pickled = None if loaded.config is None else pickle_halves(loaded.config, halves)
     return ReadResult(tuple(str(d) for d in loaded.diagnostics), loaded.exit_code,
                       loaded.sources, pickled)

@@ -74,21 +74,25 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_interface
 
 from pyalived.config.diagnostics import Category
 from pyalived.config.keywords import Block, Keywords, field, user_fields, writes
 from pyalived.config.model import (
+    STARTUP_SCRIPT_TIMEOUT,
     Authentication,
     AuthType,
     Config,
+    GarpGroup,
     GlobalDefs,
     InitialState,
     Location,
     Notify,
     NotifyFifo,
     OldUnicastChecksum,
+    ParentScript,
     SmtpServer,
     TrackInterface,
     TrackScriptRef,
@@ -117,26 +121,26 @@ MAX_ADVERT_ADDRESSES = 255  # RFC 3768 §5.3.5: Count IP Addrs is 8 bits
 UNSUPPORTED_GLOBAL = frozenset(
     """no_email_faults email_faults lvs_id
     lvs_sync_daemon lvs_flush lvs_flush_onstop lvs_timeouts lvs_timeout default_interface
-    dynamic_interfaces vrrp_check_unicast_src
+    vrrp_check_unicast_src
     bfd_priority bfd_no_swap bfd_rt_priority bfd_rlimit_rtime bfd_rlimit_rttime
     bfd_cpu_affinity snmp_socket enable_snmp_vrrp
     enable_snmp_keepalived enable_snmp_checker enable_snmp_rfc enable_snmp_rfcv2
     enable_snmp_rfcv3 enable_traps enable_dbus enable_dbus_create_instance
     process_names process_name vrrp_process_name checker_process_name
-    bfd_process_name max_auto_priority min_auto_priority_delay vrrp_startup_delay
-    vrrp_higher_prio_send_advert vrrp_lower_prio_no_advert vrrp_min_garp
+    bfd_process_name max_auto_priority min_auto_priority_delay
+    vrrp_higher_prio_send_advert vrrp_lower_prio_no_advert
     vrrp_netlink_cmd_rcv_bufs vrrp_netlink_cmd_rcv_bufs_force vrrp_netlink_monitor_rcv_bufs
     vrrp_netlink_monitor_rcv_bufs_force vrrp_rx_bufs_policy vrrp_rx_bufs_multiplier
     lvs_netlink_cmd_rcv_bufs lvs_netlink_cmd_rcv_bufs_force lvs_netlink_monitor_rcv_bufs
     lvs_netlink_monitor_rcv_bufs_force linkbeat_use_polling checker_log_all_failures umask
-    random_seed startup_script startup_script_timeout shutdown_script shutdown_script_timeout
+    random_seed
     reload_check_config reload_time_file reload_repeat reload_file config_save_dir
     data_use_instance json_version tmp_config_directory vrrp_garp_master_refresh_repeat_delay
     vrrp_garp_interval_startup vrrp_down_timer_adverts
     vrrp_track_process_batch vrrp_socket_rcv_buf vrrp_socket_rcv_buf_force
     vrrp_notify_priority_changes fifo_write_vrrp_states_on_reload script_max_reload
     vrrp_use_ip6_prefix vrrp_ipvs_sync_daemon_interface vrrp_mcast_group_6
-    local_name instance net_namespace use_symlink_paths""".split()
+    local_name instance use_symlink_paths""".split()
 )
 UNSUPPORTED_INSTANCE = frozenset(
     """native_ipv6 track_file track_process track_bfd
@@ -203,6 +207,11 @@ class _SyncGroup(_Tracking):
     def __init__(self, r: ValueReader, label: str) -> None:
         super().__init__(r, label)
         self.members: list[str] = []
+
+
+def _any_interface(name: str) -> bool:
+    """With ``dynamic_interfaces`` every interface may exist later."""
+    return True
 
 
 # ---- readers and handlers ------------------------------------------------------------
@@ -708,6 +717,83 @@ def vrrp_alert_default(g: GlobalDefs) -> bool:
     if g.smtp_alert_vrrp is not None:
         return g.smtp_alert_vrrp
     return bool(g.smtp_alert)
+# ---- start-up, interfaces and GARP pacing (global) -------------------------------------
+
+#: What ``vrrp_min_garp`` sets, unless the key is given explicitly (before or after it).
+MIN_GARP_DEFAULTS: dict[str, object] = {
+    "vrrp_garp_master_delay": 0.0,
+    "vrrp_garp_master_repeat": 1,
+    "vrrp_garp_master_refresh": 0.0,
+    "vrrp_garp_master_refresh_repeat": 1,
+}
+STARTUP_DELAY_MAX = 4294.967295  # keepalived's limit (a 32-bit count of microseconds)
+GARP_GROUP_INTERVAL_MAX = 4294.967295
+
+
+def _dynamic_interfaces(block: Block, node: Node) -> None:
+    """``dynamic_interfaces [allow_if_changes]``."""
+    r = block.r
+    r.no_block(node)
+    block.fields["dynamic_interfaces"] = True
+    for word in node.values:
+        if word == "allow_if_changes":
+            block.fields["dynamic_interfaces_allow_changes"] = True
+        else:
+            r.sink.warning(node.location, f"unknown dynamic_interfaces option '{word}'; ignored")
+
+
+def _parent_script(key: str) -> Callable[[Block, Node], None]:
+    """``startup_script`` / ``shutdown_script SCRIPT [USER [GROUP]]``."""
+
+    def handle(block: Block, node: Node) -> None:
+        r = block.r
+        r.no_block(node)
+        words = node.values
+        if not words:
+            r.sink.error(node.location, f"{node.name} needs a script")
+            return
+        if len(words) > 3:
+            r.sink.error(node.location, f"{node.name} takes SCRIPT [USER [GROUP]]")
+            return
+        r.script_locations.append(node.location)
+        block.fields[key] = ParentScript(
+            command=words[0],
+            user=words[1] if len(words) > 1 else None,
+            group=words[2] if len(words) > 2 else None,
+            location=node.location,
+        )
+
+    return handle
+
+
+class _GarpGroup(Block):
+    __slots__ = ("interfaces",)
+
+    def __init__(self, r: ValueReader, label: str) -> None:
+        super().__init__(r, label)
+        self.interfaces: list[str] = []
+
+
+def _garp_group_interface(block: _GarpGroup, node: Node) -> None:
+    name = block.r.one(node)
+    if name is not None:
+        block.interfaces.append(name)
+
+
+def _garp_group_interfaces(block: _GarpGroup, node: Node) -> None:
+    for m in block.r.block(node):
+        block.r.no_block(m)
+        block.interfaces += [m.name, *m.values]
+
+
+_GARP_GROUP = Keywords[_GarpGroup](
+    {
+        "garp_interval": field("garp_interval", float_in(0, GARP_GROUP_INTERVAL_MAX)),
+        "gna_interval": field("gna_interval", float_in(0, GARP_GROUP_INTERVAL_MAX)),
+        "interface": _garp_group_interface,
+        "interfaces": _garp_group_interfaces,
+    }
+)
 
 
 # ---- keyword tables ----------------------------------------------------------------------
@@ -760,6 +846,13 @@ _GLOBAL_DEFS = Keywords[Block](
         "nftables_ifindex": field("nftables_ifindex", ValueReader.flag),
         "vrrp_iptables": _iptables,
         "vrrp_ipsets": _iptables,
+        "vrrp_startup_delay": field("vrrp_startup_delay", float_in(0.001, STARTUP_DELAY_MAX)),
+        "dynamic_interfaces": _dynamic_interfaces,
+        "startup_script": _parent_script("startup_script"),
+        "shutdown_script": _parent_script("shutdown_script"),
+        "startup_script_timeout": field("startup_script_timeout", int_in(1, 1000)),
+        "shutdown_script_timeout": field("shutdown_script_timeout", int_in(1, 1000)),
+        "vrrp_min_garp": field("vrrp_min_garp", ValueReader.flag),
     },
     UNSUPPORTED_GLOBAL,
 )
@@ -810,6 +903,7 @@ _INSTANCE = Keywords[_Instance](
         "garp_lower_prio_delay": field("garp_lower_prio_delay", float_in(0, 3600)),
         "garp_lower_prio_repeat": field("garp_lower_prio_repeat", int_in(0, 10000)),
         "gna_interval": field("gna_interval", float_in(0, 1)),
+        "garp_interval": field("garp_interval", float_in(0, 1)),
         "track_interface": _track_interface,
         "track_script": _track_script,
         **dict.fromkeys(_NOTIFY_KEYS, _notify),
@@ -856,6 +950,8 @@ class VrrpParser:
         self.static_routes: list[VirtualRoute] = []
         self.static_rules: list[VirtualRule] = []
         self.group_alert_default: set[str] = set()  # groups without their own smtp_alert
+        self._explicit: set[str] = set()  # global_defs keys given explicitly
+        self._script_timeouts: dict[str, int] = {}
 
     def static_ipaddress_block(self, node: Node) -> None:
         """``static_ipaddress``: virtual_ipaddress lines; without ``dev``, keepalived's
@@ -882,12 +978,88 @@ class VrrpParser:
         block = Block(self.r, "global_defs")
         _GLOBAL_DEFS.run(block, self.r.block(node))
         _fifos(block.fields, self.defs)
+        fields = block.fields
+        for key in ("startup_script_timeout", "shutdown_script_timeout"):
+            timeout = fields.pop(key, None)
+            if isinstance(timeout, int):
+                self._script_timeouts[key.removesuffix("_timeout")] = timeout
+        self._explicit |= set(fields)
         self.defs = replace(
             self.defs,
             location=node.location,
-            **block.fields,  # type: ignore[arg-type]
+            **fields,  # type: ignore[arg-type]
         )
+        self._finish_defs()
         self.seen_global = True
+        if self.defs.dynamic_interfaces:
+            # keepalived says nothing of a missing interface then: the instance waits
+            # in FAULT for it at run time (pyalived.vrrp.runtime).
+            self.r.exists = _any_interface
+
+    def _finish_defs(self) -> None:
+        """``vrrp_min_garp`` defaults and the scripts' timeouts, wherever they were given."""
+        defs = self.defs
+        if defs.vrrp_min_garp:
+            unset = {k: v for k, v in MIN_GARP_DEFAULTS.items() if k not in self._explicit}
+            defs = replace(defs, **unset)  # type: ignore[arg-type]
+        start, stop = defs.startup_script, defs.shutdown_script
+        if start is not None:
+            start = replace(start, timeout=float(
+                self._script_timeouts.get("startup_script", STARTUP_SCRIPT_TIMEOUT)))
+        if stop is not None:
+            stop = replace(stop, timeout=float(
+                self._script_timeouts.get("shutdown_script", STARTUP_SCRIPT_TIMEOUT)))
+        self.defs = replace(defs, startup_script=start, shutdown_script=stop)
+
+    def net_namespace(self, node: Node) -> None:
+        """Top-level ``net_namespace NAME``: the daemon runs in /run/netns/NAME, and the
+        interfaces the configuration names are looked for there."""
+        name = self.r.one(node)
+        if name is None:
+            return
+        if self.defs.net_namespace not in (None, name):
+            self.r.sink.warning(
+                node.location,
+                f"net_namespace {name}: already {self.defs.net_namespace}; ignored",
+            )
+            return
+        enter = getattr(self.r.exists, "use_namespace", None)
+        if callable(enter) and not enter(name):
+            self.r.sink.error(
+                node.location,
+                f"network namespace {name} does not exist (/run/netns/{name})",
+            )
+            return
+        self.defs = replace(self.defs, net_namespace=name)
+
+    def garp_group(self, node: Node) -> None:
+        """Top-level ``garp_group { garp_interval gna_interval interface interfaces }``."""
+        body = self.r.block(node)
+        block = _GarpGroup(self.r, "garp_group")
+        _GARP_GROUP.run(block, body)
+        garp = block.fields.get("garp_interval", 0.0)
+        gna = block.fields.get("gna_interval", 0.0)
+        assert isinstance(garp, float) and isinstance(gna, float)
+        if not block.interfaces:
+            self.r.sink.warning(node.location, "garp_group names no interface; ignored")
+            return
+        if garp == 0 and gna == 0:
+            self.r.sink.warning(
+                node.location, "garp_group does not have any delay set; ignored"
+            )
+            return
+        taken = {i for g in self.defs.garp_groups for i in g.interfaces}
+        interfaces: list[str] = []
+        for name in block.interfaces:
+            if name in taken or name in interfaces:
+                self.r.sink.warning(
+                    node.location, f"garp_group already specified for {name}; ignored"
+                )
+            else:
+                interfaces.append(name)
+        if interfaces:
+            group = GarpGroup(tuple(interfaces), garp, gna, node.location)
+            self.defs = replace(self.defs, garp_groups=(*self.defs.garp_groups, group))
 
     def vrrp_script(self, node: Node) -> None:
         name = self.r.block_name(node)
@@ -973,6 +1145,7 @@ class VrrpParser:
         fields["garp_lower_prio_repeat"] = g.vrrp_garp_lower_prio_repeat
         fields["gna_interval"] = g.vrrp_gna_interval
         fields["smtp_alert"] = vrrp_alert_default(g)
+        fields["garp_interval"] = g.vrrp_garp_interval
         route_blocks = [n for n in body if n.name in ("virtual_routes", "virtual_rules")]
         _INSTANCE.run(block, (n for n in body if n.name not in ("virtual_routes",
                                                                   "virtual_rules")))

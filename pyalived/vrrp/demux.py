@@ -39,9 +39,10 @@ the demux itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
@@ -94,6 +95,8 @@ class Demux:
         self._v3: dict[tuple[str, int], dict[int, V3Route]] = {}
         self._routes6: dict[str, dict[int, Sink]] = {}  # IPv6: by interface, then VRID
         self._nursery: trio.Nursery | None = None
+        # Each receiver's cancel scope, by (interface, protocol) or (interface, "6").
+        self._scopes: dict[tuple[str, int | str], trio.CancelScope] = {}
 
     def register6(self, ifname: str, vrid: int, sink: Sink) -> None:
         """Route ``vrid`` of the IPv6 adverts on ``ifname`` to ``sink`` (VRRPv3)."""
@@ -122,7 +125,37 @@ class Demux:
             return
         sink(received, message, received_at)
 
+    def reopen(self, ifname: str) -> None:
+        """``ifname`` was deleted and created again: its receivers stop and new ones
+        listen on the pool's new sockets (after ``SocketPool.forget``)."""
+        if self._nursery is None:
+            return
+        for key in [k for k in self._routes if k[0] == ifname]:
+            scope = self._scopes.pop(key, None)
+            if scope is not None:
+                scope.cancel()
+            self._nursery.start_soon(self._receive, key, self._pool.advert(*key))
+        if ifname in self._routes6:
+            scope = self._scopes.pop((ifname, "6"), None)
+            if scope is not None:
+                scope.cancel()
+            self._nursery.start_soon(self._receive6, ifname, self._pool.advert6(ifname))
+
     async def _receive6(self, ifname: str, sock: Advert6Socket) -> None:
+        with self._scope((ifname, "6")):
+            await self._receive6_loop(ifname, sock)
+
+    @contextlib.contextmanager
+    def _scope(self, key: tuple[str, int | str]) -> Iterator[None]:
+        with trio.CancelScope() as scope:
+            self._scopes[key] = scope
+            try:
+                yield
+            finally:
+                if self._scopes.get(key) is scope:
+                    del self._scopes[key]
+
+    async def _receive6_loop(self, ifname: str, sock: Advert6Socket) -> None:
         while True:
             d = await sock.receive6()
             self.dispatch6(ifname, d.message, d.src, d.dst, d.hop_limit, d.at)
@@ -202,6 +235,10 @@ class Demux:
                 self._nursery = None
 
     async def _receive(self, key: tuple[str, int], sock: AdvertSocket) -> None:
+        with self._scope(key):
+            await self._receive_loop(key, sock)
+
+    async def _receive_loop(self, key: tuple[str, int], sock: AdvertSocket) -> None:
         if isinstance(sock, TimedAdvertSocket):
             while True:
                 datagram, received_at = await sock.receive_timed()

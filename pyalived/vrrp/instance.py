@@ -123,10 +123,12 @@ from pyalived.vrrp.fsm import (
     VrrpMachine,
     start_cleanup,
 )
+from pyalived.vrrp.garp_pacing import GarpPacer
 from pyalived.vrrp.notify import NOTIFY_STATE, notify_commands
 from pyalived.vrrp.peer_addresses import PeerAddressWatch
 from pyalived.vrrp.ports import (
     AddressManager,
+    GarpSocket,
     LinkWatcher,
     RouteManager,
     StateAlerts,
@@ -147,6 +149,8 @@ GARP_RETRY_INTERVAL = 0.5
 GARP_RETRY_LIMIT = 20
 #: Seconds between two log lines about GARP bursts failing for lack of resources.
 GARP_ERROR_LOG_INTERVAL = 10.0
+#: Seconds between checks for a missing interface (dynamic_interfaces), besides its link events.
+INTERFACE_POLL = 1.0
 
 
 @dataclass(frozen=True)
@@ -194,11 +198,12 @@ _Event = _Rx | _Script | _Link | _Force | _Reconf | _Tick
 
 @dataclass(frozen=True)
 class _SpacedNa:
-    """One unsolicited NA of a burst spaced by ``gna_interval``, due later."""
+    """One frame of a paced burst (``pyalived.vrrp.garp_pacing``), due later: a
+    gratuitous ARP for an IPv4 address, an unsolicited NA for an IPv6 one."""
 
     due: float  # trio time
     dev: str
-    ip: IPv6Address
+    ip: packet.IPAddress
 
 
 @dataclass(frozen=True)
@@ -245,11 +250,27 @@ class Instance:
         alerts: StateAlerts | None = None,
         firewall: VipFirewall | None = None,
         routes: RouteManager | None = None,
+        pacer: GarpPacer | None = None,
+        start_at: float | None = None,
+        interface_index: Callable[[str], int | None] | None = None,
+        resolve_address: Callable[[], packet.IPAddress] | None = None,
     ) -> None:
         self.conf = conf
         self._alerts = alerts
         self._firewall = firewall
         self._routes = routes  # virtual_routes / virtual_rules; None: not managed
+        # dynamic_interfaces: the interface's index, None while it does not exist (no
+        # callable: it must exist, as checked when the configuration was read), and
+        # once it does, the instance's own address.
+        self._interface_index = interface_index
+        self._resolve_address = resolve_address
+        self._ifindex: int | None = None  # of the interface the sockets were opened on
+        self._recreated = False  # deleted and created again, not usable yet: FAULT
+        self._recheck_at = math.inf
+        # vrrp_startup_delay: the instance starts at this trio time, not at once.
+        self._start_at = start_at
+        self._machine_factory = machine_factory
+        self._pacer = pacer if pacer is not None else GarpPacer()
         self.name = conf.name
         self.family = conf.family  # 6: VRRPv3 over IPv6 (RFC 5798 §5.1.2)
         self.primary_ip = primary_ip
@@ -345,6 +366,8 @@ class Instance:
         unchanged.  Returns at once if the instance is not running.
         """
         if not self.started:
+            if self._start_at is not None:  # still waiting to start: start with ``conf``
+                self._pending_conf(conf, tracking)
             return
         done = trio.Event()
         self._post(_Reconf(conf, tracking, done))
@@ -357,8 +380,82 @@ class Instance:
 
     # -- the task --
 
+    def _interface_ready(self) -> bool:
+        """dynamic_interfaces: the interface exists and has the address adverts leave from."""
+        assert self._interface_index is not None
+        index = self._interface_index(self.conf.interface)
+        if index is None:
+            return False
+        self._ifindex = index
+        if self._resolve_address is not None:
+            try:
+                self.primary_ip = self._resolve_address()
+            except OSError:
+                return False
+            self.src_ip = advert_source(self.conf, self.primary_ip)
+        return True
+
+    async def _await_interface(self, task_status: trio.TaskStatus[None]) -> None:
+        """dynamic_interfaces: FAULT until the interface exists (checked on each of its
+        link events, and every ``INTERFACE_POLL`` seconds for its address)."""
+        ifname = self.conf.interface
+        self._floor = now = trio.current_time()
+        self.started = True
+        log.warning("(%s) interface %s does not exist: FAULT until it appears "
+                    "(dynamic_interfaces)", self.name, ifname)
+        await self._execute(self.machine.set_fault(now, True, f"interface {ifname} is missing"))
+        await self._execute(self.machine.start(now))
+        task_status.started()
+        while not self._interface_ready():
+            event: _Event | None = None
+            with trio.move_on_after(INTERFACE_POLL):
+                event = await self._inbox_rx.receive()
+            if isinstance(event, _Reconf):
+                try:
+                    self._pending_conf(event.conf, event.tracking, keep_machine=True)
+                    await self._execute(self.machine.reconfigure(
+                        trio.current_time(), machine_config(self.conf, self.src_ip)))
+                finally:
+                    event.done.set()
+            elif isinstance(event, _Script):
+                self.tracking.update_script(event.name, event.ok)
+            elif isinstance(event, _Force):
+                await self._execute(self.machine.force_state(
+                    trio.current_time(), event.state, event.reason))
+        await self._execute(self.machine.reconfigure(
+            trio.current_time(), machine_config(self.conf, self.src_ip)))
+        log.info("(%s) interface %s exists now (%s)", self.name, ifname, self.primary_ip)
+
+    def _pending_conf(self, conf: VrrpInstance, tracking: InstanceTracking,
+                      keep_machine: bool = False) -> None:
+        """A reload before the delayed start: the instance will start with ``conf``."""
+        self.conf = conf
+        self.name = conf.name
+        self.vips = instance_vips(conf)
+        self.destinations = advert_destinations(
+            conf, self._multicast_group, self._multicast_group6
+        )
+        self._expect = expectation(conf)
+        self._expect_v3 = expectation_v3(conf)
+        self.tracking = tracking
+        if not keep_machine:
+            self.machine = self._machine_factory(machine_config(conf, self.src_ip))
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
+            if self._start_at is not None and trio.current_time() < self._start_at:
+                # vrrp_startup_delay: nothing is opened, sent or heard until then.
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                await trio.sleep_until(self._start_at)
+            self._start_at = None
+            waited = False
+            if self._interface_index is not None and not self._interface_ready():
+                await self._await_interface(task_status)
+                task_status = trio.TASK_STATUS_IGNORED
+                waited = True
+            elif self._interface_index is not None:
+                self._ifindex = self._interface_index(self.conf.interface)
             if self._vmac is not None and self.conf.effective_vmac_name is not None:
                 self._use_vmac_name(await self._vmac.create(
                     self.conf.interface, self.conf.effective_vmac_name,
@@ -384,7 +481,11 @@ class Instance:
                     self.tracking.update_link(ifname, self._links.is_up(ifname))
             self._floor = now = trio.current_time()
             self.started = True
-            actions = self.machine.start(now)
+            if waited:
+                actions = self.machine.set_fault(
+                    now, False, f"interface {self.conf.interface} appeared")
+            else:
+                actions = self.machine.start(now)
             await self._execute(actions)
             await self._execute(start_cleanup(self.machine.state, actions))
             await self._apply_tracking()
@@ -411,12 +512,16 @@ class Instance:
                 wait_until += self._wakeup.fallback
             retry_at = min([r.due for r in self._garp_retries]
                            + [n.due for n in self._spaced_nas], default=math.inf)
+            if self._recreated:
+                retry_at = min(retry_at, self._recheck_at)
             event: _Event | None = None
             with trio.move_on_at(min(wait_until, retry_at)):
                 event = await self._inbox_rx.receive()
             if event is not None and not isinstance(event, _Tick):
                 await self._handle(event)
                 continue
+            if self._recreated and trio.current_time() >= self._recheck_at:
+                await self._resume_recreated(trio.current_time())
             if event is None and retry_at < wait_until and trio.current_time() < wait_until:
                 continue  # woken for a GARP retry only
             self._floor = now = trio.current_time()
@@ -439,6 +544,8 @@ class Instance:
             await self._apply_tracking()
         elif isinstance(event, _Link):
             self.tracking.update_link(event.ifname, event.up)
+            if event.ifname == self.conf.interface:
+                self._check_recreated()
             await self._apply_tracking()
         elif isinstance(event, _Reconf):
             try:
@@ -515,8 +622,44 @@ class Instance:
         if note is not None:
             log.log(note.level, "(%s) %s", self.name, note.message)
 
+    def _check_recreated(self) -> None:
+        """dynamic_interfaces: the interface came back under another index.  The runtime
+        has given the pool new sockets for it (``VrrpRuntime._link_changed``); the
+        instance stays in FAULT until the new link has its address (which may come a
+        little after the link), then takes it as its own again.  With a VMAC (deleted
+        with its parent) it stays in FAULT until pyalived is restarted."""
+        if self._interface_index is None or self._ifindex is None or self._recreated:
+            return
+        index = self._interface_index(self.conf.interface)
+        if index is None or index == self._ifindex:
+            return
+        self._recreated = True
+        self._recheck_at = trio.current_time()
+        if self._vmac is not None:
+            log.error("(%s) interface %s was deleted and created again (index %d, was %d), "
+                      "and its VMAC with it: FAULT until pyalived is restarted",
+                      self.name, self.conf.interface, index, self._ifindex)
+        else:
+            log.warning("(%s) interface %s was deleted and created again (index %d, "
+                        "was %d)", self.name, self.conf.interface, index, self._ifindex)
+
+    async def _resume_recreated(self, now: float) -> None:
+        """The re-created interface is usable once it has its address: leave the pin."""
+        self._recheck_at = now + INTERFACE_POLL
+        if self._vmac is not None or not self._interface_ready():
+            return
+        self._recreated = False
+        await self._execute(self.machine.reconfigure(now, machine_config(self.conf,
+                                                                         self.src_ip)))
+        log.info("(%s) interface %s usable again (%s)", self.name, self.conf.interface,
+                 self.primary_ip)
+        await self._apply_tracking()
+
     async def _apply_tracking(self) -> None:
         verdict = self.tracking.verdict()
+        if self._recreated:
+            verdict = Verdict(True, verdict.priority,
+                              f"interface {self.conf.interface} was re-created")
         previous = self._applied or Verdict(False, self.conf.priority, "")
         self._applied = verdict
         now = trio.current_time()
@@ -724,21 +867,12 @@ class Instance:
         RFC 5798 §6.4.2) for the IPv6 ones; retried together."""
         ips4 = [ip for ip in ips if isinstance(ip, IPv4Address)]
         ips6 = [ip for ip in ips if isinstance(ip, IPv6Address)]
-        spacing = self.conf.gna_interval
         try:
             sock = self._sockets.garp(dev)
             if ips4:
-                sock.send_garp(ips4, count)
-            if ips6 and spacing > 0:
-                # One NA now, the others every gna_interval (keepalived's
-                # vrrp_gna_interval); only this first one is retried on failure.
-                now = trio.current_time()
-                frames = [ip for ip in ips6 for _ in range(count)]
-                sock.send_na(frames[:1], 1)
-                self._spaced_nas += [_SpacedNa(now + k * spacing, dev, ip)
-                                     for k, ip in enumerate(frames) if k]
-            elif ips6:
-                sock.send_na(ips6, count)
+                self._paced_burst(sock, dev, ips4, count, arp=True)
+            if ips6:
+                self._paced_burst(sock, dev, ips6, count, arp=False)
         except OSError as exc:
             self._counters.tx_errors[self.name] += 1
             if not _garp_retryable(exc):
@@ -759,8 +893,40 @@ class Instance:
                 log.info("(%s) gratuitous ARP on %s sent at attempt %d",
                          self.name, dev, attempt)
 
+    def _paced_burst(self, sock: GarpSocket, dev: str, ips: Sequence[packet.IPAddress],
+                     count: int, *, arp: bool) -> None:
+        """``count`` frames per address, spaced as the interface's pace says
+        (``vrrp_garp_interval``/``garp_interval``, ``vrrp_gna_interval``/``gna_interval``,
+        ``garp_group``): the frames due now leave now, the others are woken for.
+        Only a failure of the frames sent now is retried (``_garp_burst``)."""
+        own = self.conf.garp_interval if arp else self.conf.gna_interval
+        # A VMAC shares its parent's pace: they are one port on the switch.
+        base = self.conf.interface if dev == self.vmac_name else dev
+        key, interval = self._pacer.pace(base, arp=arp, own=own)
+        if interval <= 0:
+            if arp:
+                sock.send_garp([ip for ip in ips if isinstance(ip, IPv4Address)], count)
+            else:
+                sock.send_na([ip for ip in ips if isinstance(ip, IPv6Address)], count)
+            return
+        now = trio.current_time()
+        frames = [ip for ip in ips for _ in range(count)]
+        times = self._pacer.reserve(key, arp=arp, interval=interval, n=len(frames), now=now)
+        for due, ip in zip(times, frames, strict=True):
+            if due <= now:
+                self._send_one(sock, ip)
+            else:
+                self._spaced_nas.append(_SpacedNa(due, dev, ip))
+
+    @staticmethod
+    def _send_one(sock: GarpSocket, ip: packet.IPAddress) -> None:
+        if isinstance(ip, IPv4Address):
+            sock.send_garp([ip], 1)
+        else:
+            sock.send_na([ip], 1)
+
     def _send_spaced_nas(self, now: float) -> None:
-        """Send the NAs of a spaced burst that are due (only while MASTER)."""
+        """Send the frames of a paced burst that are due (only while MASTER)."""
         if self.machine.state is not State.MASTER:
             self._spaced_nas.clear()
             return
@@ -768,11 +934,12 @@ class Instance:
         self._spaced_nas = [n for n in self._spaced_nas if n.due > now]
         for n in due:
             try:
-                self._sockets.garp(n.dev).send_na([n.ip], 1)
+                self._send_one(self._sockets.garp(n.dev), n.ip)
             except OSError as exc:
                 self._counters.tx_errors[self.name] += 1
-                log.warning("(%s) sending a neighbour advertisement on %s failed: %s",
-                            self.name, n.dev, exc)
+                log.warning("(%s) sending a %s on %s failed: %s", self.name,
+                            "gratuitous ARP" if n.ip.version == 4 else
+                            "neighbour advertisement", n.dev, exc)
 
     def _retry_garps(self, now: float) -> None:
         """Send the failed GARP bursts that are due again (only while MASTER)."""

@@ -67,6 +67,7 @@ from pyalived.vrrp.counters import VrrpCounters
 from pyalived.vrrp.demux import Demux
 from pyalived.vrrp.firewall import VipFirewall, firewall_settings
 from pyalived.vrrp.fsm import MachineConfig, State, StateChanged, VrrpMachine
+from pyalived.vrrp.garp_pacing import GarpPacer
 from pyalived.vrrp.instance import Instance
 from pyalived.vrrp.notify import NOTIFY_STATE, notify_commands
 from pyalived.vrrp.ports import (
@@ -108,6 +109,9 @@ class VrrpPorts:
     # virtual_routes/virtual_rules and the static ones (pyalived.vrrp.routes); None:
     # routes and rules are not touched.
     routes: RouteManager | None = None
+    # An interface's index, None if it does not exist (dynamic_interfaces); no callable:
+    # the interfaces checked when the configuration was read are taken to exist.
+    interface_index: Callable[[str], int | None] | None = None
 
 
 def build_instances(
@@ -118,6 +122,8 @@ def build_instances(
     counters: VrrpCounters,
     only: Sequence[VrrpInstance] | None = None,
     firewall: VipFirewall | None = None,
+    pacer: GarpPacer | None = None,
+    start_at: float | None = None,
 ) -> list[Instance]:
     """The ``Instance`` of every configured instance (or of ``only`` those).
 
@@ -138,10 +144,20 @@ def build_instances(
     def machine_for(conf: VrrpInstance) -> Callable[[MachineConfig], VrrpMachine]:
         return functools.partial(VrrpMachine, sync=groups.get(conf.name))
 
+    def own_address(conf: VrrpInstance) -> IPAddress:
+        if waits_for_interface(conf):
+            return IPv4Address(0)  # not known yet: resolved when the interface appears
+        return _own_address(conf, ports, pool)
+
+    def waits_for_interface(conf: VrrpInstance) -> bool:
+        exists = ports.interface_index
+        return gd.dynamic_interfaces and exists is not None and exists(conf.interface) is None
+
+    dynamic = gd.dynamic_interfaces and ports.interface_index is not None
     instances = [
         Instance(
             conf,
-            primary_ip=_own_address(conf, ports, pool),
+            primary_ip=own_address(conf),
             sockets=pool,
             demux=demux,
             addresses=ports.addresses,
@@ -159,6 +175,10 @@ def build_instances(
             alerts=ports.alerts,
             firewall=firewall,
             routes=ports.routes,
+            pacer=pacer,
+            start_at=start_at,
+            interface_index=ports.interface_index if dynamic else None,
+            resolve_address=functools.partial(_own_address, conf, ports, pool),
         )
         for conf in confs
     ]
@@ -253,6 +273,8 @@ class VrrpRuntime:
         self.pool = SocketPool(ports.sockets, ports.sockets6,
                                config.global_defs.vrrp_mcast_group6)
         self.demux = Demux(self.pool, self.counters)
+        # GARP / NA spacing per interface or garp_group, shared by every instance.
+        self.pacer = GarpPacer(config.global_defs.garp_groups)
         self.instances: list[Instance] = []
         # Called with (all instances, newly built ones) at start and after each reload.
         self.on_instances = on_instances
@@ -265,6 +287,8 @@ class VrrpRuntime:
         self._lock = trio.Lock()
         self.firewall = (VipFirewall(ports.nft, firewall_settings(config))
                          if ports.nft is not None else None)
+        # dynamic_interfaces: the index each instance interface had when last seen.
+        self._ifindex: dict[str, int] = {}
 
     async def run(
         self, *, task_status: trio.TaskStatus[VrrpRuntime] = trio.TASK_STATUS_IGNORED
@@ -273,9 +297,15 @@ class VrrpRuntime:
         try:
             await self._statics(self.config.static_ipaddress, self.config.static_routes,
                                 self.config.static_rules, adding=True)
+            delay = self.config.global_defs.vrrp_startup_delay
+            start_at = None
+            if delay > 0:
+                log.info("delaying the start of the VRRP instances by %g s "
+                         "(vrrp_startup_delay)", delay)
+                start_at = trio.current_time() + delay
             self.instances = build_instances(
                 self.config, self.ports, self.pool, self.demux, self.counters,
-                firewall=self.firewall,
+                firewall=self.firewall, pacer=self.pacer, start_at=start_at,
             )
             if self.on_instances is not None:
                 self.on_instances(self.instances, self.instances)
@@ -309,6 +339,7 @@ class VrrpRuntime:
         async with self._lock:
             if self.firewall is not None:
                 await self.firewall.configure(firewall_settings(config))
+            self.pacer.set_groups(config.global_defs.garp_groups)
             by_key = {instance_key(inst.conf): inst for inst in self.instances}
             old = self.config
             ips_added, ips_removed = difference(old.static_ipaddress, config.static_ipaddress)
@@ -328,6 +359,7 @@ class VrrpRuntime:
             fresh = build_instances(
                 config, self.ports, self.pool, self.demux, self.counters, only=fresh_confs,
                 firewall=self.firewall,
+                pacer=self.pacer,
             )
             for inst in fresh:
                 by_key[instance_key(inst.conf)] = inst
@@ -401,9 +433,18 @@ class VrrpRuntime:
 
     async def _sync_links(self) -> None:
         subs: dict[str, list[Callable[[str, bool], None]]] = {}
+        dynamic = (self.config.global_defs.dynamic_interfaces
+                   and self.ports.interface_index is not None)
         for inst in self.instances:
-            for ifname in inst.tracking.interface_names:
+            names = set(inst.tracking.interface_names)
+            if dynamic:  # an instance waiting for its interface hears of it
+                names.add(inst.conf.interface)
+                subs.setdefault(inst.conf.interface, [self._link_changed])
+            for ifname in names:
                 subs.setdefault(ifname, []).append(inst.post_link)
+        if dynamic:
+            for ifname in subs:
+                self._note_index(ifname)
         self._link_subs.clear()
         self._link_subs.update(subs)
         if subs and not self._link_dispatch:
@@ -411,6 +452,32 @@ class VrrpRuntime:
             await self._nursery_or_fail().start(
                 run_link_dispatch, self.ports.links, self._link_subs
             )
+
+    def _note_index(self, ifname: str) -> int | None:
+        assert self.ports.interface_index is not None
+        index = self.ports.interface_index(ifname)
+        if index is not None:
+            self._ifindex.setdefault(ifname, index)
+        return index
+
+    def _link_changed(self, ifname: str, up: bool) -> None:
+        """dynamic_interfaces: an instance interface deleted and created again has a new
+        index; its sockets belong to the old link, so the pool opens new ones and the
+        demux listens on them.  Called before the instances hear of the change."""
+        known = self._ifindex.get(ifname)
+        index = self._note_index(ifname)
+        if index is None or known is None or index == known:
+            return
+        self._ifindex[ifname] = index
+        log.warning("interface %s was created again (index %d, was %d): opening new sockets",
+                    ifname, index, known)
+        old = self.pool.forget(ifname)
+        self.demux.reopen(ifname)
+        for sock in old:
+            try:
+                sock.close()
+            except OSError as exc:
+                log.debug("closing a socket of the old %s: %s", ifname, exc)
 
     async def _sync_scripts(self, changed: Sequence[str]) -> None:
         subs: dict[str, list[Callable[[str, bool], None]]] = {}

@@ -10,7 +10,9 @@ and hands out the same socket afterwards.  The instance drivers send through
 it and the receivers (``pyalived.vrrp.demux``) listen on it.  Sockets stay
 open until ``close()``, which the runtime calls once every instance has
 finished its graceful stop (the priority-0 advert needs the socket); a reload
-that removes the last instance of an interface leaves its sockets open.
+that removes the last instance of an interface leaves its sockets open.  An
+interface deleted and created again (``dynamic_interfaces``) has its sockets
+dropped (``forget``): they belong to the old link, and new ones are opened.
 """
 
 from __future__ import annotations
@@ -79,6 +81,19 @@ class SocketPool:
             sock = self._factory.open_garp(ifname)
             self._garp[ifname] = sock
         return sock
+
+    def forget(self, ifname: str) -> list[AdvertSocket | Advert6Socket | GarpSocket]:
+        """Drop the sockets of ``ifname`` (deleted and created again: they belong to the
+        old link) and return them, for the caller to close once nobody listens on them;
+        the next request opens new ones."""
+        old: list[AdvertSocket | Advert6Socket | GarpSocket] = []
+        for key in [k for k in self._advert if k[0] == ifname]:
+            old.append(self._advert.pop(key))
+        for table in (self._advert6, self._garp):
+            sock = table.pop(ifname, None)
+            if sock is not None:
+                old.append(sock)
+        return old
 
     def close(self) -> None:
         socks: list[AdvertSocket | Advert6Socket | GarpSocket] = [
