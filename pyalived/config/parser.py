@@ -63,7 +63,7 @@ from pyalived.config.vrrp_parse import VrrpParser
 UNSUPPORTED_TOP = frozenset(
     """vrrp_track_file track_file vrrp_track_process track_process linkbeat_interfaces
     net_namespace_ipvs namespace_with_ipsets instance use_pid_dir
-    bfd_instance vrrp_track_bfd track_bfd child_wait_time""".split()
+    bfd_instance vrrp_track_bfd track_bfd child_wait_time track_group SSL""".split()
 )
 
 

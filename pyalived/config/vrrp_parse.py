@@ -128,7 +128,10 @@ UNSUPPORTED_GLOBAL = frozenset(
     enable_snmp_rfcv3 enable_traps enable_dbus enable_dbus_create_instance
     process_names process_name vrrp_process_name checker_process_name
     bfd_process_name max_auto_priority min_auto_priority_delay
-    vrrp_higher_prio_send_advert vrrp_lower_prio_no_advert
+    vrrp_higher_prio_send_advert vrrp_lower_prio_no_advert vrrp_garp_extra_if
+    log_unknown_vrids rs_init_notifies no_checker_emails lvs_flush_on_stop
+    dbus_service_name nftables_ipvs nftables_ipvs_priority nftables_ipvs_start_fwmark
+    process_monitor_rcv_bufs process_monitor_rcv_bufs_force vmac_prefix vmac_addr_prefix
     vrrp_netlink_cmd_rcv_bufs vrrp_netlink_cmd_rcv_bufs_force vrrp_netlink_monitor_rcv_bufs
     vrrp_netlink_monitor_rcv_bufs_force vrrp_rx_bufs_policy vrrp_rx_bufs_multiplier
     lvs_netlink_cmd_rcv_bufs lvs_netlink_cmd_rcv_bufs_force lvs_netlink_monitor_rcv_bufs
@@ -148,7 +151,7 @@ UNSUPPORTED_INSTANCE = frozenset(
     notify_master_rx_lower_pri lower_prio_no_advert higher_prio_send_advert
     kernel_rx_buf_size unicast_ttl check_unicast_src promote_secondaries
     down_timer_adverts notify_priority_changes unicast_fault_no_peer
-    use_ipvlan track_src_ip garp_extra_if mcast_dst_ip""".split()
+    use_ipvlan track_src_ip garp_extra_if mcast_dst_ip vrf use_vmac_addr""".split()
 )
 UNSUPPORTED_SYNC_GROUP = frozenset(
     "global_tracking sync_group_tracking_weight track_file track_process track_bfd "
@@ -630,6 +633,7 @@ _HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?
 _FIFO_KEYS = ("notify_fifo", "vrrp_notify_fifo", "lvs_notify_fifo")
 
 
+@writes("notification_email")
 def _notification_email(block: Block, node: Node) -> None:
     """``notification_email { ADDRESS ... }``: one or more addresses a line, appended."""
     r = block.r
@@ -730,6 +734,7 @@ STARTUP_DELAY_MAX = 4294.967295  # keepalived's limit (a 32-bit count of microse
 GARP_GROUP_INTERVAL_MAX = 4294.967295
 
 
+@writes("dynamic_interfaces", "dynamic_interfaces_allow_changes")
 def _dynamic_interfaces(block: Block, node: Node) -> None:
     """``dynamic_interfaces [allow_if_changes]``."""
     r = block.r
@@ -745,6 +750,7 @@ def _dynamic_interfaces(block: Block, node: Node) -> None:
 def _parent_script(key: str) -> Callable[[Block, Node], None]:
     """``startup_script`` / ``shutdown_script SCRIPT [USER [GROUP]]``."""
 
+    @writes(key)
     def handle(block: Block, node: Node) -> None:
         r = block.r
         r.no_block(node)
@@ -774,12 +780,14 @@ class _GarpGroup(Block):
         self.interfaces: list[str] = []
 
 
+@writes("interfaces")
 def _garp_group_interface(block: _GarpGroup, node: Node) -> None:
     name = block.r.one(node)
     if name is not None:
         block.interfaces.append(name)
 
 
+@writes("interfaces")
 def _garp_group_interfaces(block: _GarpGroup, node: Node) -> None:
     for m in block.r.block(node):
         block.r.no_block(m)
@@ -828,7 +836,9 @@ _GLOBAL_DEFS = Keywords[Block](
         "smtp_alert_vrrp": field("smtp_alert_vrrp", ValueReader.flag),
         "smtp_alert_checker": field("smtp_alert_checker", ValueReader.flag),
         **{key: field(key, _fifo) for key in _FIFO_KEYS},
-        **{f"{key}_script": field(f"{key}_script", _fifo) for key in _FIFO_KEYS},
+        # joined with their FIFO into a NotifyFifo (``_fifos``)
+        **{f"{key}_script": writes("script", "script_user", "script_group")(
+            field(f"{key}_script", _fifo)) for key in _FIFO_KEYS},
         # The VRRP and checker children's scheduling and memory (pyalived.tuning).
         **{f"{half}_{name}": field(f"{half}_{key}", read)
            for half in ("vrrp", "checker")
@@ -850,8 +860,11 @@ _GLOBAL_DEFS = Keywords[Block](
         "dynamic_interfaces": _dynamic_interfaces,
         "startup_script": _parent_script("startup_script"),
         "shutdown_script": _parent_script("shutdown_script"),
-        "startup_script_timeout": field("startup_script_timeout", int_in(1, 1000)),
-        "shutdown_script_timeout": field("shutdown_script_timeout", int_in(1, 1000)),
+        # the ParentScript's timeout (``global_defs`` below)
+        "startup_script_timeout": writes("timeout")(
+            field("startup_script_timeout", int_in(1, 1000))),
+        "shutdown_script_timeout": writes("timeout")(
+            field("shutdown_script_timeout", int_in(1, 1000))),
         "vrrp_min_garp": field("vrrp_min_garp", ValueReader.flag),
     },
     UNSUPPORTED_GLOBAL,
