@@ -87,6 +87,57 @@ class TrackScriptRef:
 
 
 @dataclass(frozen=True)
+class TrackRef:
+    """One line of a ``track_file { }`` or ``track_process { }`` block of an instance
+    or sync group: ``NAME [weight N [reverse|noreverse]]``."""
+
+    name: str
+    weight: int | None = None  # None: the track_file's / vrrp_track_process's own weight
+    reverse: bool = False
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
+class TrackFile:
+    """``track_file NAME { file PATH; weight N [reverse]; init_file [VALUE] [overwrite] }``."""
+
+    name: str
+    file: str
+    weight: int = 1
+    reverse: bool = False
+    init_value: int | None = None  # None: no init_file
+    init_overwrite: bool = False
+    location: Location = NOWHERE
+
+
+class ParamMatch(enum.Enum):
+    """How a ``vrrp_track_process``'s parameters are compared with a command line's."""
+
+    NONE = "none"  # no parameters and no param_match: the parameters do not matter
+    EXACT = "exact"  # the same parameters, no more
+    PARTIAL = "partial"  # the configured parameters first, maybe more after them
+    INITIAL = "initial"  # as partial, the last configured one may be a prefix
+
+
+@dataclass(frozen=True)
+class TrackProcess:
+    """``vrrp_track_process NAME { process ...; param_match; weight; quorum; ... }``."""
+
+    name: str
+    process: str
+    params: tuple[str, ...] = ()
+    param_match: ParamMatch = ParamMatch.NONE
+    weight: int = 1
+    reverse: bool = False
+    quorum: int = 1
+    quorum_max: int | None = None  # None: no maximum
+    fork_delay: float = 0.0
+    terminate_delay: float = 0.0
+    full_command: bool = False
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
 class VrrpScript:
     name: str
     script: str
@@ -157,6 +208,8 @@ class VrrpInstance:
     # pyalived.vrrp.peer_addresses); None until the parser resolves the global default.
     skip_check_adv_addr: bool | None = None  # default: global vrrp_skip_check_adv_addr
     strict_mode: bool | None = None  # global vrrp_strict (the instance keyword: not yet)
+    track_file: tuple[TrackRef, ...] = ()
+    track_process: tuple[TrackRef, ...] = ()
 
     @property
     def family(self) -> int:
@@ -184,6 +237,8 @@ class VrrpSyncGroup:
     track_script: tuple[TrackScriptRef, ...] = ()
     track_interface: tuple[TrackInterface, ...] = ()
     smtp_alert: bool = False
+    track_file: tuple[TrackRef, ...] = ()
+    track_process: tuple[TrackRef, ...] = ()
 
 
 VRRP_MCAST_GROUP4 = IPv4Address("224.0.0.18")  # RFC 3768 §5.2.2
@@ -417,6 +472,8 @@ class Config:
     vrrp_sync_groups: tuple[VrrpSyncGroup, ...] = ()
     virtual_servers: tuple[VirtualServer, ...] = ()
     virtual_server_groups: tuple[VirtualServerGroup, ...] = ()
+    track_files: tuple[TrackFile, ...] = ()
+    track_processes: tuple[TrackProcess, ...] = ()
 
     def instance(self, name: str) -> VrrpInstance:
         for inst in self.vrrp_instances:
@@ -428,6 +485,18 @@ class Config:
         for s in self.vrrp_scripts:
             if s.name == name:
                 return s
+        raise KeyError(name)
+
+    def track_file(self, name: str) -> TrackFile:
+        for t in self.track_files:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def track_process(self, name: str) -> TrackProcess:
+        for t in self.track_processes:
+            if t.name == name:
+                return t
         raise KeyError(name)
 
     def virtual_server_group(self, name: str) -> VirtualServerGroup:

@@ -55,7 +55,8 @@ def half_config(half: str, config: Config) -> Config:
     """The part of ``config`` one half needs (a child gets only that)."""
     if half == VRRP:
         return dataclasses.replace(config, virtual_servers=(), virtual_server_groups=())
-    return dataclasses.replace(config, vrrp_instances=(), vrrp_sync_groups=(), vrrp_scripts=())
+    return dataclasses.replace(config, vrrp_instances=(), vrrp_sync_groups=(), vrrp_scripts=(),
+                               track_files=(), track_processes=())
 
 
 def pickle_halves(config: Config, halves: Iterable[str]) -> dict[str, bytes]:
