@@ -1,6 +1,11 @@
 """track_file and vrrp_track_process on the real daemon, next to a keepalived peer.
 
-r1 runs pyalived, r2 keepalived 2.2.7 (priority 90).  The tests act as an
+r1 runs pyalived, r2 keepalived 2.2.7 (priority 90).  With
+PYALIVED_TEST_IMPL=keepalived the track_file test runs keepalived as r1 too,
+which checks that it expects what keepalived does.  The process tests always
+run pyalived as r1: keepalived 2.2.7 started inside a network namespace
+cannot subscribe to the kernel's process events ("Failed to set/clear process
+event listen - errno 111") and then never counts a process.  The tests act as an
 operator or a crashing service would, well after the election has settled:
 
 * an operator drains r1 by writing a number into its track file with the
@@ -28,7 +33,17 @@ from pathlib import Path
 
 import pytest
 
-from pyalived.lab import KEEPALIVED, Capture, Lab, Node, VrrpSpec, adverts, render_config
+from pyalived.lab import (
+    KEEPALIVED,
+    Capture,
+    Impl,
+    Lab,
+    Node,
+    VrrpSpec,
+    adverts,
+    render_config,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.netns,
@@ -47,15 +62,17 @@ def advert_with_priority(cap: Capture, node: Node, priority: int, after: float) 
         SETTLE, what=f"an advert from {node} with priority {priority}")[0]
 
 
-def start_pair(lab: Lab, r1_extra: tuple[str, ...], head: str) -> tuple[Node, Node]:
+def start_pair(lab: Lab, impl: Impl, r1_extra: tuple[str, ...], head: str,
+               priority: int = 100) -> tuple[Node, Node]:
     r1, r2 = lab.routers
     lab.start_daemon(r2, render_config("r2", [VrrpSpec(priority=90)]), "keepalived")
-    config = head + render_config("r1", [VrrpSpec(priority=100, extra=r1_extra)])
-    lab.start_daemon(r1, config, "pyalived")
+    config = head + render_config("r1", [VrrpSpec(priority=priority, extra=r1_extra)])
+    lab.start_daemon(r1, config, impl)
     return r1, r2
 
 
-def test_track_file_drains_and_restores_master(make_lab: MakeLab, tmp_path: Path) -> None:
+def test_track_file_drains_and_restores_master(make_lab: MakeLab, impl: Impl,
+                                               tmp_path: Path) -> None:
     lab = make_lab(routers=2)
     cap = lab.capture()
     drain = tmp_path / "state" / "drain"
@@ -66,7 +83,7 @@ def test_track_file_drains_and_restores_master(make_lab: MakeLab, tmp_path: Path
         f'track_file drain {{\n    file "{drain}"\n    weight -15\n    init_file 0\n}}\n'
         f'track_file maint {{\n    file "{maint}"\n    weight 0 reverse\n}}\n'
     )
-    r1, r2 = start_pair(lab, ("track_file {", "    drain", "    maint", "}"), head)
+    r1, r2 = start_pair(lab, impl, ("track_file {", "    drain", "    maint", "}"), head)
     lab.wait_sole_holder(r1, timeout=SETTLE)
     assert drain.read_text().strip() == "0"  # init_file created it
     time.sleep(3)  # the operator comes later
@@ -122,10 +139,8 @@ def test_track_process_crash_and_restart(make_lab: MakeLab, tmp_path: Path) -> N
     service = subprocess.Popen([str(binary), "3600"])
     try:
         head = (f"vrrp_track_process svc {{\n    process {name}\n    weight 20\n}}\n")
-        r1, r2 = lab.routers
-        lab.start_daemon(r2, render_config("r2", [VrrpSpec(priority=90)]), "keepalived")
-        lab.start_daemon(r1, head + render_config(
-            "r1", [VrrpSpec(priority=80, extra=("track_process {", "    svc", "}"))]), "pyalived")
+        r1, r2 = start_pair(lab, "pyalived", ("track_process {", "    svc", "}"), head,
+                            priority=80)
         lab.wait_sole_holder(r1, timeout=SETTLE)  # 80 + 20 = 100 > 90
         since = time.time()
         advert_with_priority(cap, r1, 100, since)
@@ -161,7 +176,7 @@ def test_track_process_quorum_with_parameters(make_lab: MakeLab, tmp_path: Path)
     try:
         head = (f"vrrp_track_process workers {{\n    process {binary} 7 36\n"
                 "    param_match initial\n    full_command\n    quorum 2\n    weight 0\n}\n")
-        r1, r2 = start_pair(lab, ("track_process {", "    workers", "}"), head)
+        r1, r2 = start_pair(lab, "pyalived", ("track_process {", "    workers", "}"), head)
         lab.wait_sole_holder(r1, timeout=SETTLE)
         time.sleep(3)
         killed = time.time()
@@ -177,3 +192,64 @@ def test_track_process_quorum_with_parameters(make_lab: MakeLab, tmp_path: Path)
         for p in [*workers, decoy]:
             p.kill()
             p.wait()
+
+
+def test_reload_adds_and_removes_tracking_without_disturbing_the_master(
+        make_lab: MakeLab, tmp_path: Path) -> None:
+    """SIGHUP adds a track_file and a track_process to a running master: nothing moves
+    (no priority-0 advert, no GARP, the backup stays silent); the file then drains it;
+    a second reload drops the file and r1 takes the VIP back."""
+    lab = make_lab(routers=2)
+    cap = lab.capture()
+    binary, name = _service(tmp_path)
+    service = subprocess.Popen([str(binary), "3600"])
+    try:
+        r1, r2 = start_pair(lab, "pyalived", (), "")
+        lab.wait_sole_holder(r1, timeout=SETTLE)
+        time.sleep(6)  # past both start-up GARP bursts
+        drain = tmp_path / "drain"
+        drain.write_text("0\n")
+        defs = (f'track_file drain {{\n    file "{drain}"\n    weight -15\n}}\n'
+                f"vrrp_track_process svc {{\n    process {name}\n    weight 0\n}}\n")
+        tracked = ("track_file {", "    drain", "}", "track_process {", "    svc", "}")
+        assert r1.daemon is not None
+        lab.write_config(r1, defs + render_config("r1", [VrrpSpec(priority=100,
+                                                                   extra=tracked)]))
+        since = time.time()
+        r1.daemon.signal(signal.SIGHUP)
+        wait_log_line(r1, "reload: VRRP instances: 0 kept, 1 updated")
+        time.sleep(3)
+        events = cap.events()
+        assert {e.priority for e in adverts(events, src=r1.ip, after=since)} == {100}
+        assert not adverts(events, src=r2.ip, after=since)
+        assert not [e for e in events if e.time > since and e.is_garp]
+        assert lab.holders() == [r1]
+
+        written = time.time()
+        drain.write_text("1\n")  # 100 - 15 = 85 < 90
+        advert_with_priority(cap, r1, 85, written)
+        lab.wait_sole_holder(r2, timeout=SETTLE)
+
+        # The second reload drops the file; the process stays tracked and running.
+        lab.write_config(r1, defs + render_config("r1", [VrrpSpec(
+            priority=100, extra=("track_process {", "    svc", "}"))]))
+        again = time.time()
+        r1.daemon.signal(signal.SIGHUP)
+        advert_with_priority(cap, r1, 100, again)
+        lab.wait_sole_holder(r1, timeout=SETTLE)
+        # The process, weight 0, still counts after the reload: it exits, r1 FAULTs.
+        time.sleep(2)
+        killed = time.time()
+        service.kill()
+        service.wait()
+        advert_with_priority(cap, r1, 0, killed)
+        lab.wait_sole_holder(r2, timeout=SETTLE)
+    finally:
+        service.kill()
+        service.wait()
+
+
+def wait_log_line(node: Node, needle: str) -> None:
+    daemon = node.daemon
+    assert daemon is not None
+    wait_for(lambda: needle in daemon.log_text(), SETTLE, what=f"{needle!r} in the log")
