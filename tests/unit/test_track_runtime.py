@@ -7,6 +7,7 @@ from dataclasses import replace
 import trio
 import trio.testing
 
+from pyalived import dump
 from pyalived.config.model import Config, TrackFile, TrackProcess, TrackRef
 from pyalived.vrrp import packet
 from pyalived.vrrp.fsm import State
@@ -78,6 +79,9 @@ async def test_values_apply_before_start_and_changes_at_once(
         rig.source.tx.send_nowait([ProcEvent(PROC_EVENT_EXIT, 7)])
         await trio.sleep(1.0)
         assert rig.priorities()[-1] == 60
+        text = dump.format_data(rt.instances, trio.current_time())
+        assert "Tracked file         = drain (3)" in text
+        assert "Tracked process      = web (not running)" in text
         rig.procs[8] = ProcInfo("nginx")
         rig.source.tx.send_nowait([ProcEvent(PROC_EVENT_EXEC, 8)])
         rig.write("/run/drain", None)  # deleted: 0
