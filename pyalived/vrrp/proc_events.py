@@ -78,6 +78,7 @@ class ProcEvent:
     pid: int  # the process (thread group) concerned: the child of a fork
     thread: bool = False  # the event is about a thread, not a process
     err: int = 0  # PROC_EVENT_NONE: the subscription's answer
+    parent: int = 0  # PROC_EVENT_FORK: the parent process
 
 
 def encode_listen() -> bytes:
@@ -106,8 +107,8 @@ def decode_events(data: bytes) -> list[ProcEvent]:
         what = _EVENT_HEAD.unpack_from(data, ev)[0]
         at = ev + _EVENT_HEAD.size
         if what == PROC_EVENT_FORK and at + 16 <= len(data):
-            _ppid, _ptgid, child_pid, child_tgid = _PIDS.unpack_from(data, at)
-            out.append(ProcEvent(what, child_tgid, child_pid != child_tgid))
+            _ppid, ptgid, child_pid, child_tgid = _PIDS.unpack_from(data, at)
+            out.append(ProcEvent(what, child_tgid, child_pid != child_tgid, parent=ptgid))
         elif what in (PROC_EVENT_EXEC, PROC_EVENT_COMM, PROC_EVENT_EXIT) and at + 8 <= len(data):
             pid, tgid = struct.unpack_from("=II", data, at)
             out.append(ProcEvent(what, tgid, pid != tgid))
@@ -338,12 +339,13 @@ class ProcessWatcher:
         table = self.table
         if ev.kind == PROC_EVENT_EXIT:
             self._apply(table.exit(now, ev.pid))
-        elif ev.kind in (PROC_EVENT_EXEC, PROC_EVENT_COMM, PROC_EVENT_FORK):
-            info = self._read(ev.pid, table.needs_cmdline)
-            if ev.kind == PROC_EVENT_FORK:
-                self._apply(table.fork(now, ev.pid, info))
-            else:
-                self._apply(table.exec(now, ev.pid, info))
+        elif ev.kind == PROC_EVENT_FORK:
+            # A child is its parent's copy: only a matching parent makes a matching
+            # child (so most forks cost no read of /proc).
+            if table.tracks(ev.parent):
+                self._apply(table.fork(now, ev.pid, self._read(ev.pid, table.needs_cmdline)))
+        elif ev.kind in (PROC_EVENT_EXEC, PROC_EVENT_COMM):
+            self._apply(table.exec(now, ev.pid, self._read(ev.pid, table.needs_cmdline)))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._source = self._source_factory()
@@ -375,6 +377,13 @@ class ProcessWatcher:
                         log.warning("process events were lost (socket overflow); "
                                     "scanning /proc")
                         await self._scan_now()
+                        continue
+                    except OSError as exc:
+                        log.warning("process events connector failed (%s); scanning /proc "
+                                    "every %gs", exc.strerror or exc, POLL_INTERVAL)
+                        source.close()
+                        self._source = None
+                        poll_at = trio.current_time()
                         continue
             now = trio.current_time()
             for ev in events:

@@ -14,7 +14,10 @@ The I/O part is ``FileTracker``, one trio task per ``track_file``: it writes
 and when a reload adds or changes the track_file), starts watching the file
 (``pyalived.vrrp.inotify.FileWatch``: the directory, for that name) before it
 reads it, reports the value to its subscribers, then reads the file again on
-each change the watch reports and reports the value when it changed.
+each change the watch reports and reports the value when it changed.  If
+inotify fails (no instance or watch left: ``fs.inotify.max_user_instances``,
+``max_user_watches``), the tracker says so in the log and reads the file
+every ``POLL_INTERVAL`` seconds instead.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pyalived.vrrp.inotify import WRITE_SETTLE, Change, FileWatch
 
 log = logging.getLogger("pyalived.vrrp.track_file")
 
+POLL_INTERVAL = 1.0  # seconds between reads when inotify is not available
 READ_SIZE = 127  # keepalived reads at most this many bytes
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 
@@ -116,6 +120,17 @@ class Watch(Protocol):
     def close(self) -> None: ...
 
 
+class PollWatch:
+    """A ``Watch`` without inotify: "read now" every ``POLL_INTERVAL`` seconds."""
+
+    async def wait(self) -> Change:
+        await trio.sleep(POLL_INTERVAL)
+        return Change.NOW
+
+    def close(self) -> None:
+        pass
+
+
 FileSubscriber = Callable[[str, int], None]
 
 
@@ -151,9 +166,17 @@ class FileTracker:
         for subscriber in self.subscribers:
             subscriber(self.spec.name, value)
 
+    def _poll_instead(self, exc: OSError) -> Watch:
+        log.warning("track_file %s: cannot watch %s (%s); reading it every %gs instead",
+                    self.spec.name, self.spec.file, exc.strerror or exc, POLL_INTERVAL)
+        return PollWatch()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         init_file(self.spec)
-        watch = self._watch(self.spec.file)
+        try:
+            watch = self._watch(self.spec.file)
+        except OSError as exc:
+            watch = self._poll_instead(exc)
         try:
             self._update()
             if self.value is None:  # an invalid number at start: keepalived's 0
@@ -162,11 +185,15 @@ class FileTracker:
                     subscriber(self.spec.name, 0)
             task_status.started()
             while True:
-                change = await watch.wait()
-                if change is Change.SOON:
-                    with trio.move_on_after(WRITE_SETTLE):
-                        while await watch.wait() is not Change.NOW:
-                            pass
+                try:
+                    change = await watch.wait()
+                    if change is Change.SOON:
+                        with trio.move_on_after(WRITE_SETTLE):
+                            while await watch.wait() is not Change.NOW:
+                                pass
+                except OSError as exc:
+                    watch.close()
+                    watch = self._poll_instead(exc)
                 self._update()
         finally:
             watch.close()

@@ -115,6 +115,10 @@ class ProcessTable:
                 return len(t.pids)
         return 0
 
+    def tracks(self, pid: int) -> bool:
+        """Whether ``pid`` counts for any tracked process."""
+        return any(pid in t.pids for t in self._tracked)
+
     def get_timer(self) -> float | None:
         due = min((t.pending[0] for t in self._tracked if t.pending is not None),
                   default=math.inf)

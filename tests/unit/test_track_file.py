@@ -123,6 +123,27 @@ async def test_tracker_reports_changes_and_waits_for_a_write_to_finish(
     assert watch.closed
 
 
+async def test_tracker_reads_every_second_without_inotify(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    contents = {"/f": b"1"}
+    seen: list[tuple[float, int]] = []
+
+    def no_inotify(path: str) -> FakeWatch:
+        raise OSError(24, "Too many open files")
+
+    tracker = FileTracker(TrackFile("t", "/f"), [lambda n, v: seen.append((trio.current_time(),
+                                                                            v))],
+                          watch=no_inotify, read=lambda path: contents[path])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tracker.run)
+        await trio.sleep(2.5)
+        contents["/f"] = b"4"
+        await trio.sleep(1)
+        assert seen == [(0.0, 1), (3.0, 4)]
+        nursery.cancel_scope.cancel()
+
+
 def test_init_file(tmp_path: Path) -> None:
     path = tmp_path / "f"
     init_file(TrackFile("t", str(path), init_value=3))

@@ -162,7 +162,8 @@ def test_decode_events() -> None:
         + _message(0x40, struct.pack("=II", 1, 1))  # ptrace: not ours
     )
     assert decode_events(data) == [
-        ProcEvent(PROC_EVENT_FORK, 200), ProcEvent(PROC_EVENT_FORK, 200, thread=True),
+        ProcEvent(PROC_EVENT_FORK, 200, parent=100),
+        ProcEvent(PROC_EVENT_FORK, 200, thread=True, parent=100),
         ProcEvent(PROC_EVENT_EXEC, 200), ProcEvent(PROC_EVENT_COMM, 200),
         ProcEvent(PROC_EVENT_EXIT, 200, thread=True), ProcEvent(PROC_EVENT_NONE, 0, err=1),
     ]
@@ -285,4 +286,43 @@ async def test_watcher_falls_back_when_the_subscription_is_refused(
         del procs[5]
         await trio.sleep(1)
         assert seen == [True, False]
+        nursery.cancel_scope.cancel()
+
+
+async def test_watcher_reads_only_the_children_of_tracked_processes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    procs = {10: ProcInfo("nginx"), 20: ProcInfo("bash")}
+    reads: list[int] = []
+    source = FakeSource()
+    seen: list[tuple[float, bool]] = []
+
+    def read(pid: int, cmdline: bool) -> ProcInfo | None:
+        reads.append(pid)
+        return procs.get(pid)
+
+    watcher = ProcessWatcher(
+        [spec(quorum=2, fork_delay=0.5)],
+        {"p": [lambda n, up: seen.append((trio.current_time(), up))]},
+        source=lambda: source, scan=lambda cmdline: dict(procs), read=read,
+        scan_in_thread=False,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        procs[21] = ProcInfo("bash")
+        source.tx.send_nowait([ProcEvent(PROC_EVENT_FORK, 21, parent=20)])
+        await trio.sleep(1)
+        assert reads == []  # bash's child: never looked at
+        procs[11] = ProcInfo("nginx")
+        source.tx.send_nowait([ProcEvent(PROC_EVENT_FORK, 11, parent=10)])
+        await trio.sleep(1)
+        assert reads == [11]
+        assert seen == [(0.0, False), (1.5, True)]  # the fork counted after fork_delay
+        # The connector breaks: /proc is scanned instead.
+        source.tx.send_nowait(OSError(5, "Input/output error"))
+        await trio.sleep(0.1)
+        assert source.closed
+        del procs[11]
+        await trio.sleep(1)
+        assert seen[-1] == (2.5, False)  # the first scan after 2.1, every 0.5 s
         nursery.cancel_scope.cancel()
