@@ -1104,16 +1104,19 @@ class VrrpParser:
                         sink.error(ref.location, f"{attr} {ref.name}: no {kind} of that name")
 
     def track_fixups(self, config: Config) -> Config:
-        """keepalived's rule for track_file and track_process weights: a member of a
-        sync group (sync_group_tracking_weight is not supported) and an address owner
-        track them with weight 0 (FAULT or nothing), with a warning when a weight is
-        dropped.  A reference without a weight is resolved to its definition's here."""
+        """Resolve each track_file / track_process reference's weight (a reference
+        without one takes its definition's), and apply keepalived 2.2.7's rule: an
+        instance that is the address owner or a member of a sync group ignores its own
+        references with a non-zero weight (a warning names the line); weight 0 ones
+        still put it in FAULT.  A sync group's own references apply, with their
+        weights, to each member (``sync_group_tracking_weight`` is not needed)."""
         files = {t.name: t for t in config.track_files}
         procs = {t.name: t for t in config.track_processes}
         in_group = {m for g in config.vrrp_sync_groups for m in g.group}
 
         def resolve(refs: tuple[TrackRef, ...], defs: dict[str, TrackFile] | dict[
-                str, TrackProcess], kind: str, zero: str | None) -> tuple[TrackRef, ...]:
+                str, TrackProcess], what: str, ignore: str | None, inst: str = ""
+                    ) -> tuple[TrackRef, ...]:
             out: list[TrackRef] = []
             for ref in refs:
                 d = defs.get(ref.name)
@@ -1123,30 +1126,31 @@ class VrrpParser:
                 weight, reverse = (
                     (d.weight, d.reverse) if ref.weight is None else (ref.weight, ref.reverse)
                 )
-                if zero is not None and weight != 0:
+                if ignore is not None and weight != 0:
                     self.r.sink.warning(
                         ref.location,
-                        f"{kind} {ref.name}: weight {weight} ignored {zero}; weight 0 is used",
+                        f"({inst}) ignoring {what} {ref.name} with weight {weight} {ignore}",
                     )
-                    weight = 0
+                    continue
                 out.append(replace(ref, weight=weight, reverse=reverse))
             return tuple(out)
 
         instances = []
         for inst in config.vrrp_instances:
-            zero = ("since the instance is in a sync group" if inst.name in in_group else
-                    "since the instance is the address owner" if inst.priority == 255 else None)
+            ignore = ("since the instance is in a sync group" if inst.name in in_group else
+                      "since the instance is the address owner" if inst.priority == 255
+                      else None)
             instances.append(replace(
                 inst,
-                track_file=resolve(inst.track_file, files, "track_file", zero),
-                track_process=resolve(inst.track_process, procs, "track_process", zero),
+                track_file=resolve(inst.track_file, files, "tracked file", ignore, inst.name),
+                track_process=resolve(inst.track_process, procs, "tracked process", ignore,
+                                      inst.name),
             ))
         groups = [
             replace(
                 g,
-                track_file=resolve(g.track_file, files, "track_file", "in a sync group"),
-                track_process=resolve(g.track_process, procs, "track_process",
-                                      "in a sync group"),
+                track_file=resolve(g.track_file, files, "tracked file", None),
+                track_process=resolve(g.track_process, procs, "tracked process", None),
             )
             for g in config.vrrp_sync_groups
         ]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pyalived.config.diagnostics import Severity
-from pyalived.config.model import ParamMatch, TrackFile, TrackProcess, TrackRef
+from pyalived.config.model import ParamMatch, TrackFile, TrackProcess
 from pyalived.reload import plan_reload
 from pyalived.vrrp.compile import build_tracking
 from tests.unit.test_parser import messages, only_config, run
@@ -96,24 +96,27 @@ def test_references_resolve_their_weights(tmp_path: Path) -> None:
     assert tracking.process_names == ("nginx", "worker")
 
 
-def test_sync_group_and_owner_track_with_weight_zero(tmp_path: Path) -> None:
+def test_sync_group_members_and_owners_ignore_their_weighted_references(
+        tmp_path: Path) -> None:
+    """As keepalived 2.2.7: "(VI_1) ignoring tracked file tf1 with weight 10 due to
+    address_owner" (or SYNC group); weight 0 references stay, and the group's own
+    references apply to the members with their weights."""
     group = ("vrrp_sync_group G {\n    group {\n        VI_1\n    }\n"
              "    track_file {\n        old_style\n    }\n}\n")
-    body = "    track_process {\n        nginx weight 4\n    }\n"
+    body = "    track_process {\n        nginx weight 4\n        worker weight 0\n    }\n"
     res = run(tmp_path, conf(body, extra=group))
     config = only_config(res)
-    assert config.vrrp_instances[0].track_process == (
-        TrackRef("nginx", 0, False, config.vrrp_instances[0].track_process[0].location),)
-    assert config.vrrp_sync_groups[0].track_file[0].weight == 0
-    warned = [(sev, line, msg) for sev, line, msg in messages(res)]
-    assert (Severity.WARNING, 29, "track_file old_style: weight 1 ignored in a sync group; "
-            "weight 0 is used") in warned
-    assert any(line == 40 and "since the instance is in a sync group" in msg
-               for _, line, msg in warned)
+    inst = config.vrrp_instances[0]
+    assert [(r.name, r.weight) for r in inst.track_process] == [("worker", 0)]
+    assert [(r.name, r.weight) for r in config.vrrp_sync_groups[0].track_file] == [
+        ("old_style", 1)]
+    assert (Severity.WARNING, 40, "(VI_1) ignoring tracked process nginx with weight 4 "
+            "since the instance is in a sync group") in messages(res)
+    tracking = build_tracking(config, inst)
+    assert tracking.file_names == ("old_style",) and tracking.process_names == ("worker",)
     res = run(tmp_path, conf("    track_file {\n        drain weight 3\n    }\n", prio=255))
-    inst = only_config(res).vrrp_instances[0]
-    assert inst.track_file[0].weight == 0
-    assert any("address owner" in msg for _, _, msg in messages(res))
+    assert only_config(res).vrrp_instances[0].track_file == ()
+    assert any("since the instance is the address owner" in msg for _, _, msg in messages(res))
 
 
 @pytest.mark.parametrize(
