@@ -41,6 +41,7 @@ from pyalived.lab import (
     Node,
     VrrpSpec,
     adverts,
+    daemon_argv,
     render_config,
     wait_for,
 )
@@ -253,3 +254,40 @@ def wait_log_line(node: Node, needle: str) -> None:
     daemon = node.daemon
     assert daemon is not None
     wait_for(lambda: needle in daemon.log_text(), SETTLE, what=f"{needle!r} in the log")
+
+
+def test_track_process_without_the_connector_scans_proc(make_lab: MakeLab,
+                                                        tmp_path: Path) -> None:
+    """pyalived without CAP_SYS_ADMIN, in a network namespace, cannot reach the
+    process-events connector: it says so and scans /proc instead, and a crashed
+    service still fails the master over."""
+    lab = make_lab(routers=2)
+    cap = lab.capture()
+    binary, name = _service(tmp_path)
+    service = subprocess.Popen([str(binary), "3600"])
+    try:
+        r1, r2 = lab.routers
+        lab.start_daemon(r2, render_config("r2", [VrrpSpec(priority=90)]), "keepalived")
+        head = f"vrrp_track_process svc {{\n    process {name}\n    weight 20\n}}\n"
+        conf = lab.write_config(r1, head + render_config(
+            "r1", [VrrpSpec(priority=80, extra=("track_process {", "    svc", "}"))]))
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+                   PYTHONUNBUFFERED="1")
+        argv = ["capsh", "--drop=cap_sys_admin", "--", "-c", 'exec "$0" "$@"',
+                *daemon_argv("pyalived", conf, lab.workdir / "r1-nocap")]
+        r1.daemon = lab.spawn(r1, argv, "r1-nocap", env=env)
+        lab.wait_sole_holder(r1, timeout=SETTLE)
+        wait_log_line(r1, "scanning /proc every 0.5s")
+        time.sleep(2)
+        killed = time.time()
+        service.kill()
+        service.wait()
+        advert_with_priority(cap, r1, 80, killed)
+        lab.wait_sole_holder(r2, timeout=SETTLE)
+        restarted = time.time()
+        service = subprocess.Popen([str(binary), "3600"])
+        advert_with_priority(cap, r1, 100, restarted)
+        lab.wait_sole_holder(r1, timeout=SETTLE)
+    finally:
+        service.kill()
+        service.wait()
