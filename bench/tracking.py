@@ -15,6 +15,9 @@ spacing (at most 10 ms, 5 ms on average).
 Printed: median, 90th percentile and maximum over ``--rounds`` rounds, for
 the file written, the process killed and the process started, and whether
 the daemon used the process-events connector or fell back to scanning /proc.
+``--without-connector`` starts the daemon without CAP_SYS_ADMIN (``capsh``),
+so that inside the lab's namespace it cannot reach the connector and scans
+/proc every 0.5 s: the fallback's figures.
 Needs root, iproute2 and tcpdump.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -35,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyalived.lab import Capture, Lab, Node, VrrpSpec, render_config
+from pyalived.lab import Capture, Lab, Node, VrrpSpec, daemon_argv, render_config
 
 BASE = 100
 FILE_WEIGHT = -10
@@ -83,6 +87,7 @@ def summary(values: list[float]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--without-connector", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pyalived-bench-tracking-"))
     name = f"pyabench{secrets.token_hex(3)}"
@@ -103,7 +108,16 @@ def main() -> int:
             spec = VrrpSpec(priority=BASE, state="MASTER", advert_int=ADVERT_INT,
                             extra=("version 3", "track_file {", "    drain", "}",
                                    "track_process {", "    svc", "}"))
-            lab.start_daemon(r1, head + render_config("r1", [spec]))
+            text = head + render_config("r1", [spec])
+            if args.without_connector:
+                conf = lab.write_config(r1, text)
+                env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+                r1.daemon = lab.spawn(r1, ["capsh", "--drop=cap_sys_admin", "--", "-c",
+                                           'exec "$0" "$@"',
+                                           *daemon_argv("pyalived", conf, work / "r1")],
+                                      "r1", env=env)
+            else:
+                lab.start_daemon(r1, text)
             up = BASE + PROC_WEIGHT
             try:
                 wire_time(cap, r1, up, 0.0)
