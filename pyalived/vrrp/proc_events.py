@@ -14,7 +14,9 @@ in the initial namespace instead -- the namespace of the kernel thread
 ``kthreadd`` (pid 2), entered with ``setns`` by a short-lived thread, as a
 socket keeps the namespace it was made in.  This needs CAP_SYS_ADMIN; when
 it fails, or the kernel has no connector, pyalived falls back to scanning
-/proc every ``POLL_INTERVAL`` seconds, and says so in the log.
+/proc every ``POLL_INTERVAL`` seconds, and says so in the log; the exit of a
+process that counts is then still seen at once, through a pidfd
+(``pidfd_open``, Linux 5.3) per such process, readable when it exits.
 
 ``ProcessWatcher`` is the one trio service of every ``vrrp_track_process``
 in the VRRP child.  It scans /proc at start (``scan_proc``), then feeds
@@ -291,6 +293,7 @@ class ProcessWatcher:
         scan: Scanner = scan_proc,
         read: Reader = read_proc,
         scan_in_thread: bool = True,
+        pidfds: bool = True,
     ) -> None:
         self.table = ProcessTable(specs)
         self.subscribers = subscribers
@@ -299,6 +302,8 @@ class ProcessWatcher:
         self._read = read
         self._scan_in_thread = scan_in_thread  # a /proc scan takes ~2 ms per 100 processes
         self._source: EventSource | None = None
+        self._use_pidfds = pidfds  # without the connector: exits seen through pidfds
+        self._pidfds: dict[int, int] = {}
 
     def status(self, name: str) -> bool | None:
         return self.table.status(name)
@@ -359,6 +364,48 @@ class ProcessWatcher:
         finally:
             if self._source is not None:
                 self._source.close()
+            for pid in list(self._pidfds):
+                self._close_pidfd(pid)
+
+    # -- exits without the connector --
+
+    def _close_pidfd(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid)
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
+
+    async def _wait_exits(self, until: float) -> list[int]:
+        """Wait until ``until`` or the exit of a counted process; the pids that exited."""
+        if not self._use_pidfds:
+            await trio.sleep_until(until)
+            return []
+        wanted = self.table.pids()
+        for pid in set(self._pidfds) - wanted:
+            self._close_pidfd(pid)
+        exited: list[int] = []
+        for pid in wanted - set(self._pidfds):
+            try:
+                self._pidfds[pid] = os.pidfd_open(pid)
+            except ProcessLookupError:
+                exited.append(pid)
+            except OSError as exc:  # EMFILE and the like: the next scan will tell
+                log.debug("pidfd_open %d: %s", pid, exc.strerror)
+        if exited:
+            return exited
+
+        async def watch(pid: int, fd: int, scope: trio.CancelScope) -> None:
+            await trio.lowlevel.wait_readable(fd)
+            exited.append(pid)
+            scope.cancel()
+
+        with trio.move_on_at(until):
+            async with trio.open_nursery() as nursery:
+                for pid, fd in self._pidfds.items():
+                    nursery.start_soon(watch, pid, fd, nursery.cancel_scope)
+                await trio.sleep_forever()
+        for pid in exited:
+            self._close_pidfd(pid)
+        return exited
 
     async def _loop(self) -> None:
         poll_at = trio.current_time() + POLL_INTERVAL
@@ -368,7 +415,10 @@ class ProcessWatcher:
             events: list[ProcEvent] = []
             source = self._source
             if source is None:
-                await trio.sleep_until(min(deadline, poll_at))
+                exited = await self._wait_exits(min(deadline, poll_at))
+                now = trio.current_time()
+                for pid in exited:
+                    self._apply(self.table.exit(now, pid))
             else:
                 with trio.move_on_at(deadline):
                     try:

@@ -115,6 +115,10 @@ class ProcessTable:
                 return len(t.pids)
         return 0
 
+    def pids(self) -> set[int]:
+        """Every pid that counts for some tracked process."""
+        return set().union(*(t.pids for t in self._tracked))
+
     def tracks(self, pid: int) -> bool:
         """Whether ``pid`` counts for any tracked process."""
         return any(pid in t.pids for t in self._tracked)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
 from pyalived.config.model import ParamMatch, TrackProcess
+from pyalived.vrrp import proc_events
 from pyalived.vrrp.proc_events import (
     PROC_EVENT_COMM,
     PROC_EVENT_EXEC,
@@ -221,7 +225,7 @@ async def test_watcher_follows_events_and_rescans_after_overflow(
         [spec(terminate_delay=1.0)], {"p": [lambda n, up: seen.append((trio.current_time(), n,
                                                                        up))]},
         source=lambda: source, scan=lambda cmdline: dict(procs),
-        read=lambda pid, cmdline: procs.get(pid), scan_in_thread=False,
+        read=lambda pid, cmdline: procs.get(pid), scan_in_thread=False, pidfds=False,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(watcher.run)
@@ -253,7 +257,7 @@ async def test_watcher_polls_proc_without_the_connector(
     watcher = ProcessWatcher(
         [spec()], {"p": [lambda n, up: seen.append((trio.current_time(), up))]},
         source=lambda: None, scan=lambda cmdline: dict(procs),
-        read=lambda pid, cmdline: procs.get(pid), scan_in_thread=False,
+        read=lambda pid, cmdline: procs.get(pid), scan_in_thread=False, pidfds=False,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(watcher.run)
@@ -276,7 +280,7 @@ async def test_watcher_falls_back_when_the_subscription_is_refused(
     watcher = ProcessWatcher(
         [spec()], {"p": [lambda n, up: seen.append(up)]},
         source=lambda: source, scan=lambda cmdline: dict(procs), read=lambda p, c: None,
-        scan_in_thread=False,
+        scan_in_thread=False, pidfds=False,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(watcher.run)
@@ -305,7 +309,7 @@ async def test_watcher_reads_only_the_children_of_tracked_processes(
         [spec(quorum=2, fork_delay=0.5)],
         {"p": [lambda n, up: seen.append((trio.current_time(), up))]},
         source=lambda: source, scan=lambda cmdline: dict(procs), read=read,
-        scan_in_thread=False,
+        scan_in_thread=False, pidfds=False,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(watcher.run)
@@ -326,3 +330,40 @@ async def test_watcher_reads_only_the_children_of_tracked_processes(
         await trio.sleep(1)
         assert seen[-1] == (2.5, False)  # the first scan after 2.1, every 0.5 s
         nursery.cancel_scope.cancel()
+
+
+async def test_without_the_connector_an_exit_is_seen_through_its_pidfd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real processes: with /proc scanned only hourly, a tracked process's exit is
+    still reported, because its pidfd becomes readable."""
+    monkeypatch.setattr(proc_events, "POLL_INTERVAL", 3600.0)
+    name = f"pyatrk{secrets.token_hex(4)}"
+    binary = tmp_path / name
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", binary)
+    child = subprocess.Popen([str(binary), "3600"])
+    seen: list[bool] = []
+    changed = trio.Event()
+
+    def subscriber(n: str, up: bool) -> None:
+        seen.append(up)
+        changed.set()
+
+    try:
+        while (info := read_proc(child.pid, False)) is None or info.comm != name:
+            await trio.sleep(0.01)  # until it has exec'd
+        watcher = ProcessWatcher([spec(process=name)], {"p": [subscriber]},
+                                 source=lambda: None, scan_in_thread=False)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watcher.run)
+            assert seen == [True]
+            changed = trio.Event()
+            await trio.sleep(0.1)  # the watcher waits on the pidfd now
+            child.kill()
+            with trio.fail_after(60):  # a hang guard: the next scan is an hour away
+                await changed.wait()
+            assert seen == [True, False]
+            nursery.cancel_scope.cancel()
+    finally:
+        child.kill()
+        child.wait()
