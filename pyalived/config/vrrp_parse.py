@@ -15,6 +15,15 @@ the whole configuration (unique names, one VRID per interface, the
 references of sync groups and ``track_script``, ``enable_script_security``)
 and ``strict_fixups`` applies ``vrrp_strict``.
 
+``track_file`` (``vrrp_track_file``) and ``vrrp_track_process``
+(``track_process``) blocks are top-level definitions; instances and sync
+groups reference them in ``track_file { }`` / ``track_process { }`` blocks,
+``NAME [weight N [reverse|noreverse]]`` with keepalived 2.2.7's range
+-254..254.  ``cross_check`` refuses references to undefined names, and
+``track_fixups`` resolves each reference's weight (its own, else its
+definition's) and, as keepalived does, drops an address owner's or a sync
+group member's own references whose weight is not 0, with a warning.
+
 Range checks follow RFC 3768: VRID 1..255 (§5.3.3), priority 1..255 where
 255 is the address owner and 0 is reserved for the stop advert (§5.3.4),
 auth_pass at most 8 octets (§5.3.10).

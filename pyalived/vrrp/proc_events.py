@@ -289,17 +289,17 @@ class ProcessWatcher:
         specs: Sequence[TrackProcess],
         subscribers: Mapping[str, Sequence[ProcessSubscriber]],
         *,
-        source: Callable[[], EventSource | None] = open_connector,
-        scan: Scanner = scan_proc,
-        read: Reader = read_proc,
+        source: Callable[[], EventSource | None] | None = None,  # None: open_connector
+        scan: Scanner | None = None,  # None: scan_proc
+        read: Reader | None = None,  # None: read_proc
         scan_in_thread: bool = True,
         pidfds: bool = True,
     ) -> None:
         self.table = ProcessTable(specs)
         self.subscribers = subscribers
-        self._source_factory = source
-        self._scan = scan
-        self._read = read
+        self._source_factory = source or open_connector
+        self._scan: Scanner = scan or scan_proc
+        self._read: Reader = read or read_proc
         self._scan_in_thread = scan_in_thread  # a /proc scan takes ~2 ms per 100 processes
         self._source: EventSource | None = None
         self._use_pidfds = pidfds  # without the connector: exits seen through pidfds

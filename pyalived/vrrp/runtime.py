@@ -378,12 +378,8 @@ class VrrpRuntime:
     async def _file_tracker(
         self, spec: TrackFile, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        kwargs: dict[str, Callable[..., object]] = {}
-        if self.ports.file_watch is not None:
-            kwargs["watch"] = self.ports.file_watch
-        if self.ports.file_read is not None:
-            kwargs["read"] = self.ports.file_read
-        tracker = FileTracker(spec, self._file_subs[spec.name], **kwargs)  # type: ignore[arg-type]
+        tracker = FileTracker(spec, self._file_subs[spec.name], watch=self.ports.file_watch,
+                              read=self.ports.file_read)
         with trio.CancelScope() as scope:
             self._file_trackers[spec.name] = (scope, tracker)
             await tracker.run(task_status=task_status)
@@ -421,14 +417,8 @@ class VrrpRuntime:
         *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         p = self.ports
-        kwargs: dict[str, Callable[..., object]] = {}
-        if p.process_source is not None:
-            kwargs["source"] = p.process_source
-        if p.process_scan is not None:
-            kwargs["scan"] = p.process_scan
-        if p.process_read is not None:
-            kwargs["read"] = p.process_read
-        watcher = ProcessWatcher(specs, self._process_subs, **kwargs)  # type: ignore[arg-type]
+        watcher = ProcessWatcher(specs, self._process_subs, source=p.process_source,
+                                 scan=p.process_scan, read=p.process_read)
         with trio.CancelScope() as scope:
             self._process_watcher = (scope, watcher)
             await watcher.run(task_status=task_status)

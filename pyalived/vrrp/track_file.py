@@ -142,13 +142,13 @@ class FileTracker:
         spec: TrackFile,
         subscribers: Sequence[FileSubscriber],
         *,
-        watch: Callable[[str], Watch] = FileWatch,
-        read: Callable[[str], bytes | None] = read_file,
+        watch: Callable[[str], Watch] | None = None,  # None: FileWatch (inotify)
+        read: Callable[[str], bytes | None] | None = None,  # None: read_file
     ) -> None:
         self.spec = spec
         self.subscribers = subscribers
-        self._watch = watch
-        self._read = read
+        self._watch: Callable[[str], Watch] = watch or FileWatch
+        self._read = read or read_file
         self.value: int | None = None  # None until read
 
     def _update(self) -> None:
