@@ -71,9 +71,19 @@ def _tracking(inst: DumpedInstance) -> dict[str, Any]:
     for name in inst.tracking.script_names:
         ok = inst.tracking.script_ok(name)
         scripts[name] = "unknown" if ok is None else ("ok" if ok else "failing")
+    files: dict[str, int | str] = {}
+    for name in inst.tracking.file_names:
+        value = inst.tracking.file_value(name)
+        files[name] = "unknown" if value is None else value
+    processes = {}
+    for name in inst.tracking.process_names:
+        up = inst.tracking.process_up(name)
+        processes[name] = "unknown" if up is None else ("running" if up else "not running")
     return {
         "interfaces": list(inst.tracking.interface_names),
         "scripts": scripts,
+        "files": files,
+        "processes": processes,
         "faulty": verdict.faulty,
         "reason": verdict.reason,
     }
@@ -164,6 +174,10 @@ def format_data(instances: Sequence[DumpedInstance], now: float) -> str:
             lines.append(f"   Tracked interfaces   = {', '.join(tracking['interfaces'])}")
         for name, status in tracking["scripts"].items():
             lines.append(f"   Tracked script       = {name} ({status})")
+        for name, value in tracking.get("files", {}).items():
+            lines.append(f"   Tracked file         = {name} ({value})")
+        for name, status in tracking.get("processes", {}).items():
+            lines.append(f"   Tracked process      = {name} ({status})")
         if tracking["faulty"]:
             lines.append(f"   Fault                = {tracking['reason']}")
         lines.append("")

@@ -175,6 +175,57 @@ class TrackScriptRef:
 
 
 @dataclass(frozen=True)
+class TrackRef:
+    """One line of a ``track_file { }`` or ``track_process { }`` block of an instance
+    or sync group: ``NAME [weight N [reverse|noreverse]]``."""
+
+    name: str
+    weight: int | None = None  # None: the track_file's / vrrp_track_process's own weight
+    reverse: bool = False
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
+class TrackFile:
+    """``track_file NAME { file PATH; weight N [reverse]; init_file [VALUE] [overwrite] }``."""
+
+    name: str
+    file: str
+    weight: int = 1
+    reverse: bool = False
+    init_value: int | None = None  # None: no init_file
+    init_overwrite: bool = False
+    location: Location = NOWHERE
+
+
+class ParamMatch(enum.Enum):
+    """How a ``vrrp_track_process``'s parameters are compared with a command line's."""
+
+    NONE = "none"  # no parameters and no param_match: the parameters do not matter
+    EXACT = "exact"  # the same parameters, no more
+    PARTIAL = "partial"  # the configured parameters first, maybe more after them
+    INITIAL = "initial"  # as partial, the last configured one may be a prefix
+
+
+@dataclass(frozen=True)
+class TrackProcess:
+    """``vrrp_track_process NAME { process ...; param_match; weight; quorum; ... }``."""
+
+    name: str
+    process: str
+    params: tuple[str, ...] = ()
+    param_match: ParamMatch = ParamMatch.NONE
+    weight: int = 1
+    reverse: bool = False
+    quorum: int = 1
+    quorum_max: int | None = None  # None: no maximum
+    fork_delay: float = 0.0
+    terminate_delay: float = 0.0
+    full_command: bool = False
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True)
 class VrrpScript:
     name: str
     script: str
@@ -252,6 +303,8 @@ class VrrpInstance:
     virtual_routes: tuple[VirtualRoute, ...] = ()
     virtual_rules: tuple[VirtualRule, ...] = ()
     garp_interval: float = 0.0  # seconds between gratuitous ARPs (default: vrrp_garp_interval)
+    track_file: tuple[TrackRef, ...] = ()
+    track_process: tuple[TrackRef, ...] = ()
 
     @property
     def family(self) -> int:
@@ -279,6 +332,8 @@ class VrrpSyncGroup:
     track_script: tuple[TrackScriptRef, ...] = ()
     track_interface: tuple[TrackInterface, ...] = ()
     smtp_alert: bool = False
+    track_file: tuple[TrackRef, ...] = ()
+    track_process: tuple[TrackRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -602,6 +657,8 @@ class Config:
     static_ipaddress: tuple[VirtualIP, ...] = ()
     static_routes: tuple[VirtualRoute, ...] = ()
     static_rules: tuple[VirtualRule, ...] = ()
+    track_files: tuple[TrackFile, ...] = ()
+    track_processes: tuple[TrackProcess, ...] = ()
 
     def instance(self, name: str) -> VrrpInstance:
         for inst in self.vrrp_instances:
@@ -613,6 +670,18 @@ class Config:
         for s in self.vrrp_scripts:
             if s.name == name:
                 return s
+        raise KeyError(name)
+
+    def track_file(self, name: str) -> TrackFile:
+        for t in self.track_files:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def track_process(self, name: str) -> TrackProcess:
+        for t in self.track_processes:
+            if t.name == name:
+                return t
         raise KeyError(name)
 
     def virtual_server_group(self, name: str) -> VirtualServerGroup:

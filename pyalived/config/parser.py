@@ -61,7 +61,7 @@ from pyalived.config.vrrp_parse import VrrpParser
 
 # Top-level keywords keepalived 2.2.7 accepts that this project does not implement yet.
 UNSUPPORTED_TOP = frozenset(
-    """vrrp_track_file track_file vrrp_track_process track_process linkbeat_interfaces
+    """linkbeat_interfaces
     net_namespace_ipvs namespace_with_ipsets instance use_pid_dir
     bfd_instance vrrp_track_bfd track_bfd child_wait_time track_group SSL""".split()
 )
@@ -187,6 +187,10 @@ class _Parser:
             "vrrp_script": self.vrrp.vrrp_script,
             "vrrp_instance": self.vrrp.vrrp_instance,
             "vrrp_sync_group": self.vrrp.vrrp_sync_group,
+            "track_file": self.vrrp.track_file,
+            "vrrp_track_file": self.vrrp.track_file,  # keepalived's deprecated synonym
+            "vrrp_track_process": self.vrrp.track_process,
+            "track_process": self.vrrp.track_process,
             "virtual_server_group": self.lvs.virtual_server_group,
             "static_ipaddress": self.vrrp.static_ipaddress_block,
             "static_routes": self.vrrp.static_routes_block,
@@ -221,7 +225,9 @@ class _Parser:
             static_ipaddress=tuple(vrrp.static_ipaddress),
             static_routes=tuple(vrrp.static_routes),
             static_rules=tuple(vrrp.static_rules),
+            track_files=tuple(vrrp.track_files),
+            track_processes=tuple(vrrp.track_processes),
         )
         lvs.cross_check(config)
         vrrp.cross_check(config)
-        return vrrp.strict_fixups(config)
+        return vrrp.track_fixups(vrrp.strict_fixups(config))

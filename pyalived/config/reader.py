@@ -58,7 +58,8 @@ def half_config(half: str, config: Config) -> Config:
     if half == VRRP:
         return dataclasses.replace(config, virtual_servers=(), virtual_server_groups=())
     return dataclasses.replace(config, vrrp_instances=(), vrrp_sync_groups=(), vrrp_scripts=(),
-                               static_ipaddress=(), static_routes=(), static_rules=())
+                               static_ipaddress=(), static_routes=(), static_rules=(),
+                               track_files=(), track_processes=())
 
 
 def pickle_halves(config: Config, halves: Iterable[str]) -> dict[str, bytes]:

@@ -15,6 +15,15 @@ the whole configuration (unique names, one VRID per interface, the
 references of sync groups and ``track_script``, ``enable_script_security``)
 and ``strict_fixups`` applies ``vrrp_strict``.
 
+``track_file`` (``vrrp_track_file``) and ``vrrp_track_process``
+(``track_process``) blocks are top-level definitions; instances and sync
+groups reference them in ``track_file { }`` / ``track_process { }`` blocks,
+``NAME [weight N [reverse|noreverse]]`` with keepalived 2.2.7's range
+-254..254.  ``cross_check`` refuses references to undefined names, and
+``track_fixups`` resolves each reference's weight (its own, else its
+definition's) and, as keepalived does, drops an address owner's or a sync
+group member's own references whose weight is not 0, with a warning.
+
 Range checks follow RFC 3768: VRID 1..255 (§5.3.3), priority 1..255 where
 255 is the address owner and 0 is reserved for the stop advert (§5.3.4),
 auth_pass at most 8 octets (§5.3.10).
@@ -92,9 +101,13 @@ from pyalived.config.model import (
     Notify,
     NotifyFifo,
     OldUnicastChecksum,
+    ParamMatch,
     ParentScript,
     SmtpServer,
+    TrackFile,
     TrackInterface,
+    TrackProcess,
+    TrackRef,
     TrackScriptRef,
     VirtualIP,
     VirtualRoute,
@@ -146,7 +159,7 @@ UNSUPPORTED_GLOBAL = frozenset(
     local_name instance use_symlink_paths""".split()
 )
 UNSUPPORTED_INSTANCE = frozenset(
-    """native_ipv6 track_file track_process track_bfd
+    """native_ipv6 track_bfd
     strict_mode lvs_sync_daemon_interface debug linkbeat_use_polling notify_deleted
     notify_master_rx_lower_pri lower_prio_no_advert higher_prio_send_advert
     kernel_rx_buf_size unicast_ttl check_unicast_src promote_secondaries
@@ -154,7 +167,7 @@ UNSUPPORTED_INSTANCE = frozenset(
     use_ipvlan track_src_ip garp_extra_if mcast_dst_ip vrf use_vmac_addr""".split()
 )
 UNSUPPORTED_SYNC_GROUP = frozenset(
-    "global_tracking sync_group_tracking_weight track_file track_process track_bfd "
+    "global_tracking sync_group_tracking_weight track_bfd "
     "notify_priority_changes notify_deleted".split()
 )
 UNSUPPORTED_SCRIPT = frozenset("init_fail".split())
@@ -179,13 +192,15 @@ _AUTH_TYPES = {a.value: a for a in AuthType}
 class _Tracking(Block):
     """A block with notify scripts and tracking: ``vrrp_instance`` or ``vrrp_sync_group``."""
 
-    __slots__ = ("notify", "track_interface", "track_script")
+    __slots__ = ("notify", "track_file", "track_interface", "track_process", "track_script")
 
     def __init__(self, r: ValueReader, label: str) -> None:
         super().__init__(r, label)
         self.notify: dict[str, str | None] = {}  # Notify's fields
         self.track_interface: list[TrackInterface] = []
         self.track_script: list[TrackScriptRef] = []
+        self.track_file: list[TrackRef] = []
+        self.track_process: list[TrackRef] = []
 
 
 class _Instance(_Tracking):
@@ -540,6 +555,116 @@ def _track_script(block: _Tracking, node: Node) -> None:
             block.track_script.append(TrackScriptRef(res[0], res[1], m.location))
 
 
+TRACK_WEIGHT_MIN, TRACK_WEIGHT_MAX = -254, 254  # track_file / track_process weights
+
+
+def _track_weight(r: ValueReader, node: Node, words: list[str], what: str
+                  ) -> tuple[int, bool] | None:
+    """``N [reverse|noreverse]`` (the words after ``weight``) of a track_file or
+    track_process, in keepalived's range -254..254."""
+    if not words:
+        r.sink.error(node.location, f"{what}: weight needs a number")
+        return None
+    try:
+        weight = int(words[0], 10)
+    except ValueError:
+        r.sink.error(node.location, f"{what}: weight '{words[0]}' is not a whole number")
+        return None
+    if not TRACK_WEIGHT_MIN <= weight <= TRACK_WEIGHT_MAX:
+        r.sink.error(
+            node.location,
+            f"{what}: weight {weight} is outside [{TRACK_WEIGHT_MIN}, {TRACK_WEIGHT_MAX}]",
+        )
+        return None
+    reverse = False
+    rest = words[1:]
+    if rest and rest[0] in ("reverse", "noreverse"):
+        reverse = rest[0] == "reverse"
+        rest = rest[1:]
+    if rest:
+        r.sink.warning(node.location, f"{what}: extra words ignored: {' '.join(rest)}")
+    return weight, reverse
+
+
+def _track_refs(block: _Tracking, node: Node, into: list[TrackRef]) -> None:
+    """The ``NAME [weight N [reverse|noreverse]]`` lines of a track_file or
+    track_process block of an instance or sync group."""
+    r = block.r
+    for m in r.block(node):
+        r.no_block(m)
+        words = list(m.values)
+        if not words:
+            into.append(TrackRef(m.name, location=m.location))
+            continue
+        what = f"{node.name} {m.name}"
+        if words[0] != "weight":
+            r.sink.error(m.location, f"{what}: unknown option '{words[0]}'")
+            continue
+        res = _track_weight(r, m, words[1:], what)
+        if res is not None:
+            into.append(TrackRef(m.name, res[0], res[1], m.location))
+
+
+def _track_file_refs(block: _Tracking, node: Node) -> None:
+    _track_refs(block, node, block.track_file)
+
+
+def _track_process_refs(block: _Tracking, node: Node) -> None:
+    _track_refs(block, node, block.track_process)
+
+
+def _def_weight(r: ValueReader, node: Node) -> tuple[int, bool] | None:
+    """``weight N [reverse]`` inside a track_file or vrrp_track_process block."""
+    r.no_block(node)
+    return _track_weight(r, node, list(node.values), node.name)
+
+
+INIT_FILE_MIN, INIT_FILE_MAX = -(2**31), 2**31 - 1  # keepalived reads the file as an int
+
+
+def _init_file(r: ValueReader, node: Node) -> tuple[int, bool] | None:
+    """``init_file [VALUE] [overwrite]``: the value (default 0) and whether to overwrite."""
+    r.no_block(node)
+    value, overwrite = 0, False
+    for word in node.values:
+        if word == "overwrite" and not overwrite:
+            overwrite = True
+            continue
+        try:
+            number = int(word, 10)
+        except ValueError:
+            r.sink.error(node.location, f"init_file: unknown option '{word}'")
+            return None
+        if not INIT_FILE_MIN <= number <= INIT_FILE_MAX:
+            r.sink.error(
+                node.location,
+                f"init_file: {number} is outside [{INIT_FILE_MIN}, {INIT_FILE_MAX}]",
+            )
+            return None
+        value = number
+    return value, overwrite
+
+
+def _weight_field(fields: dict[str, object]) -> tuple[int, bool]:
+    """A definition's ``weight`` as read by ``_def_weight`` (default 1, not reversed)."""
+    value = fields.get("weight")
+    if isinstance(value, tuple):
+        return int(value[0]), bool(value[1])
+    return 1, False
+
+
+def _process(r: ValueReader, node: Node) -> tuple[str, tuple[str, ...]] | None:
+    """``process NAME [PARAM...]`` (a quoted word is one element)."""
+    r.no_block(node)
+    if not node.values:
+        r.sink.error(node.location, "process needs a process name")
+        return None
+    if not node.values[0]:
+        r.sink.error(node.location, "process: the process name is empty")
+        return None
+    return node.values[0], tuple(node.values[1:])
+
+
 @writes("track_interface")
 def _track_interface(block: _Tracking, node: Node) -> None:
     r = block.r
@@ -884,6 +1009,34 @@ _VRRP_SCRIPT = Keywords[Block](
     UNSUPPORTED_SCRIPT,
 )
 
+_TRACK_FILE = Keywords[Block](
+    {
+        "file": field("file", ValueReader.one),
+        "weight": field("weight", _def_weight),
+        "init_file": field("init_file", _init_file),
+    }
+)
+
+_PARAM_MATCH = {"EXACT": ParamMatch.EXACT, "PARTIAL": ParamMatch.PARTIAL,
+                "INITIAL": ParamMatch.INITIAL}
+_TRACK_DELAY = float_in(0.000001, 3600)  # keepalived's range for the three delays
+
+_TRACK_PROCESS = Keywords[Block](
+    {
+        "process": field("process", _process),
+        "param_match": field(
+            "param_match", one_of(_PARAM_MATCH, "param_match must be exact, partial or initial")
+        ),
+        "weight": field("weight", _def_weight),
+        "quorum": field("quorum", int_in(1, 65535)),
+        "quorum_max": field("quorum_max", int_in(0, 65535)),
+        "fork_delay": field("fork_delay", _TRACK_DELAY),
+        "terminate_delay": field("terminate_delay", _TRACK_DELAY),
+        "delay": field("delay", _TRACK_DELAY),
+        "full_command": field("full_command", ValueReader.flag),
+    }
+)
+
 _AUTHENTICATION = Keywords[Block](
     {
         "auth_type": field("type", one_of(_AUTH_TYPES, "auth_type must be PASS or AH")),
@@ -919,6 +1072,8 @@ _INSTANCE = Keywords[_Instance](
         "garp_interval": field("garp_interval", float_in(0, 1)),
         "track_interface": _track_interface,
         "track_script": _track_script,
+        "track_file": _track_file_refs,
+        "track_process": _track_process_refs,
         **dict.fromkeys(_NOTIFY_KEYS, _notify),
         "smtp_alert": field("smtp_alert", ValueReader.flag),
         "dont_track_primary": field("dont_track_primary", ValueReader.flag),
@@ -937,6 +1092,8 @@ _SYNC_GROUP = Keywords[_SyncGroup](
         **dict.fromkeys(_NOTIFY_KEYS, _notify),
         "track_script": _track_script,
         "track_interface": _track_interface,
+        "track_file": _track_file_refs,
+        "track_process": _track_process_refs,
         "smtp_alert": field("smtp_alert", ValueReader.flag),
     },
     UNSUPPORTED_SYNC_GROUP,
@@ -965,6 +1122,8 @@ class VrrpParser:
         self.group_alert_default: set[str] = set()  # groups without their own smtp_alert
         self._explicit: set[str] = set()  # global_defs keys given explicitly
         self._script_timeouts: dict[str, int] = {}
+        self.track_files: list[TrackFile] = []
+        self.track_processes: list[TrackProcess] = []
 
     def static_ipaddress_block(self, node: Node) -> None:
         """``static_ipaddress``: virtual_ipaddress lines; without ``dev``, keepalived's
@@ -1094,6 +1253,69 @@ class VrrpParser:
             )
         )
 
+    def track_file(self, node: Node) -> None:
+        """``track_file NAME { file PATH; weight N [reverse]; init_file [VALUE] [overwrite] }``
+        (also ``vrrp_track_file``)."""
+        name = self.r.block_name(node)
+        body = self.r.block(node)
+        if name is None:
+            return
+        block = Block(self.r, f"track_file {name}")
+        _TRACK_FILE.run(block, body)
+        f = block.fields
+        path = f.get("file")
+        if not isinstance(path, str) or not path:
+            self.r.sink.error(node.location, f"track_file {name} has no file")
+            return
+        weight, reverse = _weight_field(f)
+        init = f.get("init_file")
+        self.track_files.append(TrackFile(
+            name=name, file=path, weight=weight, reverse=reverse,
+            init_value=init[0] if isinstance(init, tuple) else None,
+            init_overwrite=bool(init[1]) if isinstance(init, tuple) else False,
+            location=node.location,
+        ))
+
+    def track_process(self, node: Node) -> None:
+        """``vrrp_track_process NAME { process NAME [PARAM...]; param_match; weight;
+        quorum; quorum_max; fork_delay; terminate_delay; delay; full_command }``."""
+        name = self.r.block_name(node)
+        body = self.r.block(node)
+        if name is None:
+            return
+        where = f"vrrp_track_process {name}"
+        block = Block(self.r, where)
+        _TRACK_PROCESS.run(block, body)
+        f = block.fields
+        proc = f.get("process")
+        if not isinstance(proc, tuple):
+            self.r.sink.error(node.location, f"{where} has no process")
+            return
+        process, params = proc
+        match = f.get("param_match")
+        if not isinstance(match, ParamMatch):
+            match = ParamMatch.EXACT if params else ParamMatch.NONE
+        weight, reverse = _weight_field(f)
+        quorum = f.get("quorum", 1)
+        quorum_max = f.get("quorum_max")
+        assert isinstance(quorum, int)
+        if isinstance(quorum_max, int) and quorum_max < quorum:
+            self.r.sink.error(
+                node.location, f"{where}: quorum_max {quorum_max} is less than quorum {quorum}"
+            )
+            return
+        delay = f.get("delay")
+        fork_delay = f.get("fork_delay", delay if delay is not None else 0.0)
+        terminate_delay = f.get("terminate_delay", delay if delay is not None else 0.0)
+        assert isinstance(fork_delay, float) and isinstance(terminate_delay, float)
+        self.track_processes.append(TrackProcess(
+            name=name, process=process, params=params, param_match=match,
+            weight=weight, reverse=reverse, quorum=quorum,
+            quorum_max=quorum_max if isinstance(quorum_max, int) else None,
+            fork_delay=fork_delay, terminate_delay=terminate_delay,
+            full_command=bool(f.get("full_command", False)), location=node.location,
+        ))
+
     def vrrp_instance(self, node: Node) -> None:
         self.instance_nodes.append(node)  # parsed after global_defs (garp defaults)
         for rules in instance_blocks(node.children or (), "virtual_rules"):
@@ -1123,6 +1345,8 @@ class VrrpParser:
                 notify=Notify(**block.notify),
                 track_script=tuple(block.track_script),
                 track_interface=tuple(block.track_interface),
+                track_file=tuple(block.track_file),
+                track_process=tuple(block.track_process),
                 **block.fields,  # type: ignore[arg-type]
             )
         )
@@ -1243,6 +1467,8 @@ class VrrpParser:
             ),
             track_interface=tuple(block.track_interface),
             track_script=tuple(block.track_script),
+            track_file=tuple(block.track_file),
+            track_process=tuple(block.track_process),
             notify=Notify(**block.notify),
             **fields,  # type: ignore[arg-type]
         )
@@ -1318,6 +1544,7 @@ class VrrpParser:
                 sink.error(ref.location, f"track_script {ref.name}: no vrrp_script of that name")
             else:
                 script_users.append(ref.location)
+        self._check_track_defs(config)
         groups: dict[str, VrrpSyncGroup] = {}
         member_of: dict[str, str] = {}
         for g in config.vrrp_sync_groups:
@@ -1370,6 +1597,78 @@ class VrrpParser:
             )
             return False
         return inst.accept
+    def _check_track_defs(self, config: Config) -> None:
+        """Unique track_file / vrrp_track_process names; references to defined ones."""
+        sink = self.r.sink
+        for kind, defs, attr in (
+            ("track_file", config.track_files, "track_file"),
+            ("vrrp_track_process", config.track_processes, "track_process"),
+        ):
+            seen: dict[str, Location] = {}
+            for d in defs:
+                if d.name in seen:
+                    sink.error(d.location, f"{kind} {d.name} is already defined at {seen[d.name]}")
+                seen.setdefault(d.name, d.location)
+            owners: list[VrrpInstance | VrrpSyncGroup] = [
+                *config.vrrp_instances, *config.vrrp_sync_groups
+            ]
+            for owner in owners:
+                for ref in getattr(owner, attr):
+                    if ref.name not in seen:
+                        sink.error(ref.location, f"{attr} {ref.name}: no {kind} of that name")
+
+    def track_fixups(self, config: Config) -> Config:
+        """Resolve each track_file / track_process reference's weight (a reference
+        without one takes its definition's), and apply keepalived 2.2.7's rule: an
+        instance that is the address owner or a member of a sync group ignores its own
+        references with a non-zero weight (a warning names the line); weight 0 ones
+        still put it in FAULT.  A sync group's own references apply, with their
+        weights, to each member (``sync_group_tracking_weight`` is not needed)."""
+        files = {t.name: t for t in config.track_files}
+        procs = {t.name: t for t in config.track_processes}
+        in_group = {m for g in config.vrrp_sync_groups for m in g.group}
+
+        def resolve(refs: tuple[TrackRef, ...], defs: dict[str, TrackFile] | dict[
+                str, TrackProcess], what: str, ignore: str | None, inst: str = ""
+                    ) -> tuple[TrackRef, ...]:
+            out: list[TrackRef] = []
+            for ref in refs:
+                d = defs.get(ref.name)
+                if d is None:
+                    out.append(ref)
+                    continue
+                weight, reverse = (
+                    (d.weight, d.reverse) if ref.weight is None else (ref.weight, ref.reverse)
+                )
+                if ignore is not None and weight != 0:
+                    self.r.sink.warning(
+                        ref.location,
+                        f"({inst}) ignoring {what} {ref.name} with weight {weight} {ignore}",
+                    )
+                    continue
+                out.append(replace(ref, weight=weight, reverse=reverse))
+            return tuple(out)
+
+        instances = []
+        for inst in config.vrrp_instances:
+            ignore = ("since the instance is in a sync group" if inst.name in in_group else
+                      "since the instance is the address owner" if inst.priority == 255
+                      else None)
+            instances.append(replace(
+                inst,
+                track_file=resolve(inst.track_file, files, "tracked file", ignore, inst.name),
+                track_process=resolve(inst.track_process, procs, "tracked process", ignore,
+                                      inst.name),
+            ))
+        groups = [
+            replace(
+                g,
+                track_file=resolve(g.track_file, files, "tracked file", None),
+                track_process=resolve(g.track_process, procs, "tracked process", None),
+            )
+            for g in config.vrrp_sync_groups
+        ]
+        return replace(config, vrrp_instances=tuple(instances), vrrp_sync_groups=tuple(groups))
 
     def strict_fixups(self, config: Config) -> Config:
         """keepalived's vrrp_strict: drop authentication, MASTER only for the owner; and

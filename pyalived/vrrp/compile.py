@@ -31,7 +31,9 @@ what the driver runs with.
 * ``tracking_spec`` and ``build_tracking``: the scripts and interfaces an
   instance tracks -- its own, then its sync group's, and its own interface
   (weight 0) unless ``dont_track_primary``; a reference to an undefined
-  ``vrrp_script`` is kept in the spec and left out of the tracking.
+  ``vrrp_script`` is kept in the spec and left out of the tracking.  Track
+  files and tracked processes (``track_file``, ``track_process``) come the
+  same way, their weights already resolved by the parser.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ from pyalived.config.model import (
     Config,
     InitialState,
     OldUnicastChecksum,
+    TrackFile,
     TrackInterface,
+    TrackProcess,
+    TrackRef,
     TrackScriptRef,
     VirtualIP,
     VrrpInstance,
@@ -206,6 +211,9 @@ class TrackingSpec:
     interfaces: tuple[TrackInterface, ...]
     # The instance's own interface, tracked with weight 0; None with dont_track_primary.
     primary: str | None
+    # Each track_file / track_process reference with its definition (None: undefined).
+    files: tuple[tuple[TrackRef, TrackFile | None], ...] = ()
+    processes: tuple[tuple[TrackRef, TrackProcess | None], ...] = ()
 
 
 def tracking_spec(config: Config, conf: VrrpInstance) -> TrackingSpec:
@@ -219,11 +227,23 @@ def tracking_spec(config: Config, conf: VrrpInstance) -> TrackingSpec:
         except KeyError:
             script = None
         scripts.append((ref, script))
+    files = {t.name: t for t in config.track_files}
+    procs = {t.name: t for t in config.track_processes}
     return TrackingSpec(
         scripts=tuple(scripts),
         interfaces=conf.track_interface + (group.track_interface if group else ()),
         primary=None if conf.dont_track_primary else conf.interface,
+        files=tuple((ref, files.get(ref.name))
+                    for ref in conf.track_file + (group.track_file if group else ())),
+        processes=tuple((ref, procs.get(ref.name))
+                        for ref in conf.track_process + (group.track_process if group else ())),
     )
+
+
+def _tracked(ref: TrackRef, definition: TrackFile | TrackProcess) -> Tracked:
+    if ref.weight is None:
+        return Tracked(ref.name, definition.weight, definition.reverse)
+    return Tracked(ref.name, ref.weight, ref.reverse)
 
 
 def build_tracking(config: Config, conf: VrrpInstance) -> InstanceTracking:
@@ -237,4 +257,6 @@ def build_tracking(config: Config, conf: VrrpInstance) -> InstanceTracking:
     interfaces = [Tracked(t.name, t.weight) for t in spec.interfaces]
     if spec.primary is not None:
         interfaces.insert(0, Tracked(spec.primary, 0))
-    return InstanceTracking(conf.priority, scripts, interfaces)
+    files = [_tracked(ref, d) for ref, d in spec.files if d is not None]
+    processes = [_tracked(ref, d) for ref, d in spec.processes if d is not None]
+    return InstanceTracking(conf.priority, scripts, interfaces, files, processes)

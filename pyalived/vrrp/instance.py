@@ -173,6 +173,18 @@ class _Link:
 
 
 @dataclass(frozen=True)
+class _File:
+    name: str
+    value: int
+
+
+@dataclass(frozen=True)
+class _Process:
+    name: str
+    up: bool
+
+
+@dataclass(frozen=True)
 class _Tick:
     """The wake-up port says the machine's timer is due."""
 
@@ -193,7 +205,7 @@ class _Reconf:
     done: trio.Event
 
 
-_Event = _Rx | _Script | _Link | _Force | _Reconf | _Tick
+_Event = _Rx | _Script | _Link | _Force | _Reconf | _Tick | _File | _Process
 
 
 @dataclass(frozen=True)
@@ -351,6 +363,20 @@ class Instance:
 
     def post_link(self, ifname: str, up: bool) -> None:
         self._post(_Link(ifname, up))
+
+    def post_file(self, name: str, value: int) -> None:
+        """A track file's value; before the task runs it is simply recorded."""
+        if self.started:
+            self._post(_File(name, value))
+        else:
+            self.tracking.update_file(name, value)
+
+    def post_process(self, name: str, up: bool) -> None:
+        """A tracked process's status; before the task runs it is simply recorded."""
+        if self.started:
+            self._post(_Process(name, up))
+        else:
+            self.tracking.update_process(name, up)
 
     def force_state(self, state: State, reason: str) -> None:
         self._post(_Force(state, reason))
@@ -547,6 +573,12 @@ class Instance:
             if event.ifname == self.conf.interface:
                 self._check_recreated()
             await self._apply_tracking()
+        elif isinstance(event, _File):
+            self.tracking.update_file(event.name, event.value)
+            await self._apply_tracking()
+        elif isinstance(event, _Process):
+            self.tracking.update_process(event.name, event.up)
+            await self._apply_tracking()
         elif isinstance(event, _Reconf):
             try:
                 await self._reconfigure(event.conf, event.tracking)
@@ -698,6 +730,14 @@ class Instance:
             ok = self.tracking.script_ok(name)
             if ok is not None:
                 tracking.update_script(name, ok)
+        for name in tracking.file_names:
+            value = self.tracking.file_value(name)
+            if value is not None:
+                tracking.update_file(name, value)
+        for name in tracking.process_names:
+            up = self.tracking.process_up(name)
+            if up is not None:
+                tracking.update_process(name, up)
         if self._links is not None:
             for ifname in tracking.interface_names:
                 tracking.update_link(ifname, self._links.is_up(ifname))

@@ -8,13 +8,19 @@ others.  What the runtime shares among the instances is its own: the
 ``SocketPool`` (also the raw IPv6 sockets of IPv6 instances, whose own
 address is their interface's link-local one, RFC 5798 §5.1.2.1) and the
 ``Demux`` (``pyalived.vrrp.demux``), the link
-dispatcher and one tracker per ``vrrp_script`` (``pyalived.vrrp.tracking``).
+dispatcher and one tracker per ``vrrp_script`` (``pyalived.vrrp.tracking``),
+one per ``track_file`` (``pyalived.vrrp.track_file``) and the one process
+watcher of every ``vrrp_track_process`` (``pyalived.vrrp.proc_events``).
 Their subscriber lists are edited in place, and a tracker is restarted only
 when its script changed.  So is the ``VipFirewall`` of ``no_accept`` VIPs
 (``pyalived.vrrp.firewall``), when the ports have nftables: configured
 before the first instance starts (replacing a killed daemon's leftovers) and
 on each reload before the instances change, its retry task under the
 nursery, its tables deleted once every instance has stopped.
+when its script or file definition changed (the process watcher is given
+the new definitions and scans /proc again).  Track files and processes are
+read before the instances start, so an instance starts with their effect;
+after a reload each instance is told the current values again.
 
 Building (``build_instances``): each instance gets its settings and its
 tracking from ``pyalived.vrrp.compile``, and the members of a
@@ -53,6 +59,8 @@ import trio
 from pyalived.config.model import (
     Config,
     IPAddress,
+    TrackFile,
+    TrackProcess,
     VirtualIP,
     VirtualRoute,
     VirtualRule,
@@ -60,7 +68,7 @@ from pyalived.config.model import (
     VrrpScript,
     VrrpSyncGroup,
 )
-from pyalived.reload import ReloadPlan, difference, instance_key
+from pyalived.reload import ReloadPlan, difference, instance_key, strip_locations
 from pyalived.scripts import ScriptRunner
 from pyalived.vrrp.compile import build_tracking
 from pyalived.vrrp.counters import VrrpCounters
@@ -81,8 +89,10 @@ from pyalived.vrrp.ports import (
     VmacManager,
     Wakeup,
 )
+from pyalived.vrrp.proc_events import EventSource, ProcessWatcher, Reader, Scanner
 from pyalived.vrrp.socket_pool import SocketPool
 from pyalived.vrrp.sync import SyncGroup
+from pyalived.vrrp.track_file import FileTracker, Watch
 from pyalived.vrrp.tracking import run_link_dispatch, run_script_tracker
 
 log = logging.getLogger("pyalived.vrrp")
@@ -112,6 +122,12 @@ class VrrpPorts:
     # An interface's index, None if it does not exist (dynamic_interfaces); no callable:
     # the interfaces checked when the configuration was read are taken to exist.
     interface_index: Callable[[str], int | None] | None = None
+    # Track files and processes; None: the real inotify, /proc and connector.
+    file_watch: Callable[[str], Watch] | None = None
+    file_read: Callable[[str], bytes | None] | None = None
+    process_source: Callable[[], EventSource | None] | None = None
+    process_scan: Scanner | None = None
+    process_read: Reader | None = None
 
 
 def build_instances(
@@ -283,6 +299,10 @@ class VrrpRuntime:
         self._link_dispatch = False
         self._script_subs: dict[str, list[Callable[[str, bool], None]]] = {}
         self._trackers: dict[str, trio.CancelScope] = {}
+        self._file_subs: dict[str, list[Callable[[str, int], None]]] = {}
+        self._file_trackers: dict[str, tuple[trio.CancelScope, FileTracker]] = {}
+        self._process_subs: dict[str, list[Callable[[str, bool], None]]] = {}
+        self._process_watcher: tuple[trio.CancelScope, ProcessWatcher] | None = None
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
         self.firewall = (VipFirewall(ports.nft, firewall_settings(config))
@@ -317,6 +337,8 @@ class VrrpRuntime:
                     await nursery.start(self.firewall.run)
                 await nursery.start(self.demux.run)
                 await self._sync_links()
+                await self._sync_files()
+                await self._sync_processes()
                 for inst in self.instances:
                     await self._start(inst)
                 await self._sync_scripts(())
@@ -370,6 +392,8 @@ class VrrpRuntime:
             if self.on_instances is not None:
                 self.on_instances(self.instances, fresh)
             await self._sync_links()
+            await self._sync_files()
+            await self._sync_processes()
             for inst in fresh:
                 await self._start(inst)
             await self._sync_scripts(plan.scripts_changed)
@@ -494,6 +518,80 @@ class VrrpRuntime:
             self._script_subs.setdefault(name, [])[:] = targets
             if name not in self._trackers:
                 await self._nursery_or_fail().start(self._tracker, self.config.script(name))
+
+    async def _sync_files(self) -> None:
+        subs: dict[str, list[Callable[[str, int], None]]] = {}
+        for inst in self.instances:
+            for name in inst.tracking.file_names:
+                subs.setdefault(name, []).append(inst.post_file)
+        defs = {t.name: t for t in self.config.track_files}
+        for name, (scope, tracker) in list(self._file_trackers.items()):
+            spec = defs.get(name)
+            if (name not in subs or spec is None
+                    or strip_locations(spec) != strip_locations(tracker.spec)):
+                scope.cancel()
+                del self._file_trackers[name]
+        for name in list(self._file_subs):
+            if name not in subs:
+                del self._file_subs[name]
+        for name, targets in subs.items():
+            self._file_subs.setdefault(name, [])[:] = targets
+            running = self._file_trackers.get(name)
+            if running is not None:
+                value = running[1].value
+                if value is not None:
+                    for target in targets:  # instances new to it learn the value
+                        target(name, value)
+            elif name in defs:
+                await self._nursery_or_fail().start(self._file_tracker, defs[name])
+
+    async def _file_tracker(
+        self, spec: TrackFile, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        tracker = FileTracker(spec, self._file_subs[spec.name], watch=self.ports.file_watch,
+                              read=self.ports.file_read)
+        with trio.CancelScope() as scope:
+            self._file_trackers[spec.name] = (scope, tracker)
+            await tracker.run(task_status=task_status)
+
+    async def _sync_processes(self) -> None:
+        subs: dict[str, list[Callable[[str, bool], None]]] = {}
+        for inst in self.instances:
+            for name in inst.tracking.process_names:
+                subs.setdefault(name, []).append(inst.post_process)
+        specs = [t for t in self.config.track_processes if t.name in subs]
+        for name in list(self._process_subs):
+            if name not in subs:
+                del self._process_subs[name]
+        for name, targets in subs.items():
+            self._process_subs.setdefault(name, [])[:] = targets
+        if not specs:
+            if self._process_watcher is not None:
+                self._process_watcher[0].cancel()
+                self._process_watcher = None
+            return
+        if self._process_watcher is None:
+            await self._nursery_or_fail().start(self._run_process_watcher, specs)
+            return
+        watcher = self._process_watcher[1]
+        if strip_locations(tuple(specs)) != strip_locations(watcher.table.specs):
+            watcher.update(specs)
+        for name, targets in subs.items():
+            up = watcher.status(name)
+            if up is not None:
+                for target in targets:
+                    target(name, up)
+
+    async def _run_process_watcher(
+        self, specs: list[TrackProcess],
+        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        p = self.ports
+        watcher = ProcessWatcher(specs, self._process_subs, source=p.process_source,
+                                 scan=p.process_scan, read=p.process_read)
+        with trio.CancelScope() as scope:
+            self._process_watcher = (scope, watcher)
+            await watcher.run(task_status=task_status)
 
     async def _tracker(
         self, script: VrrpScript, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

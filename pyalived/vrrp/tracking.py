@@ -13,6 +13,15 @@ fails/is down.  The result is clamped to 1..254; an address owner (priority
 255) keeps 255 whatever the weights.  A script that has not reported yet
 counts neither for nor against the instance.
 
+Track files and tracked processes (``pyalived.vrrp.track_file``,
+``pyalived.vrrp.track_process``) fold in the same way, following keepalived:
+a file's value v with weight w (``reverse`` negates it) adds v * w, clamped
+to -254..253, and -254 means FAULT; with weight 0 a non-zero value means
+FAULT (with ``reverse``, a zero value).  A process is "up" when its quorum
+is met; weight 0 means FAULT while it is not (with ``reverse``, while it
+is); another weight is added while up if positive, while down if negative,
+negated by ``reverse``.  A file or process not read yet does not count.
+
 The I/O part is two small trio services: ``run_script_tracker`` runs one
 ``vrrp_script`` every ``interval`` (killed at ``timeout``, default the
 interval) through a ``ScriptRunner`` and reports status changes to its
@@ -76,6 +85,30 @@ class Verdict:
 class Tracked:
     name: str
     weight: int
+    reverse: bool = False  # track_file / track_process only
+
+
+FILE_FAULT = -254  # a track file's weighted value at or below this means FAULT
+FILE_MAX = 253
+
+
+def file_effect(value: int, weight: int, reverse: bool) -> tuple[bool, int]:
+    """(faulty, priority change) of a track file holding ``value``, as keepalived."""
+    if weight == 0:
+        return (value != 0) != reverse, 0
+    status = max(FILE_FAULT, min(FILE_MAX, value * weight * (-1 if reverse else 1)))
+    if status <= FILE_FAULT:
+        return True, 0
+    return False, status
+
+
+def process_effect(up: bool, weight: int, reverse: bool) -> tuple[bool, int]:
+    """(faulty, priority change) of a tracked process whose quorum is ``up`` or not."""
+    if weight == 0:
+        return up == reverse, 0
+    if (weight > 0) == up:
+        return False, -weight if reverse else weight
+    return False, 0
 
 
 class InstanceTracking:
@@ -86,8 +119,15 @@ class InstanceTracking:
         base_priority: int,
         scripts: Iterable[Tracked] = (),
         interfaces: Iterable[Tracked] = (),
+        files: Iterable[Tracked] = (),
+        processes: Iterable[Tracked] = (),
     ) -> None:
         self.base_priority = base_priority
+        # A name may be tracked twice (by the instance and by its sync group).
+        self._files = tuple(files)
+        self._processes = tuple(processes)
+        self._file_value: dict[str, int | None] = {f.name: None for f in self._files}
+        self._process_up: dict[str, bool | None] = {p.name: None for p in self._processes}
         self._scripts: dict[str, Tracked] = {}
         for s in scripts:
             self._scripts.setdefault(s.name, s)
@@ -104,6 +144,28 @@ class InstanceTracking:
     @property
     def interface_names(self) -> tuple[str, ...]:
         return tuple(self._interfaces)
+
+    @property
+    def file_names(self) -> tuple[str, ...]:
+        return tuple(self._file_value)
+
+    @property
+    def process_names(self) -> tuple[str, ...]:
+        return tuple(self._process_up)
+
+    def file_value(self, name: str) -> int | None:
+        return self._file_value.get(name)
+
+    def process_up(self, name: str) -> bool | None:
+        return self._process_up.get(name)
+
+    def update_file(self, name: str, value: int) -> None:
+        if name in self._file_value:
+            self._file_value[name] = value
+
+    def update_process(self, name: str, up: bool) -> None:
+        if name in self._process_up:
+            self._process_up[name] = up
 
     def script_ok(self, name: str) -> bool | None:
         """The last result applied for a tracked script (None: none yet)."""
@@ -140,6 +202,27 @@ class InstanceTracking:
                 # one subtracts while failing.
                 delta += weight
                 notes.append(f"{what} {good if healthy else bad} {weight:+d}")
+        for f in self._files:
+            value = self._file_value[f.name]
+            if value is None:
+                continue
+            faulty, change = file_effect(value, f.weight, f.reverse)
+            if faulty:
+                faults.append(f"track file {f.name} holds {value}")
+            elif change:
+                delta += change
+                notes.append(f"track file {f.name} holds {value} {change:+d}")
+        for p in self._processes:
+            up = self._process_up[p.name]
+            if up is None:
+                continue
+            word = "running" if up else "not running"
+            faulty, change = process_effect(up, p.weight, p.reverse)
+            if faulty:
+                faults.append(f"process {p.name} {word}")
+            elif change:
+                delta += change
+                notes.append(f"process {p.name} {word} {change:+d}")
         if self.base_priority >= OWNER_PRIORITY:
             priority = OWNER_PRIORITY
         else:
