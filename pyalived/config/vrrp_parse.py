@@ -605,10 +605,12 @@ def _track_refs(block: _Tracking, node: Node, into: list[TrackRef]) -> None:
             into.append(TrackRef(m.name, res[0], res[1], m.location))
 
 
+@writes("track_file")
 def _track_file_refs(block: _Tracking, node: Node) -> None:
     _track_refs(block, node, block.track_file)
 
 
+@writes("track_process")
 def _track_process_refs(block: _Tracking, node: Node) -> None:
     _track_refs(block, node, block.track_process)
 
@@ -1013,7 +1015,7 @@ _TRACK_FILE = Keywords[Block](
     {
         "file": field("file", ValueReader.one),
         "weight": field("weight", _def_weight),
-        "init_file": field("init_file", _init_file),
+        "init_file": writes("init_value", "init_overwrite")(field("init_file", _init_file)),
     }
 )
 
@@ -1032,7 +1034,8 @@ _TRACK_PROCESS = Keywords[Block](
         "quorum_max": field("quorum_max", int_in(0, 65535)),
         "fork_delay": field("fork_delay", _TRACK_DELAY),
         "terminate_delay": field("terminate_delay", _TRACK_DELAY),
-        "delay": field("delay", _TRACK_DELAY),
+        # the default of both delays (``track_process`` below)
+        "delay": writes("fork_delay", "terminate_delay")(field("delay", _TRACK_DELAY)),
         "full_command": field("full_command", ValueReader.flag),
     }
 )
