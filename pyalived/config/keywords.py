@@ -28,6 +28,7 @@ checks from them that no keyword is accepted whose value nothing reads.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -73,13 +74,14 @@ def writes(*names: str) -> Callable[[H], H]:
 class Keywords(Generic[B]):
     """The keywords of one kind of block: keyword -> handler, and the ones not supported yet."""
 
-    __slots__ = ("handlers", "unsupported")
+    __slots__ = ("handlers", "origin", "unsupported")
 
     def __init__(
         self, handlers: Mapping[str, Handler[B]], unsupported: frozenset[str] = frozenset()
     ) -> None:
         self.handlers = dict(handlers)
         self.unsupported = unsupported
+        self.origin = _caller()  # the module that made it
         TABLES.append(self)
 
     def run(self, block: B, nodes: Iterable[Node]) -> None:
@@ -91,6 +93,14 @@ class Keywords(Generic[B]):
                 block.r.unknown(node, self.unsupported, block.where())
             else:
                 handle(block, node)
+
+
+def _caller() -> str:
+    """The module calling into here (``Keywords[X](...)`` goes through ``typing``)."""
+    frame = sys._getframe(2)
+    while frame.f_back is not None and frame.f_globals.get("__name__") in ("typing", __name__):
+        frame = frame.f_back
+    return str(frame.f_globals.get("__name__", ""))
 
 
 TABLES: list[Keywords[Any]] = []  # every table made, for the coverage test
