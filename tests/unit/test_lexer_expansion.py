@@ -345,6 +345,12 @@ DIFF_CONFIGS = {
         "${_HASH}c11\nc12${_BANG}\nc13_${_INSTANCE}\nc15_$_HASH\nc16_$UNDEF\n"
         "r_${_RANDOM 5 5}\n}\n"
     ),
+    "multiline.conf": (
+        # (Not compared: keepalived 2.2.7 crashes, after reading the whole file, on a
+        # multi-line value holding @ lines; test_multiline_value_lines_are_whole_lines.)
+        "$RS=\\\nrs_${N} \\\n w_${N}\n"
+        "global_defs {\n~SEQ(N, 1, 2) $RS\npwd_${_PWD}\n}\n"
+    ),
     "bad_seq.conf": (
         "global_defs {\n~SEQ(H, 1, 0, 2) s8_$H\n~SEQ(I, 3, 1, 1) s9_$I\n"
         "~SEQ(O, a, 2) s14_$O\n~SEQ(C) s3_$C\n~SEQ(F, 1, 2 s6_$F\n~SEQx(O, -3) s12_$O\n"
