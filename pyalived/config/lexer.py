@@ -7,10 +7,21 @@ lexer.  Each physical line goes through these steps, in this order:
    id, a line starting ``@^ID`` only when it does not; the prefix is dropped.
    With no ``-i`` option the config id is the host name up to its first dot,
    as in keepalived.
-2. ``$NAME=value`` defines a variable (a value ending in ``\\`` continues on
-   the next line, so one definition can hold several lines).  Elsewhere
-   ``$NAME`` and ``${NAME}`` are replaced by the value of a defined variable;
-   an undefined name is left as written.
+2. The comment is cut (``#`` or ``!`` outside double quotes), then
+   ``$NAME=value`` defines a variable (a value ending in ``\\`` continues on
+   the next line, so one definition can hold several lines).  Elsewhere,
+   with keepalived 2.2.7's rules, ``${NAME}`` is replaced anywhere and
+   ``$NAME`` only where a blank, ``,``, ``)`` or the end of the line follows
+   it; an undefined name is left as written.  A value is scanned again
+   where it was put.  A multi-line value is used only at the end of a line:
+   its first line joins the line, its other lines follow as lines of their
+   own (each going through these steps).  ``_PWD``, ``_INSTANCE``,
+   ``_HASH``, ``_BANG`` and ``${_RANDOM [MIN [MAX]]}`` are pre-defined.  A
+   line a variable turned into ``@ID ...`` is a conditional line again.
+   ``~SEQ(VAR, [START, [STEP,]] END) REST`` (``~SEQx``: VAR in hexadecimal)
+   takes REST through these steps once per value of VAR; its lines count
+   against the caps below, and one whose count alone goes over them is
+   refused before anything is repeated.
 3. The line is split into words: ``"..."`` quotes a word that may hold
    spaces, ``#`` or ``!`` (outside quotes) start a comment that runs to the
    end of the line, and ``{`` and ``}`` are words of their own even when
@@ -32,7 +43,7 @@ line and the number of its logical line.
 Most lines of a real file hold no ``$``, ``@`` nor ``"``: they are split with
 ``str.split`` after cutting the comment and spacing out the braces, which
 gives exactly the words of step 3.  The other lines take the general path,
-steps 1 to 4 in full.
+steps 1 to 4 in full.  ``~`` sends a line there too.
 
 Hostile files: the reader is the same for ``-t``, start-up and a reload, and
 it works in bounded time and memory whatever the file holds.  ``ReaderLimits``
@@ -54,6 +65,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import random
 import re
 import socket
 import stat
@@ -66,6 +78,7 @@ from pyalived.config.diagnostics import Category, DiagnosticSink
 from pyalived.config.model import Location
 
 MAX_INCLUDE_DEPTH = 32
+MAX_EXPANSION_DEPTH = 32  # ~SEQ and multi-line values inside each other
 
 
 @dataclass(frozen=True)
@@ -152,7 +165,36 @@ class _TooLong(Exception):
 
 
 _VAR_DEF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
-_VAR_USE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_C_INTEGER = re.compile(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\s*")
+
+
+def _c_integer(text: str) -> int | None:
+    """``text`` read as C's ``strtol(text, NULL, 0)`` reads a whole number, or None."""
+    m = _C_INTEGER.fullmatch(text)
+    if m is None:
+        return None
+    digits = m.group(2)
+    if digits[:2] in ("0x", "0X"):
+        n = int(digits[2:], 16)
+    elif digits.startswith("0"):
+        n = int(digits, 8)
+    else:
+        n = int(digits)
+    return -n if m.group(1) == "-" else n
+
+
+def _cut_comment(line: str) -> str:
+    """``line`` without its comment (``#`` or ``!`` outside double quotes)."""
+    if "#" not in line and "!" not in line:
+        return line
+    quoted = False
+    for i, c in enumerate(line):
+        if c == '"':
+            quoted = not quoted
+        elif not quoted and c in "#!":
+            return line[:i]
+    return line
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -380,6 +422,7 @@ class Lexer:
                 and "$" not in line
                 and "@" not in line
                 and '"' not in line
+                and "~" not in line
             ):
                 # Words and white space only (its end-of-line included): the usual line.
                 self._line_id += 1
@@ -394,7 +437,7 @@ class Lexer:
                 self._words += len(words)
                 on_line(path, lineno, words, None)
                 continue
-            if "$" in line or "@" in line or '"' in line:
+            if "$" in line or "@" in line or '"' in line or "~" in line:
                 self._general_line(path, lineno, line.rstrip("\n"), lines)
                 continue
             # No variable, conditional nor quote (see the module docstring).
@@ -433,28 +476,146 @@ class Lexer:
         self, path: str, lineno: int, line: str, lines: Iterator[tuple[int, str]]
     ) -> None:
         """Steps 1 to 4 of the module docstring, for a line the common case does not cover."""
+        self._logical(path, lineno, line, lines, 0)
+
+    def _logical(
+        self, path: str, lineno: int, line: str, lines: Iterator[tuple[int, str]], depth: int
+    ) -> None:
+        """One logical line: a physical one, a ``~SEQ`` pass or a line of a multi-line value."""
         loc = Location(path, lineno)
-        kept = self._conditional(line)
+        if depth > MAX_EXPANSION_DEPTH:
+            self.sink.error(
+                loc,
+                f"~SEQ and multi-line variables nested deeper than {MAX_EXPANSION_DEPTH} "
+                "levels (a variable that uses itself?); line skipped",
+            )
+            return
+        kept = self._conditional(_cut_comment(line))
         if kept is None:
             return
         m = _VAR_DEF.match(kept.strip())
         if m:
             self._define(m.group(1), m.group(2), lines, loc)
             return
-        expanded = self._substitute(kept, loc)
-        if expanded is None:
+        if kept.lstrip().startswith("~SEQ"):
+            self._sequence(path, lineno, kept.strip(), lines, depth)
             return
-        for sub in expanded.split("\n"):
-            self._line_id += 1
-            pairs = split_words(sub)
-            if not pairs:
-                continue
-            words = [w for w, _q in pairs]
-            if pairs[0] == ("include", False):
-                self._include_words(path, lineno, words)
-                continue
-            quoted = [q for _w, q in pairs]
-            self._braces(path, lineno, words, quoted if any(quoted) else None)
+        done = self._substitute(kept.rstrip(), loc, path)
+        if done is None:
+            return
+        expanded, more = done
+        if expanded.lstrip().startswith("@"):  # a variable's value may be a conditional
+            cond = self._conditional(expanded)
+            if cond is None:
+                return
+            expanded = cond
+        if expanded.lstrip().startswith("~SEQ"):
+            # A variable made the line a ~SEQ: as in keepalived, the variables of
+            # what follows the first word take each pass's values.
+            head, _, tail = kept.strip().partition(" ")
+            first = self._substitute(head, loc, path)
+            if first is not None and first[0].lstrip().startswith("~SEQ") and not first[1]:
+                expanded = first[0] + " " + tail
+            self._sequence(path, lineno, expanded.strip(), lines, depth)
+        else:
+            self._words_of(path, lineno, expanded)
+        for sub in more:
+            self._logical(path, lineno, sub, lines, depth + 1)
+
+    def _words_of(self, path: str, lineno: int, text: str) -> None:
+        self._line_id += 1
+        pairs = split_words(text)
+        if not pairs:
+            return
+        words = [w for w, _q in pairs]
+        if pairs[0] == ("include", False):
+            self._include_words(path, lineno, words)
+            return
+        quoted = [q for _w, q in pairs]
+        self._braces(path, lineno, words, quoted if any(quoted) else None)
+
+    def _sequence(
+        self, path: str, lineno: int, text: str, lines: Iterator[tuple[int, str]], depth: int
+    ) -> None:
+        """``~SEQ(VAR, START, STEP, END) REST``: REST once per value, VAR set to it."""
+        loc = Location(path, lineno)
+        seq = self._parse_sequence(text, loc, path)
+        if seq is None:
+            return
+        name, start, step, end, hexa, rest = seq
+        count = (end - start) // step + 1
+        lines_left = self.limits.max_lines - self._lines_read
+        bytes_left = self.limits.max_bytes - self._bytes
+        if count > lines_left or count * (len(rest) + 1) > bytes_left:
+            self._stop(
+                loc,
+                f"~SEQ makes {count} lines; the configuration may hold {self.limits.max_lines} "
+                f"lines and {self.limits.max_bytes} bytes in all",
+            )
+        value = start
+        for _ in range(count):
+            self._lines_read += 1
+            self._charge(len(rest) + 1, loc)
+            self.variables[name] = format(value, "x") if hexa else str(value)
+            self._logical(path, lineno, rest, lines, depth + 1)
+            value += step
+
+    def _parse_sequence(
+        self, text: str, loc: Location, path: str
+    ) -> tuple[str, int, int, int, bool, str] | None:
+        """(variable, start, step, end, hexadecimal, rest) of a ``~SEQ`` line; None if reported."""
+        hexa = text.startswith("~SEQx")
+        head = text[5:] if hexa else text[4:]
+        head = head.lstrip(" \t")
+        shown = text if len(text) <= 200 else text[:200] + "..."
+        if not head.startswith("("):
+            self.sink.error(loc, f"~SEQ needs '(' after it: {shown!r}; line skipped")
+            return None
+        close = head.find(")")
+        if close < 0:
+            self.sink.error(loc, f"~SEQ has no closing ')': {shown!r}; line skipped")
+            return None
+        params = [p for p in re.split(r"[\s,]+", head[1:close]) if p]
+        rest = head[close + 1 :]
+        if not 2 <= len(params) <= 4:
+            self.sink.error(
+                loc,
+                f"~SEQ takes a variable and 1 to 3 numbers (END, START END or START STEP "
+                f"END): {shown!r}; line skipped",
+            )
+            return None
+        numbers: list[int] = []
+        for p in params[1:]:
+            if "$" in p:
+                done = self._substitute(p, loc, path)
+                if done is None:
+                    return None
+                p = done[0]
+            n = _c_integer(p)
+            if n is None:
+                self.sink.error(loc, f"~SEQ value {p!r} is not a number: {shown!r}; line skipped")
+                return None
+            numbers.append(n)
+        if len(numbers) == 1:
+            end = numbers[0]
+            start = -1 if end < 0 else 1
+            step = 1 if end >= start else -1
+        elif len(numbers) == 2:
+            start, end = numbers
+            step = 1 if end >= start else -1
+        else:
+            start, step, end = numbers
+        if step == 0 or (end - start) * step < 0:
+            self.sink.error(
+                loc,
+                f"~SEQ never reaches its end from its start with step {step}: {shown!r}; "
+                "line skipped",
+            )
+            return None
+        if hexa and (start < 0 or end < 0):
+            self.sink.error(loc, f"~SEQx takes only numbers >= 0: {shown!r}; line skipped")
+            return None
+        return params[0], start, step, end, hexa, rest
 
     def _include_words(self, path: str, lineno: int, words: list[str]) -> None:
         loc = Location(path, lineno)
@@ -551,6 +712,8 @@ class Lexer:
                 break
             value = nxt[1]
         parts.append(value)
+        if len(parts) > 1 and not parts[0].strip():
+            del parts[0]  # "$NAME= \" : the value starts on the next line
         self.variables[name] = "\n".join(p.strip() for p in parts)
 
     def _conditional(self, line: str) -> str | None:
@@ -565,39 +728,100 @@ class Lexer:
             return rest if head[2:] != self.config_id else None
         return rest if head[1:] == self.config_id else None
 
-    def _substitute(self, line: str, loc: Location) -> str | None:
-        """``line`` with variables expanded; None (reported) if it grows past ``max_line``."""
+    def _substitute(self, line: str, loc: Location, path: str) -> tuple[str, list[str]] | None:
+        """``line`` with variables expanded, and the further lines of a multi-line value.
+
+        keepalived's rules: ``${NAME}`` anywhere, ``$NAME`` only where a blank
+        or the end of the line follows it; a multi-line value only at the end
+        of the line (its first line joins the line, the others follow it).  A
+        value is scanned again where it was put, so values may use variables.
+        None (reported) if the line grows past ``max_line`` or never ends.
+        """
+        more: list[str] = []
         if "$" not in line:
-            return line
+            return line, more
         limit = self.limits.max_line
         original = len(line)
-
-        for _ in range(10):  # values may themselves use variables
-            size = len(line)
-
-            def repl(m: re.Match[str]) -> str:
-                nonlocal size
-                name = m.group(1) or m.group(2)
-                if name not in self.variables:
-                    return m.group(0)
-                value = self.variables[name]
-                size += len(value) - len(m.group(0))
-                if size > limit:
-                    raise _TooLong
-                return value
-
-            try:
-                new = _VAR_USE.sub(repl, line)
-            except _TooLong:
+        pos = 0
+        replaced = 0
+        while True:
+            i = line.find("$", pos)
+            if i < 0 or i + 1 >= len(line):
+                break
+            found = self._lookup(line, i + 1, path)
+            if found is None:
+                pos = i + 1
+                continue
+            value, end = found
+            if "\n" in value:
+                if end != len(line):  # a multi-line value only ends a line
+                    pos = i + 1
+                    continue
+                value, *rest = value.split("\n")
+                more[:0] = rest
+            replaced += 1
+            line = line[:i] + value + line[end:]
+            if len(line) > limit:
                 self.sink.error(
                     loc, f"variable expansion makes this line longer than {limit} characters"
                 )
                 return None
-            if new == line:
-                break
-            line = new
-        self._charge(max(0, len(line) - original), loc)
-        return line
+            if replaced > limit:
+                self.sink.error(
+                    loc,
+                    f"more than {limit} variables substituted in this line "
+                    "(a variable that uses itself?)",
+                )
+                return None
+            pos = i
+        self._charge(max(0, len(line) - original) + sum(len(m) for m in more), loc)
+        return line, more
+
+    def _lookup(self, line: str, at: int, path: str) -> tuple[str, int] | None:
+        """The value of the variable named at ``line[at:]`` and where its name ends."""
+        braces = line[at] == "{"
+        m = _NAME.match(line, at + 1 if braces else at)
+        if m is None:
+            return None
+        name = m.group(0)
+        end = m.end()
+        nxt = line[end] if end < len(line) else ""
+        args: list[str] = []
+        if braces:
+            if nxt == " " and name == "_RANDOM":
+                close = line.find("}", end)
+                if close < 0:
+                    return None
+                args = line[end:close].split()
+                end = close
+            elif nxt != "}":
+                return None
+            end += 1
+        elif nxt not in ("", " ", "\t", ",", ")"):
+            return None
+        value = self._builtin(name, args, path)
+        if value is None:
+            value = self.variables.get(name)
+        if value is None:
+            return None
+        return value, end
+
+    def _builtin(self, name: str, args: list[str], path: str) -> str | None:
+        """keepalived's pre-defined variables (``${_RANDOM MIN MAX}`` takes arguments)."""
+        if name == "_PWD":
+            return os.path.dirname(os.path.abspath(path))
+        if name == "_INSTANCE":
+            return self.config_id
+        if name == "_HASH":
+            return "#"
+        if name == "_BANG":
+            return "!"
+        if name == "_RANDOM":
+            bounds = [_c_integer(a) for a in args[:2]]
+            low = bounds[0] if bounds and bounds[0] is not None and bounds[0] >= 0 else 0
+            high = bounds[1] if len(bounds) > 1 and bounds[1] is not None else 32767
+            return str(random.randint(low, max(low, high)))
+        return None
 
     def _include(self, including: str, pattern: str, loc: Location) -> None:
         if not os.path.isabs(pattern):

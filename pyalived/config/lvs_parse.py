@@ -344,7 +344,11 @@ def _address(r: ValueReader, node: Node) -> IPAddress | None:
 
 
 def _ip_port(r: ValueReader, node: Node) -> tuple[IPAddress, int | None] | None:
-    """``IP [PORT]`` of a ``sorry_server`` or ``real_server`` line (errors reported)."""
+    """``IP [PORT]`` of a ``sorry_server`` or ``real_server`` line (errors reported).
+
+    Port 0, as keepalived reads it, is no port: the usual way to write a
+    real server of a fwmark service (None here).
+    """
     if not node.values:
         r.sink.error(node.location, f"{node.name} needs IP [PORT]")
         return None
@@ -353,10 +357,10 @@ def _ip_port(r: ValueReader, node: Node) -> tuple[IPAddress, int | None] | None:
         return None
     port: int | None = None
     if len(node.values) > 1:
-        port = r.port(node, node.values[1], node.name)
+        port = r.port(node, node.values[1], node.name, lowest=0)
         if port is None:
             return None
-    return addr, port
+    return addr, port or None
 
 
 def _sorry_server(r: ValueReader, node: Node) -> SorryServer | None:
@@ -971,6 +975,16 @@ class LvsParser:
                 f" using {vs.quorum - 1}",
             )
             vs = replace(vs, hysteresis=vs.quorum - 1)
+        if vs.address is not None and vs.port is not None:
+            # keepalived: a real server without a port (or port 0) of an
+            # IP PORT service takes the service's port, for IPVS and checkers.
+            vs = replace(
+                vs,
+                real_servers=tuple(
+                    rs if rs.port is not None else replace(rs, port=vs.port)
+                    for rs in vs.real_servers
+                ),
+            )
         if self._has_fwmark(vs):
             for rs in vs.real_servers:
                 if rs.port is not None:

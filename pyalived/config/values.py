@@ -152,15 +152,15 @@ class ValueReader:
         text = self.one(node)
         return None if text is None else self.ipv4(node, text)
 
-    def port(self, node: Node, text: str, what: str) -> int | None:
-        """``text`` (a word of ``node``) as a port number, 1..65535."""
+    def port(self, node: Node, text: str, what: str, lowest: int = 1) -> int | None:
+        """``text`` (a word of ``node``) as a port number, ``lowest``..65535."""
         try:
             port = int(text, 10)
         except ValueError:
             self.sink.error(node.location, f"{what}: '{text}' is not a port number")
             return None
-        if not 1 <= port <= 65535:
-            self.sink.error(node.location, f"{what}: port {port} is outside [1, 65535]")
+        if not lowest <= port <= 65535:
+            self.sink.error(node.location, f"{what}: port {port} is outside [{lowest}, 65535]")
             return None
         return port
 

@@ -91,7 +91,7 @@ def test_garbage_appended_to_a_running_config_is_refused_and_nothing_moves(
     fifo = tmp_path / "include.fifo"
     os.mkfifo(fifo)
     bomb = "$A=" + "x" * 1000 + "\n" + "".join(
-        f"${chr(66 + i)}=" + f"${chr(65 + i)}" * 10 + "\n" for i in range(8)) + "$I\n"
+        f"${chr(66 + i)}=" + f"${{{chr(65 + i)}}}" * 10 + "\n" for i in range(8)) + "$I\n"
     fan = tmp_path / "fan"
     fan.mkdir()
     for i in range(30):
@@ -102,6 +102,9 @@ def test_garbage_appended_to_a_running_config_is_refused_and_nothing_moves(
         "include /dev/zero": ("include /dev/zero\n", "/dev/zero is not a regular file"),
         "include of a FIFO": (f"include {fifo}\n", "is not a regular file"),
         "variable bomb": (bomb, "longer than 65536 characters"),
+        "a billion-step ~SEQ": ("~SEQ(N, 1, 1000000000) x_$N\n", "~SEQ makes 1000000000 lines"),
+        "nested ~SEQs": ("~SEQ(A, 3) ~SEQ(B, 2000000) x\n", "~SEQ makes 2000000 lines"),
+        "a variable that uses itself": ("$L=${L}\nx ${L}\n", "variables substituted"),
         "10 MB of open braces": ("{\n" * 5_000_000, "nested deeper than 32 levels"),
         "10 MB of closing braces": ("}" * 10_000_000, "line longer than 65536"),
         "fanned-out includes": (f"include {fan}/f0.inc\n", "configuration files opened"),

@@ -126,7 +126,7 @@ def test_a_glob_skips_what_is_not_a_regular_file(tmp_path: Path) -> None:
 def test_a_variable_expansion_bomb(tmp_path: Path) -> None:
     # $I would be 10^8 copies of 1,000 characters: 100 GB.
     bomb = "$A=" + "x" * 1000 + "\n" + "".join(
-        f"${chr(66 + i)}=" + f"${chr(65 + i)}" * 10 + "\n" for i in range(8)
+        f"${chr(66 + i)}=" + f"${{{chr(65 + i)}}}" * 10 + "\n" for i in range(8)
     )
     conf = tmp_path / "k.conf"
     res = load_text(conf, BASE + bomb + "$I\n")

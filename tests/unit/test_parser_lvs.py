@@ -401,7 +401,7 @@ def vsx(rs: str = "", vs: str = "") -> str:
         (vsx().replace("protocol TCP", "protocol ICMP"), 2, "TCP, UDP or SCTP"),
         (vsx(" weight 2147483648"), 6, "weight 2147483648 is outside [0, 2147483647]"),
         (vsx(" weight -1"), 6, "weight -1 is outside"),
-        (vsx().replace("198.18.0.2 80", "198.18.0.2 0"), 5, "port 0 is outside"),
+        (vsx().replace("198.18.0.2 80", "198.18.0.2 65536"), 5, "port 65536 is outside [0, 65535]"),
         (vsx().replace("198.18.0.2 80", "nope 80"), 5, "'nope' is not an IP address"),
         (vsx(vs=" quorum 0"), 8, "quorum 0 is outside"),
         (vsx(vs=" delay_loop x"), 8, "not a number"),
