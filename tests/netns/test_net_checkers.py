@@ -14,6 +14,7 @@ is restored.
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from collections.abc import Callable
 
@@ -119,6 +120,48 @@ def test_dns_check_servfail_and_a_dead_server(make_lab: MakeLab) -> None:
     assert "port unreachable" in daemon.log_text().split("RCODE SERVFAIL")[-1]
     start_server()
     wait_transitions(daemon, "DNS_CHECK#0", ["UP", "DOWN", "UP", "DOWN", "UP"])
+
+
+DNS_LOGGING_SERVER = """
+import socket, sys
+import dns.message, dns.rcode
+ip, log = sys.argv[1], sys.argv[2]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((ip, 53))
+while True:
+    data, peer = sock.recvfrom(4096)
+    query = dns.message.from_wire(data)
+    q = query.question[0]
+    with open(log, "a") as f:
+        f.write(f"{q.name} {dns.rdatatype.to_text(q.rdtype)}\\n")
+    sock.sendto(dns.message.make_response(query).to_wire(), peer)
+"""
+
+
+def test_dns_check_reload_asks_the_new_question_without_a_flap(make_lab: MakeLab) -> None:
+    lab = make_lab(routers=1, clients=1)
+    (router,), (client,) = lab.routers, lab.clients
+    log = lab.workdir / "questions.log"
+    lab.spawn(client, [sys.executable, "-c", DNS_LOGGING_SERVER, client.ip, str(log)], "dns")
+
+    def rs(kind: str, name: str) -> str:
+        return f"""    real_server {client.ip} 53 {{
+        DNS_CHECK {{
+            type {kind}
+            name {name}{GENERIC}
+        }}
+    }}"""
+
+    conf = lab.write_config(router, config(53, rs("A", "www.example.test")))
+    daemon = lab.start_daemon(router, conf, "pyalived")
+    wait_transitions(daemon, "DNS_CHECK#0", ["UP"])
+    assert "www.example.test. A" in log.read_text()
+
+    conf.write_text(config(53, rs("MX", "example.test")))
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "example.test. MX" in log.read_text() or None, SETTLE,
+             what="the new question")
+    assert transitions(daemon, "DNS_CHECK#0") == ["UP"]  # kept its state, no flap
 
 
 # ---- UDP_CHECK ------------------------------------------------------------------------

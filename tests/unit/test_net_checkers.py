@@ -345,3 +345,50 @@ async def test_dns_check_retries_three_times_at_delay_loop(
     # OK at 0; fails at 10, retried at 20, 30, 40: down after the third retry
     assert [s - t0 for s in prober.starts] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
     assert events == [(0.0, True), (40.0, False)]
+
+
+# ---- reload -----------------------------------------------------------------------------
+
+
+class KindProber:
+    """Passes every check but the FailedCheck's (as RealProber does); records them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, str]] = []
+
+    async def probe(self, spec: CheckerSpec, rs: RealServerSpec, step: int = 0) -> ProbeResult:
+        self.calls.append((trio.current_time(), spec.kind))
+        if isinstance(spec, FailedCheck):
+            return await RealProber().probe(spec, rs)
+        return ProbeResult(True, "echo reply")
+
+
+async def test_reload_from_an_unsupported_checker_to_ping_and_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An operator replaces the FILE_CHECK of a server kept down by a PING_CHECK (SIGHUP):
+    it comes up on the first echo reply; going back keeps it down from its first check."""
+    timing = Timing(delay_loop=10.0, warmup=0.0)
+    failed = FailedCheck("FILE_CHECK at k.conf:6", timing=Timing(delay_loop=10.0, warmup=0.0,
+                                                                alpha=True))
+    ping = PingCheck(timing=timing)
+    vs = VirtualServerSpec("vs", (RealServerSpec(IPv4Address("198.18.0.2"), 80, 1, (failed,)),))
+    prober = KindProber()
+    events: list[tuple[float, bool]] = []
+    t0 = trio.current_time()
+    sched = CheckerScheduler([vs], CallbackSink(
+        lambda e: events.append((trio.current_time() - t0, e.alive))), prober)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        await trio.sleep(25.0)
+        sched.update(vs, RealServerSpec(IPv4Address("198.18.0.2"), 80, 1, (ping,)))
+        await trio.sleep(20.0)
+        sched.update(vs, RealServerSpec(IPv4Address("198.18.0.2"), 80, 1, (failed,)))
+        await trio.sleep(20.0)
+        nursery.cancel_scope.cancel()
+    calls = [(t - t0, kind) for t, kind in prober.calls]
+    # the loop goes on at its delay_loop whichever checker is in it
+    assert calls == [(0.0, "UNSUPPORTED"), (10.0, "UNSUPPORTED"), (20.0, "UNSUPPORTED"),
+                     (30.0, "PING_CHECK"), (40.0, "PING_CHECK"),
+                     (50.0, "UNSUPPORTED"), (60.0, "UNSUPPORTED")]
+    assert events == [(0.0, False), (30.0, True), (50.0, False)]
