@@ -40,6 +40,7 @@ from pyalived.checkers.spec import (
 from pyalived.config import LoadResult, Severity, load, render
 from pyalived.config.lvs_parse import hex_bytes
 from pyalived.config.model import Config
+from pyalived.mail import real_server_alert
 
 VS = """virtual_server 198.18.0.1 53 {{
   lb_algo rr
@@ -392,3 +393,10 @@ async def test_reload_from_an_unsupported_checker_to_ping_and_back(
                      (30.0, "PING_CHECK"), (40.0, "PING_CHECK"),
                      (50.0, "UNSUPPORTED"), (60.0, "UNSUPPORTED")]
     assert events == [(0.0, False), (30.0, True), (50.0, False)]
+
+
+@pytest.mark.parametrize("kind", ["DNS_CHECK", "UDP_CHECK", "PING_CHECK", "SMTP_CHECK"])
+def test_mail_alert_names_the_checker(kind: str) -> None:
+    alert = real_server_alert("[198.18.0.2]:udp:53", "[198.18.0.1]:udp:53", False, kind)
+    word = kind.replace("_CHECK", "")
+    assert alert.body == f"=> {word} CHECK failed on service <="
