@@ -103,7 +103,10 @@ def group_alert(name: str, state: str) -> Alert:
 #: How a checker names itself in a real server alert's body (keepalived 2.2.7's
 #: wording, checked for TCP_CHECK).
 CHECK_WORDS = {"TCP_CHECK": "TCP CHECK", "HTTP_GET": "HTTP_GET CHECK",
-               "SSL_GET": "SSL_GET CHECK", "MISC_CHECK": "MISC CHECK"}
+               "SSL_GET": "SSL_GET CHECK", "MISC_CHECK": "MISC CHECK",
+               # following the pattern of the above, not checked against keepalived
+               "DNS_CHECK": "DNS CHECK", "UDP_CHECK": "UDP CHECK", "PING_CHECK": "PING CHECK",
+               "SMTP_CHECK": "SMTP CHECK"}
 
 
 def real_server_alert(rs: str, vs: str, up: bool, checker: str) -> Alert:

@@ -35,15 +35,21 @@ from socket import AF_INET6
 from pyalived.checkers.spec import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DELAY_LOOP,
+    DEFAULT_HELO_NAME,
     DEFAULT_STATUS,
     CheckerSpec,
+    DnsCheck,
+    FailedCheck,
     HttpGet,
     MiscCheck,
+    PingCheck,
     RealServerSpec,
+    SmtpCheck,
     SslGet,
     StatusRange,
     TcpCheck,
     Timing,
+    UdpCheck,
     UrlSpec,
     VirtualServerSpec,
 )
@@ -131,6 +137,25 @@ def _checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> Checke
     }
     if checker.type is CheckerType.TCP_CHECK:
         return TcpCheck(timing=timing, **conn)  # type: ignore[arg-type]
+    if checker.type is CheckerType.DNS_CHECK:
+        return DnsCheck(type=checker.dns_type or "SOA", name=checker.dns_name or ".",
+                        timing=timing, **conn)  # type: ignore[arg-type]
+    if checker.type is CheckerType.UDP_CHECK:
+        return UdpCheck(
+            payload=checker.payload,
+            require_reply=checker.require_reply,
+            reply=checker.reply,
+            reply_mask=checker.reply_mask,
+            min_reply_length=checker.min_reply_length or 0,
+            max_reply_length=255 if checker.max_reply_length is None else checker.max_reply_length,
+            timing=timing,
+            **conn,  # type: ignore[arg-type]
+        )
+    if checker.type is CheckerType.PING_CHECK:
+        return PingCheck(timing=timing, **conn)  # type: ignore[arg-type]
+    if checker.type is CheckerType.SMTP_CHECK:
+        helo = checker.helo_name or DEFAULT_HELO_NAME
+        return SmtpCheck(helo_name=helo, timing=timing, **conn)  # type: ignore[arg-type]
     urls = tuple(
         UrlSpec(
             path=u.path,
@@ -155,11 +180,16 @@ def _checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> Checke
 
 
 def real_server_spec(rs: RealServer, vs: VirtualServer) -> RealServerSpec:
+    """A real server's checkers; one whose only checkers pyalived cannot run gets a
+    ``FailedCheck``, so it is never counted as up for want of a checker."""
+    checkers = tuple(checker_spec(c, rs, vs) for c in rs.checkers)
+    if not checkers and rs.unsupported_checkers:
+        checkers = (_interned(FailedCheck(", ".join(rs.unsupported_checkers))),)
     return RealServerSpec(
         ip=rs.address,
         port=rs.port,
         weight=rs.weight,
-        checkers=tuple(checker_spec(c, rs, vs) for c in rs.checkers),
+        checkers=checkers,
     )
 
 
@@ -193,7 +223,7 @@ def real_server_config(rs: RealServer, fwmark: bool = False) -> RealServerConfig
         inhibit_on_failure=rs.inhibit_on_failure,
         u_threshold=rs.uthreshold,
         l_threshold=rs.lthreshold,
-        checked=bool(rs.checkers),
+        checked=bool(rs.checkers or rs.unsupported_checkers),
         location=rs.location,
     )
 

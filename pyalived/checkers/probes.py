@@ -69,12 +69,17 @@ from pyalived.checkers.http import (
 from pyalived.checkers.policy import ProbeResult
 from pyalived.checkers.spec import (
     CheckerSpec,
+    DnsCheck,
+    FailedCheck,
     HttpGet,
     IPAddress,
     MiscCheck,
+    PingCheck,
     RealServerSpec,
+    SmtpCheck,
     SslGet,
     TcpCheck,
+    UdpCheck,
     UrlSpec,
 )
 from pyalived.limits import is_resource_exhaustion
@@ -434,9 +439,28 @@ class RealProber:
                 return await tcp_probe(spec, rs)
             if isinstance(spec, HttpGet):
                 return await http_probe(spec, rs, self.max_body, step)
-            return await misc_probe(spec)
+            if isinstance(spec, MiscCheck):
+                return await misc_probe(spec)
+            return await self._net_probe(spec, rs)
         except ValueError as exc:
             return ProbeResult(False, str(exc))
+
+    @staticmethod
+    async def _net_probe(
+        spec: DnsCheck | UdpCheck | PingCheck | SmtpCheck | FailedCheck, rs: RealServerSpec
+    ) -> ProbeResult:
+        """The checkers of ``pyalived.checkers.netprobes``, and the one that always fails."""
+        from pyalived.checkers import netprobes  # it uses this module's TCP connect
+
+        if isinstance(spec, DnsCheck):
+            return await netprobes.dns_probe(spec, rs)
+        if isinstance(spec, UdpCheck):
+            return await netprobes.udp_probe(spec, rs)
+        if isinstance(spec, PingCheck):
+            return await netprobes.ping_probe(spec, rs)
+        if isinstance(spec, SmtpCheck):
+            return await netprobes.smtp_probe(spec, rs)
+        return ProbeResult(False, f"not supported here, so never counted as up: {spec.what}")
 
     def starter(self, spec: CheckerSpec, rs: RealServerSpec) -> Starter:
         if isinstance(spec, TcpCheck):

@@ -2,13 +2,15 @@
 
 Theory of operation: a keepalived ``virtual_server`` block lists
 ``real_server`` blocks, each with zero or more checkers (``TCP_CHECK``,
-``HTTP_GET``, ``SSL_GET``, ``MISC_CHECK``).  The config parser resolves the
+``HTTP_GET``, ``SSL_GET``, ``MISC_CHECK``, ``DNS_CHECK``, ``UDP_CHECK``,
+``PING_CHECK``, ``SMTP_CHECK``).  The config parser resolves the
 inheritance of the generic options (virtual server -> real server -> checker)
 and builds these dataclasses; everything downstream (the pure policy in
 ``pyalived.checkers.policy``, the probes in ``pyalived.checkers.probes`` and the
 scheduler) only reads them.  Defaults are keepalived 2.2.7's: ``delay_loop``
 60 s, ``connect_timeout`` 5 s, ``retry`` 1 (0 for MISC_CHECK),
-``delay_before_retry`` 3 s for HTTP_GET/SSL_GET and 1 s otherwise, ``warmup``
+``delay_before_retry`` 3 s for HTTP_GET/SSL_GET, ``delay_loop`` for DNS_CHECK
+and 1 s otherwise (DNS_CHECK's ``retry`` is 3), ``warmup``
 up to ``delay_loop``, ``status_code`` 200-299, HTTP/1.0 requests, no TLS
 certificate verification.  Fields left ``None`` mean "the checker type's
 default" and are resolved by the ``effective_*`` properties.
@@ -24,6 +26,7 @@ IPAddress = IPv4Address | IPv6Address
 
 DEFAULT_DELAY_LOOP = 60.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_HELO_NAME = "smtpchecker.keepalived.org"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +148,94 @@ class MiscCheck(_Retrying):
         return self.timing.delay_loop if self.misc_timeout is None else self.misc_timeout
 
 
-CheckerSpec = TcpCheck | HttpGet | SslGet | MiscCheck
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class DnsCheck(_Connection, _Retrying):
+    """DNS_CHECK: one query over UDP; success is a reply with RCODE NOERROR."""
+
+    type: str = "SOA"  # A, NS, CNAME, SOA, MX, TXT or AAAA
+    name: str = "."
+    timing: Timing = field(default_factory=Timing)
+
+    kind = "DNS_CHECK"
+    default_port: ClassVar[int] = 53  # when neither connect_port nor the real server has one
+
+    default_retry: ClassVar[int] = 3
+
+    @property
+    def effective_delay_before_retry(self) -> float:
+        t = self.timing.delay_before_retry
+        return self.timing.delay_loop if t is None else t
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class UdpCheck(_Connection, _Retrying):
+    """UDP_CHECK: send ``payload`` (random bytes if None) to a connected UDP socket.
+
+    Failure is an ICMP error (port, host or network unreachable) within
+    ``connect_timeout``; without ``require_reply`` silence is success.  With
+    it a reply must come, of ``min_reply_length``..``max_reply_length`` bytes,
+    and if ``reply`` is set its bytes must match it (``reply_mask`` marks the
+    bits that count) up to the shorter of the two.
+    """
+
+    payload: bytes | None = None
+    require_reply: bool = False
+    reply: bytes | None = None
+    reply_mask: bytes | None = None
+    min_reply_length: int = 0
+    max_reply_length: int = 255
+    timing: Timing = field(default_factory=Timing)
+
+    kind = "UDP_CHECK"
+
+    default_retry: ClassVar[int] = 1
+    default_delay_before_retry: ClassVar[float] = 1.0
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class PingCheck(_Connection, _Retrying):
+    """PING_CHECK: one ICMP (or ICMPv6) echo request; success is the echo reply."""
+
+    timing: Timing = field(default_factory=Timing)
+
+    kind = "PING_CHECK"
+
+    default_retry: ClassVar[int] = 1
+    default_delay_before_retry: ClassVar[float] = 1.0
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class SmtpCheck(_Connection, _Retrying):
+    """SMTP_CHECK on one host: a 220 greeting, 250 to HELO ``helo_name``, then QUIT."""
+
+    helo_name: str = DEFAULT_HELO_NAME
+    timing: Timing = field(default_factory=Timing)
+
+    kind = "SMTP_CHECK"
+    default_port: ClassVar[int] = 25  # when neither connect_port nor the real server has one
+
+    default_retry: ClassVar[int] = 1
+    default_delay_before_retry: ClassVar[float] = 1.0
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class FailedCheck(_Retrying):
+    """Stands for a checker pyalived cannot run (BFD_CHECK, FILE_CHECK) on a real server that
+    has no other checker: it never succeeds, so the server is never counted as up."""
+
+    what: str  # "BFD_CHECK at FILE:LINE"
+    timing: Timing = field(default_factory=lambda: Timing(warmup=0.0, alpha=True))
+
+    kind = "UNSUPPORTED"
+
+    default_retry: ClassVar[int] = 0
+    default_delay_before_retry: ClassVar[float] = 1.0
+
+
+CheckerSpec = (
+    TcpCheck | HttpGet | SslGet | MiscCheck | DnsCheck | UdpCheck | PingCheck | SmtpCheck
+    | FailedCheck
+)
 
 
 @dataclass(frozen=True, slots=True)

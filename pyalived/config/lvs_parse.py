@@ -18,9 +18,14 @@ As in keepalived 2.2.7, a virtual server given by address without
 ``protocol`` gets UDP (the kernel's choice for protocol 0), one without
 ``lvs_sched`` gets ``wlc`` and one without ``lvs_method`` gets NAT, each with
 a warning; ``ha_suspend`` is dropped for fwmark services and ``ops`` for
-anything but UDP.  Checker types this project does not run yet (SMTP_CHECK,
-DNS_CHECK, UDP_CHECK, PING_CHECK, BFD_CHECK, FILE_CHECK) are warnings and
-skipped; the rest of their real server still applies.  Bad addresses,
+anything but UDP.  Checker types this project does not run yet (BFD_CHECK,
+FILE_CHECK) are warnings and skipped; the rest of their real server still
+applies, but a real server left with no other checker is never counted as up
+(its ``unsupported_checkers`` say why; see ``pyalived.checkers.compile``).
+SMTP_CHECK's ``host { }`` sub-blocks each become one more SMTP_CHECK with the
+block's ``helo_name`` and generic options and the host's connection options
+(those it leaves out are the block's); a block with hosts does not check
+the real server itself unless a host names it.  Bad addresses,
 out-of-range numbers, unknown schedulers or forwarding methods and
 references to unknown groups are errors, which refuse the configuration.
 
@@ -47,6 +52,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from socket import AF_INET, AF_INET6
+
+import dns.exception
+import dns.name
 
 from pyalived.config.keywords import Block, Handler, Keywords, field, user_fields, writes
 from pyalived.config.model import (
@@ -146,9 +154,9 @@ U32 = 2**32 - 1
 MAX_TIMER = 86400.0 * 365
 MAX_GROUP_RANGE = 65536  # addresses in one virtual_server_group range
 
-UNSUPPORTED_CHECKERS = frozenset(
-    "SMTP_CHECK DNS_CHECK UDP_CHECK PING_CHECK BFD_CHECK FILE_CHECK".split()
-)
+UNSUPPORTED_CHECKERS = frozenset("BFD_CHECK FILE_CHECK".split())
+DNS_TYPES = frozenset("A NS CNAME SOA MX TXT AAAA".split())
+MAX_UDP_PAYLOAD = 65507
 SCHED_FLAGS = frozenset("flag-1 flag-2 flag-3 sh-port sh-fallback mh-port mh-fallback".split())
 UNSUPPORTED_VS = frozenset(
     """persistence_engine snmp_name nat_mask lvs_sync_daemon tunnel_type""".split()
@@ -201,7 +209,7 @@ class _VirtualServer(_Options):
 
 
 class _RealServer(_Options):
-    __slots__ = ("address", "checkers", "port")
+    __slots__ = ("address", "checkers", "port", "unsupported")
 
     def __init__(
         self, r: ValueReader, lvs: LvsParser, address: IPAddress, port: int | None
@@ -212,19 +220,21 @@ class _RealServer(_Options):
         self.address = address
         self.port = port
         self.checkers: list[Checker] = []
+        self.unsupported: list[str] = []  # checkers not run: "KIND at FILE:LINE"
 
     def where(self) -> str:
         return f"real_server {host_port(self.address, self.port)}"
 
 
 class _Checker(_Options):
-    __slots__ = ("urls",)
+    __slots__ = ("hosts", "urls")
 
     def __init__(self, r: ValueReader, label: str, lvs: LvsParser) -> None:
         self.r, self.label, self.lvs = r, label, lvs
         self.fields = {}
         self.opts = {}
         self.urls: list[UrlCheck] = []
+        self.hosts: list[tuple[Location, dict[str, object]]] = []  # SMTP_CHECK host { }
 
 
 class _Url(Block):
@@ -480,12 +490,108 @@ def _real_server(block: _VirtualServer, node: Node) -> None:
     block.real_servers.append(rs)
 
 
-@writes()  # warns: not supported yet
+@writes()  # warns: not supported yet (and notes it in the real server's unsupported_checkers)
 def _unsupported_checker(block: _RealServer, node: Node) -> None:
     block.r.sink.warning(
         node.location,
-        f"checker {node.name} is not supported yet; skipped (the rest of {block.where()} applies)",
+        f"checker {node.name} is not supported yet; skipped (the rest of {block.where()}"
+        " applies; with no other checker it is never counted as up)",
     )
+    block.unsupported.append(f"{node.name} at {node.location}")
+
+
+def hex_bytes(text: str, wildcard: bool = False) -> tuple[bytes, bytes] | None:
+    """keepalived's free-format HEX_STR: the bytes and, with ``wildcard``, their mask.
+
+    Each word is read two hexadecimal digits at a time; a word of odd length
+    ends in a byte of its last digit (``Ab12f 3`` is AB 12 0F 03).  With
+    ``wildcard`` a digit ``X`` matches anything: its four bits are clear in
+    the mask.  None if a character is not a hexadecimal digit.
+    """
+    data = bytearray()
+    mask = bytearray()
+    for word in text.split():
+        pairs = [word[i:i + 2] for i in range(0, len(word), 2)]
+        for pair in pairs:
+            if len(pair) == 1:
+                pair = "0" + pair
+            value = m = 0
+            for ch in pair:
+                value <<= 4
+                m <<= 4
+                if wildcard and ch in "xX":
+                    continue
+                if ch not in "0123456789abcdefABCDEF":
+                    return None
+                value |= int(ch, 16)
+                m |= 0xF
+            data.append(value)
+            mask.append(m)
+    return bytes(data), bytes(mask)
+
+
+def _payload(r: ValueReader, node: Node) -> bytes | None:
+    r.no_block(node)
+    got = hex_bytes(" ".join(node.values))
+    if got is None or not got[0]:
+        r.sink.error(node.location, f"payload '{' '.join(node.values)}' is not a hex string")
+        return None
+    if len(got[0]) > MAX_UDP_PAYLOAD:
+        r.sink.error(node.location, f"payload is longer than {MAX_UDP_PAYLOAD} bytes")
+        return None
+    return got[0]
+
+
+@writes("require_reply", "reply", "reply_mask")
+def _require_reply(block: _Checker, node: Node) -> None:
+    """``require_reply [HEX_STR]`` (``X`` digits match anything)."""
+    r = block.r
+    r.no_block(node)
+    if node.values:
+        got = hex_bytes(" ".join(node.values), wildcard=True)
+        if got is None or not got[0]:
+            r.sink.error(
+                node.location, f"require_reply '{' '.join(node.values)}' is not a hex string"
+            )
+            return
+        block.fields["reply"], block.fields["reply_mask"] = got
+    block.fields["require_reply"] = True
+
+
+def _dns_type(r: ValueReader, node: Node) -> str | None:
+    word = r.one(node)
+    if word is None:
+        return None
+    if word.upper() not in DNS_TYPES:
+        r.sink.error(
+            node.location,
+            f"DNS_CHECK: unknown type '{word}' ({', '.join(sorted(DNS_TYPES))})",
+        )
+        return None
+    return word.upper()
+
+
+def _dns_name(r: ValueReader, node: Node) -> str | None:
+    word = r.one(node)
+    if word is None:
+        return None
+    try:
+        dns.name.from_text(word)
+    except dns.exception.DNSException as exc:
+        r.sink.error(node.location, f"DNS_CHECK: name '{word}' is not a domain name: {exc}")
+        return None
+    return word
+
+
+@writes("connect_ip", "connect_port", "bindto", "bind_port", "connect_timeout")
+def _smtp_host(block: _Checker, node: Node) -> None:
+    """``host { connect_ip; connect_port; bindto; bind_port; connect_timeout }``."""
+    host = _Checker(block.r, "host", block.lvs)
+    _SMTP_HOST.run(host, block.r.block(node))
+    fields: dict[str, object] = dict(host.fields)
+    if "connect_timeout" in host.opts:
+        fields["connect_timeout"] = host.opts["connect_timeout"]
+    block.hosts.append((node.location, fields))
 
 
 @writes("urls")
@@ -560,6 +666,31 @@ _SSL_GET: dict[str, Handler[_Checker]] = {
     **_HTTP_GET,
     "enable_sni": field("enable_sni", ValueReader.flag),
 }
+_CONNECTION: dict[str, Handler[_Checker]] = {
+    k: handle for k, handle in _TCP_CHECK.items() if k not in _GENERIC
+}
+_SMTP_HOST = Keywords[_Checker](
+    {**_CONNECTION, "connect_timeout": _GENERIC["connect_timeout"]}, UNSUPPORTED_CHECKER_OPTS
+)
+_DNS_CHECK: dict[str, Handler[_Checker]] = {
+    **_TCP_CHECK,
+    "type": field("dns_type", _dns_type),
+    "name": field("dns_name", _dns_name),
+}
+_UDP_CHECK: dict[str, Handler[_Checker]] = {
+    **_TCP_CHECK,
+    "payload": field("payload", _payload),
+    "require_reply": _require_reply,
+    "min_reply_length": field("min_reply_length", int_in(0, MAX_UDP_PAYLOAD)),
+    "max_reply_length": field("max_reply_length", int_in(0, MAX_UDP_PAYLOAD)),
+}
+# connect_port and bind_port are accepted and mean nothing to ICMP, as in keepalived
+_PING_CHECK: dict[str, Handler[_Checker]] = {**_TCP_CHECK}
+_SMTP_CHECK: dict[str, Handler[_Checker]] = {
+    **_TCP_CHECK,
+    "helo_name": field("helo_name", ValueReader.one),
+    "host": _smtp_host,
+}
 _MISC_CHECK: dict[str, Handler[_Checker]] = {
     **{k: handle for k, handle in _GENERIC.items() if k != "connect_timeout"},
     "misc_path": field("misc_path", ValueReader.script),
@@ -593,20 +724,35 @@ def _checker(kind: CheckerType, keywords: dict[str, Handler[_Checker]]) -> Handl
         checker = block.lvs.checker(node, spec)
         if checker is None:
             return
-        bindto = checker.bindto
-        if bindto is not None:
-            target = checker.connect_ip or block.address
-            if bindto.version != target.version:
-                what = "connect_ip" if checker.connect_ip is not None else block.where()
-                block.r.sink.warning(
-                    node.location,
-                    f"{spec.name}: bindto {bindto} does not match the address family of"
-                    f" {what} ({target}); bindto ignored",
-                )
-                checker = replace(checker, bindto=None)
-        block.checkers.append(checker)
+        if block.lvs.smtp_hosts:
+            for location, fields in block.lvs.smtp_hosts:
+                options = checker.options
+                timeout = fields.pop("connect_timeout", None)
+                if isinstance(timeout, float):
+                    options = replace(options, connect_timeout=timeout)
+                # the host's connection options, else the block's
+                one = replace(checker, location=location, options=options,
+                              **fields)  # type: ignore[arg-type]
+                _add_checker(block, node, spec, one)
+            return
+        _add_checker(block, node, spec, checker)
 
     return handle
+
+
+def _add_checker(block: _RealServer, node: Node, spec: _CheckerKind, checker: Checker) -> None:
+    bindto = checker.bindto
+    if bindto is not None:
+        target = checker.connect_ip or block.address
+        if bindto.version != target.version:
+            what = "connect_ip" if checker.connect_ip is not None else block.where()
+            block.r.sink.warning(
+                node.location,
+                f"{spec.name}: bindto {bindto} does not match the address family of"
+                f" {what} ({target}); bindto ignored",
+            )
+            checker = replace(checker, bindto=None)
+    block.checkers.append(checker)
 
 
 _REAL_SERVER = Keywords[_RealServer](
@@ -616,6 +762,10 @@ _REAL_SERVER = Keywords[_RealServer](
         "HTTP_GET": _checker(CheckerType.HTTP_GET, _HTTP_GET),
         "SSL_GET": _checker(CheckerType.SSL_GET, _SSL_GET),
         "MISC_CHECK": _checker(CheckerType.MISC_CHECK, _MISC_CHECK),
+        "DNS_CHECK": _checker(CheckerType.DNS_CHECK, _DNS_CHECK),
+        "UDP_CHECK": _checker(CheckerType.UDP_CHECK, _UDP_CHECK),
+        "PING_CHECK": _checker(CheckerType.PING_CHECK, _PING_CHECK),
+        "SMTP_CHECK": _checker(CheckerType.SMTP_CHECK, _SMTP_CHECK),
         **dict.fromkeys(UNSUPPORTED_CHECKERS, _unsupported_checker),
         "weight": field("weight", int_in(0, U31)),
         "lvs_method": field("lvs_method", _method),
@@ -677,6 +827,8 @@ class LvsParser:
         self.groups: list[VirtualServerGroup] = []
         self._shared_options: dict[tuple[tuple[str, Option], ...], CheckerOptions] = {}
         self._groups_named: dict[str, list[VirtualServerGroup]] = {}  # so far
+        # the host { } blocks of the SMTP_CHECK read last (location, connection fields)
+        self.smtp_hosts: list[tuple[Location, dict[str, object]]] = []
 
     def _options(self, opts: dict[str, Option]) -> CheckerOptions:
         """``CheckerOptions`` of the collected values, one shared object per set of values.
@@ -1049,6 +1201,7 @@ class LvsParser:
             node.location,
             options=self._options(block.opts),
             checkers=tuple(block.checkers),
+            unsupported_checkers=tuple(block.unsupported),
             **block.fields,  # type: ignore[arg-type]
         )
 
@@ -1063,7 +1216,17 @@ class LvsParser:
             r.sink.warning(node.location, f"{kind.name}: extra words ignored: {extra}")
         block = _Checker(r, kind.name, self)
         kind.keywords.run(block, body)
+        self.smtp_hosts = block.hosts
         fields = block.fields
+        low = fields.get("min_reply_length", 0)
+        high = fields.get("max_reply_length", 255)
+        assert isinstance(low, int) and isinstance(high, int)
+        if low > high:
+            r.sink.error(
+                node.location,
+                f"{kind.name}: min_reply_length {low} is above max_reply_length {high}",
+            )
+            return None
         if kind.misc and "misc_path" not in fields:
             r.sink.error(node.location, "MISC_CHECK has no misc_path")
             return None

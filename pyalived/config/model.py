@@ -481,6 +481,10 @@ class CheckerType(enum.Enum):
     HTTP_GET = "HTTP_GET"
     SSL_GET = "SSL_GET"
     MISC_CHECK = "MISC_CHECK"
+    DNS_CHECK = "DNS_CHECK"
+    UDP_CHECK = "UDP_CHECK"
+    PING_CHECK = "PING_CHECK"
+    SMTP_CHECK = "SMTP_CHECK"
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,6 +541,18 @@ class Checker:
     misc_dynamic: bool = False
     user: str | None = None
     group: str | None = None
+    # DNS_CHECK
+    dns_type: str | None = None  # None: SOA
+    dns_name: str | None = None  # None: "."
+    # UDP_CHECK
+    payload: bytes | None = None  # None: random bytes
+    require_reply: bool = False
+    reply: bytes | None = None  # require_reply's HEX_STR
+    reply_mask: bytes | None = None  # its X nibbles cleared
+    min_reply_length: int | None = None  # None: 0
+    max_reply_length: int | None = None  # None: 255
+    # SMTP_CHECK
+    helo_name: str | None = None  # None: smtpchecker.keepalived.org
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,6 +571,8 @@ class RealServer:
     options: CheckerOptions = field(default_factory=CheckerOptions)
     checkers: tuple[Checker, ...] = ()
     smtp_alert: bool | None = None  # None: global smtp_alert_checker / smtp_alert (alerts.py)
+    # checkers pyalived cannot run (BFD_CHECK, FILE_CHECK): "KIND at FILE:LINE"
+    unsupported_checkers: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return host_port(self.address, self.port)

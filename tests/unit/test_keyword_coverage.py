@@ -96,9 +96,8 @@ ELSEWHERE = {
                     "in a bfd_instance block, not supported yet (skipped with a warning)"),
     **dict.fromkeys("ca certificate key password".split(),
                     "in the top-level SSL block, not supported yet (skipped with a warning)"),
-    **dict.fromkeys("type name helo_name payload require_reply dynamic".split(),
-                    "in a DNS_CHECK, SMTP_CHECK, UDP_CHECK or FILE_CHECK block, not "
-                    "supported yet (skipped with a warning)"),
+    **dict.fromkeys(("dynamic",),
+                    "in a FILE_CHECK block, not supported yet (skipped with a warning)"),
 }
 # Model attributes that are set and deliberately read by nothing, with the reason
 # (the README says so too).

@@ -169,19 +169,31 @@ def test_status_code_sample() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "kind"),
+    ("name", "kind", "count"),
     [
-        ("keepalived.conf.SMTP_CHECK", "SMTP_CHECK"),
-        ("keepalived.conf.UDP_CHECK", "UDP_CHECK"),
-        ("keepalived.conf.PING_CHECK", "PING_CHECK"),
+        ("keepalived.conf.SMTP_CHECK", CheckerType.SMTP_CHECK, 7),
+        ("keepalived.conf.UDP_CHECK", CheckerType.UDP_CHECK, 1),
+        ("keepalived.conf.PING_CHECK", CheckerType.PING_CHECK, 1),
     ],
 )
-def test_unsupported_checkers_are_warnings(name: str, kind: str) -> None:
+def test_new_checker_samples_load(name: str, kind: CheckerType, count: int) -> None:
     res = load_sample(name)
     assert res.config is not None
-    hits = [d for d in res.diagnostics if f"checker {kind} is not supported yet" in d.message]
-    assert hits and all(d.severity is Severity.WARNING for d in hits)
-    assert res.config.virtual_servers and all(vs.real_servers for vs in res.config.virtual_servers)
+    assert not any("not supported" in d.message for d in res.diagnostics), res.diagnostics
+    checkers = [c for vs in res.config.virtual_servers for rs in vs.real_servers
+                for c in rs.checkers]
+    assert [c.type for c in checkers] == [kind] * count
+
+
+def test_smtp_sample_checks_each_host_and_not_the_real_server_itself() -> None:
+    res = load_sample("keepalived.conf.SMTP_CHECK")
+    assert res.config is not None
+    (_, multi, extended) = res.config.virtual_servers[0].real_servers
+    assert [str(c.connect_ip) for c in multi.checkers] == [
+        "172.16.1.11", "192.168.155.10", "64.233.167.99"]
+    assert [(c.connect_port, str(c.bindto)) for c in extended.checkers] == [
+        (25, "172.16.1.2"), (25, "192.168.155.2"), (587, "None")]
+    assert {c.helo_name for c in multi.checkers + extended.checkers} == {"foo.bar.com"}
 
 
 # ---- exit codes against the reference: keepalived 2.2.7's -t -------------------
