@@ -875,15 +875,18 @@ def test_http_urls_checked_in_turn_like_keepalived(workdir: Path) -> None:
         # The single URL came back into the table with its second success: no
         # more than two before the last read that missed it began, two by the
         # end of the read that saw it.
-        # keepalived 2.2.7 comes back with its second or, depending on where in
-        # its check cycle the failure stopped, its third success; pyalived with
-        # its second, always.
-        most = {"pyalived": 2, "keepalived": 3}
+        # pyalived comes back with its second success, always.  keepalived 2.2.7
+        # comes back with its second or third, depending on where in its check
+        # cycle the failure stopped, and in the emulated VM under load was seen
+        # to take five: its own bound is not this test's business, only that it
+        # needs two.
+        most = {"pyalived": 2, "keepalived": None}
         for impl in impls:
             since = [t for t, _, _ in _since_last_404(one[impl].requests)]
             absent, end = back[impl]
             before_start, before_end = sum(t < absent for t in since), sum(t < end for t in since)
-            assert before_start <= most[impl] and before_end >= 2, (
+            bound = most[impl]
+            assert (bound is None or before_start <= bound) and before_end >= 2, (
                 impl, before_start, before_end, since, back[impl])
     finally:
         topo.close()
