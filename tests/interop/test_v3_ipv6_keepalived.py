@@ -30,7 +30,6 @@ import re
 import shutil
 import struct
 import time
-from collections.abc import Iterator
 from ipaddress import IPv6Address
 from pathlib import Path
 from typing import cast
@@ -59,17 +58,6 @@ VRID = 52
 VIP6 = IPv6Address("fd00:198:18::100")
 REFUSED = re.compile(r"\b(bad|invalid|dropped)\b", re.IGNORECASE)
 OURS = cast(Impl, os.environ.get("PYALIVED_TEST_IMPL", "pyalived"))
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    with Lab(2, workdir=tmp_path / "lab") as built:
-        try:
-            yield built
-        finally:
-            for proc in built.procs:
-                print(f"----- {proc.name}")
-                print("\n".join(proc.log_text().splitlines()[-40:]))
 
 
 def addresses6(lab: Lab, node: Node) -> dict[IPv6Address, str]:

@@ -23,10 +23,8 @@ checks:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import IPv6Address
-from pathlib import Path
 
 import pytest
 
@@ -51,18 +49,6 @@ from tests.netns.test_v3_wire import add_ipv6
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
 VMAC = "vrrp.52"
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    with Lab(2, workdir=tmp_path / "lab") as built:
-        try:
-            yield built
-        finally:
-            for proc in built.procs:
-                print(f"----- {proc.name}")
-                print("\n".join(proc.log_text().splitlines()[-40:]))
-
 VMAC_MAC = bytes.fromhex(vmac_mac(VRID, 6).replace(":", ""))
 
 
