@@ -162,6 +162,11 @@ def _checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> Checke
             status_code=tuple(StatusRange(lo, hi) for lo, hi in u.status_code) or DEFAULT_STATUS,
             digest=u.digest,
             virtualhost=u.virtualhost,
+            regex=u.regex,
+            regex_no_match=u.regex_no_match,
+            regex_options=u.regex_options,
+            regex_min_offset=u.regex_min_offset,
+            regex_max_offset=u.regex_max_offset,
         )
         for u in checker.urls
     )
@@ -173,10 +178,12 @@ def _checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> Checke
             virtualhost=vhost,
             http_protocol=proto,
             timing=timing,
+            fast_recovery=checker.fast_recovery,
             enable_sni=checker.enable_sni,
             **conn,  # type: ignore[arg-type]
         )
-    return HttpGet(urls=urls, virtualhost=vhost, http_protocol=proto, timing=timing, **conn)  # type: ignore[arg-type]
+    return HttpGet(urls=urls, virtualhost=vhost, http_protocol=proto, timing=timing,
+                   fast_recovery=checker.fast_recovery, **conn)  # type: ignore[arg-type]
 
 
 def real_server_spec(rs: RealServer, vs: VirtualServer) -> RealServerSpec:

@@ -17,8 +17,11 @@ peer does (accept and stay silent, send garbage, send an endless body, reset).
   also capped at ``total_timeout_factor * connect_timeout`` so that a slowly
   dripping server cannot hold it forever; the body is capped at
   ``max_body`` bytes.  The check passes when the status code is in the
-  URL's ``status_code`` set and, if a ``digest`` is configured, the MD5 of
-  the body equals it.  SSL_GET does not verify the server certificate
+  URL's ``status_code`` set, if a ``digest`` is configured, the MD5 of
+  the body equals it, and if a ``regex`` is, it is found in the body's
+  window (or not found, with ``regex_no_match``); with a regex the body is
+  read only as far as it takes to know (``pyalived.checkers.bodymatch``),
+  and the connection is then closed.  SSL_GET does not verify the server certificate
   unless asked to (keepalived's default), and sends SNI only with
   ``enable_sni``.
 * MISC_CHECK: runs ``misc_path`` (split like a shell would, run without one)
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import _socket
 import errno
+import functools
 import os
 import shlex
 import signal
@@ -57,8 +61,10 @@ from collections.abc import Awaitable, Callable
 from ipaddress import IPv6Address
 from typing import Protocol
 
+import regex
 import trio
 
+from pyalived.checkers.bodymatch import RegexMatcher, compile_regex
 from pyalived.checkers.http import (
     MAX_BODY_BYTES,
     HttpError,
@@ -319,7 +325,12 @@ async def _fetch(
                 await tls.do_handshake()
         with trio.fail_after(step):
             await stream.send_all(build_request(url.path, host, spec.http_protocol))
-        reader = ResponseReader(max_body=max_body)
+        reader = ResponseReader(
+            max_body=max_body,
+            want_digest=url.digest is not None,
+            matcher=_matcher(url),
+            status_ok=url.status_ok,
+        )
         while True:
             with trio.fail_after(step):
                 data = bytes(await stream.receive_some(RECEIVE_CHUNK))
@@ -357,7 +368,29 @@ async def check_url(
         return ProbeResult(False, f"{what}: HTTP status {status}")
     if url.digest is not None and reader.hexdigest() != url.digest.lower():
         return ProbeResult(False, f"{what}: digest mismatch ({reader.hexdigest()})")
+    matcher = reader.matcher
+    if matcher is not None:
+        if matcher.matched is None:  # cannot happen: the body ended or the verdict came first
+            matcher.finish()
+        if bool(matcher.matched) == url.regex_no_match:
+            found = "matched" if matcher.matched else "did not match"
+            return ProbeResult(False, f"{what}: Regex match failed (the body {found})")
+        return ProbeResult(True, f"{what}: Regex match")
     return ProbeResult(True, f"{what}: HTTP status {status}")
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str, options: tuple[str, ...]) -> regex.Pattern[bytes]:
+    """The parser compiled it already, so it compiles."""
+    return compile_regex(pattern, options)
+
+
+def _matcher(url: UrlSpec) -> RegexMatcher | None:
+    if url.regex is None:
+        return None
+    return RegexMatcher(
+        _compiled(url.regex, url.regex_options), url.regex_min_offset, url.regex_max_offset
+    )
 
 
 async def http_probe(

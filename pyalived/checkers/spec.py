@@ -64,6 +64,11 @@ class UrlSpec:
     status_code: tuple[StatusRange, ...] = DEFAULT_STATUS
     digest: str | None = None  # lower-case hex MD5 of the body, as printed by genhash
     virtualhost: str | None = None  # overrides the checker's virtualhost
+    regex: str | None = None  # searched for in the body (pyalived.checkers.bodymatch)
+    regex_no_match: bool = False  # the check fails when the regex matches
+    regex_options: tuple[str, ...] = ()  # keepalived's PCRE2 option names
+    regex_min_offset: int = 0  # first body offset a match may start at
+    regex_max_offset: int | None = None  # last body offset a match may start at
 
     def status_ok(self, code: int) -> bool:
         return any(code in r for r in self.status_code)
@@ -113,6 +118,7 @@ class HttpGet(_Connection, _Retrying):
     virtualhost: str | None = None  # Host header; None: "IP:PORT" of the connection
     http_protocol: str = "1.0"  # "1.0", "1.0C" (adds Connection: close) or "1.1"
     timing: Timing = field(default_factory=Timing)
+    fast_recovery: bool = False  # while not up, each URL right after the last
 
     kind = "HTTP_GET"
 

@@ -56,6 +56,7 @@ from socket import AF_INET, AF_INET6
 import dns.exception
 import dns.name
 
+from pyalived.checkers.bodymatch import KNOWN_OPTIONS, NO_EQUIVALENT, compile_regex
 from pyalived.config.keywords import Block, Handler, Keywords, field, user_fields, writes
 from pyalived.config.model import (
     Checker,
@@ -162,10 +163,10 @@ UNSUPPORTED_VS = frozenset(
     """persistence_engine snmp_name nat_mask lvs_sync_daemon tunnel_type""".split()
 )
 UNSUPPORTED_RS = frozenset("snmp_name".split())  # and UNSUPPORTED_CHECKERS
-UNSUPPORTED_CHECKER_OPTS = frozenset("bind_if fwmark log_all_failures fast_recovery".split())
-UNSUPPORTED_URL = frozenset(
-    "regex regex_no_match regex_options regex_stack regex_min_offset regex_max_offset".split()
-)
+UNSUPPORTED_CHECKER_OPTS = frozenset("bind_if fwmark log_all_failures".split())
+UNSUPPORTED_URL: frozenset[str] = frozenset()
+MAX_REGEX_OFFSET = 2**63 - 1
+_REGEX_PARAMS = ("regex_no_match", "regex_options", "regex_min_offset", "regex_max_offset")
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
 _NO_OPTIONS = CheckerOptions()
 _PROTOCOLS = {p.value: p for p in LvsProtocol}
@@ -602,6 +603,9 @@ def _url(block: _Checker, node: Node) -> None:
     if url.fields.get("path") is None:
         r.sink.error(node.location, "url has no path")
         return
+    _url_regex(r, url, node)
+    if "regex" in url.fields and url.fields["regex"] is None:
+        del url.fields["regex"]
     block.urls.append(
         UrlCheck(
             status_code=tuple(url.status),
@@ -609,6 +613,98 @@ def _url(block: _Checker, node: Node) -> None:
             **url.fields,  # type: ignore[arg-type]
         )
     )
+
+
+def _regex(r: ValueReader, node: Node) -> str | None:
+    """``regex PATTERN``: one word (quote a pattern with blanks); it must compile."""
+    r.no_block(node)
+    if len(node.values) != 1:
+        r.sink.error(
+            node.location,
+            "regex needs exactly one pattern (quote a pattern that holds blanks)"
+            if node.values else "regex needs a pattern",
+        )
+        return None
+    pattern = node.values[0]
+    try:
+        compile_regex(pattern)
+    except ValueError as exc:
+        r.sink.error(node.location, f"invalid regex '{pattern}': {exc}")
+        return None
+    return pattern
+
+
+@writes("regex_options")
+def _regex_options(block: _Url, node: Node) -> None:
+    """``regex_options OPTION...``: keepalived's PCRE2 option names."""
+    r = block.r
+    r.no_block(node)
+    options = list(block.fields.get("regex_options", ()))  # type: ignore[call-overload]
+    for word in node.values:
+        if word not in KNOWN_OPTIONS:
+            r.sink.warning(node.location, f"regex_options: unknown option '{word}' ignored")
+        elif word in NO_EQUIVALENT:
+            r.sink.warning(
+                node.location,
+                f"regex_options: '{word}' has no equivalent in pyalived's regex engine; ignored",
+            )
+        elif word not in options:
+            options.append(word)
+    block.fields["regex_options"] = tuple(options)
+
+
+@writes()
+def _regex_stack(block: _Url, node: Node) -> None:
+    """``regex_stack START MAX``: checked, then ignored (PCRE2's JIT stack sizes)."""
+    r = block.r
+    r.no_block(node)
+    values = node.values
+    if len(values) != 2 or not all(v.isdigit() for v in values):
+        r.sink.error(node.location, "regex_stack needs START and MAX, whole numbers of bytes")
+        return
+    if int(values[0]) > int(values[1]):
+        r.sink.error(node.location, f"regex_stack: START {values[0]} exceeds MAX {values[1]}")
+        return
+    r.sink.warning(
+        node.location,
+        "regex_stack sizes PCRE2's JIT stack, which pyalived's regex engine does not have;"
+        " ignored",
+    )
+
+
+def _url_regex(r: ValueReader, url: _Url, node: Node) -> None:
+    """keepalived's end-of-url checks of the regex options (both are warnings there too)."""
+    fields = url.fields
+    if fields.get("regex") is None:
+        given = [k for k in _REGEX_PARAMS if k in fields]
+        if given:
+            r.sink.warning(
+                node.location,
+                f"url: {', '.join(given)} without regex; ignored",
+            )
+            for k in given:
+                del fields[k]
+        return
+    options = fields.get("regex_options")
+    if options:
+        try:
+            compile_regex(str(fields["regex"]), options)  # type: ignore[arg-type]
+        except ValueError as exc:
+            r.sink.error(
+                node.location, f"invalid regex '{fields['regex']}' with its options: {exc}"
+            )
+            fields["regex"] = None
+            return
+    low = fields.get("regex_min_offset", 0)
+    high = fields.get("regex_max_offset")
+    assert isinstance(low, int) and (high is None or isinstance(high, int))
+    if high is not None and low > high:
+        r.sink.warning(
+            node.location,
+            f"url: regex_min_offset {low} > regex_max_offset {high}; both ignored",
+        )
+        fields.pop("regex_min_offset", None)
+        fields.pop("regex_max_offset", None)
 
 
 @writes("status_code")
@@ -643,6 +739,14 @@ _URL = Keywords[_Url](
         "digest": field("digest", _digest),
         "status_code": _status_code,
         "virtualhost": field("virtualhost", ValueReader.one, unset_on_error=True),
+        # A bad regex line unsets the one given before: the url then fails at
+        # start (the configuration is refused), never checks without it.
+        "regex": field("regex", _regex, unset_on_error=True),
+        "regex_no_match": field("regex_no_match", ValueReader.flag),
+        "regex_options": _regex_options,
+        "regex_min_offset": field("regex_min_offset", int_in(0, MAX_REGEX_OFFSET)),
+        "regex_max_offset": field("regex_max_offset", int_in(0, MAX_REGEX_OFFSET)),
+        "regex_stack": _regex_stack,
     },
     UNSUPPORTED_URL,
 )
@@ -658,6 +762,7 @@ _HTTP_GET: dict[str, Handler[_Checker]] = {
     **_TCP_CHECK,
     "url": _url,
     "virtualhost": field("virtualhost", ValueReader.one),
+    "fast_recovery": field("fast_recovery", ValueReader.flag),
     "http_protocol": field(
         "http_protocol", one_of(_HTTP_PROTOCOLS, "http_protocol must be 1.0, 1.0C or 1.1")
     ),

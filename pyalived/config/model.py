@@ -516,6 +516,11 @@ class UrlCheck:
     digest: str | None = None  # lower-case hex MD5
     virtualhost: str | None = None
     location: Location = NOWHERE
+    regex: str | None = None  # searched for in the body
+    regex_no_match: bool = False  # the check fails when the regex matches
+    regex_options: tuple[str, ...] = ()  # keepalived's PCRE2 option names
+    regex_min_offset: int = 0  # first body offset a match may start at
+    regex_max_offset: int | None = None  # last body offset a match may start at
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,6 +540,7 @@ class Checker:
     virtualhost: str | None = None
     http_protocol: str | None = None  # None: "1.0"
     enable_sni: bool = False
+    fast_recovery: bool = False  # no delay_loop between URLs while not up
     # MISC_CHECK
     misc_path: str | None = None
     misc_timeout: float | None = None
