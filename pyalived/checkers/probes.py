@@ -16,7 +16,9 @@ peer does (accept and stay silent, send garbage, send an endless body, reset).
   within ``connect_timeout``, as keepalived does, and the whole URL check is
   also capped at ``total_timeout_factor * connect_timeout`` so that a slowly
   dripping server cannot hold it forever; the body is capped at
-  ``max_body`` bytes.  The check passes when the status code is in the
+  ``max_body`` bytes.  SSL_GET's TLS client context is the top-level ``SSL``
+  block's (``pyalived.checkers.tls``: a client certificate if one is given,
+  never a verification of the server's).  The check passes when the status code is in the
   URL's ``status_code`` set, if a ``digest`` is configured, the MD5 of
   the body equals it, and if a ``regex`` is, it is found in the body's
   window (or not found, with ``regex_no_match``); with a regex the body is
@@ -88,6 +90,8 @@ from pyalived.checkers.spec import (
     UdpCheck,
     UrlSpec,
 )
+from pyalived.checkers.tls import DEFAULT as DEFAULT_TLS
+from pyalived.checkers.tls import TlsClient, TlsConfigError, cached_context
 from pyalived.limits import is_resource_exhaustion
 from pyalived.tuning import spawn_options
 
@@ -304,7 +308,7 @@ def ssl_context(verify: bool = False, ca_file: str | None = None) -> ssl.SSLCont
 
 
 async def _fetch(
-    spec: HttpGet, ip: IPAddress, port: int, url: UrlSpec, max_body: int
+    spec: HttpGet, ip: IPAddress, port: int, url: UrlSpec, max_body: int, tls: TlsClient
 ) -> ResponseReader:
     """One GET; raises TooSlowError, OSError, BrokenResourceError or HttpError."""
     step = spec.connect_timeout
@@ -314,15 +318,11 @@ async def _fetch(
     try:
         if isinstance(spec, SslGet):
             sni = (url.virtualhost or spec.virtualhost) if spec.enable_sni else None
-            tls = trio.SSLStream(
-                stream,
-                ssl_context(spec.verify, spec.ca_file),
-                server_hostname=sni,
-                https_compatible=True,
-            )
-            stream = tls
+            ctx = ssl_context(spec.verify, spec.ca_file) if spec.verify else cached_context(tls)
+            tls_stream = trio.SSLStream(stream, ctx, server_hostname=sni, https_compatible=True)
+            stream = tls_stream
             with trio.fail_after(step):
-                await tls.do_handshake()
+                await tls_stream.do_handshake()
         with trio.fail_after(step):
             await stream.send_all(build_request(url.path, host, spec.http_protocol))
         reader = ResponseReader(
@@ -344,12 +344,13 @@ async def _fetch(
 
 
 async def check_url(
-    spec: HttpGet, ip: IPAddress, port: int, url: UrlSpec, max_body: int = MAX_BODY_BYTES
+    spec: HttpGet, ip: IPAddress, port: int, url: UrlSpec, max_body: int = MAX_BODY_BYTES,
+    tls: TlsClient = DEFAULT_TLS,
 ) -> ProbeResult:
     what = f"GET {url.path} on {host_header(ip, port)}"
     try:
         with trio.fail_after(spec.connect_timeout * TOTAL_TIMEOUT_FACTOR):
-            reader = await _fetch(spec, ip, port, url, max_body)
+            reader = await _fetch(spec, ip, port, url, max_body, tls)
     except trio.TooSlowError:
         return ProbeResult(False, f"{what}: timeout")
     except LocalResourceError as exc:
@@ -361,6 +362,8 @@ async def check_url(
         detail = _strerror(cause) if isinstance(cause, OSError) else "connection broken"
         return ProbeResult(False, f"{what}: {detail}")
     except HttpError as exc:
+        return ProbeResult(False, f"{what}: {exc}")
+    except TlsConfigError as exc:  # a file of the SSL block went bad since it was checked
         return ProbeResult(False, f"{what}: {exc}")
     status = reader.status
     assert status is not None
@@ -394,13 +397,14 @@ def _matcher(url: UrlSpec) -> RegexMatcher | None:
 
 
 async def http_probe(
-    spec: HttpGet, rs: RealServerSpec, max_body: int = MAX_BODY_BYTES, step: int = 0
+    spec: HttpGet, rs: RealServerSpec, max_body: int = MAX_BODY_BYTES, step: int = 0,
+    tls: TlsClient = DEFAULT_TLS,
 ) -> ProbeResult:
-    """Checks URL number ``step`` (modulo their number) of ``spec``."""
+    """Checks URL number ``step`` (modulo their number) of ``spec``; SSL_GET as ``tls``."""
     ip, port = _target(spec, rs)
     if not spec.urls:
         return ProbeResult(False, f"{spec.kind} has no url")
-    return await check_url(spec, ip, port, spec.urls[step % len(spec.urls)], max_body)
+    return await check_url(spec, ip, port, spec.urls[step % len(spec.urls)], max_body, tls)
 
 
 def interpret_exit(status: int, dynamic: bool) -> ProbeResult:
@@ -465,13 +469,14 @@ class RealProber:
 
     def __init__(self, max_body: int = MAX_BODY_BYTES) -> None:
         self.max_body = max_body
+        self.tls = DEFAULT_TLS  # the SSL block's settings, set by the service
 
     async def probe(self, spec: CheckerSpec, rs: RealServerSpec, step: int = 0) -> ProbeResult:
         try:
             if isinstance(spec, TcpCheck):
                 return await tcp_probe(spec, rs)
             if isinstance(spec, HttpGet):
-                return await http_probe(spec, rs, self.max_body, step)
+                return await http_probe(spec, rs, self.max_body, step, self.tls)
             if isinstance(spec, MiscCheck):
                 return await misc_probe(spec)
             return await self._net_probe(spec, rs)

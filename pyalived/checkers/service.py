@@ -91,6 +91,7 @@ from pyalived.checkers.scheduler import (
     RealServerEvent,
 )
 from pyalived.checkers.spec import RealServerSpec, VirtualServerSpec
+from pyalived.config.lvs_parse import tls_client
 from pyalived.config.model import Config, VirtualServer, VirtualServerGroup
 from pyalived.ipvs.model import (
     DestKey,
@@ -284,6 +285,7 @@ class LvsService:
         self._stats_lock = trio.Lock()
         self._blocks: dict[BlockKey, _Block] = {}
         self._labels: dict[BlockKey, str] = {}
+        self._configure_tls(config)
         groups = groups_of(unpacked(config))
         for key, data, vs in blocks_of(config):
             if key not in self._blocks:
@@ -293,6 +295,11 @@ class LvsService:
         self._pending.update(self._service_block)
 
     # ---- configuration -----------------------------------------------------------
+
+    def _configure_tls(self, config: Config | PackedLvs) -> None:
+        """SSL_GET's client settings: the top-level SSL block (one for every checker)."""
+        if isinstance(self._prober, RealProber):
+            self._prober.tls = tls_client(unpacked(config).ssl)
 
     def _derive(self) -> None:
         """Derive the service-wide views from ``self._blocks`` (linear in blocks and services)."""
@@ -540,6 +547,7 @@ class LvsService:
         assert scheduler is not None
         pace = _Pacer(self._apply_slice)
         # 1. What the new configuration is, block by block; nothing running changes yet.
+        self._configure_tls(config)  # the SSL block: the next SSL_GET checks use it
         groups = groups_of(unpacked(config))
         if self.alerts is not None:
             self.alerts.configure(unpacked(config))  # FIFOs reopened only if changed

@@ -57,6 +57,7 @@ import dns.exception
 import dns.name
 
 from pyalived.checkers.bodymatch import KNOWN_OPTIONS, NO_EQUIVALENT, compile_regex
+from pyalived.checkers.tls import TlsClient, TlsConfigError, client_context
 from pyalived.config.keywords import Block, Handler, Keywords, field, user_fields, writes
 from pyalived.config.model import (
     Checker,
@@ -69,6 +70,7 @@ from pyalived.config.model import (
     LvsProtocol,
     RealServer,
     SorryServer,
+    SslSettings,
     UrlCheck,
     VirtualServer,
     VirtualServerGroup,
@@ -174,6 +176,13 @@ _FAMILIES = {"inet": AF_INET, "inet6": AF_INET6}
 _HTTP_PROTOCOLS = {v: v for v in ("1.0", "1.0C", "1.1")}
 
 Option = float | int | bool  # a generic checker option's value
+
+
+def tls_client(settings: SslSettings | None) -> TlsClient:
+    """The checkers' TLS client settings from the ``SSL`` block (default without one)."""
+    if settings is None:
+        return TlsClient()
+    return TlsClient(settings.certificate, settings.key, settings.password, settings.ca)
 
 
 # ---- block states ------------------------------------------------------------------
@@ -751,6 +760,16 @@ _URL = Keywords[_Url](
     UNSUPPORTED_URL,
 )
 
+# The top-level SSL block: keepalived's TLS client context of every SSL_GET.
+_SSL = Keywords[Block](
+    {
+        "password": field("password", ValueReader.one),
+        "ca": field("ca", ValueReader.one),
+        "certificate": field("certificate", ValueReader.one),
+        "key": field("key", ValueReader.one),
+    }
+)
+
 _TCP_CHECK: dict[str, Handler[_Checker]] = {
     **_GENERIC,
     "connect_port": field("connect_port", ValueReader.port_value),
@@ -934,6 +953,38 @@ class LvsParser:
         self._groups_named: dict[str, list[VirtualServerGroup]] = {}  # so far
         # the host { } blocks of the SMTP_CHECK read last (location, connection fields)
         self.smtp_hosts: list[tuple[Location, dict[str, object]]] = []
+        self.ssl_settings: SslSettings | None = None  # the top-level SSL block
+
+    # ---- SSL ------------------------------------------------------------------------
+
+    def ssl(self, node: Node) -> None:
+        """The top-level ``SSL { password; ca; certificate; key }`` block.
+
+        Its files must load (the configuration is refused otherwise, with this
+        block's line); a second block replaces the first, as in keepalived.
+        """
+        r = self.r
+        if node.children is None:
+            r.sink.error(node.location, "SSL needs a { ... } block")
+            return
+        block = Block(r, "SSL")
+        _SSL.run(block, node.children)
+        settings = SslSettings(location=node.location, **block.fields)  # type: ignore[arg-type]
+        if settings.key is not None and settings.certificate is None:
+            r.sink.warning(
+                node.location, "SSL: key without certificate; no client certificate to present"
+            )
+        try:
+            client_context(tls_client(settings))
+        except TlsConfigError as exc:
+            r.sink.error(node.location, f"SSL: {exc}")
+            return
+        if self.ssl_settings is not None:
+            r.sink.warning(
+                node.location,
+                f"SSL: already given at {self.ssl_settings.location}; this block replaces it",
+            )
+        self.ssl_settings = settings
 
     def _options(self, opts: dict[str, Option]) -> CheckerOptions:
         """``CheckerOptions`` of the collected values, one shared object per set of values.

@@ -508,6 +508,17 @@ class CheckerOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class SslSettings:
+    """The top-level ``SSL`` block: the TLS client side of every SSL_GET checker."""
+
+    password: str | None = None  # of an encrypted key
+    ca: str | None = None  # trust anchors loaded, as keepalived does (it verifies nothing)
+    certificate: str | None = None  # client certificate chain (PEM), presented if asked for
+    key: str | None = None  # its private key (PEM); None: in the certificate file
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
 class UrlCheck:
     """One ``url`` block of an HTTP_GET / SSL_GET checker."""
 
@@ -683,6 +694,7 @@ class Config:
     static_rules: tuple[VirtualRule, ...] = ()
     track_files: tuple[TrackFile, ...] = ()
     track_processes: tuple[TrackProcess, ...] = ()
+    ssl: SslSettings | None = None  # the top-level SSL block
 
     def instance(self, name: str) -> VrrpInstance:
         for inst in self.vrrp_instances:
