@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 import regex
+import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyalived.checkers.bodymatch import MAX_PENDING, RegexMatcher, compile_regex
 from pyalived.checkers.compile import checker_specs
 from pyalived.checkers.http import ResponseReader
-from pyalived.checkers.spec import HttpGet, UrlSpec
+from pyalived.checkers.policy import ProbeResult
+from pyalived.checkers.scheduler import CallbackSink, CheckerScheduler
+from pyalived.checkers.spec import (
+    CheckerSpec,
+    HttpGet,
+    RealServerSpec,
+    Timing,
+    UrlSpec,
+    VirtualServerSpec,
+)
 from pyalived.config import LoadResult, load, render
 
 
@@ -282,3 +294,50 @@ def test_regex_stack_is_checked_then_ignored_with_the_reason(tmp_path: Path) -> 
     assert any("JIT stack" in m and "warning" in m for m in messages(res))
     res = run(tmp_path, "        regex x\n        regex_stack 300 200")
     assert res.config is None
+
+
+# ---- reload ----------------------------------------------------------------------------
+
+
+class RegexProber:
+    """Passes when the URL's regex is found in ``body``; records (time, regex) per probe."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.calls: list[tuple[float, str | None]] = []
+
+    async def probe(self, spec: CheckerSpec, rs: RealServerSpec, step: int = 0) -> ProbeResult:
+        assert isinstance(spec, HttpGet)
+        url = spec.urls[step % len(spec.urls)]
+        self.calls.append((trio.current_time(), url.regex))
+        ok = verdict((url.regex or "").encode(), [self.body]) != url.regex_no_match
+        return ProbeResult(ok, "Regex match" if ok else "Regex match failed")
+
+
+async def test_a_reload_that_changes_the_regex_keeps_the_server_state(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def spec(pattern: str, no_match: bool = False) -> HttpGet:
+        return HttpGet(urls=(UrlSpec("/", regex=pattern, regex_no_match=no_match),),
+                       timing=Timing(delay_loop=5.0, warmup=0.0, retry=0))
+
+    def server(check: HttpGet) -> RealServerSpec:
+        return RealServerSpec(IPv4Address("198.18.0.2"), 80, 1, (check,))
+
+    prober = RegexProber(b"<h1>Welcome</h1>")
+    vs = VirtualServerSpec("vs", (server(spec("Welcome")),))
+    events: list[tuple[float, bool]] = []
+    sched = CheckerScheduler([vs], CallbackSink(
+        lambda e: events.append((trio.current_time(), e.alive))), prober)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        await trio.sleep_until(12.0)
+        # the operator rewrites the check: the same page must not show "maintenance"
+        sched.update(vs, server(spec("maintenance", no_match=True)))
+        await trio.sleep_until(22.0)
+        sched.update(vs, server(spec("Goodbye")))  # a check this page fails
+        await trio.sleep_until(27.0)
+        nursery.cancel_scope.cancel()
+    assert prober.calls == [(0.0, "Welcome"), (5.0, "Welcome"), (10.0, "Welcome"),
+                            (15.0, "maintenance"), (20.0, "maintenance"), (25.0, "Goodbye")]
+    assert events == [(0.0, True), (25.0, False)]  # no flap at either reload
