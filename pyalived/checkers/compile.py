@@ -116,6 +116,7 @@ def _checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> Checke
         delay_before_retry=o.delay_before_retry,
         warmup=o.warmup,
         alpha=bool(o.alpha),
+        log_all_failures=checker.log_all_failures,
     )
     timeout = DEFAULT_CONNECT_TIMEOUT if o.connect_timeout is None else o.connect_timeout
     if checker.type is CheckerType.MISC_CHECK:

@@ -285,7 +285,8 @@ class LvsService:
         self._stats_lock = trio.Lock()
         self._blocks: dict[BlockKey, _Block] = {}
         self._labels: dict[BlockKey, str] = {}
-        self._configure_tls(config)
+        self._log_all_failures = False
+        self._configure_globals(config)
         groups = groups_of(unpacked(config))
         for key, data, vs in blocks_of(config):
             if key not in self._blocks:
@@ -296,10 +297,15 @@ class LvsService:
 
     # ---- configuration -----------------------------------------------------------
 
-    def _configure_tls(self, config: Config | PackedLvs) -> None:
-        """SSL_GET's client settings: the top-level SSL block (one for every checker)."""
+    def _configure_globals(self, config: Config | PackedLvs) -> None:
+        """The settings of every checker: SSL_GET's TLS client (the top-level SSL
+        block) and global_defs' checker_log_all_failures."""
+        conf = unpacked(config)
         if isinstance(self._prober, RealProber):
-            self._prober.tls = tls_client(unpacked(config).ssl)
+            self._prober.tls = tls_client(conf.ssl)
+        self._log_all_failures = conf.global_defs.checker_log_all_failures
+        if self._scheduler is not None:
+            self._scheduler.log_all_failures = self._log_all_failures
 
     def _derive(self) -> None:
         """Derive the service-wide views from ``self._blocks`` (linear in blocks and services)."""
@@ -485,6 +491,7 @@ class LvsService:
                         timer_granularity=self._timer_granularity,
                         on_probe_done=self._probe_observer,
                     )
+                    self._scheduler.log_all_failures = self._log_all_failures
                     for blk in self._blocks.values():
                         for rs in blk.servers.values():
                             self._scheduler.add(blk.spec, rs, blk.rid(rs))
@@ -547,7 +554,7 @@ class LvsService:
         assert scheduler is not None
         pace = _Pacer(self._apply_slice)
         # 1. What the new configuration is, block by block; nothing running changes yet.
-        self._configure_tls(config)  # the SSL block: the next SSL_GET checks use it
+        self._configure_globals(config)  # e.g. the SSL block: the next SSL_GET checks use it
         groups = groups_of(unpacked(config))
         if self.alerts is not None:
             self.alerts.configure(unpacked(config))  # FIFOs reopened only if changed

@@ -38,6 +38,7 @@ class Timing:
     delay_before_retry: float | None = None  # None: the checker type's default
     warmup: float | None = None  # None: up to delay_loop; 0: no initial random delay
     alpha: bool = False  # start DOWN until the first successful check
+    log_all_failures: bool = False  # log each failed check while UP, not only the last
 
     @property
     def effective_warmup(self) -> float:

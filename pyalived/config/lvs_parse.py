@@ -165,7 +165,7 @@ UNSUPPORTED_VS = frozenset(
     """persistence_engine snmp_name nat_mask lvs_sync_daemon tunnel_type""".split()
 )
 UNSUPPORTED_RS = frozenset("snmp_name".split())  # and UNSUPPORTED_CHECKERS
-UNSUPPORTED_CHECKER_OPTS = frozenset("bind_if fwmark log_all_failures".split())
+UNSUPPORTED_CHECKER_OPTS = frozenset("bind_if fwmark".split())
 UNSUPPORTED_URL: frozenset[str] = frozenset()
 MAX_REGEX_OFFSET = 2**63 - 1
 _REGEX_PARAMS = ("regex_no_match", "regex_options", "regex_min_offset", "regex_max_offset")
@@ -776,6 +776,7 @@ _TCP_CHECK: dict[str, Handler[_Checker]] = {
     "bind_port": field("bind_port", ValueReader.port_value),
     "connect_ip": field("connect_ip", _address),
     "bindto": field("bindto", _address),
+    "log_all_failures": field("log_all_failures", ValueReader.flag),
 }
 _HTTP_GET: dict[str, Handler[_Checker]] = {
     **_TCP_CHECK,
@@ -791,7 +792,8 @@ _SSL_GET: dict[str, Handler[_Checker]] = {
     "enable_sni": field("enable_sni", ValueReader.flag),
 }
 _CONNECTION: dict[str, Handler[_Checker]] = {
-    k: handle for k, handle in _TCP_CHECK.items() if k not in _GENERIC
+    k: handle for k, handle in _TCP_CHECK.items()
+    if k not in _GENERIC and k != "log_all_failures"
 }
 _SMTP_HOST = Keywords[_Checker](
     {**_CONNECTION, "connect_timeout": _GENERIC["connect_timeout"]}, UNSUPPORTED_CHECKER_OPTS
@@ -820,6 +822,7 @@ _MISC_CHECK: dict[str, Handler[_Checker]] = {
     "misc_path": field("misc_path", ValueReader.script),
     "misc_timeout": field("misc_timeout", float_in(0.001, MAX_TIMER)),
     "misc_dynamic": field("misc_dynamic", ValueReader.flag),
+    "log_all_failures": field("log_all_failures", ValueReader.flag),
     "user": user_fields("user", "group"),
 }
 

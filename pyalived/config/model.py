@@ -407,6 +407,7 @@ class GlobalDefs:
     smtp_alert: bool | None = None
     smtp_alert_vrrp: bool | None = None
     smtp_alert_checker: bool | None = None
+    checker_log_all_failures: bool = False  # log every failed check of an up checker
     # FIFO notifications (pyalived.fifo).
     notify_fifo: NotifyFifo | None = None
     vrrp_notify_fifo: NotifyFifo | None = None
@@ -570,6 +571,8 @@ class Checker:
     max_reply_length: int | None = None  # None: 255
     # SMTP_CHECK
     helo_name: str | None = None  # None: smtpchecker.keepalived.org
+    # every checker
+    log_all_failures: bool = False  # log every failed check while the checker is up
 
 
 @dataclass(frozen=True, slots=True)
