@@ -135,6 +135,8 @@ def _checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> Checke
         "bindto": checker.bindto,
         "bind_port": checker.bind_port,
         "connect_timeout": timeout,
+        "bind_if": checker.bind_if,
+        "fwmark": checker.fwmark or None,  # 0: no mark, as keepalived
     }
     if checker.type is CheckerType.TCP_CHECK:
         return TcpCheck(timing=timing, **conn)  # type: ignore[arg-type]

@@ -5,6 +5,9 @@ returns a ``ProbeResult``; it never raises for anything the real server or
 the script does, and it always ends in bounded time and memory, whatever the
 peer does (accept and stay silent, send garbage, send an endless body, reset).
 
+* Every checker that opens a socket sets ``fwmark`` (SO_MARK) and
+  ``bind_if`` (SO_BINDTODEVICE) on it first when they are given, as
+  keepalived does; a socket option the kernel refuses fails the check.
 * TCP_CHECK: a non-blocking connect (optionally from ``bindto``/``bind_port``)
   to ``connect_ip:connect_port`` (default: the real server's), bounded by
   ``connect_timeout``; success is an established connection, which is then
@@ -150,6 +153,15 @@ def _bind_address(bindto: IPAddress | None, bind_port: int | None) -> tuple[str,
     return ("" if bindto is None else str(bindto), bind_port or 0)
 
 
+def set_socket_options(sock: _socket.socket, bind_if: str | None, fwmark: int | None) -> None:
+    """``fwmark`` (SO_MARK) and ``bind_if`` (SO_BINDTODEVICE), before any bind or connect,
+    as keepalived sets them; raises OSError (ENODEV: no such interface)."""
+    if fwmark:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+    if bind_if is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, bind_if.encode())
+
+
 def _connect_at_once(sock: _socket.socket, addr: tuple[str, int]) -> int:
     """Start a non-blocking connect: 0 if established, EINPROGRESS if not yet, else its errno.
 
@@ -179,6 +191,9 @@ async def connect_within(
     port: int,
     bindto: IPAddress | None = None,
     bind_port: int | None = None,
+    *,
+    bind_if: str | None = None,
+    fwmark: int | None = None,
 ) -> socket.socket:
     """A connected non-blocking socket; raises TooSlowError or OSError.
 
@@ -192,6 +207,7 @@ async def connect_within(
             raise LocalResourceError(exc.errno, exc.strerror) from exc
         raise
     try:
+        set_socket_options(sock, bind_if, fwmark)
         bind = _bind_address(bindto, bind_port)
         if bind is not None:
             sock.bind(bind)
@@ -217,19 +233,21 @@ def tcp_starter(spec: TcpCheck, rs: RealServerSpec) -> Starter:
     """
     ip, port = _target(spec, rs)
     family = socket.AF_INET6 if isinstance(ip, IPv6Address) else socket.AF_INET
+    opts = (spec.bind_if, spec.fwmark) if spec.bind_if is not None or spec.fwmark else None
     return _TcpStarter(family, (str(ip), port), _bind_address(spec.bindto, spec.bind_port),
-                       spec.connect_timeout)
+                       spec.connect_timeout, opts)
 
 
 class _TcpStarter:
     """``tcp_starter``'s result: a few hundred bytes per real server, kept as long as its
     checker (tens of thousands of them live in a large director's checker process)."""
 
-    __slots__ = ("_connected", "addr", "bind", "family", "timeout")
+    __slots__ = ("_connected", "addr", "bind", "family", "opts", "timeout")
 
     def __init__(self, family: int, addr: tuple[str, int], bind: tuple[str, int] | None,
-                 timeout: float) -> None:
+                 timeout: float, opts: tuple[str | None, int | None] | None = None) -> None:
         self.family, self.addr, self.bind, self.timeout = family, addr, bind, timeout
+        self.opts = opts  # (bind_if, fwmark), None when neither is set (nearly always)
         self._connected: ProbeResult | None = None  # made once, at the first success
 
     @property
@@ -249,6 +267,8 @@ class _TcpStarter:
         except OSError as exc:
             return _not_run(f"socket for {self.where}", exc)
         try:
+            if self.opts is not None:
+                set_socket_options(sock, *self.opts)
             if self.bind is not None:
                 sock.bind(self.bind)
             err = _connect_at_once(sock, self.addr)
@@ -313,7 +333,8 @@ async def _fetch(
     """One GET; raises TooSlowError, OSError, BrokenResourceError or HttpError."""
     step = spec.connect_timeout
     host = url.virtualhost or spec.virtualhost or host_header(ip, port)
-    sock = await connect_within(step, ip, port, spec.bindto, spec.bind_port)
+    sock = await connect_within(step, ip, port, spec.bindto, spec.bind_port,
+                                bind_if=spec.bind_if, fwmark=spec.fwmark)
     stream: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     try:
         if isinstance(spec, SslGet):

@@ -101,6 +101,8 @@ class _Connection:
     bindto: IPAddress | None = None
     bind_port: int | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    bind_if: str | None = None  # SO_BINDTODEVICE: the interface the checks leave by
+    fwmark: int | None = None  # SO_MARK: the mark of every packet the checks send
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)

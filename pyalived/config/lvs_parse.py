@@ -165,7 +165,7 @@ UNSUPPORTED_VS = frozenset(
     """persistence_engine snmp_name nat_mask lvs_sync_daemon tunnel_type""".split()
 )
 UNSUPPORTED_RS = frozenset("snmp_name".split())  # and UNSUPPORTED_CHECKERS
-UNSUPPORTED_CHECKER_OPTS = frozenset("bind_if fwmark".split())
+UNSUPPORTED_CHECKER_OPTS: frozenset[str] = frozenset()
 UNSUPPORTED_URL: frozenset[str] = frozenset()
 MAX_REGEX_OFFSET = 2**63 - 1
 _REGEX_PARAMS = ("regex_no_match", "regex_options", "regex_min_offset", "regex_max_offset")
@@ -568,6 +568,17 @@ def _require_reply(block: _Checker, node: Node) -> None:
     block.fields["require_reply"] = True
 
 
+def _ifname(r: ValueReader, node: Node) -> str | None:
+    """An interface name as the kernel takes it (1 to 15 bytes, no "/", blank or ":")."""
+    name = r.one(node)
+    if name is None:
+        return None
+    if not 0 < len(name.encode()) < 16 or any(c in name for c in "/: \t") or name in (".", ".."):
+        r.sink.error(node.location, f"{node.name}: '{name}' is not an interface name")
+        return None
+    return name
+
+
 def _dns_type(r: ValueReader, node: Node) -> str | None:
     word = r.one(node)
     if word is None:
@@ -776,6 +787,8 @@ _TCP_CHECK: dict[str, Handler[_Checker]] = {
     "bind_port": field("bind_port", ValueReader.port_value),
     "connect_ip": field("connect_ip", _address),
     "bindto": field("bindto", _address),
+    "bind_if": field("bind_if", _ifname),
+    "fwmark": field("fwmark", int_in(0, U32)),
     "log_all_failures": field("log_all_failures", ValueReader.flag),
 }
 _HTTP_GET: dict[str, Handler[_Checker]] = {
@@ -868,6 +881,14 @@ def _checker(kind: CheckerType, keywords: dict[str, Handler[_Checker]]) -> Handl
 
 
 def _add_checker(block: _RealServer, node: Node, spec: _CheckerKind, checker: Checker) -> None:
+    target = checker.connect_ip or block.address
+    if (isinstance(target, IPv6Address) and target.is_link_local and checker.bind_if is None
+            and spec.type is not CheckerType.MISC_CHECK):
+        block.r.sink.error(
+            node.location,
+            f"{spec.name}: link-local address {target} needs bind_if (the interface to use)",
+        )
+        return
     bindto = checker.bindto
     if bindto is not None:
         target = checker.connect_ip or block.address

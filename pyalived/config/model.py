@@ -547,6 +547,8 @@ class Checker:
     connect_port: int | None = None
     bindto: IPAddress | None = None
     bind_port: int | None = None
+    bind_if: str | None = None  # SO_BINDTODEVICE
+    fwmark: int | None = None  # SO_MARK
     # HTTP_GET, SSL_GET
     urls: tuple[UrlCheck, ...] = ()
     virtualhost: str | None = None
