@@ -1,27 +1,33 @@
-"""Sans-IO regex search over an HTTP body that arrives in pieces (HTTP_GET/SSL_GET ``regex``).
+"""Sans-IO regex search over an HTTP response that arrives in pieces (a ``url``'s ``regex``).
 
 Theory of operation: keepalived 2.2.7 searches a URL's ``regex`` in the
-response *body* (the bytes after the header's blank line), as the body
-arrives, with PCRE2 partial matching so that a match split over two reads
-is still found; ``regex_min_offset`` is the first body offset a match may
-start at (the pattern may still look behind it) and ``regex_max_offset`` the
-last one.  The verdict is "matched" or "not matched"; with
-``regex_no_match`` the check passes only when not matched.  It is checked
-after the status code and the ``digest``.
+response as it is read, with PCRE2 partial matching so that a match split
+over two reads is still found.  Its subject is the response from its first
+byte: the first read that completes the header is searched whole (status
+line, headers and the start of the body), then each further read (seen in
+the IPVS VM: a ``regex_no_match`` on a word only the header held took the
+real server out, and offsets count from the status line).
+``regex_min_offset`` is the first offset a match may start at (the pattern
+may still look behind it) and ``regex_max_offset`` the last one.  The
+verdict is "matched" or "not matched"; with ``regex_no_match`` the check
+passes only when not matched.  It is checked after the status code and the
+``digest``.  (keepalived skips the header when a read holds it without any
+body byte; here the header is always searched, so the verdict does not
+depend on how the response was cut into reads.)
 
 ``RegexMatcher`` does the same with the ``regex`` package (it too has
-partial matching): it is fed the body's bytes in whatever pieces they come
-and decides as early as it can, so that the caller stops reading the body
+partial matching): it is fed the response's bytes in whatever pieces they
+come and decides as early as it can, so that the caller stops reading
 (``done``):
 
 * a complete match starting in the window ``[min_offset, max_offset]`` that
   ends at least ``LOOKAHEAD`` bytes before the end of what has arrived is
   final: "matched" (a match closer to the end waits for more bytes or the
-  end of the body, so that a lookahead or ``$`` is not decided on a cut);
+  end of the response, so that a lookahead or ``$`` is not decided on a cut);
 * once no match can start at or before ``max_offset`` -- the search
   position passed it, or the leftmost complete match starts after it --
   the verdict is "not matched";
-* at the end of the body (``finish``) the rest is searched without partial
+* at the end of the response (``finish``) the rest is searched without partial
   matching, and what is found decides.
 
 Only what can still matter is kept: the bytes from the leftmost possible
@@ -29,7 +35,7 @@ match start on, plus ``KEEP_BEHIND`` bytes before it for lookbehinds and
 ``\\b``.  A partial match that grows past ``MAX_PENDING`` bytes is dropped,
 as keepalived drops one that outgrows its buffer (it logs "Regex partial match
 preserve too large - discarding"): the search goes on after it.  The verdict
-therefore does not depend on how the body is split into pieces, except for
+therefore does not depend on how the response is split into pieces, except for
 a lookbehind longer than ``KEEP_BEHIND``, a lookahead longer than
 ``LOOKAHEAD``, or a single match longer than ``MAX_PENDING``.
 
@@ -86,7 +92,7 @@ def compile_regex(pattern: str, options: tuple[str, ...] = ()) -> regex.Pattern[
 
 
 class RegexMatcher:
-    """The regex verdict over one body; see the module docstring."""
+    """The regex verdict over one response; see the module docstring."""
 
     __slots__ = ("_base", "_buf", "_end", "_pos", "discarded", "matched", "max_offset", "pattern")
 
@@ -98,9 +104,9 @@ class RegexMatcher:
         self.matched: bool | None = None  # None: not known yet
         self.discarded = 0  # partial matches dropped for their size
         self._buf = bytearray()
-        self._base = 0  # body offset of _buf[0]
-        self._end = 0  # body bytes fed
-        self._pos = min_offset  # no match can start before this body offset
+        self._base = 0  # offset of _buf[0] in the response
+        self._end = 0  # bytes fed
+        self._pos = min_offset  # no match can start before this offset
 
     @property
     def done(self) -> bool:
@@ -115,7 +121,7 @@ class RegexMatcher:
         self._search(final=False)
 
     def finish(self) -> None:
-        """The body ended: decide on what is left."""
+        """The response ended: decide on what is left."""
         if self.matched is None:
             self._search(final=True)
 

@@ -12,7 +12,8 @@ hostile server cannot make it hold unbounded memory; it raises
 ``HttpError`` on any malformed or oversized response.
 
 With a ``RegexMatcher`` (a URL's ``regex``, ``pyalived.checkers.bodymatch``)
-the body is also searched as it arrives, and the reader says it is
+the response -- its header, then its body as it arrives, as keepalived
+2.2.7 searches it -- is also searched, and the reader says it is
 ``satisfied`` -- the caller stops reading -- as soon as the rest of the body
 cannot change the check's outcome: the status code is not one the URL
 accepts, or the regex verdict is known and no digest is wanted.  Without a
@@ -100,11 +101,15 @@ class ResponseReader:
                 raise HttpError("response header too large")
             self._parse_head(bytes(self._head[:end]))
             data = bytes(self._head[end + 4 :])
+            head = self._head[: end + 4]
             self._head = bytearray()
-            if self.matcher is not None and self.status_ok is not None:
-                if not self.status_ok(self.status):  # type: ignore[arg-type]
+            if self.matcher is not None:
+                status = self.status
+                assert status is not None
+                if self.status_ok is not None and not self.status_ok(status):
                     self.satisfied = True
                     return True
+                self.matcher.feed(bytes(head))  # keepalived searches the header too
         if self.content_length is not None:
             data = data[: self.content_length - self.body_bytes]
         self.body_bytes += len(data)

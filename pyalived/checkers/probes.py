@@ -23,9 +23,9 @@ peer does (accept and stay silent, send garbage, send an endless body, reset).
   block's (``pyalived.checkers.tls``: a client certificate if one is given,
   never a verification of the server's).  The check passes when the status code is in the
   URL's ``status_code`` set, if a ``digest`` is configured, the MD5 of
-  the body equals it, and if a ``regex`` is, it is found in the body's
-  window (or not found, with ``regex_no_match``); with a regex the body is
-  read only as far as it takes to know (``pyalived.checkers.bodymatch``),
+  the body equals it, and if a ``regex`` is, it is found in the response's
+  window (or not found, with ``regex_no_match``); with a regex the response
+  is read only as far as it takes to know (``pyalived.checkers.bodymatch``),
   and the connection is then closed.  SSL_GET does not verify the server certificate
   unless asked to (keepalived's default), and sends SNI only with
   ``enable_sni``.

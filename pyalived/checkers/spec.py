@@ -12,7 +12,8 @@ scheduler) only reads them.  Defaults are keepalived 2.2.7's: ``delay_loop``
 ``delay_before_retry`` 3 s for HTTP_GET/SSL_GET, ``delay_loop`` for DNS_CHECK
 and 1 s otherwise (DNS_CHECK's ``retry`` is 3), ``warmup``
 up to ``delay_loop``, ``status_code`` 200-299, HTTP/1.0 requests, no TLS
-certificate verification.  Fields left ``None`` mean "the checker type's
+certificate verification, no ``regex``, no ``fast_recovery``, no
+``fwmark`` or ``bind_if``.  Fields left ``None`` mean "the checker type's
 default" and are resolved by the ``effective_*`` properties.
 """
 

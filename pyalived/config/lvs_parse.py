@@ -13,6 +13,11 @@ the three levels, kept exactly as written at each level (``None`` inherits);
 ``pyalived.checkers.compile`` resolves the inheritance later.  A checker type's
 table says which keywords it takes: ``connect_timeout`` is unknown to
 MISC_CHECK, ``url`` to TCP_CHECK, ``enable_sni`` to all but SSL_GET.
+A ``url``'s ``regex`` must compile (``pyalived.checkers.bodymatch``) and its
+companions follow keepalived's end-of-url rules (dropped with a warning
+without a regex, or with a minimum offset above the maximum); the top-level
+``SSL`` block's files must load (``pyalived.checkers.tls``), else the
+configuration is refused with the block's line.
 
 As in keepalived 2.2.7, a virtual server given by address without
 ``protocol`` gets UDP (the kernel's choice for protocol 0), one without

@@ -194,9 +194,20 @@ def test_a_status_the_url_does_not_accept_ends_the_read_at_the_header() -> None:
     assert r.status == 503 and r.body_bytes == 0
 
 
-def test_the_regex_is_searched_in_the_body_only_and_within_content_length() -> None:
-    r = reader(rb"Server|tail")
-    r.feed(b"HTTP/1.0 200 OK\r\nServer: t\r\nContent-Length: 4\r\n\r\nbodytail")
+def test_the_header_is_searched_too_and_offsets_count_from_the_status_line() -> None:
+    r = reader(rb"Server: t")  # keepalived's subject starts at the status line
+    r.feed(HEAD + b"." * 300)
+    assert r.satisfied and r.matcher is not None and r.matcher.matched is True
+    head = b"HTTP/1.0 200 OK\r\nContent-Length: 11\r\n\r\n"
+    for hi, found in ((len(head) + 3, False), (len(head) + 4, True)):  # inclusive
+        r = reader(rb"Welcome", hi=hi)
+        r.feed(head + b"<h1>Welcome")
+        assert r.complete and r.matcher is not None and r.matcher.matched is found
+
+
+def test_nothing_past_content_length_is_searched() -> None:
+    r = reader(rb"tail")
+    r.feed(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nbodytail")
     assert r.complete and r.matcher is not None and r.matcher.matched is False
 
 
