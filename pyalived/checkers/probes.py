@@ -397,8 +397,8 @@ async def check_url(
         if matcher.matched is None:  # cannot happen: the body ended or the verdict came first
             matcher.finish()
         if bool(matcher.matched) == url.regex_no_match:
-            found = "matched" if matcher.matched else "did not match"
-            return ProbeResult(False, f"{what}: Regex match failed (the body {found})")
+            found = "found" if matcher.matched else "not found"
+            return ProbeResult(False, f"{what}: Regex match failed (pattern {found})")
         return ProbeResult(True, f"{what}: Regex match")
     return ProbeResult(True, f"{what}: HTTP status {status}")
 
