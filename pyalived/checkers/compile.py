@@ -116,6 +116,7 @@ def _checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> Checke
         delay_before_retry=o.delay_before_retry,
         warmup=o.warmup,
         alpha=bool(o.alpha),
+        log_all_failures=checker.log_all_failures,
     )
     timeout = DEFAULT_CONNECT_TIMEOUT if o.connect_timeout is None else o.connect_timeout
     if checker.type is CheckerType.MISC_CHECK:
@@ -134,6 +135,8 @@ def _checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> Checke
         "bindto": checker.bindto,
         "bind_port": checker.bind_port,
         "connect_timeout": timeout,
+        "bind_if": checker.bind_if,
+        "fwmark": checker.fwmark or None,  # 0: no mark, as keepalived
     }
     if checker.type is CheckerType.TCP_CHECK:
         return TcpCheck(timing=timing, **conn)  # type: ignore[arg-type]
@@ -162,6 +165,11 @@ def _checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> Checke
             status_code=tuple(StatusRange(lo, hi) for lo, hi in u.status_code) or DEFAULT_STATUS,
             digest=u.digest,
             virtualhost=u.virtualhost,
+            regex=u.regex,
+            regex_no_match=u.regex_no_match,
+            regex_options=u.regex_options,
+            regex_min_offset=u.regex_min_offset,
+            regex_max_offset=u.regex_max_offset,
         )
         for u in checker.urls
     )
@@ -173,10 +181,12 @@ def _checker_spec(checker: Checker, rs: RealServer, vs: VirtualServer) -> Checke
             virtualhost=vhost,
             http_protocol=proto,
             timing=timing,
+            fast_recovery=checker.fast_recovery,
             enable_sni=checker.enable_sni,
             **conn,  # type: ignore[arg-type]
         )
-    return HttpGet(urls=urls, virtualhost=vhost, http_protocol=proto, timing=timing, **conn)  # type: ignore[arg-type]
+    return HttpGet(urls=urls, virtualhost=vhost, http_protocol=proto, timing=timing,
+                   fast_recovery=checker.fast_recovery, **conn)  # type: ignore[arg-type]
 
 
 def real_server_spec(rs: RealServer, vs: VirtualServer) -> RealServerSpec:

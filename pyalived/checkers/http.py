@@ -9,14 +9,24 @@ status line and headers; the body is digested incrementally (MD5, exactly as
 ``Content-Length`` when the server sends one, without decoding chunked
 transfer coding).  The reader enforces caps on header and body sizes so a
 hostile server cannot make it hold unbounded memory; it raises
-``HttpError`` on any malformed or oversized response.  No I/O happens here.
+``HttpError`` on any malformed or oversized response.
+
+With a ``RegexMatcher`` (a URL's ``regex``, ``pyalived.checkers.bodymatch``)
+the response -- its header, then its body as it arrives, as keepalived
+2.2.7 searches it -- is also searched, and the reader says it is
+``satisfied`` -- the caller stops reading -- as soon as the rest of the body
+cannot change the check's outcome: the status code is not one the URL
+accepts, or the regex verdict is known and no digest is wanted.  Without a
+regex the whole body is read, as keepalived does.  No I/O happens here.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from ipaddress import IPv6Address
 
+from pyalived.checkers.bodymatch import RegexMatcher
 from pyalived.checkers.spec import IPAddress
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -50,9 +60,21 @@ def build_request(path: str, host: str, protocol: str = "1.0") -> bytes:
 class ResponseReader:
     """Incremental parser of one HTTP response; see the module docstring."""
 
-    def __init__(self, max_header: int = MAX_HEADER_BYTES, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        max_header: int = MAX_HEADER_BYTES,
+        max_body: int = MAX_BODY_BYTES,
+        *,
+        want_digest: bool = True,
+        matcher: RegexMatcher | None = None,
+        status_ok: Callable[[int], bool] | None = None,
+    ) -> None:
         self.max_header = max_header
         self.max_body = max_body
+        self.want_digest = want_digest
+        self.matcher = matcher
+        self.status_ok = status_ok
+        self.satisfied = False  # the rest of the body cannot change the outcome
         self._head = bytearray()
         self.status: int | None = None
         self.content_length: int | None = None
@@ -65,8 +87,8 @@ class ResponseReader:
         return self.status is not None
 
     def feed(self, data: bytes) -> bool:
-        """Consume received bytes; True once the response is complete."""
-        if self.complete:
+        """Consume received bytes; True once the response is complete or ``satisfied``."""
+        if self.complete or self.satisfied:
             return True
         if self.status is None:
             self._head += data
@@ -79,15 +101,32 @@ class ResponseReader:
                 raise HttpError("response header too large")
             self._parse_head(bytes(self._head[:end]))
             data = bytes(self._head[end + 4 :])
+            head = self._head[: end + 4]
             self._head = bytearray()
+            if self.matcher is not None:
+                status = self.status
+                assert status is not None
+                if self.status_ok is not None and not self.status_ok(status):
+                    self.satisfied = True
+                    return True
+                self.matcher.feed(bytes(head))  # keepalived searches the header too
         if self.content_length is not None:
             data = data[: self.content_length - self.body_bytes]
         self.body_bytes += len(data)
         if self.body_bytes > self.max_body:
             raise HttpError(f"response body larger than {self.max_body} bytes")
-        self._md5.update(data)
+        if self.want_digest:
+            self._md5.update(data)
+        matcher = self.matcher
+        if matcher is not None:
+            matcher.feed(data)
         if self.content_length is not None and self.body_bytes >= self.content_length:
             self.complete = True
+            if matcher is not None:
+                matcher.finish()
+        elif matcher is not None and matcher.done and not self.want_digest:
+            self.satisfied = True
+            return True
         return self.complete
 
     def feed_eof(self) -> None:
@@ -99,6 +138,8 @@ class ResponseReader:
                 f"connection closed after {self.body_bytes} of {self.content_length} body bytes"
             )
         self.complete = True
+        if self.matcher is not None:
+            self.matcher.finish()
 
     def hexdigest(self) -> str:
         return self._md5.hexdigest()

@@ -49,7 +49,7 @@ import dns.rdatatype
 import trio
 
 from pyalived.checkers.policy import ProbeResult
-from pyalived.checkers.probes import LocalResourceError, connect_within
+from pyalived.checkers.probes import LocalResourceError, connect_within, set_socket_options
 from pyalived.checkers.spec import (
     DnsCheck,
     IPAddress,
@@ -111,7 +111,9 @@ class _SocketFailed(Exception):
 
 def _datagram_socket(ip: IPAddress, port: int, bindto: IPAddress | None,
                      bind_port: int | None, what: str,
-                     proto: int = 0, kind: int = socket.SOCK_DGRAM) -> trio.socket.SocketType:
+                     proto: int = 0, kind: int = socket.SOCK_DGRAM,
+                     opts: tuple[str | None, int | None] = (None, None),
+                     ) -> trio.socket.SocketType:
     """A non-blocking datagram socket connected to ``ip:port``; raises _SocketFailed."""
     try:
         sock = socket.socket(_family(ip), kind | socket.SOCK_NONBLOCK, proto)
@@ -119,6 +121,7 @@ def _datagram_socket(ip: IPAddress, port: int, bindto: IPAddress | None,
         raise _SocketFailed(ProbeResult(False, f"{what}: socket: {_strerror(exc)}",
                                         internal=is_resource_exhaustion(exc))) from exc
     try:
+        set_socket_options(sock, *opts)  # bind_if, fwmark
         if bindto is not None or bind_port is not None:
             sock.bind(("" if bindto is None else str(bindto), bind_port or 0))
         sock.connect((str(ip), port))  # a datagram socket's connect does no I/O
@@ -176,7 +179,8 @@ async def dns_probe(spec: DnsCheck, rs: RealServerSpec) -> ProbeResult:
         return ProbeResult(True, f"{what}: NOERROR, {len(reply.answer)} answer(s)")
 
     try:
-        sock = _datagram_socket(ip, port, spec.bindto, spec.bind_port, what)
+        sock = _datagram_socket(ip, port, spec.bindto, spec.bind_port, what,
+                                opts=(spec.bind_if, spec.fwmark))
     except _SocketFailed as failed:
         return failed.result
     with sock:
@@ -219,7 +223,8 @@ async def udp_probe(spec: UdpCheck, rs: RealServerSpec) -> ProbeResult:
         return ProbeResult(True, f"{what}: reply of {len(data)} bytes")
 
     try:
-        sock = _datagram_socket(ip, port, spec.bindto, spec.bind_port, what)
+        sock = _datagram_socket(ip, port, spec.bindto, spec.bind_port, what,
+                                opts=(spec.bind_if, spec.fwmark))
     except _SocketFailed as failed:
         return failed.result
     with sock:
@@ -272,14 +277,15 @@ def parse_echo_reply(data: bytes, v6: bool, raw: bool) -> tuple[int, int] | None
     return ident, seq
 
 
-def _ping_socket(ip: IPAddress, bindto: IPAddress | None, what: str) -> tuple[
+def _ping_socket(ip: IPAddress, bindto: IPAddress | None, what: str,
+                 opts: tuple[str | None, int | None] = (None, None)) -> tuple[
         trio.socket.SocketType, bool]:
     """A connected ICMP socket: the unprivileged ping socket, else a raw one (True)."""
     v6 = isinstance(ip, IPv6Address)
     proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
     global _raw_noted
     try:
-        return _datagram_socket(ip, 0, bindto, None, what, proto, socket.SOCK_DGRAM), False
+        return _datagram_socket(ip, 0, bindto, None, what, proto, socket.SOCK_DGRAM, opts), False
     except _SocketFailed as failed:
         cause = failed.__cause__
         if not (isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM)):
@@ -288,7 +294,7 @@ def _ping_socket(ip: IPAddress, bindto: IPAddress | None, what: str) -> tuple[
         _raw_noted = True
         log.info("PING_CHECK: ping sockets are not allowed for this group"
                  " (net.ipv4.ping_group_range); using raw ICMP sockets")
-    return _datagram_socket(ip, 0, bindto, None, what, proto, socket.SOCK_RAW), True
+    return _datagram_socket(ip, 0, bindto, None, what, proto, socket.SOCK_RAW, opts), True
 
 
 async def ping_probe(spec: PingCheck, rs: RealServerSpec) -> ProbeResult:
@@ -296,7 +302,7 @@ async def ping_probe(spec: PingCheck, rs: RealServerSpec) -> ProbeResult:
     v6 = isinstance(ip, IPv6Address)
     what = f"ping {ip}"
     try:
-        sock, raw = _ping_socket(ip, spec.bindto, what)
+        sock, raw = _ping_socket(ip, spec.bindto, what, (spec.bind_if, spec.fwmark))
     except _SocketFailed as failed:
         return failed.result
     with sock:
@@ -349,7 +355,8 @@ class ReplyReader:
 async def _smtp_session(spec: SmtpCheck, ip: IPAddress, port: int) -> str:
     """The SMTP dialogue; the greeting's text, or raises SmtpError/OSError/TooSlowError."""
     step = spec.connect_timeout
-    sock = await connect_within(step, ip, port, spec.bindto, spec.bind_port)
+    sock = await connect_within(step, ip, port, spec.bindto, spec.bind_port,
+                                bind_if=spec.bind_if, fwmark=spec.fwmark)
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     reader = ReplyReader()
 

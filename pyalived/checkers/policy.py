@@ -32,6 +32,13 @@ keepalived 2.2.7:
   starts that pass, from the first URL (so a single URL needs two successes),
   while with ``alpha`` the pass starts at once.  This is what keepalived
   2.2.7 does on the wire (one URL per ``delay_loop``).
+* ``fast_recovery`` (HTTP_GET/SSL_GET) takes the ``delay_loop`` out of such a
+  pass: while the checker has not yet finished its first pass, and while it
+  is DOWN in a pass (after the failed URL passed again, or with ``alpha``),
+  each success is followed by the next probe at once; the probe that
+  brings it UP, or any failure, is followed by the usual wait.  This is
+  keepalived 2.2.7's rule (a checker that "has not run", or is down without
+  a failed URL, is scheduled again with no delay).
 
 ``RealServerHealth`` combines the checkers of one real server: the server is
 alive only when every one of its checkers is UP (a server without checkers is
@@ -96,18 +103,24 @@ class _Wait(enum.Enum):
     LOOP = "loop"  # delay_loop
     RETRY = "retry"  # delay_before_retry
     INTERNAL = "internal"  # a probe that could not run
+    FAST = "fast"  # fast_recovery: the next URL of a pass, at once
 
 
 def _urls(spec: CheckerSpec) -> int:
     return max(1, len(spec.urls)) if isinstance(spec, HttpGet) else 0
 
 
+def _fast(spec: CheckerSpec) -> bool:
+    return isinstance(spec, HttpGet) and spec.fast_recovery
+
+
 class CheckerPolicy:
     """Timing and verdict of one checker; see the module docstring."""
 
     __slots__ = (
-        "_last_end", "_next", "_passes", "_passing", "_wait", "_waiting", "delay_before_retry",
-        "delay_loop", "last_reason", "retries_done", "retry", "step", "steps", "up",
+        "_first_pass", "_last_end", "_next", "_passes", "_passing", "_wait", "_waiting",
+        "delay_before_retry", "delay_loop", "fast_recovery", "last_reason", "retries_done",
+        "retry", "step", "steps", "up",
     )
 
     def __init__(
@@ -120,10 +133,13 @@ class CheckerPolicy:
         now: float,
         first_delay: float = 0.0,
         urls: int = 0,
+        fast_recovery: bool = False,
     ) -> None:
         if first_delay < 0:
             raise ValueError("first_delay must not be negative")
         self._configure(delay_loop, retry, delay_before_retry, urls)
+        self.fast_recovery = fast_recovery
+        self._first_pass = True  # keepalived's "has not run": no pass finished, no failure
         self.up = not alpha
         self.retries_done = 0
         self.step = 0  # the URL the next probe checks
@@ -153,6 +169,8 @@ class CheckerPolicy:
             return self.delay_before_retry
         if wait is _Wait.INTERNAL:
             return min(self.delay_loop, INTERNAL_RETRY_DELAY)
+        if wait is _Wait.FAST:
+            return 0.0
         return self.delay_loop
 
     @classmethod
@@ -172,6 +190,7 @@ class CheckerPolicy:
             now=now,
             first_delay=rng.uniform(0.0, warmup) if warmup > 0 else 0.0,
             urls=_urls(spec),
+            fast_recovery=_fast(spec),
         )
 
     def reconfigure(self, spec: CheckerSpec, now: float) -> None:
@@ -180,6 +199,7 @@ class CheckerPolicy:
             spec.timing.delay_loop, spec.effective_retry, spec.effective_delay_before_retry,
             _urls(spec),
         )
+        self.fast_recovery = _fast(spec)
         if self.step >= self.steps:
             self.step = 0
         if not self._passes:
@@ -236,19 +256,28 @@ class CheckerPolicy:
         out: list[CheckerTransition] = []
         if result.ok:
             self.retries_done = 0
+            # fast_recovery: keepalived checks again at once while it "has not run" or
+            # is down in a pass (not on the probe that ends the pass by coming up)
+            fast = False
             if self.up:
                 self.step = (self.step + 1) % self.steps
+                fast = self._first_pass and self.step != 0
+                if self.step == 0:
+                    self._first_pass = False
             elif self._passes and not self._passing:
-                self._passing, self.step = True, 0
+                self._passing, self.step, fast = True, 0, True
             elif self._passes and self.step + 1 < self.steps:
                 self.step += 1
+                fast = True
             else:
                 self.up, self._passing, self.step = True, False, 0
+                self._first_pass = False
                 out.append(CheckerTransition(Verdict.UP, result.reason))
-            self._set_wait(_Wait.LOOP, now)
+            self._set_wait(_Wait.FAST if fast and self.fast_recovery else _Wait.LOOP, now)
             self.last_reason = result.reason
             return out
         self._passing = False
+        self._first_pass = False
         if self.up and self.retries_done < self.retry:
             self.retries_done += 1
             self._set_wait(_Wait.RETRY, now)

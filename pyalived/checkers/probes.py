@@ -5,6 +5,9 @@ returns a ``ProbeResult``; it never raises for anything the real server or
 the script does, and it always ends in bounded time and memory, whatever the
 peer does (accept and stay silent, send garbage, send an endless body, reset).
 
+* Every checker that opens a socket sets ``fwmark`` (SO_MARK) and
+  ``bind_if`` (SO_BINDTODEVICE) on it first when they are given, as
+  keepalived does; a socket option the kernel refuses fails the check.
 * TCP_CHECK: a non-blocking connect (optionally from ``bindto``/``bind_port``)
   to ``connect_ip:connect_port`` (default: the real server's), bounded by
   ``connect_timeout``; success is an established connection, which is then
@@ -16,9 +19,14 @@ peer does (accept and stay silent, send garbage, send an endless body, reset).
   within ``connect_timeout``, as keepalived does, and the whole URL check is
   also capped at ``total_timeout_factor * connect_timeout`` so that a slowly
   dripping server cannot hold it forever; the body is capped at
-  ``max_body`` bytes.  The check passes when the status code is in the
-  URL's ``status_code`` set and, if a ``digest`` is configured, the MD5 of
-  the body equals it.  SSL_GET does not verify the server certificate
+  ``max_body`` bytes.  SSL_GET's TLS client context is the top-level ``SSL``
+  block's (``pyalived.checkers.tls``: a client certificate if one is given,
+  never a verification of the server's).  The check passes when the status code is in the
+  URL's ``status_code`` set, if a ``digest`` is configured, the MD5 of
+  the body equals it, and if a ``regex`` is, it is found in the response's
+  window (or not found, with ``regex_no_match``); with a regex the response
+  is read only as far as it takes to know (``pyalived.checkers.bodymatch``),
+  and the connection is then closed.  SSL_GET does not verify the server certificate
   unless asked to (keepalived's default), and sends SNI only with
   ``enable_sni``.
 * MISC_CHECK: runs ``misc_path`` (split like a shell would, run without one)
@@ -47,6 +55,7 @@ from __future__ import annotations
 
 import _socket
 import errno
+import functools
 import os
 import shlex
 import signal
@@ -57,8 +66,10 @@ from collections.abc import Awaitable, Callable
 from ipaddress import IPv6Address
 from typing import Protocol
 
+import regex
 import trio
 
+from pyalived.checkers.bodymatch import RegexMatcher, compile_regex
 from pyalived.checkers.http import (
     MAX_BODY_BYTES,
     HttpError,
@@ -82,6 +93,8 @@ from pyalived.checkers.spec import (
     UdpCheck,
     UrlSpec,
 )
+from pyalived.checkers.tls import DEFAULT as DEFAULT_TLS
+from pyalived.checkers.tls import TlsClient, TlsConfigError, cached_context
 from pyalived.limits import is_resource_exhaustion
 from pyalived.tuning import spawn_options
 
@@ -140,6 +153,15 @@ def _bind_address(bindto: IPAddress | None, bind_port: int | None) -> tuple[str,
     return ("" if bindto is None else str(bindto), bind_port or 0)
 
 
+def set_socket_options(sock: _socket.socket, bind_if: str | None, fwmark: int | None) -> None:
+    """``fwmark`` (SO_MARK) and ``bind_if`` (SO_BINDTODEVICE), before any bind or connect,
+    as keepalived sets them; raises OSError (ENODEV: no such interface)."""
+    if fwmark:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+    if bind_if is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, bind_if.encode())
+
+
 def _connect_at_once(sock: _socket.socket, addr: tuple[str, int]) -> int:
     """Start a non-blocking connect: 0 if established, EINPROGRESS if not yet, else its errno.
 
@@ -169,6 +191,9 @@ async def connect_within(
     port: int,
     bindto: IPAddress | None = None,
     bind_port: int | None = None,
+    *,
+    bind_if: str | None = None,
+    fwmark: int | None = None,
 ) -> socket.socket:
     """A connected non-blocking socket; raises TooSlowError or OSError.
 
@@ -182,6 +207,7 @@ async def connect_within(
             raise LocalResourceError(exc.errno, exc.strerror) from exc
         raise
     try:
+        set_socket_options(sock, bind_if, fwmark)
         bind = _bind_address(bindto, bind_port)
         if bind is not None:
             sock.bind(bind)
@@ -207,19 +233,21 @@ def tcp_starter(spec: TcpCheck, rs: RealServerSpec) -> Starter:
     """
     ip, port = _target(spec, rs)
     family = socket.AF_INET6 if isinstance(ip, IPv6Address) else socket.AF_INET
+    opts = (spec.bind_if, spec.fwmark) if spec.bind_if is not None or spec.fwmark else None
     return _TcpStarter(family, (str(ip), port), _bind_address(spec.bindto, spec.bind_port),
-                       spec.connect_timeout)
+                       spec.connect_timeout, opts)
 
 
 class _TcpStarter:
     """``tcp_starter``'s result: a few hundred bytes per real server, kept as long as its
     checker (tens of thousands of them live in a large director's checker process)."""
 
-    __slots__ = ("_connected", "addr", "bind", "family", "timeout")
+    __slots__ = ("_connected", "addr", "bind", "family", "opts", "timeout")
 
     def __init__(self, family: int, addr: tuple[str, int], bind: tuple[str, int] | None,
-                 timeout: float) -> None:
+                 timeout: float, opts: tuple[str | None, int | None] | None = None) -> None:
         self.family, self.addr, self.bind, self.timeout = family, addr, bind, timeout
+        self.opts = opts  # (bind_if, fwmark), None when neither is set (nearly always)
         self._connected: ProbeResult | None = None  # made once, at the first success
 
     @property
@@ -239,6 +267,8 @@ class _TcpStarter:
         except OSError as exc:
             return _not_run(f"socket for {self.where}", exc)
         try:
+            if self.opts is not None:
+                set_socket_options(sock, *self.opts)
             if self.bind is not None:
                 sock.bind(self.bind)
             err = _connect_at_once(sock, self.addr)
@@ -298,28 +328,30 @@ def ssl_context(verify: bool = False, ca_file: str | None = None) -> ssl.SSLCont
 
 
 async def _fetch(
-    spec: HttpGet, ip: IPAddress, port: int, url: UrlSpec, max_body: int
+    spec: HttpGet, ip: IPAddress, port: int, url: UrlSpec, max_body: int, tls: TlsClient
 ) -> ResponseReader:
     """One GET; raises TooSlowError, OSError, BrokenResourceError or HttpError."""
     step = spec.connect_timeout
     host = url.virtualhost or spec.virtualhost or host_header(ip, port)
-    sock = await connect_within(step, ip, port, spec.bindto, spec.bind_port)
+    sock = await connect_within(step, ip, port, spec.bindto, spec.bind_port,
+                                bind_if=spec.bind_if, fwmark=spec.fwmark)
     stream: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     try:
         if isinstance(spec, SslGet):
             sni = (url.virtualhost or spec.virtualhost) if spec.enable_sni else None
-            tls = trio.SSLStream(
-                stream,
-                ssl_context(spec.verify, spec.ca_file),
-                server_hostname=sni,
-                https_compatible=True,
-            )
-            stream = tls
+            ctx = ssl_context(spec.verify, spec.ca_file) if spec.verify else cached_context(tls)
+            tls_stream = trio.SSLStream(stream, ctx, server_hostname=sni, https_compatible=True)
+            stream = tls_stream
             with trio.fail_after(step):
-                await tls.do_handshake()
+                await tls_stream.do_handshake()
         with trio.fail_after(step):
             await stream.send_all(build_request(url.path, host, spec.http_protocol))
-        reader = ResponseReader(max_body=max_body)
+        reader = ResponseReader(
+            max_body=max_body,
+            want_digest=url.digest is not None,
+            matcher=_matcher(url),
+            status_ok=url.status_ok,
+        )
         while True:
             with trio.fail_after(step):
                 data = bytes(await stream.receive_some(RECEIVE_CHUNK))
@@ -333,12 +365,13 @@ async def _fetch(
 
 
 async def check_url(
-    spec: HttpGet, ip: IPAddress, port: int, url: UrlSpec, max_body: int = MAX_BODY_BYTES
+    spec: HttpGet, ip: IPAddress, port: int, url: UrlSpec, max_body: int = MAX_BODY_BYTES,
+    tls: TlsClient = DEFAULT_TLS,
 ) -> ProbeResult:
     what = f"GET {url.path} on {host_header(ip, port)}"
     try:
         with trio.fail_after(spec.connect_timeout * TOTAL_TIMEOUT_FACTOR):
-            reader = await _fetch(spec, ip, port, url, max_body)
+            reader = await _fetch(spec, ip, port, url, max_body, tls)
     except trio.TooSlowError:
         return ProbeResult(False, f"{what}: timeout")
     except LocalResourceError as exc:
@@ -351,23 +384,48 @@ async def check_url(
         return ProbeResult(False, f"{what}: {detail}")
     except HttpError as exc:
         return ProbeResult(False, f"{what}: {exc}")
+    except TlsConfigError as exc:  # a file of the SSL block went bad since it was checked
+        return ProbeResult(False, f"{what}: {exc}")
     status = reader.status
     assert status is not None
     if not url.status_ok(status):
         return ProbeResult(False, f"{what}: HTTP status {status}")
     if url.digest is not None and reader.hexdigest() != url.digest.lower():
         return ProbeResult(False, f"{what}: digest mismatch ({reader.hexdigest()})")
+    matcher = reader.matcher
+    if matcher is not None:
+        if matcher.matched is None:  # cannot happen: the body ended or the verdict came first
+            matcher.finish()
+        if bool(matcher.matched) == url.regex_no_match:
+            found = "found" if matcher.matched else "not found"
+            return ProbeResult(False, f"{what}: Regex match failed (pattern {found})")
+        return ProbeResult(True, f"{what}: Regex match")
     return ProbeResult(True, f"{what}: HTTP status {status}")
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str, options: tuple[str, ...]) -> regex.Pattern[bytes]:
+    """The parser compiled it already, so it compiles."""
+    return compile_regex(pattern, options)
+
+
+def _matcher(url: UrlSpec) -> RegexMatcher | None:
+    if url.regex is None:
+        return None
+    return RegexMatcher(
+        _compiled(url.regex, url.regex_options), url.regex_min_offset, url.regex_max_offset
+    )
+
+
 async def http_probe(
-    spec: HttpGet, rs: RealServerSpec, max_body: int = MAX_BODY_BYTES, step: int = 0
+    spec: HttpGet, rs: RealServerSpec, max_body: int = MAX_BODY_BYTES, step: int = 0,
+    tls: TlsClient = DEFAULT_TLS,
 ) -> ProbeResult:
-    """Checks URL number ``step`` (modulo their number) of ``spec``."""
+    """Checks URL number ``step`` (modulo their number) of ``spec``; SSL_GET as ``tls``."""
     ip, port = _target(spec, rs)
     if not spec.urls:
         return ProbeResult(False, f"{spec.kind} has no url")
-    return await check_url(spec, ip, port, spec.urls[step % len(spec.urls)], max_body)
+    return await check_url(spec, ip, port, spec.urls[step % len(spec.urls)], max_body, tls)
 
 
 def interpret_exit(status: int, dynamic: bool) -> ProbeResult:
@@ -432,13 +490,14 @@ class RealProber:
 
     def __init__(self, max_body: int = MAX_BODY_BYTES) -> None:
         self.max_body = max_body
+        self.tls = DEFAULT_TLS  # the SSL block's settings, set by the service
 
     async def probe(self, spec: CheckerSpec, rs: RealServerSpec, step: int = 0) -> ProbeResult:
         try:
             if isinstance(spec, TcpCheck):
                 return await tcp_probe(spec, rs)
             if isinstance(spec, HttpGet):
-                return await http_probe(spec, rs, self.max_body, step)
+                return await http_probe(spec, rs, self.max_body, step, self.tls)
             if isinstance(spec, MiscCheck):
                 return await misc_probe(spec)
             return await self._net_probe(spec, rs)

@@ -267,6 +267,8 @@ class CheckerScheduler:
         self._all_running = trio.Event()
         self.internal_errors = 0  # probes that could not run (see the module docstring)
         self._internal_log = LogThrottle(log, INTERNAL_ERROR_LOG_INTERVAL, lambda: self._now())
+        # global_defs checker_log_all_failures (set by the LVS service, on reload too)
+        self.log_all_failures = False
 
     @staticmethod
     def _new_server(key: ServerKey, vs: VirtualServerSpec, rs: RealServerSpec) -> _Server:
@@ -568,8 +570,12 @@ class CheckerScheduler:
             return
         if self._on_probe_done is not None:
             self._on_probe_done(c.spec, now - c.started, result.ok)
+        was_up = c.policy.up
         transitions = c.policy.probe_finished(result, now)
         s, label = c.server, c.label
+        if not result.ok and was_up and (self.log_all_failures
+                                         or c.spec.timing.log_all_failures):
+            log.info("%s: real server %s: %s failed: %s", s.vs, s.rs, label, result.reason)
         verdict: Verdict | None = None
         reason = result.reason
         for tr in transitions:

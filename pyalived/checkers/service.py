@@ -91,6 +91,7 @@ from pyalived.checkers.scheduler import (
     RealServerEvent,
 )
 from pyalived.checkers.spec import RealServerSpec, VirtualServerSpec
+from pyalived.config.lvs_parse import tls_client
 from pyalived.config.model import Config, VirtualServer, VirtualServerGroup
 from pyalived.ipvs.model import (
     DestKey,
@@ -284,6 +285,8 @@ class LvsService:
         self._stats_lock = trio.Lock()
         self._blocks: dict[BlockKey, _Block] = {}
         self._labels: dict[BlockKey, str] = {}
+        self._log_all_failures = False
+        self._configure_globals(config)
         groups = groups_of(unpacked(config))
         for key, data, vs in blocks_of(config):
             if key not in self._blocks:
@@ -293,6 +296,16 @@ class LvsService:
         self._pending.update(self._service_block)
 
     # ---- configuration -----------------------------------------------------------
+
+    def _configure_globals(self, config: Config | PackedLvs) -> None:
+        """The settings of every checker: SSL_GET's TLS client (the top-level SSL
+        block) and global_defs' checker_log_all_failures."""
+        conf = unpacked(config)
+        if isinstance(self._prober, RealProber):
+            self._prober.tls = tls_client(conf.ssl)
+        self._log_all_failures = conf.global_defs.checker_log_all_failures
+        if self._scheduler is not None:
+            self._scheduler.log_all_failures = self._log_all_failures
 
     def _derive(self) -> None:
         """Derive the service-wide views from ``self._blocks`` (linear in blocks and services)."""
@@ -478,6 +491,7 @@ class LvsService:
                         timer_granularity=self._timer_granularity,
                         on_probe_done=self._probe_observer,
                     )
+                    self._scheduler.log_all_failures = self._log_all_failures
                     for blk in self._blocks.values():
                         for rs in blk.servers.values():
                             self._scheduler.add(blk.spec, rs, blk.rid(rs))
@@ -540,6 +554,7 @@ class LvsService:
         assert scheduler is not None
         pace = _Pacer(self._apply_slice)
         # 1. What the new configuration is, block by block; nothing running changes yet.
+        self._configure_globals(config)  # e.g. the SSL block: the next SSL_GET checks use it
         groups = groups_of(unpacked(config))
         if self.alerts is not None:
             self.alerts.configure(unpacked(config))  # FIFOs reopened only if changed

@@ -12,7 +12,8 @@ scheduler) only reads them.  Defaults are keepalived 2.2.7's: ``delay_loop``
 ``delay_before_retry`` 3 s for HTTP_GET/SSL_GET, ``delay_loop`` for DNS_CHECK
 and 1 s otherwise (DNS_CHECK's ``retry`` is 3), ``warmup``
 up to ``delay_loop``, ``status_code`` 200-299, HTTP/1.0 requests, no TLS
-certificate verification.  Fields left ``None`` mean "the checker type's
+certificate verification, no ``regex``, no ``fast_recovery``, no
+``fwmark`` or ``bind_if``.  Fields left ``None`` mean "the checker type's
 default" and are resolved by the ``effective_*`` properties.
 """
 
@@ -38,6 +39,7 @@ class Timing:
     delay_before_retry: float | None = None  # None: the checker type's default
     warmup: float | None = None  # None: up to delay_loop; 0: no initial random delay
     alpha: bool = False  # start DOWN until the first successful check
+    log_all_failures: bool = False  # log each failed check while UP, not only the last
 
     @property
     def effective_warmup(self) -> float:
@@ -64,6 +66,11 @@ class UrlSpec:
     status_code: tuple[StatusRange, ...] = DEFAULT_STATUS
     digest: str | None = None  # lower-case hex MD5 of the body, as printed by genhash
     virtualhost: str | None = None  # overrides the checker's virtualhost
+    regex: str | None = None  # searched for in the body (pyalived.checkers.bodymatch)
+    regex_no_match: bool = False  # the check fails when the regex matches
+    regex_options: tuple[str, ...] = ()  # keepalived's PCRE2 option names
+    regex_min_offset: int = 0  # first body offset a match may start at
+    regex_max_offset: int | None = None  # last body offset a match may start at
 
     def status_ok(self, code: int) -> bool:
         return any(code in r for r in self.status_code)
@@ -95,6 +102,8 @@ class _Connection:
     bindto: IPAddress | None = None
     bind_port: int | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    bind_if: str | None = None  # SO_BINDTODEVICE: the interface the checks leave by
+    fwmark: int | None = None  # SO_MARK: the mark of every packet the checks send
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
@@ -113,6 +122,7 @@ class HttpGet(_Connection, _Retrying):
     virtualhost: str | None = None  # Host header; None: "IP:PORT" of the connection
     http_protocol: str = "1.0"  # "1.0", "1.0C" (adds Connection: close) or "1.1"
     timing: Timing = field(default_factory=Timing)
+    fast_recovery: bool = False  # while not up, each URL right after the last
 
     kind = "HTTP_GET"
 

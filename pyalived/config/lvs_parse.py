@@ -13,6 +13,11 @@ the three levels, kept exactly as written at each level (``None`` inherits);
 ``pyalived.checkers.compile`` resolves the inheritance later.  A checker type's
 table says which keywords it takes: ``connect_timeout`` is unknown to
 MISC_CHECK, ``url`` to TCP_CHECK, ``enable_sni`` to all but SSL_GET.
+A ``url``'s ``regex`` must compile (``pyalived.checkers.bodymatch``) and its
+companions follow keepalived's end-of-url rules (dropped with a warning
+without a regex, or with a minimum offset above the maximum); the top-level
+``SSL`` block's files must load (``pyalived.checkers.tls``), else the
+configuration is refused with the block's line.
 
 As in keepalived 2.2.7, a virtual server given by address without
 ``protocol`` gets UDP (the kernel's choice for protocol 0), one without
@@ -56,6 +61,8 @@ from socket import AF_INET, AF_INET6
 import dns.exception
 import dns.name
 
+from pyalived.checkers.bodymatch import KNOWN_OPTIONS, NO_EQUIVALENT, compile_regex
+from pyalived.checkers.tls import TlsClient, TlsConfigError, client_context
 from pyalived.config.keywords import Block, Handler, Keywords, field, user_fields, writes
 from pyalived.config.model import (
     Checker,
@@ -68,6 +75,7 @@ from pyalived.config.model import (
     LvsProtocol,
     RealServer,
     SorryServer,
+    SslSettings,
     UrlCheck,
     VirtualServer,
     VirtualServerGroup,
@@ -162,10 +170,10 @@ UNSUPPORTED_VS = frozenset(
     """persistence_engine snmp_name nat_mask lvs_sync_daemon tunnel_type""".split()
 )
 UNSUPPORTED_RS = frozenset("snmp_name".split())  # and UNSUPPORTED_CHECKERS
-UNSUPPORTED_CHECKER_OPTS = frozenset("bind_if fwmark log_all_failures fast_recovery".split())
-UNSUPPORTED_URL = frozenset(
-    "regex regex_no_match regex_options regex_stack regex_min_offset regex_max_offset".split()
-)
+UNSUPPORTED_CHECKER_OPTS: frozenset[str] = frozenset()
+UNSUPPORTED_URL: frozenset[str] = frozenset()
+MAX_REGEX_OFFSET = 2**63 - 1
+_REGEX_PARAMS = ("regex_no_match", "regex_options", "regex_min_offset", "regex_max_offset")
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
 _NO_OPTIONS = CheckerOptions()
 _PROTOCOLS = {p.value: p for p in LvsProtocol}
@@ -173,6 +181,13 @@ _FAMILIES = {"inet": AF_INET, "inet6": AF_INET6}
 _HTTP_PROTOCOLS = {v: v for v in ("1.0", "1.0C", "1.1")}
 
 Option = float | int | bool  # a generic checker option's value
+
+
+def tls_client(settings: SslSettings | None) -> TlsClient:
+    """The checkers' TLS client settings from the ``SSL`` block (default without one)."""
+    if settings is None:
+        return TlsClient()
+    return TlsClient(settings.certificate, settings.key, settings.password, settings.ca)
 
 
 # ---- block states ------------------------------------------------------------------
@@ -558,6 +573,17 @@ def _require_reply(block: _Checker, node: Node) -> None:
     block.fields["require_reply"] = True
 
 
+def _ifname(r: ValueReader, node: Node) -> str | None:
+    """An interface name as the kernel takes it (1 to 15 bytes, no "/", blank or ":")."""
+    name = r.one(node)
+    if name is None:
+        return None
+    if not 0 < len(name.encode()) < 16 or any(c in name for c in "/: \t") or name in (".", ".."):
+        r.sink.error(node.location, f"{node.name}: '{name}' is not an interface name")
+        return None
+    return name
+
+
 def _dns_type(r: ValueReader, node: Node) -> str | None:
     word = r.one(node)
     if word is None:
@@ -602,6 +628,9 @@ def _url(block: _Checker, node: Node) -> None:
     if url.fields.get("path") is None:
         r.sink.error(node.location, "url has no path")
         return
+    _url_regex(r, url, node)
+    if "regex" in url.fields and url.fields["regex"] is None:
+        del url.fields["regex"]
     block.urls.append(
         UrlCheck(
             status_code=tuple(url.status),
@@ -609,6 +638,98 @@ def _url(block: _Checker, node: Node) -> None:
             **url.fields,  # type: ignore[arg-type]
         )
     )
+
+
+def _regex(r: ValueReader, node: Node) -> str | None:
+    """``regex PATTERN``: one word (quote a pattern with blanks); it must compile."""
+    r.no_block(node)
+    if len(node.values) != 1:
+        r.sink.error(
+            node.location,
+            "regex needs exactly one pattern (quote a pattern that holds blanks)"
+            if node.values else "regex needs a pattern",
+        )
+        return None
+    pattern = node.values[0]
+    try:
+        compile_regex(pattern)
+    except ValueError as exc:
+        r.sink.error(node.location, f"invalid regex '{pattern}': {exc}")
+        return None
+    return pattern
+
+
+@writes("regex_options")
+def _regex_options(block: _Url, node: Node) -> None:
+    """``regex_options OPTION...``: keepalived's PCRE2 option names."""
+    r = block.r
+    r.no_block(node)
+    options = list(block.fields.get("regex_options", ()))  # type: ignore[call-overload]
+    for word in node.values:
+        if word not in KNOWN_OPTIONS:
+            r.sink.warning(node.location, f"regex_options: unknown option '{word}' ignored")
+        elif word in NO_EQUIVALENT:
+            r.sink.warning(
+                node.location,
+                f"regex_options: '{word}' has no equivalent in pyalived's regex engine; ignored",
+            )
+        elif word not in options:
+            options.append(word)
+    block.fields["regex_options"] = tuple(options)
+
+
+@writes()
+def _regex_stack(block: _Url, node: Node) -> None:
+    """``regex_stack START MAX``: checked, then ignored (PCRE2's JIT stack sizes)."""
+    r = block.r
+    r.no_block(node)
+    values = node.values
+    if len(values) != 2 or not all(v.isdigit() for v in values):
+        r.sink.error(node.location, "regex_stack needs START and MAX, whole numbers of bytes")
+        return
+    if int(values[0]) > int(values[1]):
+        r.sink.error(node.location, f"regex_stack: START {values[0]} exceeds MAX {values[1]}")
+        return
+    r.sink.warning(
+        node.location,
+        "regex_stack sizes PCRE2's JIT stack, which pyalived's regex engine does not have;"
+        " ignored",
+    )
+
+
+def _url_regex(r: ValueReader, url: _Url, node: Node) -> None:
+    """keepalived's end-of-url checks of the regex options (both are warnings there too)."""
+    fields = url.fields
+    if fields.get("regex") is None:
+        given = [k for k in _REGEX_PARAMS if k in fields]
+        if given:
+            r.sink.warning(
+                node.location,
+                f"url: {', '.join(given)} without regex; ignored",
+            )
+            for k in given:
+                del fields[k]
+        return
+    options = fields.get("regex_options")
+    if options:
+        try:
+            compile_regex(str(fields["regex"]), options)  # type: ignore[arg-type]
+        except ValueError as exc:
+            r.sink.error(
+                node.location, f"invalid regex '{fields['regex']}' with its options: {exc}"
+            )
+            fields["regex"] = None
+            return
+    low = fields.get("regex_min_offset", 0)
+    high = fields.get("regex_max_offset")
+    assert isinstance(low, int) and (high is None or isinstance(high, int))
+    if high is not None and low > high:
+        r.sink.warning(
+            node.location,
+            f"url: regex_min_offset {low} > regex_max_offset {high}; both ignored",
+        )
+        fields.pop("regex_min_offset", None)
+        fields.pop("regex_max_offset", None)
 
 
 @writes("status_code")
@@ -643,8 +764,26 @@ _URL = Keywords[_Url](
         "digest": field("digest", _digest),
         "status_code": _status_code,
         "virtualhost": field("virtualhost", ValueReader.one, unset_on_error=True),
+        # A bad regex line unsets the one given before: the url then fails at
+        # start (the configuration is refused), never checks without it.
+        "regex": field("regex", _regex, unset_on_error=True),
+        "regex_no_match": field("regex_no_match", ValueReader.flag),
+        "regex_options": _regex_options,
+        "regex_min_offset": field("regex_min_offset", int_in(0, MAX_REGEX_OFFSET)),
+        "regex_max_offset": field("regex_max_offset", int_in(0, MAX_REGEX_OFFSET)),
+        "regex_stack": _regex_stack,
     },
     UNSUPPORTED_URL,
+)
+
+# The top-level SSL block: keepalived's TLS client context of every SSL_GET.
+_SSL = Keywords[Block](
+    {
+        "password": field("password", ValueReader.one),
+        "ca": field("ca", ValueReader.one),
+        "certificate": field("certificate", ValueReader.one),
+        "key": field("key", ValueReader.one),
+    }
 )
 
 _TCP_CHECK: dict[str, Handler[_Checker]] = {
@@ -653,11 +792,15 @@ _TCP_CHECK: dict[str, Handler[_Checker]] = {
     "bind_port": field("bind_port", ValueReader.port_value),
     "connect_ip": field("connect_ip", _address),
     "bindto": field("bindto", _address),
+    "bind_if": field("bind_if", _ifname),
+    "fwmark": field("fwmark", int_in(0, U32)),
+    "log_all_failures": field("log_all_failures", ValueReader.flag),
 }
 _HTTP_GET: dict[str, Handler[_Checker]] = {
     **_TCP_CHECK,
     "url": _url,
     "virtualhost": field("virtualhost", ValueReader.one),
+    "fast_recovery": field("fast_recovery", ValueReader.flag),
     "http_protocol": field(
         "http_protocol", one_of(_HTTP_PROTOCOLS, "http_protocol must be 1.0, 1.0C or 1.1")
     ),
@@ -667,7 +810,8 @@ _SSL_GET: dict[str, Handler[_Checker]] = {
     "enable_sni": field("enable_sni", ValueReader.flag),
 }
 _CONNECTION: dict[str, Handler[_Checker]] = {
-    k: handle for k, handle in _TCP_CHECK.items() if k not in _GENERIC
+    k: handle for k, handle in _TCP_CHECK.items()
+    if k not in _GENERIC and k != "log_all_failures"
 }
 _SMTP_HOST = Keywords[_Checker](
     {**_CONNECTION, "connect_timeout": _GENERIC["connect_timeout"]}, UNSUPPORTED_CHECKER_OPTS
@@ -696,6 +840,7 @@ _MISC_CHECK: dict[str, Handler[_Checker]] = {
     "misc_path": field("misc_path", ValueReader.script),
     "misc_timeout": field("misc_timeout", float_in(0.001, MAX_TIMER)),
     "misc_dynamic": field("misc_dynamic", ValueReader.flag),
+    "log_all_failures": field("log_all_failures", ValueReader.flag),
     "user": user_fields("user", "group"),
 }
 
@@ -741,6 +886,14 @@ def _checker(kind: CheckerType, keywords: dict[str, Handler[_Checker]]) -> Handl
 
 
 def _add_checker(block: _RealServer, node: Node, spec: _CheckerKind, checker: Checker) -> None:
+    target = checker.connect_ip or block.address
+    if (isinstance(target, IPv6Address) and target.is_link_local and checker.bind_if is None
+            and spec.type is not CheckerType.MISC_CHECK):
+        block.r.sink.error(
+            node.location,
+            f"{spec.name}: link-local address {target} needs bind_if (the interface to use)",
+        )
+        return
     bindto = checker.bindto
     if bindto is not None:
         target = checker.connect_ip or block.address
@@ -829,6 +982,38 @@ class LvsParser:
         self._groups_named: dict[str, list[VirtualServerGroup]] = {}  # so far
         # the host { } blocks of the SMTP_CHECK read last (location, connection fields)
         self.smtp_hosts: list[tuple[Location, dict[str, object]]] = []
+        self.ssl_settings: SslSettings | None = None  # the top-level SSL block
+
+    # ---- SSL ------------------------------------------------------------------------
+
+    def ssl(self, node: Node) -> None:
+        """The top-level ``SSL { password; ca; certificate; key }`` block.
+
+        Its files must load (the configuration is refused otherwise, with this
+        block's line); a second block replaces the first, as in keepalived.
+        """
+        r = self.r
+        if node.children is None:
+            r.sink.error(node.location, "SSL needs a { ... } block")
+            return
+        block = Block(r, "SSL")
+        _SSL.run(block, node.children)
+        settings = SslSettings(location=node.location, **block.fields)  # type: ignore[arg-type]
+        if settings.key is not None and settings.certificate is None:
+            r.sink.warning(
+                node.location, "SSL: key without certificate; no client certificate to present"
+            )
+        try:
+            client_context(tls_client(settings))
+        except TlsConfigError as exc:
+            r.sink.error(node.location, f"SSL: {exc}")
+            return
+        if self.ssl_settings is not None:
+            r.sink.warning(
+                node.location,
+                f"SSL: already given at {self.ssl_settings.location}; this block replaces it",
+            )
+        self.ssl_settings = settings
 
     def _options(self, opts: dict[str, Option]) -> CheckerOptions:
         """``CheckerOptions`` of the collected values, one shared object per set of values.

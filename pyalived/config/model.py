@@ -407,6 +407,7 @@ class GlobalDefs:
     smtp_alert: bool | None = None
     smtp_alert_vrrp: bool | None = None
     smtp_alert_checker: bool | None = None
+    checker_log_all_failures: bool = False  # log every failed check of an up checker
     # FIFO notifications (pyalived.fifo).
     notify_fifo: NotifyFifo | None = None
     vrrp_notify_fifo: NotifyFifo | None = None
@@ -508,6 +509,17 @@ class CheckerOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class SslSettings:
+    """The top-level ``SSL`` block: the TLS client side of every SSL_GET checker."""
+
+    password: str | None = None  # of an encrypted key
+    ca: str | None = None  # trust anchors loaded, as keepalived does (it verifies nothing)
+    certificate: str | None = None  # client certificate chain (PEM), presented if asked for
+    key: str | None = None  # its private key (PEM); None: in the certificate file
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
 class UrlCheck:
     """One ``url`` block of an HTTP_GET / SSL_GET checker."""
 
@@ -516,6 +528,11 @@ class UrlCheck:
     digest: str | None = None  # lower-case hex MD5
     virtualhost: str | None = None
     location: Location = NOWHERE
+    regex: str | None = None  # searched for in the body
+    regex_no_match: bool = False  # the check fails when the regex matches
+    regex_options: tuple[str, ...] = ()  # keepalived's PCRE2 option names
+    regex_min_offset: int = 0  # first body offset a match may start at
+    regex_max_offset: int | None = None  # last body offset a match may start at
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,11 +547,14 @@ class Checker:
     connect_port: int | None = None
     bindto: IPAddress | None = None
     bind_port: int | None = None
+    bind_if: str | None = None  # SO_BINDTODEVICE
+    fwmark: int | None = None  # SO_MARK
     # HTTP_GET, SSL_GET
     urls: tuple[UrlCheck, ...] = ()
     virtualhost: str | None = None
     http_protocol: str | None = None  # None: "1.0"
     enable_sni: bool = False
+    fast_recovery: bool = False  # no delay_loop between URLs while not up
     # MISC_CHECK
     misc_path: str | None = None
     misc_timeout: float | None = None
@@ -553,6 +573,8 @@ class Checker:
     max_reply_length: int | None = None  # None: 255
     # SMTP_CHECK
     helo_name: str | None = None  # None: smtpchecker.keepalived.org
+    # every checker
+    log_all_failures: bool = False  # log every failed check while the checker is up
 
 
 @dataclass(frozen=True, slots=True)
@@ -677,6 +699,7 @@ class Config:
     static_rules: tuple[VirtualRule, ...] = ()
     track_files: tuple[TrackFile, ...] = ()
     track_processes: tuple[TrackProcess, ...] = ()
+    ssl: SslSettings | None = None  # the top-level SSL block
 
     def instance(self, name: str) -> VrrpInstance:
         for inst in self.vrrp_instances:

@@ -63,7 +63,7 @@ from pyalived.config.vrrp_parse import VrrpParser
 UNSUPPORTED_TOP = frozenset(
     """linkbeat_interfaces
     net_namespace_ipvs namespace_with_ipsets instance use_pid_dir
-    bfd_instance vrrp_track_bfd track_bfd child_wait_time track_group SSL""".split()
+    bfd_instance vrrp_track_bfd track_bfd child_wait_time track_group""".split()
 )
 
 
@@ -197,6 +197,7 @@ class _Parser:
             "static_rules": self.vrrp.static_rules_block,
             "net_namespace": self.vrrp.net_namespace,
             "garp_group": self.vrrp.garp_group,
+            "SSL": self.lvs.ssl,
         }
 
     def parse(self, nodes: tuple[Node, ...]) -> Config:
@@ -227,6 +228,7 @@ class _Parser:
             static_rules=tuple(vrrp.static_rules),
             track_files=tuple(vrrp.track_files),
             track_processes=tuple(vrrp.track_processes),
+            ssl=lvs.ssl_settings,
         )
         lvs.cross_check(config)
         vrrp.cross_check(config)

@@ -148,7 +148,7 @@ UNSUPPORTED_GLOBAL = frozenset(
     vrrp_netlink_cmd_rcv_bufs vrrp_netlink_cmd_rcv_bufs_force vrrp_netlink_monitor_rcv_bufs
     vrrp_netlink_monitor_rcv_bufs_force vrrp_rx_bufs_policy vrrp_rx_bufs_multiplier
     lvs_netlink_cmd_rcv_bufs lvs_netlink_cmd_rcv_bufs_force lvs_netlink_monitor_rcv_bufs
-    lvs_netlink_monitor_rcv_bufs_force linkbeat_use_polling checker_log_all_failures umask
+    lvs_netlink_monitor_rcv_bufs_force linkbeat_use_polling umask
     random_seed
     reload_check_config reload_time_file reload_repeat reload_file config_save_dir
     data_use_instance json_version tmp_config_directory vrrp_garp_master_refresh_repeat_delay
@@ -962,6 +962,7 @@ _GLOBAL_DEFS = Keywords[Block](
         "smtp_alert": field("smtp_alert", ValueReader.flag),
         "smtp_alert_vrrp": field("smtp_alert_vrrp", ValueReader.flag),
         "smtp_alert_checker": field("smtp_alert_checker", ValueReader.flag),
+        "checker_log_all_failures": field("checker_log_all_failures", ValueReader.flag),
         **{key: field(key, _fifo) for key in _FIFO_KEYS},
         # joined with their FIFO into a NotifyFifo (``_fifos``)
         **{f"{key}_script": writes("script", "script_user", "script_group")(

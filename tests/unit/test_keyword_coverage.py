@@ -94,8 +94,6 @@ ELSEWHERE = {
     **dict.fromkeys("neighbor_ip source_ip min_rx min_tx idle_tx multiplier passive ttl "
                     "hoplimit max_hops vrrp checker".split(),
                     "in a bfd_instance block, not supported yet (skipped with a warning)"),
-    **dict.fromkeys("ca certificate key password".split(),
-                    "in the top-level SSL block, not supported yet (skipped with a warning)"),
     **dict.fromkeys(("dynamic",),
                     "in a FILE_CHECK block, not supported yet (skipped with a warning)"),
 }

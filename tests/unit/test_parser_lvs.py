@@ -473,8 +473,6 @@ def test_unsupported_checker_is_a_warning_and_the_rest_applies(tmp_path: Path, k
         (vsx(vs=" persistence_engine sip"), 8, "persistence_engine is not supported yet"),
         (vsx(vs=" frob 1"), 8, "unknown keyword frob in virtual_server 198.18.0.1:80"),
         (vsx(" snmp_name x"), 6, "snmp_name is not supported yet"),
-        (vsx(" TCP_CHECK {\n  fwmark 3\n }"), 7, "fwmark is not supported yet"),
-        (vsx(" HTTP_GET {\n  url {\n   path /\n   regex ok\n  }\n }"), 9, "regex is not"),
         (vsx(" lvs_method TUN type gue port 6080"), 6, "tunnel options are not supported"),
         ("virtual_server_group G {\n}\n", 1, "virtual_server_group G is empty"),
         (vsx().replace(" real_server 198.18.0.2 80 {\n\n }\n", ""), 1, "has no real_server"),
