@@ -148,7 +148,7 @@ def load(
     sink.absorb(parser.sink)
     diags = sink.diagnostics()
     return LoadResult(None if sink.has_errors else config, diags, exit_code_for(diags),
-                      tuple(lexer.sources))
+                      (*lexer.sources, *parser.script_sources))
 
 
 @contextlib.contextmanager
@@ -183,6 +183,7 @@ class _Parser:
                  scripts: ScriptHost | None = None) -> None:
         self.sink = sink
         self.scripts = scripts
+        self.script_sources: list[Source] = []  # what check_scripts found
         self.r = ValueReader(sink, exists)
         self.vrrp = VrrpParser(self.r)
         self.lvs = LvsParser(self.r)
@@ -238,4 +239,5 @@ class _Parser:
         lvs.cross_check(config)
         vrrp.cross_check(config)
         config = vrrp.track_fixups(vrrp.strict_fixups(config))
-        return check_scripts(config, self.r.script_sites, self.sink, self.scripts)
+        return check_scripts(config, self.r.script_sites, self.sink, self.scripts,
+                             self.script_sources)

@@ -10,7 +10,7 @@ taken out, so that ``-t``, the daemon's start and a reload all see the same
 thing (the loader runs this; the daemon never learns of a disabled script).
 
 Finding the program (``find_script``): the first word of the line (quotes
-grouping as ``pyalived.scripts.split_command`` splits) names it.  A name with
+grouping as ``pyalived.cmdline.split_command`` splits) names it.  A name with
 a ``/`` is taken as it is and only has to exist, reachable by the script's
 user (every directory on the way searchable by that user; the execute bit of
 the file is not looked at, as keepalived does not).  A bare name is looked for
@@ -51,14 +51,18 @@ scripts that will never run do not count.
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import stat
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from pyalived.cmdline import split_command
 from pyalived.config.diagnostics import Category, DiagnosticSink
+from pyalived.config.lexer import Source
 from pyalived.config.model import (
+    NOWHERE,
     Checker,
     CheckerType,
     Config,
@@ -261,25 +265,39 @@ class ScriptChecker:
             self.default = ROOT
         self.violation: Location | None = None  # the first script that runs unsecured
         self.insecure_running = False
+        # What was checked, and what was found: a reload compares it (``scripts_source``).
+        self.checked: list[tuple[str, str | None, str | None]] = []
+        self.states: list[str] = []
 
     def check(self, line: str, user: str | None, group: str | None,
               location: Location) -> Verdict:
-        from pyalived.scripts import split_command
-
+        self.checked.append((line, user, group))
         who = self.host.resolve_user(user, group) if user is not None else self.default
         if isinstance(who, str):
+            self.states.append(f"user: {who}")
             return Verdict(False, False, who, bad_user=True)
         words = split_command(line)
         real = self.host.find(words[0] if words else "", who)
+        unsafe = None if real is None else self.host.insecurity(real)
+        self.states.append(f"{who.uid} {sorted(who.gids)} {real} {unsafe}")
         if real is None:
             return Verdict(False, False, f"{words[0] if words else line!r} not found or"
                            f" not accessible to user {who.name}")
-        unsafe = self.host.insecurity(real)
         if unsafe is not None and (self.secure or unsafe.endswith("is a directory")):
             self._count(location, unsafe)
             return Verdict(False, True, f"{real} is insecure ({unsafe})")
         self._count(location, unsafe)
         return Verdict(True, True)
+
+    def source(self, defs: GlobalDefs) -> Source | None:
+        """What was found, as a ``Source`` that ``scripts_unchanged`` re-checks (only for
+        this host's scripts: a fake's findings cannot be checked again)."""
+        if not isinstance(self.host, SystemScripts) or not self.checked:
+            return None
+        inputs = {"path": self.host.search_path, "secure": self.secure,
+                  "user": defs.script_user, "group": defs.script_group,
+                  "checked": self.checked}
+        return Source("scripts", json.dumps(inputs), tuple(self.states))
 
     def _count(self, location: Location, unsafe: str | None) -> None:
         if self.violation is None or (location.file, location.line) < (
@@ -307,15 +325,30 @@ class ScriptSite:
     line: str
 
 
+def scripts_unchanged(source: Source) -> bool:
+    """True if every script of ``source`` (see ``ScriptChecker.source``) would be found
+    and judged as it was: else a reload must load the configuration again, even if
+    its files did not change (keepalived looks for its scripts again on every reload)."""
+    inputs = json.loads(source.name)
+    defs = GlobalDefs(enable_script_security=inputs["secure"], script_user=inputs["user"],
+                      script_group=inputs["group"])
+    checker = ScriptChecker(defs, SystemScripts(inputs["path"]), DiagnosticSink())
+    for line, user, group in inputs["checked"]:
+        checker.check(line, user, group, NOWHERE)
+    return tuple(checker.states) == source.value
+
+
 def check_scripts(
     config: Config,
     sites: list[ScriptSite],
     sink: DiagnosticSink,
     host: ScriptHost | None = None,
+    sources: list[Source] | None = None,
 ) -> Config:
     """``config`` without the scripts that cannot run, each reported into ``sink``; plus
     the SCRIPT_SECURITY warning when a script runs without enable_script_security.
-    ``host`` finds and vets the scripts (None: ``SystemScripts()``)."""
+    ``host`` finds and vets the scripts (None: ``SystemScripts()``); what it found is
+    appended to ``sources`` (see ``scripts_unchanged``)."""
     checker = ScriptChecker(config.global_defs, host or SystemScripts(), sink)
     defs = config.global_defs
     if defs.script_user is None and checker.default_user is not None:
@@ -427,5 +460,8 @@ def check_scripts(
             + (" (and some of them are insecure)" if checker.insecure_running else ""),
             Category.SCRIPT_SECURITY,
         )
+    found = checker.source(config.global_defs)
+    if found is not None and sources is not None:
+        sources.append(found)
     return replace(config, global_defs=defs, vrrp_scripts=tuple(scripts),
                    vrrp_instances=instances, vrrp_sync_groups=groups, virtual_servers=servers)

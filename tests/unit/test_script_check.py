@@ -17,14 +17,18 @@ from pathlib import Path
 import pytest
 
 from pyalived.config import Category, LoadResult, Severity, load
+from pyalived.config.lexer import sources_unchanged
 from pyalived.config.script_check import (
     ROOT,
     RunAs,
+    ScriptHost,
     SystemScripts,
     find_script,
     insecurity,
     resolve_user,
+    scripts_unchanged,
 )
+from tests.unit.fakes import EveryScriptRuns
 
 NOBODY = 65534
 SCRIPT = "#!/bin/sh\nexit 0\n"
@@ -205,7 +209,7 @@ def vrrp_script(line: str, extra: str = "") -> str:
     return f"vrrp_script chk {{\n    script \"{line}\"\n{extra}}}\n"
 
 
-def run(tmp_path: Path, text: str, host: SystemScripts | None = None) -> LoadResult:
+def run(tmp_path: Path, text: str, host: ScriptHost | None = None) -> LoadResult:
     conf = tmp_path / "keepalived.conf"
     conf.write_text(text)
     return load(str(conf), interface_exists=lambda name: name == "eth0",
@@ -367,3 +371,29 @@ def test_exit_status_precedence(tmp_path: Path, extra: str, code: int) -> None:
     # a missing interface beats the violation, as with keepalived
     text = extra + vrrp_script(ok) + INSTANCE.format(body=TRACK).replace("eth0", "eth9")
     assert run(tmp_path, text).exit_code == (4 if code == 4 else 5)
+
+
+# ---- reload: the same files, but the scripts changed -----------------------------------
+
+
+def test_a_reload_sees_a_script_installed_or_changed_since_the_load(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    check = tmp_path / "check.sh"
+    text = vrrp_script(f"{check} --now") + INSTANCE.format(body=TRACK)
+    res = run(tmp_path, text, SystemScripts("/usr/bin:/bin"))
+    assert res.config is not None and res.config.vrrp_scripts == ()
+    assert [s.kind for s in res.sources] == ["file", "scripts"]
+    assert sources_unchanged(res.sources, other=scripts_unchanged)
+    make(check)  # installed after the load
+    assert not sources_unchanged(res.sources, other=scripts_unchanged)
+    res = run(tmp_path, text, SystemScripts("/usr/bin:/bin"))
+    assert res.config is not None and [s.name for s in res.config.vrrp_scripts] == ["chk"]
+    assert sources_unchanged(res.sources, other=scripts_unchanged)
+    check.chmod(0o757)  # a mode change can disable it under enable_script_security
+    assert not sources_unchanged(res.sources, other=scripts_unchanged)
+
+
+def test_only_this_host_s_findings_are_kept_for_a_reload(tmp_path: Path) -> None:
+    res = run(tmp_path, vrrp_script("/bin/true") + INSTANCE.format(body=TRACK),
+              EveryScriptRuns())
+    assert [s.kind for s in res.sources] == ["file"]
