@@ -165,4 +165,7 @@ def render(diagnostics: Iterable[Diagnostic]) -> str:
         lines.append(f"configuration accepted with {warnings} warning(s)")
     else:
         lines.append("configuration OK")
+    notes = len(diags) - errors - warnings
+    if notes:
+        lines[-1] += f" ({notes} note(s): scripts that will not run)"
     return "\n".join(lines) + "\n"

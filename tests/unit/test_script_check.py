@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pyalived.config import Category, LoadResult, Severity, load
+from pyalived.config import Category, LoadResult, Severity, load, render
 from pyalived.config.lexer import sources_unchanged
 from pyalived.config.script_check import (
     ROOT,
@@ -397,3 +397,10 @@ def test_only_this_host_s_findings_are_kept_for_a_reload(tmp_path: Path) -> None
     res = run(tmp_path, vrrp_script("/bin/true") + INSTANCE.format(body=TRACK),
               EveryScriptRuns())
     assert [s.kind for s in res.sources] == ["file"]
+
+
+def test_notes_are_counted_apart_in_the_summary(tmp_path: Path) -> None:
+    res = run(tmp_path, INSTANCE.format(body=f"    notify_fault {tmp_path}/absent.sh\n"))
+    text = render(res.diagnostics)
+    assert text.splitlines()[-1] == "configuration OK (1 note(s): scripts that will not run)"
+    assert ": note: notify_fault " in text.splitlines()[0]
