@@ -1120,6 +1120,17 @@ class LvsParser:
             sink.warning(loc, f"{where}: no lvs_sched set; using {DEFAULT_SCHEDULER}")
         if "lvs_method" not in given:
             sink.warning(loc, f"{where}: no lvs_method set; using NAT")
+        total = sum(rs.weight for rs in vs.real_servers)
+        if vs.real_servers and vs.quorum > total:  # none: "has no real_server" says enough
+            # keepalived lowers the quorum to the total weight; with a total of 0 it
+            # sets 0 and its hysteresis wraps around, pyalived keeps the least quorum, 1
+            quorum = max(total, 1)
+            sink.warning(
+                loc,
+                f"{where}: quorum {vs.quorum} is more than the total weight of its real"
+                f" servers ({total}); using {quorum}",
+            )
+            vs = replace(vs, quorum=quorum)
         if vs.hysteresis >= vs.quorum:
             sink.warning(
                 loc,
