@@ -156,7 +156,8 @@ UNSUPPORTED_GLOBAL = frozenset(
     vrrp_track_process_batch vrrp_socket_rcv_buf vrrp_socket_rcv_buf_force
     vrrp_notify_priority_changes fifo_write_vrrp_states_on_reload script_max_reload
     vrrp_use_ip6_prefix vrrp_ipvs_sync_daemon_interface vrrp_mcast_group_6
-    local_name instance use_symlink_paths""".split()
+    local_name instance use_symlink_paths
+    lvs_process_name vrrp_vmac_garp_intvl""".split()
 )
 UNSUPPORTED_INSTANCE = frozenset(
     """native_ipv6 track_bfd
@@ -164,7 +165,8 @@ UNSUPPORTED_INSTANCE = frozenset(
     notify_master_rx_lower_pri lower_prio_no_advert higher_prio_send_advert
     kernel_rx_buf_size unicast_ttl check_unicast_src promote_secondaries
     down_timer_adverts notify_priority_changes unicast_fault_no_peer
-    use_ipvlan track_src_ip garp_extra_if mcast_dst_ip vrf use_vmac_addr""".split()
+    use_ipvlan track_src_ip garp_extra_if mcast_dst_ip vrf use_vmac_addr
+    vmac_garp_intvl""".split()
 )
 UNSUPPORTED_SYNC_GROUP = frozenset(
     "global_tracking sync_group_tracking_weight track_bfd "
@@ -227,6 +229,10 @@ class _SyncGroup(_Tracking):
         self.members: list[str] = []
 
 
+# keywords that mean unicast VRRP: without a peer they are warned (keepalived 2.2.7)
+UNICAST_KEYWORDS = frozenset(("unicast_src_ip", "unicast_peer", "old_unicast_checksum"))
+
+
 def _any_interface(name: str) -> bool:
     """With ``dynamic_interfaces`` every interface may exist later."""
     return True
@@ -276,6 +282,8 @@ def _rt_priority(r: ValueReader, node: Node) -> int | None:
 
 def _rlimit_rttime(r: ValueReader, node: Node) -> int | None:
     """``*_rlimit_rttime`` (and keepalived's older spelling ``*_rlimit_rtime``): µs."""
+    if node.name.endswith("_rlimit_rtime"):  # keepalived 2.2.7 reads it without a -t warning
+        r.sink.notice(node.location, f"{node.name} is deprecated; write {node.name[:-5]}rttime")
     value = _whole(r, node)
     if value is not None and value < 1:
         r.sink.warning(node.location, f"{node.name} {value} is not a positive number; ignored")
@@ -1263,6 +1271,8 @@ class VrrpParser:
         body = self.r.block(node)
         if name is None:
             return
+        if node.name == "vrrp_track_file":  # keepalived 2.2.7: no -t warning either
+            self.r.sink.notice(node.location, "vrrp_track_file is deprecated; write track_file")
         block = Block(self.r, f"track_file {name}")
         _TRACK_FILE.run(block, body)
         f = block.fields
@@ -1454,6 +1464,37 @@ class VrrpParser:
             fields["virtual_routes"] = tuple(routes)
         if rules:
             fields["virtual_rules"] = tuple(rules)
+        auth = fields.get("authentication")
+        if (fields.get("state") is InitialState.MASTER and fields.get("priority") != 255
+                and isinstance(auth, Authentication) and auth.type is AuthType.AH):
+            # keepalived 2.2.7 too: the AH sequence numbers are learnt as BACKUP first
+            r.sink.warning(
+                node.location,
+                f"{where}: state MASTER does not go with AH authentication; starting as BACKUP",
+            )
+            fields["state"] = InitialState.BACKUP
+        if fields.get("nopreempt") and fields.get("preempt_delay"):
+            delay = next(n for n in reversed(body) if n.name == "preempt_delay")
+            r.sink.warning(
+                delay.location, f"{where}: preempt_delay means nothing with nopreempt; cleared"
+            )
+            fields["preempt_delay"] = 0.0
+        for t in [t for t in block.track_interface if t.name == interface]:
+            # keepalived 2.2.7 drops it too: the instance watches its own interface anyway
+            r.sink.warning(
+                t.location,
+                f"{where}: track_interface {t.name} is the instance's own interface; ignored",
+            )
+            block.track_interface.remove(t)
+        if not block.peers:
+            unicast = [n for n in body if n.name in UNICAST_KEYWORDS]
+            if unicast:
+                # keepalived 2.2.7 warns the same way and runs the instance multicast
+                r.sink.warning(
+                    unicast[0].location,
+                    f"{where}: {unicast[0].name} without any unicast_peer; the instance"
+                    " advertises by multicast",
+                )
         if "state" not in fields and fields.get("priority") == 255:
             # keepalived: the address owner with no `state` line starts as MASTER.
             fields["state"] = InitialState.MASTER
@@ -1575,13 +1616,6 @@ class VrrpParser:
                 "scripts are configured but enable_script_security is not set",
                 Category.SCRIPT_SECURITY,
             )
-        if config.global_defs.vrrp_strict:
-            for inst in config.vrrp_instances:
-                if inst.unicast_peer:
-                    sink.error(
-                        inst.location,
-                        f"vrrp_instance {inst.name}: vrrp_strict forbids unicast_peer",
-                    )
 
     def _accept_mode(self, inst: VrrpInstance, strict: bool) -> bool:
         """RFC 5798 Accept_Mode as keepalived 2.2.7 settles it: the address owner always
@@ -1711,5 +1745,22 @@ class VrrpParser:
                     " priority 255 (address owner); starting as BACKUP",
                 )
                 inst = replace(inst, state=InitialState.BACKUP)
+            # keepalived 2.2.7 resets these under vrrp_strict, each with a warning
+            strict_resets: tuple[tuple[str, object, object], ...] = (
+                ("preempt_delay", inst.preempt_delay, 0.0),
+                # only when the instance sets them (the global values are kept, silently)
+                ("garp_lower_prio_repeat", inst.garp_lower_prio_repeat
+                 if inst.garp_lower_prio_repeat != g.vrrp_garp_lower_prio_repeat else None, 0),
+                ("garp_lower_prio_delay", inst.garp_lower_prio_delay
+                 if inst.garp_lower_prio_delay != g.vrrp_garp_lower_prio_delay else None, 0.0),
+                ("vmac_xmit_base", inst.vmac_xmit_base, False),
+            )
+            for key, value, cleared in strict_resets:
+                if value:
+                    self.r.sink.warning(
+                        inst.location,
+                        f"vrrp_instance {inst.name}: vrrp_strict does not allow {key}; cleared",
+                    )
+                    inst = replace(inst, **{key: cleared})  # type: ignore[arg-type]
             fixed.append(inst)
         return replace(config, vrrp_instances=tuple(fixed))
