@@ -228,6 +228,7 @@ class _Parser:
             track_files=tuple(vrrp.track_files),
             track_processes=tuple(vrrp.track_processes),
         )
+        config = vrrp.order_fixups(config)
         lvs.cross_check(config)
         vrrp.cross_check(config)
         return vrrp.track_fixups(vrrp.strict_fixups(config))

@@ -86,6 +86,7 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_interface
+from typing import TypeVar
 
 from pyalived.config.diagnostics import Category
 from pyalived.config.keywords import Block, Keywords, field, user_fields, writes
@@ -227,6 +228,10 @@ class _SyncGroup(_Tracking):
     def __init__(self, r: ValueReader, label: str) -> None:
         super().__init__(r, label)
         self.members: list[str] = []
+
+
+_Ref = TypeVar("_Ref", TrackScriptRef, TrackRef)
+_Owner = TypeVar("_Owner", VrrpInstance, VrrpSyncGroup)
 
 
 # keywords that mean unicast VRRP: without a peer they are warned (keepalived 2.2.7)
@@ -1123,6 +1128,7 @@ class VrrpParser:
         self.seen_global = False
         self.scripts: list[VrrpScript] = []
         self.instance_nodes: list[Node] = []  # parsed by ``instances``
+        self.known_at: dict[Location, frozenset[tuple[str, str]]] = {}  # _defined_so_far
         self.sync_groups: list[VrrpSyncGroup] = []
         # Routes, rules and static addresses (pyalived.config.routes_parse).
         self.rule_preferences = RulePreferences()
@@ -1329,8 +1335,60 @@ class VrrpParser:
             full_command=bool(f.get("full_command", False)), location=node.location,
         ))
 
+    def _defined_so_far(self, node: Node) -> None:
+        """Note what a block's track_* references can see: keepalived 2.2.7 resolves
+        them where the block ends, so a definition further down the file is not found
+        there (``order_fixups``)."""
+        self.known_at[node.location] = frozenset(
+            [("track_script", s.name) for s in self.scripts]
+            + [("track_file", f.name) for f in self.track_files]
+            + [("track_process", t.name) for t in self.track_processes]
+        )
+
+    def order_fixups(self, config: Config) -> Config:
+        """Drop, with a warning, each track_script / track_file / track_process reference
+        to a definition that comes after its block in the file, as keepalived 2.2.7 does
+        (it warns "not found" and ignores it).  A name defined nowhere is left for
+        ``cross_check``, which refuses it."""
+        defined = {("track_script", s.name) for s in config.vrrp_scripts}
+        defined |= {("track_file", f.name) for f in config.track_files}
+        defined |= {("track_process", t.name) for t in config.track_processes}
+
+        def keep(owner: str, location: Location, kind: str,
+                 refs: tuple[_Ref, ...]) -> tuple[_Ref, ...]:
+            known = self.known_at.get(location, frozenset())
+            out: list[_Ref] = []
+            for ref in refs:
+                key = (kind, ref.name)
+                if key in defined and key not in known:
+                    self.r.sink.warning(
+                        ref.location,
+                        f"({owner}) {kind} {ref.name} is defined further down the file,"
+                        " too late for this block (as in keepalived); ignored",
+                    )
+                    continue
+                out.append(ref)
+            return tuple(out)
+
+        def fix(block: _Owner) -> _Owner:
+            return replace(
+                block,
+                track_script=keep(block.name, block.location, "track_script",
+                                  block.track_script),
+                track_file=keep(block.name, block.location, "track_file", block.track_file),
+                track_process=keep(block.name, block.location, "track_process",
+                                   block.track_process),
+            )
+
+        return replace(
+            config,
+            vrrp_instances=tuple(fix(i) for i in config.vrrp_instances),
+            vrrp_sync_groups=tuple(fix(g) for g in config.vrrp_sync_groups),
+        )
+
     def vrrp_instance(self, node: Node) -> None:
         self.instance_nodes.append(node)  # parsed after global_defs (garp defaults)
+        self._defined_so_far(node)
         for rules in instance_blocks(node.children or (), "virtual_rules"):
             self.rule_preferences.reserve(rules.children or (), self.r.exists)  # file order
 
@@ -1341,6 +1399,7 @@ class VrrpParser:
             return
         block = _SyncGroup(self.r, f"vrrp_sync_group {name}")
         _SYNC_GROUP.run(block, body)
+        self._defined_so_far(node)
         if not block.members:
             self.r.sink.warning(
                 node.location, f"vrrp_sync_group {name} names no instance (no group block); ignored"
@@ -1464,6 +1523,14 @@ class VrrpParser:
             fields["virtual_routes"] = tuple(routes)
         if rules:
             fields["virtual_rules"] = tuple(rules)
+        if fields.get("vmac_xmit_base") and not fields.get("use_vmac"):
+            r.sink.warning(node.location, f"{where}: vmac_xmit_base means nothing without use_vmac")
+        elif fields.get("use_vmac") and block.peers and not fields.get("vmac_xmit_base"):
+            # keepalived 2.2.7 does the same: unicast adverts leave by the base interface
+            r.sink.warning(
+                node.location, f"{where}: unicast with use_vmac needs vmac_xmit_base; set"
+            )
+            fields["vmac_xmit_base"] = True
         auth = fields.get("authentication")
         if (fields.get("state") is InitialState.MASTER and fields.get("priority") != 255
                 and isinstance(auth, Authentication) and auth.type is AuthType.AH):

@@ -240,3 +240,47 @@ def test_state_master_with_ah_starts_as_backup(
     if warned:
         assert "state MASTER does not go with AH authentication" in res.diagnostics[0].message
         assert res.config.vrrp_instances[0].state.name == "BACKUP"
+
+
+def test_a_definition_further_down_is_too_late_for_a_track_reference(tmp_path: Path) -> None:
+    # keepalived 2.2.7 -t: "(VI_1) track script chk not found, ignoring...", and it runs so
+    later = "vrrp_script chk {\n    script /bin/true\n}\ntrack_file tf {\n    file /tmp/tf\n}\n"
+    body = "    track_script {\n        chk\n    }\n    track_file {\n        tf\n    }"
+    group = "vrrp_sync_group G {\n    group {\n        VI_1\n    }\n    track_script {\n" \
+            "        chk\n    }\n}\n"
+    res = run(tmp_path, "global_defs {\n    enable_script_security\n}\n"
+              + INSTANCE.format(body=body) + group + later)
+    late = [(n, m) for s, n, m in kinds(res) if "further down" in m]
+    assert late == [
+        (9, "(VI_1) track_script chk is defined further down the file, too late for this"
+            " block (as in keepalived); ignored"),
+        (12, "(VI_1) track_file tf is defined further down the file, too late for this"
+             " block (as in keepalived); ignored"),
+        (23, "(G) track_script chk is defined further down the file, too late for this"
+             " block (as in keepalived); ignored"),
+    ]
+    assert res.config is not None
+    (inst,) = res.config.vrrp_instances
+    assert inst.track_script == () and inst.track_file == ()
+    assert res.config.vrrp_sync_groups[0].track_script == ()
+    # defined first: tracked, no word
+    res = run(tmp_path, "global_defs {\n    enable_script_security\n}\n" + later
+              + INSTANCE.format(body=body))
+    assert res.diagnostics == () and res.config is not None
+    assert [r.name for r in res.config.vrrp_instances[0].track_script] == ["chk"]
+
+
+def test_a_track_script_defined_nowhere_is_still_refused(tmp_path: Path) -> None:
+    res = run(tmp_path, INSTANCE.format(body="    track_script {\n        nope\n    }"))
+    assert res.config is None and "no vrrp_script of that name" in render(res.diagnostics)
+
+
+def test_unicast_with_a_vmac_sends_by_the_base_interface(tmp_path: Path) -> None:
+    body = "    use_vmac\n    unicast_peer {\n        198.18.0.2\n    }"
+    res = run(tmp_path, INSTANCE.format(body=body))
+    assert [m for _, _, m in kinds(res)] == [
+        "vrrp_instance VI_1: unicast with use_vmac needs vmac_xmit_base; set"]
+    assert res.config is not None and res.config.vrrp_instances[0].vmac_xmit_base
+    res = run(tmp_path, INSTANCE.format(body="    vmac_xmit_base"))
+    assert [m for _, _, m in kinds(res)] == [
+        "vrrp_instance VI_1: vmac_xmit_base means nothing without use_vmac"]
