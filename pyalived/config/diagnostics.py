@@ -17,8 +17,12 @@ feeds the ``-t`` exit status (see ``exit_code_for``):
   with keepalived this wins over ordinary errors and warnings, but not over
   a missing file or interface.
 
-A NOTE is only information (a script that will not run, where keepalived
-drops it silently): it is printed but changes neither verdict nor status.
+A NOTICE is printed and logged like the others but changes neither the
+verdict nor the exit status: it is for what keepalived 2.2.7 accepts and
+only mentions outside ``-t`` (a deprecated spelling such as
+``vrrp_track_file``), or drops silently (a notify script that will not
+run, see ``pyalived.config.script_check``), so that ``pyalived -t`` and
+``keepalived -t`` agree.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ EXIT_CONFIG_TEST_SECURITY = 6
 class Severity(enum.Enum):
     ERROR = "error"
     WARNING = "warning"
-    NOTE = "note"  # printed, but leaves the verdict and the ``-t`` exit status alone
+    NOTICE = "notice"  # printed and logged; no effect on the verdict or the exit status
 
 
 class Category(enum.Enum):
@@ -98,8 +102,8 @@ class DiagnosticSink:
     ) -> None:
         self._add(Diagnostic(Severity.WARNING, location, message, category))
 
-    def note(self, location: Location, message: str) -> None:
-        self._add(Diagnostic(Severity.NOTE, location, message))
+    def notice(self, location: Location, message: str) -> None:
+        self._add(Diagnostic(Severity.NOTICE, location, message))
 
     def absorb(self, other: DiagnosticSink) -> None:
         """Take over what ``other`` collected, as if it had been reported here, in order.
@@ -140,7 +144,7 @@ class DiagnosticSink:
 
 def exit_code_for(diagnostics: Iterable[Diagnostic]) -> int:
     """The ``-t`` exit status for a set of diagnostics (see module docstring)."""
-    diags = [d for d in diagnostics if d.severity is not Severity.NOTE]
+    diags = [d for d in diagnostics if d.severity is not Severity.NOTICE]
     categories = {d.category for d in diags}
     if Category.MISSING_FILE in categories:
         return EXIT_CONFIG
@@ -163,9 +167,8 @@ def render(diagnostics: Iterable[Diagnostic]) -> str:
         lines.append(f"configuration refused: {errors} error(s), {warnings} warning(s)")
     elif warnings:
         lines.append(f"configuration accepted with {warnings} warning(s)")
+    elif lines:
+        lines.append("configuration OK, with notices")
     else:
         lines.append("configuration OK")
-    notes = len(diags) - errors - warnings
-    if notes:
-        lines[-1] += f" ({notes} note(s): scripts that will not run)"
     return "\n".join(lines) + "\n"

@@ -236,6 +236,7 @@ class _Parser:
             track_files=tuple(vrrp.track_files),
             track_processes=tuple(vrrp.track_processes),
         )
+        config = vrrp.order_fixups(config)
         lvs.cross_check(config)
         vrrp.cross_check(config)
         config = vrrp.track_fixups(vrrp.strict_fixups(config))

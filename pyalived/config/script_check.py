@@ -38,7 +38,7 @@ What happens to a script that cannot run, each as keepalived 2.2.7 does it
   ``track_script`` naming it gets a WARNING of its own and is ignored (the
   instance or group then runs as if the line were not there);
 * a notify script, ``misc_path``, start-up/shutdown or FIFO script not found
-  or insecure: a NOTE (which does not change the exit status: keepalived says
+  or insecure: a NOTICE (which does not change the exit status: keepalived says
   nothing), and it is dropped; a ``MISC_CHECK`` dropped so leaves its real
   server with the checkers it has left;
 * a user that does not resolve: a WARNING, and the script is removed.
@@ -308,12 +308,12 @@ class ScriptChecker:
     def drop(self, what: str, line: str, verdict: Verdict, location: Location,
              consequence: str) -> None:
         """Report a script that will not run: a WARNING for a user that does not resolve,
-        a NOTE otherwise (keepalived says nothing and carries on)."""
+        a NOTICE otherwise (keepalived says nothing and carries on)."""
         message = f"{what} '{line}': {verdict.why}; {consequence}"
         if verdict.bad_user:
             self.sink.warning(location, message)
         else:
-            self.sink.note(location, message)
+            self.sink.notice(location, message)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ vrrp_instance VI_1 {
   virtual_router_id 51
   priority 255
   advert_int 2
-  nopreempt
+  ! nopreempt in VI_2: keepalived clears a preempt_delay with nopreempt, with a warning
   preempt_delay 30
   authentication {
     auth_type PASS
@@ -85,6 +85,7 @@ vrrp_instance VI_1 {
 vrrp_instance VI_2 {
   interface eth1
   virtual_router_id 52
+  nopreempt
   virtual_ipaddress {
     198.18.0.200
   }
@@ -149,7 +150,7 @@ def test_every_supported_keyword_lands_in_the_model(tmp_path: Path) -> None:
     assert i.location.line == 24
     assert i.state is InitialState.MASTER and i.interface == "eth0"
     assert (i.virtual_router_id, i.priority, i.advert_int) == (51, 255, 2.0)
-    assert i.nopreempt and i.preempt_delay == 30.0
+    assert not i.nopreempt and i.preempt_delay == 30.0
     assert i.authentication is not None
     assert i.authentication.type is AuthType.PASS and i.authentication.password == b"secret"
     v0, v1 = i.virtual_ipaddress
@@ -179,7 +180,7 @@ def test_every_supported_keyword_lands_in_the_model(tmp_path: Path) -> None:
 
     i2 = cfg.instance("VI_2")
     assert i2.state is InitialState.BACKUP and i2.priority == 100 and i2.advert_int == 1.0
-    assert not i2.nopreempt and i2.authentication is None and not i2.use_vmac
+    assert i2.nopreempt and i2.authentication is None and not i2.use_vmac
     assert (i2.garp_master_delay, i2.garp_master_repeat) == (7.0, 3)
 
     (grp,) = cfg.vrrp_sync_groups

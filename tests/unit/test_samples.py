@@ -252,7 +252,7 @@ def test_sample_through_the_command_line(path: Path) -> None:
     lines = output.splitlines()
     assert lines, "no summary line"
     for line in lines[:-1]:
-        assert re.match(r"^\S+:\d+: (error|warning|note): ", line), line
+        assert re.match(r"^\S+:\d+: (error|warning|notice): ", line), line
     assert lines[-1].startswith(
         ("configuration OK", "configuration accepted", "configuration refused")
     )

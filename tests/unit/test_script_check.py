@@ -247,11 +247,11 @@ def test_one_script_that_runs_makes_it_a_security_matter(tmp_path: Path) -> None
     assert run(tmp_path, vrrp_script(ok) + INSTANCE.format(body="")).exit_code == 6
 
 
-def test_a_missing_notify_script_is_a_note_and_does_not_run(tmp_path: Path) -> None:
+def test_a_missing_notify_script_is_a_notice_and_does_not_run(tmp_path: Path) -> None:
     body = f"    notify_master \"{tmp_path}/absent.sh master\"\n"
     res = run(tmp_path, INSTANCE.format(body=body))
     ((line, severity, message),) = lines(res)
-    assert (line, severity) == (9, Severity.NOTE) and "it will not run" in message
+    assert (line, severity) == (9, Severity.NOTICE) and "it will not run" in message
     assert res.exit_code == 0
     assert res.config is not None and res.config.vrrp_instances[0].notify.master is None
     ok = make(tmp_path / "ok.sh")
@@ -268,7 +268,7 @@ def test_a_misc_check_whose_script_is_missing_is_dropped(tmp_path: Path) -> None
             "        TCP_CHECK {\n        }\n    }\n}\n")
     res = run(tmp_path, text)
     ((line, severity, message),) = lines(res)
-    assert (line, severity) == (7, Severity.NOTE) and "checker dropped" in message
+    assert (line, severity) == (7, Severity.NOTICE) and "checker dropped" in message
     assert res.exit_code == 0
     assert res.config is not None
     (rs,) = res.config.virtual_servers[0].real_servers
@@ -331,7 +331,7 @@ def test_insecure_scripts_are_disabled_only_under_script_security(tmp_path: Path
     body = TRACK + f"    notify_master {exposed}\n"
     res = run(tmp_path, secure + vrrp_script(exposed) + INSTANCE.format(body=body))
     assert [(line, sev) for line, sev, _ in lines(res)] == [
-        (5, Severity.WARNING), (19, Severity.NOTE), (17, Severity.WARNING)]
+        (5, Severity.WARNING), (19, Severity.NOTICE), (17, Severity.WARNING)]
     assert f"{exposed} is writable by others" in lines(res)[0][2]
     assert res.exit_code == 5
     assert res.config is not None and res.config.vrrp_instances[0].notify.master is None
@@ -347,7 +347,7 @@ def test_start_up_and_fifo_scripts_are_vetted_too(tmp_path: Path) -> None:
             f"    notify_fifo {tmp_path}/fifo\n    notify_fifo_script {tmp_path}/absent.sh\n}}\n"
             + INSTANCE.format(body=""))
     res = run(tmp_path, text)
-    assert [sev for _, sev, _ in lines(res)] == [Severity.NOTE, Severity.NOTE]
+    assert [sev for _, sev, _ in lines(res)] == [Severity.NOTICE, Severity.NOTICE]
     assert res.exit_code == 0
     assert res.config is not None
     g = res.config.global_defs
@@ -399,8 +399,8 @@ def test_only_this_host_s_findings_are_kept_for_a_reload(tmp_path: Path) -> None
     assert [s.kind for s in res.sources] == ["file"]
 
 
-def test_notes_are_counted_apart_in_the_summary(tmp_path: Path) -> None:
+def test_a_dropped_script_is_a_notice_in_the_summary(tmp_path: Path) -> None:
     res = run(tmp_path, INSTANCE.format(body=f"    notify_fault {tmp_path}/absent.sh\n"))
     text = render(res.diagnostics)
-    assert text.splitlines()[-1] == "configuration OK (1 note(s): scripts that will not run)"
-    assert ": note: notify_fault " in text.splitlines()[0]
+    assert text.splitlines()[-1] == "configuration OK, with notices"
+    assert ": notice: notify_fault " in text.splitlines()[0]
