@@ -12,9 +12,17 @@ feeds the ``-t`` exit status (see ``exit_code_for``):
   unreadable.  keepalived 2.2.7 prints a message but exits 0 here; we refuse;
 * 5  any other error or warning, including an interface that does not exist
   (keepalived 2.2.7's ``-t`` also exits 5 for that one);
-* 6  scripts are configured but ``enable_script_security`` is not set; as with
-  keepalived this wins over ordinary errors and warnings, but not over a
-  missing file or interface.
+* 6  a script will run but ``enable_script_security`` is not set (scripts that
+  will never run, see ``pyalived.config.script_check``, do not count); as
+  with keepalived this wins over ordinary errors and warnings, but not over
+  a missing file or interface.
+
+A NOTICE is printed and logged like the others but changes neither the
+verdict nor the exit status: it is for what keepalived 2.2.7 accepts and
+only mentions outside ``-t`` (a deprecated spelling such as
+``vrrp_track_file``), or drops silently (a notify script that will not
+run, see ``pyalived.config.script_check``), so that ``pyalived -t`` and
+``keepalived -t`` agree.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ EXIT_CONFIG_TEST_SECURITY = 6
 class Severity(enum.Enum):
     ERROR = "error"
     WARNING = "warning"
+    NOTICE = "notice"  # printed and logged; no effect on the verdict or the exit status
 
 
 class Category(enum.Enum):
@@ -93,6 +102,9 @@ class DiagnosticSink:
     ) -> None:
         self._add(Diagnostic(Severity.WARNING, location, message, category))
 
+    def notice(self, location: Location, message: str) -> None:
+        self._add(Diagnostic(Severity.NOTICE, location, message))
+
     def absorb(self, other: DiagnosticSink) -> None:
         """Take over what ``other`` collected, as if it had been reported here, in order.
 
@@ -132,7 +144,7 @@ class DiagnosticSink:
 
 def exit_code_for(diagnostics: Iterable[Diagnostic]) -> int:
     """The ``-t`` exit status for a set of diagnostics (see module docstring)."""
-    diags = list(diagnostics)
+    diags = [d for d in diagnostics if d.severity is not Severity.NOTICE]
     categories = {d.category for d in diags}
     if Category.MISSING_FILE in categories:
         return EXIT_CONFIG
@@ -150,11 +162,13 @@ def render(diagnostics: Iterable[Diagnostic]) -> str:
     diags = sorted(diagnostics, key=lambda d: (d.location.file, d.location.line))
     lines = [str(d) for d in diags]
     errors = sum(1 for d in diags if d.severity is Severity.ERROR)
-    warnings = len(diags) - errors
+    warnings = sum(1 for d in diags if d.severity is Severity.WARNING)
     if errors:
         lines.append(f"configuration refused: {errors} error(s), {warnings} warning(s)")
     elif warnings:
         lines.append(f"configuration accepted with {warnings} warning(s)")
+    elif lines:
+        lines.append("configuration OK, with notices")
     else:
         lines.append("configuration OK")
     return "\n".join(lines) + "\n"

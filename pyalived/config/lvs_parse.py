@@ -612,6 +612,9 @@ def _dns_name(r: ValueReader, node: Node) -> str | None:
 @writes("connect_ip", "connect_port", "bindto", "bind_port", "connect_timeout")
 def _smtp_host(block: _Checker, node: Node) -> None:
     """``host { connect_ip; connect_port; bindto; bind_port; connect_timeout }``."""
+    block.r.sink.notice(  # keepalived 2.2.7 reads it without a -t warning
+        node.location, "SMTP_CHECK host blocks are deprecated; write one SMTP_CHECK per host"
+    )
     host = _Checker(block.r, "host", block.lvs)
     _SMTP_HOST.run(host, block.r.block(node))
     fields: dict[str, object] = dict(host.fields)
@@ -751,7 +754,6 @@ _GENERIC: dict[str, Handler[_Options]] = {
     "delay_loop": option("delay_loop", float_in(0.001, MAX_TIMER)),
     "connect_timeout": option("connect_timeout", float_in(0.001, MAX_TIMER)),
     "retry": option("retry", int_in(0, U31)),
-    "nb_get_retry": option("retry", int_in(0, U31)),
     "delay_before_retry": option("delay_before_retry", float_in(0, MAX_TIMER)),
     "warmup": option("warmup", float_in(0, MAX_TIMER)),
     "alpha": option("alpha", ValueReader.flag),
@@ -796,8 +798,20 @@ _TCP_CHECK: dict[str, Handler[_Checker]] = {
     "fwmark": field("fwmark", int_in(0, U32)),
     "log_all_failures": field("log_all_failures", ValueReader.flag),
 }
+_RETRY = _GENERIC["retry"]
+
+
+@writes("retry")
+def _nb_get_retry(block: _Checker, node: Node) -> None:
+    """keepalived 2.2.7 still reads ``nb_get_retry`` in HTTP_GET and SSL_GET, with a
+    warning; anywhere else it is an unknown keyword (so it is here)."""
+    block.r.sink.warning(node.location, "nb_get_retry is deprecated; write retry instead")
+    _RETRY(block, node)
+
+
 _HTTP_GET: dict[str, Handler[_Checker]] = {
     **_TCP_CHECK,
+    "nb_get_retry": _nb_get_retry,
     "url": _url,
     "virtualhost": field("virtualhost", ValueReader.one),
     "fast_recovery": field("fast_recovery", ValueReader.flag),
@@ -1285,7 +1299,10 @@ class LvsParser:
         if vs.fwmark is not None and vs.ha_suspend:
             sink.warning(loc, f"{where}: ha_suspend does not apply to fwmark services; cleared")
             vs = replace(vs, ha_suspend=False)
-        by_address = vs.address is not None or vs.group is not None
+        # a group of fwmarks only is a fwmark service here (keepalived 2.2.7 -t agrees)
+        by_address = vs.address is not None or any(
+            e.fwmark is None for g in self._named(vs.group) for e in g.entries
+        )
         if vs.fwmark is not None and "protocol" in given:
             sink.warning(loc, f"{where}: protocol is ignored for fwmark services")
         if by_address and "protocol" not in given:
@@ -1305,6 +1322,17 @@ class LvsParser:
             sink.warning(loc, f"{where}: no lvs_sched set; using {DEFAULT_SCHEDULER}")
         if "lvs_method" not in given:
             sink.warning(loc, f"{where}: no lvs_method set; using NAT")
+        total = sum(rs.weight for rs in vs.real_servers)
+        if vs.real_servers and vs.quorum > total:  # none: "has no real_server" says enough
+            # keepalived lowers the quorum to the total weight; with a total of 0 it
+            # sets 0 and its hysteresis wraps around, pyalived keeps the least quorum, 1
+            quorum = max(total, 1)
+            sink.warning(
+                loc,
+                f"{where}: quorum {vs.quorum} is more than the total weight of its real"
+                f" servers ({total}); using {quorum}",
+            )
+            vs = replace(vs, quorum=quorum)
         if vs.hysteresis >= vs.quorum:
             sink.warning(
                 loc,
@@ -1324,7 +1352,18 @@ class LvsParser:
             )
         if self._has_fwmark(vs):
             for rs in vs.real_servers:
-                if rs.port is not None:
+                if rs.port is None:
+                    continue
+                if (rs.lvs_method or vs.lvs_method) is LvsMethod.NAT:
+                    if by_address:  # the port is used for the group's addresses
+                        continue
+                    # keepalived 2.2.7 keeps this port for NAT and says nothing under -t
+                    sink.notice(
+                        rs.location,
+                        f"{where}: real_server {rs}: a fwmark service forwards each packet"
+                        " to its own destination port; this port is not used",
+                    )
+                else:
                     sink.warning(
                         rs.location,
                         f"{where}: real_server {rs}: the port is ignored for fwmark services",

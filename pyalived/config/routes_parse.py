@@ -246,6 +246,9 @@ class RouteReader:
     def _prefix(self, loc: Location, what: str, text: str, family: int) -> IPNet | None:
         if text in ("default", "all", "any"):
             return IPv6Network("::/0") if family == 6 else IPv4Network("0.0.0.0/0")
+        if text == "default6":  # keepalived 2.2.7 still reads it, and -t says nothing
+            self.r.sink.notice(loc, f"{what} default6 is deprecated; write ::/0 instead")
+            return IPv6Network("::/0")
         try:
             net = ip_network(text, strict=False)
         except ValueError:
@@ -320,6 +323,8 @@ class RouteReader:
                 src = self._address(loc, "route src", value)
                 ok = ok and src is not None
             elif word in ("via", "gw"):
+                if word == "gw":  # still read by keepalived 2.2.7, with a warning
+                    sink.warning(loc, "route option gw is deprecated; write via instead")
                 via = self._address(loc, "route gateway", value)
                 ok = ok and via is not None
             elif word in ("dev", "oif"):

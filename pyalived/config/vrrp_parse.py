@@ -86,6 +86,7 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_interface
+from typing import TypeVar
 
 from pyalived.config.diagnostics import Category
 from pyalived.config.keywords import Block, Keywords, field, user_fields, writes
@@ -156,7 +157,8 @@ UNSUPPORTED_GLOBAL = frozenset(
     vrrp_track_process_batch vrrp_socket_rcv_buf vrrp_socket_rcv_buf_force
     vrrp_notify_priority_changes fifo_write_vrrp_states_on_reload script_max_reload
     vrrp_use_ip6_prefix vrrp_ipvs_sync_daemon_interface vrrp_mcast_group_6
-    local_name instance use_symlink_paths""".split()
+    local_name instance use_symlink_paths
+    lvs_process_name vrrp_vmac_garp_intvl""".split()
 )
 UNSUPPORTED_INSTANCE = frozenset(
     """native_ipv6 track_bfd
@@ -164,7 +166,8 @@ UNSUPPORTED_INSTANCE = frozenset(
     notify_master_rx_lower_pri lower_prio_no_advert higher_prio_send_advert
     kernel_rx_buf_size unicast_ttl check_unicast_src promote_secondaries
     down_timer_adverts notify_priority_changes unicast_fault_no_peer
-    use_ipvlan track_src_ip garp_extra_if mcast_dst_ip vrf use_vmac_addr""".split()
+    use_ipvlan track_src_ip garp_extra_if mcast_dst_ip vrf use_vmac_addr
+    vmac_garp_intvl""".split()
 )
 UNSUPPORTED_SYNC_GROUP = frozenset(
     "global_tracking sync_group_tracking_weight track_bfd "
@@ -227,6 +230,14 @@ class _SyncGroup(_Tracking):
         self.members: list[str] = []
 
 
+_Ref = TypeVar("_Ref", TrackScriptRef, TrackRef)
+_Owner = TypeVar("_Owner", VrrpInstance, VrrpSyncGroup)
+
+
+# keywords that mean unicast VRRP: without a peer they are warned (keepalived 2.2.7)
+UNICAST_KEYWORDS = frozenset(("unicast_src_ip", "unicast_peer", "old_unicast_checksum"))
+
+
 def _any_interface(name: str) -> bool:
     """With ``dynamic_interfaces`` every interface may exist later."""
     return True
@@ -276,6 +287,8 @@ def _rt_priority(r: ValueReader, node: Node) -> int | None:
 
 def _rlimit_rttime(r: ValueReader, node: Node) -> int | None:
     """``*_rlimit_rttime`` (and keepalived's older spelling ``*_rlimit_rtime``): µs."""
+    if node.name.endswith("_rlimit_rtime"):  # keepalived 2.2.7 reads it without a -t warning
+        r.sink.notice(node.location, f"{node.name} is deprecated; write {node.name[:-5]}rttime")
     value = _whole(r, node)
     if value is not None and value < 1:
         r.sink.warning(node.location, f"{node.name} {value} is not a positive number; ignored")
@@ -1116,6 +1129,7 @@ class VrrpParser:
         self.seen_global = False
         self.scripts: list[VrrpScript] = []
         self.instance_nodes: list[Node] = []  # parsed by ``instances``
+        self.known_at: dict[Location, frozenset[tuple[str, str]]] = {}  # _defined_so_far
         self.sync_groups: list[VrrpSyncGroup] = []
         # Routes, rules and static addresses (pyalived.config.routes_parse).
         self.rule_preferences = RulePreferences()
@@ -1264,6 +1278,8 @@ class VrrpParser:
         body = self.r.block(node)
         if name is None:
             return
+        if node.name == "vrrp_track_file":  # keepalived 2.2.7: no -t warning either
+            self.r.sink.notice(node.location, "vrrp_track_file is deprecated; write track_file")
         block = Block(self.r, f"track_file {name}")
         _TRACK_FILE.run(block, body)
         f = block.fields
@@ -1320,8 +1336,60 @@ class VrrpParser:
             full_command=bool(f.get("full_command", False)), location=node.location,
         ))
 
+    def _defined_so_far(self, node: Node) -> None:
+        """Note what a block's track_* references can see: keepalived 2.2.7 resolves
+        them where the block ends, so a definition further down the file is not found
+        there (``order_fixups``)."""
+        self.known_at[node.location] = frozenset(
+            [("track_script", s.name) for s in self.scripts]
+            + [("track_file", f.name) for f in self.track_files]
+            + [("track_process", t.name) for t in self.track_processes]
+        )
+
+    def order_fixups(self, config: Config) -> Config:
+        """Drop, with a warning, each track_script / track_file / track_process reference
+        to a definition that comes after its block in the file, as keepalived 2.2.7 does
+        (it warns "not found" and ignores it).  A name defined nowhere is left for
+        ``cross_check``, which refuses it."""
+        defined = {("track_script", s.name) for s in config.vrrp_scripts}
+        defined |= {("track_file", f.name) for f in config.track_files}
+        defined |= {("track_process", t.name) for t in config.track_processes}
+
+        def keep(owner: str, location: Location, kind: str,
+                 refs: tuple[_Ref, ...]) -> tuple[_Ref, ...]:
+            known = self.known_at.get(location, frozenset())
+            out: list[_Ref] = []
+            for ref in refs:
+                key = (kind, ref.name)
+                if key in defined and key not in known:
+                    self.r.sink.warning(
+                        ref.location,
+                        f"({owner}) {kind} {ref.name} is defined further down the file,"
+                        " too late for this block (as in keepalived); ignored",
+                    )
+                    continue
+                out.append(ref)
+            return tuple(out)
+
+        def fix(block: _Owner) -> _Owner:
+            return replace(
+                block,
+                track_script=keep(block.name, block.location, "track_script",
+                                  block.track_script),
+                track_file=keep(block.name, block.location, "track_file", block.track_file),
+                track_process=keep(block.name, block.location, "track_process",
+                                   block.track_process),
+            )
+
+        return replace(
+            config,
+            vrrp_instances=tuple(fix(i) for i in config.vrrp_instances),
+            vrrp_sync_groups=tuple(fix(g) for g in config.vrrp_sync_groups),
+        )
+
     def vrrp_instance(self, node: Node) -> None:
         self.instance_nodes.append(node)  # parsed after global_defs (garp defaults)
+        self._defined_so_far(node)
         for rules in instance_blocks(node.children or (), "virtual_rules"):
             self.rule_preferences.reserve(rules.children or (), self.r.exists)  # file order
 
@@ -1332,6 +1400,7 @@ class VrrpParser:
             return
         block = _SyncGroup(self.r, f"vrrp_sync_group {name}")
         _SYNC_GROUP.run(block, body)
+        self._defined_so_far(node)
         if not block.members:
             self.r.sink.warning(
                 node.location, f"vrrp_sync_group {name} names no instance (no group block); ignored"
@@ -1455,6 +1524,45 @@ class VrrpParser:
             fields["virtual_routes"] = tuple(routes)
         if rules:
             fields["virtual_rules"] = tuple(rules)
+        if fields.get("vmac_xmit_base") and not fields.get("use_vmac"):
+            r.sink.warning(node.location, f"{where}: vmac_xmit_base means nothing without use_vmac")
+        elif fields.get("use_vmac") and block.peers and not fields.get("vmac_xmit_base"):
+            # keepalived 2.2.7 does the same: unicast adverts leave by the base interface
+            r.sink.warning(
+                node.location, f"{where}: unicast with use_vmac needs vmac_xmit_base; set"
+            )
+            fields["vmac_xmit_base"] = True
+        auth = fields.get("authentication")
+        if (fields.get("state") is InitialState.MASTER and fields.get("priority") != 255
+                and isinstance(auth, Authentication) and auth.type is AuthType.AH):
+            # keepalived 2.2.7 too: the AH sequence numbers are learnt as BACKUP first
+            r.sink.warning(
+                node.location,
+                f"{where}: state MASTER does not go with AH authentication; starting as BACKUP",
+            )
+            fields["state"] = InitialState.BACKUP
+        if fields.get("nopreempt") and fields.get("preempt_delay"):
+            delay = next(n for n in reversed(body) if n.name == "preempt_delay")
+            r.sink.warning(
+                delay.location, f"{where}: preempt_delay means nothing with nopreempt; cleared"
+            )
+            fields["preempt_delay"] = 0.0
+        for t in [t for t in block.track_interface if t.name == interface]:
+            # keepalived 2.2.7 drops it too: the instance watches its own interface anyway
+            r.sink.warning(
+                t.location,
+                f"{where}: track_interface {t.name} is the instance's own interface; ignored",
+            )
+            block.track_interface.remove(t)
+        if not block.peers:
+            unicast = [n for n in body if n.name in UNICAST_KEYWORDS]
+            if unicast:
+                # keepalived 2.2.7 warns the same way and runs the instance multicast
+                r.sink.warning(
+                    unicast[0].location,
+                    f"{where}: {unicast[0].name} without any unicast_peer; the instance"
+                    " advertises by multicast",
+                )
         if "state" not in fields and fields.get("priority") == 255:
             # keepalived: the address owner with no `state` line starts as MASTER.
             fields["state"] = InitialState.MASTER
@@ -1540,14 +1648,11 @@ class VrrpParser:
                     f"vrrp_script {s.name} is already defined at {scripts[s.name].location}",
                 )
             scripts[s.name] = s
-        script_users: list[Location] = []
         refs: list[TrackScriptRef] = [r for i in config.vrrp_instances for r in i.track_script]
         refs += [r for g in config.vrrp_sync_groups for r in g.track_script]
         for ref in refs:
             if ref.name not in scripts:
                 sink.error(ref.location, f"track_script {ref.name}: no vrrp_script of that name")
-            else:
-                script_users.append(ref.location)
         self._check_track_defs(config)
         groups: dict[str, VrrpSyncGroup] = {}
         member_of: dict[str, str] = {}
@@ -1569,20 +1674,6 @@ class VrrpParser:
                     )
                 else:
                     member_of[member] = g.name
-        script_users += self.r.script_locations
-        if script_users and not config.global_defs.enable_script_security:
-            sink.warning(
-                min(script_users, key=lambda loc: (loc.file, loc.line)),
-                "scripts are configured but enable_script_security is not set",
-                Category.SCRIPT_SECURITY,
-            )
-        if config.global_defs.vrrp_strict:
-            for inst in config.vrrp_instances:
-                if inst.unicast_peer:
-                    sink.error(
-                        inst.location,
-                        f"vrrp_instance {inst.name}: vrrp_strict forbids unicast_peer",
-                    )
 
     def _accept_mode(self, inst: VrrpInstance, strict: bool) -> bool:
         """RFC 5798 Accept_Mode as keepalived 2.2.7 settles it: the address owner always
@@ -1712,5 +1803,22 @@ class VrrpParser:
                     " priority 255 (address owner); starting as BACKUP",
                 )
                 inst = replace(inst, state=InitialState.BACKUP)
+            # keepalived 2.2.7 resets these under vrrp_strict, each with a warning
+            strict_resets: tuple[tuple[str, object, object], ...] = (
+                ("preempt_delay", inst.preempt_delay, 0.0),
+                # only when the instance sets them (the global values are kept, silently)
+                ("garp_lower_prio_repeat", inst.garp_lower_prio_repeat
+                 if inst.garp_lower_prio_repeat != g.vrrp_garp_lower_prio_repeat else None, 0),
+                ("garp_lower_prio_delay", inst.garp_lower_prio_delay
+                 if inst.garp_lower_prio_delay != g.vrrp_garp_lower_prio_delay else None, 0.0),
+                ("vmac_xmit_base", inst.vmac_xmit_base, False),
+            )
+            for key, value, cleared in strict_resets:
+                if value:
+                    self.r.sink.warning(
+                        inst.location,
+                        f"vrrp_instance {inst.name}: vrrp_strict does not allow {key}; cleared",
+                    )
+                    inst = replace(inst, **{key: cleared})  # type: ignore[arg-type]
             fixed.append(inst)
         return replace(config, vrrp_instances=tuple(fixed))

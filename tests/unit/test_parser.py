@@ -10,6 +10,7 @@ import pytest
 from pyalived.config import Diagnostic, LoadResult, Severity, load, render
 from pyalived.config.diagnostics import Category
 from pyalived.config.model import AuthType, Config, InitialState, TrackInterface
+from tests.unit.fakes import EveryScriptRuns
 
 IFACES = {"eth0", "eth1", "eth2"}
 
@@ -43,7 +44,7 @@ vrrp_instance VI_1 {
   virtual_router_id 51
   priority 255
   advert_int 2
-  nopreempt
+  ! nopreempt in VI_2: keepalived clears a preempt_delay with nopreempt, with a warning
   preempt_delay 30
   authentication {
     auth_type PASS
@@ -84,6 +85,7 @@ vrrp_instance VI_1 {
 vrrp_instance VI_2 {
   interface eth1
   virtual_router_id 52
+  nopreempt
   virtual_ipaddress {
     198.18.0.200
   }
@@ -110,7 +112,8 @@ def run(
 ) -> LoadResult:
     p = tmp_path / "keepalived.conf"
     p.write_text(text)
-    return load(str(p), config_id=config_id, interface_exists=ifaces.__contains__)
+    return load(str(p), config_id=config_id, interface_exists=ifaces.__contains__,
+                scripts=EveryScriptRuns())
 
 
 def only_config(res: LoadResult) -> Config:
@@ -147,7 +150,7 @@ def test_every_supported_keyword_lands_in_the_model(tmp_path: Path) -> None:
     assert i.location.line == 24
     assert i.state is InitialState.MASTER and i.interface == "eth0"
     assert (i.virtual_router_id, i.priority, i.advert_int) == (51, 255, 2.0)
-    assert i.nopreempt and i.preempt_delay == 30.0
+    assert not i.nopreempt and i.preempt_delay == 30.0
     assert i.authentication is not None
     assert i.authentication.type is AuthType.PASS and i.authentication.password == b"secret"
     v0, v1 = i.virtual_ipaddress
@@ -177,7 +180,7 @@ def test_every_supported_keyword_lands_in_the_model(tmp_path: Path) -> None:
 
     i2 = cfg.instance("VI_2")
     assert i2.state is InitialState.BACKUP and i2.priority == 100 and i2.advert_int == 1.0
-    assert not i2.nopreempt and i2.authentication is None and not i2.use_vmac
+    assert i2.nopreempt and i2.authentication is None and not i2.use_vmac
     assert (i2.garp_master_delay, i2.garp_master_repeat) == (7.0, 3)
 
     (grp,) = cfg.vrrp_sync_groups

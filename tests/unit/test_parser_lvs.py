@@ -37,6 +37,7 @@ from pyalived.ipvs.model import (
     ServiceKey,
     plan,
 )
+from tests.unit.fakes import EveryScriptRuns
 
 SECURE = "global_defs {\n enable_script_security\n}\n"
 
@@ -127,7 +128,7 @@ virtual_server 198.18.0.1 80 {
 def run(tmp_path: Path, text: str) -> LoadResult:
     p = tmp_path / "keepalived.conf"
     p.write_text(text)
-    return load(str(p), interface_exists={"eth0"}.__contains__)
+    return load(str(p), interface_exists={"eth0"}.__contains__, scripts=EveryScriptRuns())
 
 
 def only_config(res: LoadResult) -> Config:
@@ -476,13 +477,21 @@ def test_unsupported_checker_is_a_warning_and_the_rest_applies(tmp_path: Path, k
         (vsx(" lvs_method TUN type gue port 6080"), 6, "tunnel options are not supported"),
         ("virtual_server_group G {\n}\n", 1, "virtual_server_group G is empty"),
         (vsx().replace(" real_server 198.18.0.2 80 {\n\n }\n", ""), 1, "has no real_server"),
-        (vsx(vs=" quorum 2\n hysteresis 2"), 1, "hysteresis 2 is not below quorum 2; using 1"),
+        (vsx(" weight 3", vs=" quorum 2\n hysteresis 2"), 1,
+         "hysteresis 2 is not below quorum 2; using 1"),
+        # keepalived 2.2.7 -t: "quorum 5 ... exceeds total weight of real servers 3,
+        # reducing quorum to 3"
+        (vsx(" weight 3", vs=" quorum 5"), 1,
+         "quorum 5 is more than the total weight of its real servers (3); using 3"),
         (vsx(vs=" ops"), 1, "ops (one-packet scheduling) needs UDP; cleared"),
-        (vsx().replace("198.18.0.1 80", "fwmark 3"), 1, "protocol is ignored for fwmark"),
+        (vsx().replace("198.18.0.1 80", "fwmark 3").replace("NAT", "DR"), 1,
+         "protocol is ignored for fwmark"),
         (vsx().replace("198.18.0.1 80", "198.18.0.1"), 1, "must be persistent; using"),
         (vsx(vs=" real_server 198.18.0.2 80 {\n }"), 8, "real_server 198.18.0.2:80 is already"),
         (vsx().replace("lb_kind NAT", "lb_kind DR").replace("2 80", "2 81"), 5, "DR cannot"),
-        (vsx().replace("198.18.0.1 80", "fwmark 1"), 5, "port is ignored for fwmark"),
+        # keepalived 2.2.7 -t warns for DR and TUN only (see test_config_deprecations)
+        (vsx().replace("198.18.0.1 80", "fwmark 1").replace("NAT", "DR"), 5,
+         "port is ignored for fwmark"),
     ],
 )
 def test_warnings_keep_the_config(tmp_path: Path, text: str, line: int, fragment: str) -> None:
@@ -496,9 +505,17 @@ def test_warnings_keep_the_config(tmp_path: Path, text: str, line: int, fragment
 
 
 def test_warning_fixups_land_in_the_model(tmp_path: Path) -> None:
-    cfg = only_config(run(tmp_path, vsx(vs=" quorum 2\n hysteresis 5\n ops\n ha_suspend")))
+    text = vsx(" weight 2", vs=" quorum 2\n hysteresis 5\n ops\n ha_suspend")
+    cfg = only_config(run(tmp_path, text))
     (vs,) = cfg.virtual_servers
     assert (vs.hysteresis, vs.ops, vs.ha_suspend) == (1, False, True)
+    # a quorum above the total weight is lowered to it first, then the hysteresis below it
+    cfg = only_config(run(tmp_path, vsx(" weight 3", vs=" quorum 5\n hysteresis 4")))
+    (vs,) = cfg.virtual_servers
+    assert (vs.quorum, vs.hysteresis) == (3, 2)
+    # all real servers of weight 0: keepalived sets quorum 0; pyalived keeps 1
+    cfg = only_config(run(tmp_path, vsx(" weight 0", vs=" quorum 2")))
+    assert cfg.virtual_servers[0].quorum == 1
     cfg = only_config(
         run(tmp_path, vsx(vs=" ha_suspend\n ops").replace("198.18.0.1 80", "fwmark 3"))
     )

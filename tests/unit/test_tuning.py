@@ -24,7 +24,8 @@ def test_every_setting_of_both_children(tmp_path: Path) -> None:
         " vrrp_priority -5\n checker_priority 10\n vrrp_rt_priority 50\n"
         " checker_rt_priority 20\n vrrp_rlimit_rttime 20000\n checker_rlimit_rtime 30000\n"
         " vrrp_no_swap\n checker_no_swap\n vrrp_cpu_affinity 0\n checker_cpu_affinity 0\n"))
-    assert gd is not None and diags == []
+    assert gd is not None
+    assert diags == ["7: checker_rlimit_rtime is deprecated; write checker_rlimit_rttime"]
     assert Tuning.of(gd, "vrrp") == Tuning(-5, 50, 20000, True, (0,))
     assert Tuning.of(gd, "checker") == Tuning(10, 20, 30000, True, (0,))
     assert describe(Tuning.of(gd, "vrrp")) == (
