@@ -66,6 +66,12 @@ what the planner, the notify scripts, the alerts and the metrics see.  The
 track files are read before the first plan, so a real server whose file
 says down never enters the table.
 
+``ha_suspend`` (``pyalived.checkers.ha_suspend``): while a virtual server
+with it has its address on no interface of the host, the scheduler puts off
+its real servers' probes (their state stays as it was); the
+``AddressWatcher`` runs only while some block has ``ha_suspend`` and is
+read before the checkers start, so a backup director never probes at all.
+
 Global IPVS settings: ``lvs_flush`` empties the kernel table when the table
 is first opened, ``lvs_timeouts`` is programmed then and again on each
 reload that gives it, and ``lvs_flush_on_stop`` (without ``VS``) flushes the
@@ -98,6 +104,7 @@ from pyalived.checkers.compile import (
     virtual_server_spec,
 )
 from pyalived.checkers.file_check import FileCheckWatcher, clamp_weight, file_effect
+from pyalived.checkers.ha_suspend import AddressCallback, AddressWatcher
 from pyalived.checkers.probes import Prober, RealProber
 from pyalived.checkers.scheduler import (
     CallbackSink,
@@ -172,6 +179,7 @@ class _Block:
     vs_smtp: bool | None = None  # smtp_alert of the block; None: the global default
     rs_smtp: dict[Address, bool] = field(default_factory=dict)  # real servers' own
     file_checks: dict[Address, tuple[FileCheck, ...]] = field(default_factory=dict)
+    ha_suspend: IPv4Address | IPv6Address | None = None  # the address whose absence suspends
 
     @classmethod
     def build(
@@ -195,6 +203,8 @@ class _Block:
                 blk.servers.setdefault((rs.ip, rs.port), rs)
         blk.fifo_name, blk.fifo_proto = _fifo_name(vs)
         blk.quorum_numbers, blk.vs_smtp = (vs.quorum, vs.hysteresis), vs.smtp_alert
+        if vs.ha_suspend and vs.address is not None:
+            blk.ha_suspend = vs.address
         for conf in vs.real_servers:
             if conf.smtp_alert is not None:
                 blk.rs_smtp[(conf.address, conf.port)] = conf.smtp_alert
@@ -275,6 +285,7 @@ class LvsService:
         apply_slice: float = APPLY_SLICE,
         alerts: bool | LvsAlerts = False,
         vrrp_running: bool = True,
+        address_watcher: Callable[[AddressCallback], AddressWatcher] = AddressWatcher,
     ) -> None:
         self.manager = (
             manager
@@ -284,6 +295,10 @@ class LvsService:
         self._global_ipvs(unpacked(config).global_defs)
         self._events: dict[RealServerId, RealServerEvent] = {}  # the scheduler's last reports
         self._files = FileCheckWatcher(self._file_value)
+        self._addresses: AddressWatcher | None = None  # while some block has ha_suspend
+        self._address_watcher = address_watcher
+        self._file_fault: dict[RealServerId, bool] = {}
+        self._suspended_blocks: set[BlockKey] = set()
         self._track_files: dict[str, TrackFile] = {
             t.name: t for t in unpacked(config).track_files}
         self._prober: Prober = prober if prober is not None else RealProber()
@@ -333,6 +348,44 @@ class LvsService:
         timeouts = None if t is None else Timeouts(t.tcp, t.tcpfin, t.udp)
         self.manager.timeouts = timeouts
         return timeouts
+
+    async def _watch_addresses(self, nursery: trio.Nursery) -> None:
+        """Start the address watcher once some block has ``ha_suspend``."""
+        if self._addresses is not None or not any(
+                b.ha_suspend is not None for b in self._blocks.values()):
+            return
+        watcher = self._address_watcher(self._address_changed)
+        try:
+            await nursery.start(watcher.run)
+        except OSError as exc:
+            log.error("ha_suspend: cannot watch the host's addresses (%s); checkers"
+                      " are never suspended", exc)
+            return
+        self._addresses = watcher
+
+    def _address_changed(self, address: IPv4Address | IPv6Address, present: bool) -> None:
+        for blk in self._blocks.values():
+            if blk.ha_suspend == address:
+                self._suspend(blk)
+
+    def _suspend(self, blk: _Block) -> None:
+        """Suspend or resume the checkers of ``blk`` by its ``ha_suspend`` address."""
+        scheduler, watcher = self._scheduler, self._addresses
+        if scheduler is None:
+            return
+        suspended = (blk.ha_suspend is not None and watcher is not None
+                     and blk.ha_suspend not in watcher.local)
+        was = blk.key in self._suspended_blocks
+        for rs in blk.servers.values():
+            scheduler.suspend(blk.rid(rs), suspended)
+        if suspended:
+            self._suspended_blocks.add(blk.key)
+        else:
+            self._suspended_blocks.discard(blk.key)
+        if suspended != was:
+            log.info("virtual server %s: address %s %s: checkers %s", blk.spec.name,
+                     blk.ha_suspend, "absent" if suspended else "present",
+                     "suspended" if suspended else "active")
 
     def _wanted_files(self) -> list[TrackFile]:
         names = {fc.track_file for b in self._blocks.values()
@@ -412,14 +465,19 @@ class LvsService:
             fault, delta = file_effect(checks, self._track_files, self._files.values)
             if fault is not None:
                 if alive:
-                    checker, reason = "FILE_CHECK", fault
+                    checker, reason = "FILE_CHECK", f"FILE_CHECK: {fault}"
                 alive = False
             else:
                 weight = clamp_weight(weight + delta)
+            was = self._file_fault.get(rid, False)
+            if was != (fault is not None):
+                self._file_fault[rid] = fault is not None
+                log.warning("virtual server %s: real server %s: FILE_CHECK %s%s",
+                            blk.spec.name, event.real_server,
+                            "DOWN: " if fault is not None else "UP", fault or "")
+        elif rid in self._file_fault:
+            del self._file_fault[rid]
         prev = self.health.get(rid)
-        if prev is not None and checks and checker == "FILE_CHECK" and prev.alive != alive:
-            log.info("virtual server %s: real server %s: %s", blk.spec.name,
-                     event.real_server, reason if not alive else "FILE_CHECK: up")
         self.health[rid] = RealServerState(
             self._labels[blk.key], event.real_server, alive, weight, reason
         )
@@ -547,6 +605,7 @@ class LvsService:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     await self._files.configure(nursery, self._wanted_files())
+                    await self._watch_addresses(nursery)
                     self._scheduler = CheckerScheduler(
                         (), CallbackSink(self._changed), self._prober, self._rng,
                         timer_granularity=self._timer_granularity,
@@ -555,6 +614,8 @@ class LvsService:
                     for blk in self._blocks.values():
                         for rs in blk.servers.values():
                             self._scheduler.add(blk.spec, rs, blk.rid(rs))
+                        if blk.ha_suspend is not None:
+                            self._suspend(blk)
                     await nursery.start(self._scheduler.run)  # reports every initial state
                     await self._scheduler.wait_running()  # probes due at once have started
                     self._dirty = trio.Event()  # the initial states are in this plan
@@ -682,7 +743,12 @@ class LvsService:
                 if prev is not None:
                     self._pending.update(prev.service_keys())
             await pace.tick()
+        await self._watch_addresses(self._nursery)
+        for _prev, blk in changed:
+            if blk.ha_suspend is not None or blk.key in self._suspended_blocks:
+                self._suspend(blk)
         for prev in removed:
+            self._suspended_blocks.discard(prev.key)
             for rs in prev.servers.values():
                 self._stop_checker(prev.rid(rs))
                 stopped += 1
@@ -704,6 +770,7 @@ class LvsService:
         self._scheduler.remove_key(rid)  # it reports nothing more, not even omega
         self.health.pop(rid, None)
         self._events.pop(rid, None)
+        self._file_fault.pop(rid, None)
 
     # ---- views for metrics ----------------------------------------------------------------
 

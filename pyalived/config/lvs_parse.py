@@ -1239,6 +1239,10 @@ class LvsParser:
         if vs.fwmark is not None and vs.ha_suspend:
             sink.warning(loc, f"{where}: ha_suspend does not apply to fwmark services; cleared")
             vs = replace(vs, ha_suspend=False)
+        if vs.group is not None and vs.ha_suspend:
+            sink.warning(loc, f"{where}: ha_suspend is not supported yet for virtual server"
+                              " groups; cleared (the checkers always run)")
+            vs = replace(vs, ha_suspend=False)
         by_address = vs.address is not None or vs.group is not None
         if vs.fwmark is not None and "protocol" in given:
             sink.warning(loc, f"{where}: protocol is ignored for fwmark services")

@@ -9,13 +9,16 @@ with real files watched through inotify for FILE_CHECK.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from ipaddress import ip_address
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import trio
 
+from pyalived.checkers import ha_suspend as ha
 from pyalived.checkers.compile import ipvs_configs
 from pyalived.checkers.file_check import file_effect, file_status
 from pyalived.config import load
@@ -398,3 +401,115 @@ async def test_a_file_that_says_down_at_start_keeps_the_server_out_from_the_firs
         assert rig.kernel.weights() == {A: 1, B: 1}
         await svc.apply(config(tmp_path, lvs_text(tmp_path, rs_extra=(fc_a, ""))))
         assert rig.kernel.weights() == {B: 1}
+
+
+# ---- ha_suspend -------------------------------------------------------------------------
+
+
+def addr_message(mtype: int, index: int, local: str, seq: int = 0) -> bytes:
+    raw = ip_address(local).packed
+    family = 2 if len(raw) == 4 else 10
+    attr = struct.pack("=HH", 4 + len(raw), ha.IFA_LOCAL) + raw
+    body = struct.pack("=BBBBI", family, 24, 0, 0, index) + attr
+    return struct.pack("=IHHII", 16 + len(body), mtype, 0, seq, 0) + body
+
+
+def test_address_messages_decode_and_count_per_interface() -> None:
+    buf = (addr_message(ha.RTM_NEWADDR, 2, "198.18.0.100")
+           + addr_message(ha.RTM_NEWADDR, 3, "fd00:198:18::100")
+           + struct.pack("=IHHIIi", 20, ha.NLMSG_DONE, 2, 5, 0, 0))
+    got = list(ha.decode(buf))
+    assert got == [(ha.RTM_NEWADDR, 0, 2, ip_address("198.18.0.100")),
+                   (ha.RTM_NEWADDR, 0, 3, ip_address("fd00:198:18::100")),
+                   (ha.NLMSG_DONE, 5, 0, None)]
+    local = ha.LocalAddresses()
+    vip = ip_address("198.18.0.100")
+    assert local.add(vip, 2) and not local.add(vip, 4)  # on a second interface too
+    assert not local.remove(vip, 2) and vip in local  # still on the other one
+    assert local.remove(vip, 4) and vip not in local
+
+
+class FakeAddresses(ha.AddressWatcher):
+    """The host's addresses as the test sets them (no netlink)."""
+
+    instances: ClassVar[list[FakeAddresses]] = []
+
+    def __init__(self, on_change: ha.AddressCallback) -> None:
+        super().__init__(on_change)
+        FakeAddresses.instances.append(self)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    def set(self, address: str, present: bool) -> None:
+        addr = ip_address(address)
+        if present:
+            self.local.add(addr, 2)
+        else:
+            self.local.remove(addr, 2)
+        self._on_change(addr, present)
+
+
+async def test_ha_suspend_rests_the_checkers_of_a_backup_director(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A backup director (VIP not on it) never probes; the VIP arriving at t=100 (it
+    became MASTER) starts the probes within a delay_loop; the VIP leaving at t=200
+    suspends them again, each real server keeping the state it had."""
+    FakeAddresses.instances.clear()
+    rig = Rig()
+    text = lvs_text(tmp_path).replace(" protocol TCP\n", " protocol TCP\n ha_suspend\n")
+    svc = rig.service(config(tmp_path, text), address_watcher=FakeAddresses)
+    async with running(svc):
+        (watcher,) = FakeAddresses.instances
+        rig.prober.set(B, False)  # B is dead, but nobody looks
+        await at(100, svc)
+        assert rig.prober.calls == []
+        assert rig.kernel.weights() == {A: 1, B: 1}  # the service stays, as in keepalived
+        watcher.set("198.18.0.1", True)
+        await at(112.5, svc)
+        assert sorted({t for t, _ in rig.prober.calls}) and all(
+            100 < t <= 110 for t, _ in rig.prober.calls[:2])
+        assert rig.kernel.weights() == {A: 1}  # B's probe and two retries failed
+        watcher.set("198.18.0.1", False)
+        count = len(rig.prober.calls)
+        rig.prober.set(B, True)  # B comes back while suspended: not seen
+        await at(300, svc)
+        assert len(rig.prober.calls) == count
+        assert rig.kernel.weights() == {A: 1}
+        watcher.set("198.18.0.1", True)
+        await at(311, svc)
+        assert rig.kernel.weights() == {A: 1, B: 1}
+
+
+async def test_a_reload_adding_ha_suspend_suspends_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    FakeAddresses.instances.clear()
+    rig = Rig()
+    svc = rig.service(config(tmp_path, lvs_text(tmp_path)), address_watcher=FakeAddresses)
+    async with running(svc):
+        assert FakeAddresses.instances == []  # no ha_suspend: no watcher
+        await at(25, svc)
+        assert rig.prober.times(A)[:3] == [0, 10, 20]
+        text = lvs_text(tmp_path).replace(" protocol TCP\n", " protocol TCP\n ha_suspend\n")
+        await svc.apply(config(tmp_path, text))
+        await at(100, svc)
+        assert rig.prober.times(A)[:3] == [0, 10, 20] and len(rig.prober.times(A)) == 3
+        await svc.apply(config(tmp_path, lvs_text(tmp_path)))  # dropped again: resumed
+        await at(115, svc)
+        assert len(rig.prober.times(A)) > 3
+
+
+def test_ha_suspend_on_a_group_is_warned_about_and_cleared(tmp_path: Path) -> None:
+    text = ("virtual_server_group G {\n 198.18.0.1 80\n}\n"
+            "virtual_server group G {\n protocol TCP\n lb_algo rr\n lb_kind NAT\n ha_suspend\n"
+            " real_server 198.18.0.2 80 {\n }\n}\n")
+    res = load_text(tmp_path, text)
+    assert res.config is not None
+    (v,) = res.config.virtual_servers
+    assert not v.ha_suspend
+    assert any(d.location.line == 4 and "ha_suspend is not supported yet for virtual server"
+               " groups" in d.message for d in res.diagnostics), res.diagnostics
