@@ -67,7 +67,7 @@ def file_effect(
         value = values.get(check.track_file, 0)
         status = file_status(value, weight, reverse)
         if status is None:
-            return f"FILE_CHECK: track_file {check.track_file} reads {value}", 0
+            return f"track_file {check.track_file} reads {value}", 0
         delta += status
     return None, delta
 
