@@ -59,19 +59,24 @@ from pyalived.config.model import (
     CheckerType,
     Config,
     LvsMethod,
+    LvsTunnel,
     RealServer,
     VirtualServer,
     VirtualServerGroup,
 )
 from pyalived.ipvs.model import (
+    NO_TUNNEL,
     SVC_F_SCHED1,
     SVC_F_SCHED2,
     SVC_F_SCHED3,
+    TUN_FLAGS,
+    TUN_TYPES,
     DestKey,
     Forwarding,
     RealServerConfig,
     ServiceKey,
     SorryServerConfig,
+    Tunnel,
     VirtualServerConfig,
 )
 
@@ -223,6 +228,13 @@ def _forwarding(method: LvsMethod | None) -> Forwarding | None:
     return None if method is None else Forwarding[method.value]
 
 
+def tunnel(t: LvsTunnel | None) -> Tunnel | None:
+    """The IPVS tunnel settings of ``lvs_method TUN ...`` (None: not given)."""
+    if t is None:
+        return None
+    return Tunnel(TUN_TYPES[t.type], t.port, TUN_FLAGS[t.checksum])
+
+
 def real_server_config(rs: RealServer, fwmark: bool = False) -> RealServerConfig:
     """IPVS view of a real server; a fwmark service ignores its port, as keepalived does."""
     return RealServerConfig(
@@ -233,8 +245,9 @@ def real_server_config(rs: RealServer, fwmark: bool = False) -> RealServerConfig
         inhibit_on_failure=rs.inhibit_on_failure,
         u_threshold=rs.uthreshold,
         l_threshold=rs.lthreshold,
-        checked=bool(rs.checkers or rs.unsupported_checkers),
+        checked=bool(rs.checkers or rs.unsupported_checkers or rs.file_checks),
         location=rs.location,
+        tunnel=tunnel(rs.lvs_tunnel) if rs.lvs_method is not None else None,
     )
 
 
@@ -248,6 +261,8 @@ def ipvs_virtual_servers(vs: VirtualServer, groups: Groups) -> tuple[VirtualServ
             port=s.port or 0,
             forwarding=_forwarding(vs.sorry_server_lvs_method),
             location=s.location,
+            tunnel=tunnel(vs.sorry_server_lvs_tunnel)
+            if vs.sorry_server_lvs_method is not None else None,
         )
     flags = 0
     for name in vs.sched_flags:
@@ -275,6 +290,8 @@ def ipvs_virtual_servers(vs: VirtualServer, groups: Groups) -> tuple[VirtualServ
             quorum_down=vs.quorum_down,
             real_servers=by_mark if key.fwmark else by_port,
             location=vs.location,
+            tunnel=tunnel(vs.lvs_tunnel) or NO_TUNNEL,
+            persistence_engine=vs.persistence_engine,
         )
         for key in service_keys(vs, groups)
     )

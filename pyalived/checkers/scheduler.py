@@ -44,6 +44,12 @@ several) is replaced, its probe in progress, if any, abandoned and started
 again at once.  A checker whose next probe moved is given a new timer entry;
 the old entry, when it comes, finds the probe not due and does nothing.
 
+Suspension (``suspend``, the virtual servers' ``ha_suspend``): a suspended
+real server's checkers keep their state and timers, but a probe that comes
+due is not run: it is put off by the checker's ``delay_loop``, again and
+again, until the real server is resumed, as keepalived re-arms a disabled
+checker without checking.
+
 A probe that could not run for lack of this process's resources (a result
 marked ``internal``, or an ``OSError`` such as EMFILE escaping the prober:
 ``pyalived.limits.is_resource_exhaustion``) is an internal error, not a
@@ -264,6 +270,7 @@ class CheckerScheduler:
         self._nursery: trio.Nursery | None = None
         self._timers = TimerQueue(timer_granularity)
         self._unstarted = 0  # checker tasks started but not yet running
+        self._suspended: set[ServerKey] = set()  # real servers whose probes are put off
         self._all_running = trio.Event()
         self.internal_errors = 0  # probes that could not run (see the module docstring)
         self._internal_log = LogThrottle(log, INTERNAL_ERROR_LOG_INTERVAL, lambda: self._now())
@@ -451,10 +458,21 @@ class CheckerScheduler:
         Its checkers are cancelled and it reports nothing more (not even omega).
         """
         s = self._servers.pop(key, None)
+        self._suspended.discard(key)
         if s is not None:
             s.active = False
             for c in s.checkers:
                 self._retire(c)
+
+    def suspend(self, key: ServerKey, suspended: bool) -> None:
+        """Put off (or resume) the probes of the real server known by ``key``."""
+        if suspended:
+            self._suspended.add(key)
+        else:
+            self._suspended.discard(key)
+
+    def suspended(self, key: ServerKey) -> bool:
+        return key in self._suspended
 
     def remove(self, virtual_server: str, rs: RealServerSpec) -> None:
         """``remove_key`` of ``rs`` of the virtual server named ``virtual_server``."""
@@ -494,6 +512,10 @@ class CheckerScheduler:
         nursery = self._nursery
         if nursery is None:
             return  # stopping
+        if self._suspended and c.server.key in self._suspended:
+            self._began(c)
+            self._timers.call_at(now + c.spec.timing.delay_loop, c)
+            return
         started = c.started = now
         if self._on_probe_start is not None:
             self._on_probe_start(due, started)

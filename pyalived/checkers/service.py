@@ -56,7 +56,27 @@ scrape) for the owned services only, in the IPVS worker thread, and one
 read serves every scrape for a second.
 
 Transitions are logged by the checker scheduler; this module logs only what
-is its own (quorum changes and reloads).
+is its own (quorum changes, FILE_CHECK transitions and reloads).
+
+FILE_CHECK (``pyalived.checkers.file_check``) is no probe: the service keeps
+each real server's last report from the scheduler and lays its FILE_CHECKs
+over it (down while one is at fault, else their weight added), whenever the
+scheduler reports and whenever a watched track file changes; the result is
+what the planner, the notify scripts, the alerts and the metrics see.  The
+track files are read before the first plan, so a real server whose file
+says down never enters the table.
+
+``ha_suspend`` (``pyalived.checkers.ha_suspend``): while a virtual server
+with it has its address on no interface of the host, the scheduler puts off
+its real servers' probes (their state stays as it was); the
+``AddressWatcher`` runs only while some block has ``ha_suspend`` and is
+read before the checkers start, so a backup director never probes at all.
+
+Global IPVS settings: ``lvs_flush`` empties the kernel table when the table
+is first opened, ``lvs_timeouts`` is programmed then and again on each
+reload that gives it, and ``lvs_flush_on_stop`` (without ``VS``) flushes the
+whole table on stop instead of deleting the owned services (see
+``IpvsTableManager``).
 """
 
 from __future__ import annotations
@@ -83,6 +103,8 @@ from pyalived.checkers.compile import (
     unpacked,
     virtual_server_spec,
 )
+from pyalived.checkers.file_check import FileCheckWatcher, clamp_weight, file_effect
+from pyalived.checkers.ha_suspend import AddressCallback, AddressWatcher
 from pyalived.checkers.probes import Prober, RealProber
 from pyalived.checkers.scheduler import (
     CallbackSink,
@@ -92,13 +114,21 @@ from pyalived.checkers.scheduler import (
 )
 from pyalived.checkers.spec import RealServerSpec, VirtualServerSpec
 from pyalived.config.lvs_parse import tls_client
-from pyalived.config.model import Config, VirtualServer, VirtualServerGroup
+from pyalived.config.model import (
+    Config,
+    FileCheck,
+    GlobalDefs,
+    TrackFile,
+    VirtualServer,
+    VirtualServerGroup,
+)
 from pyalived.ipvs.model import (
     DestKey,
     Plan,
     ServiceEntry,
     ServiceKey,
     Table,
+    Timeouts,
     VirtualServerConfig,
     plan,
 )
@@ -149,6 +179,8 @@ class _Block:
     quorum_numbers: tuple[int, int] = (1, 0)  # quorum, hysteresis (for the mail alerts)
     vs_smtp: bool | None = None  # smtp_alert of the block; None: the global default
     rs_smtp: dict[Address, bool] = field(default_factory=dict)  # real servers' own
+    file_checks: dict[Address, tuple[FileCheck, ...]] = field(default_factory=dict)
+    ha_suspend: IPv4Address | IPv6Address | None = None  # the address whose absence suspends
 
     @classmethod
     def build(
@@ -172,11 +204,15 @@ class _Block:
                 blk.servers.setdefault((rs.ip, rs.port), rs)
         blk.fifo_name, blk.fifo_proto = _fifo_name(vs)
         blk.quorum_numbers, blk.vs_smtp = (vs.quorum, vs.hysteresis), vs.smtp_alert
+        if vs.ha_suspend and vs.address is not None:
+            blk.ha_suspend = vs.address
         for conf in vs.real_servers:
             if conf.smtp_alert is not None:
                 blk.rs_smtp[(conf.address, conf.port)] = conf.smtp_alert
             if conf.notify_up is not None or conf.notify_down is not None:
                 blk.notify[(conf.address, conf.port)] = (conf.notify_up, conf.notify_down)
+            if conf.file_checks:
+                blk.file_checks[(conf.address, conf.port)] = conf.file_checks
         return blk
 
     def same_config(self, fingerprint: bytes, groups: Mapping[str, VirtualServerGroup]) -> bool:
@@ -250,12 +286,22 @@ class LvsService:
         apply_slice: float = APPLY_SLICE,
         alerts: bool | LvsAlerts = False,
         vrrp_running: bool = True,
+        address_watcher: Callable[[AddressCallback], AddressWatcher] = AddressWatcher,
     ) -> None:
         self.manager = (
             manager
             if manager is not None
             else IpvsTableManager(open_kernel, release_on_stop=release_on_stop)
         )
+        self._global_ipvs(unpacked(config).global_defs)
+        self._events: dict[RealServerId, RealServerEvent] = {}  # the scheduler's last reports
+        self._files = FileCheckWatcher(self._file_value)
+        self._addresses: AddressWatcher | None = None  # while some block has ha_suspend
+        self._address_watcher = address_watcher
+        self._file_fault: dict[RealServerId, bool] = {}
+        self._suspended_blocks: set[BlockKey] = set()
+        self._track_files: dict[str, TrackFile] = {
+            t.name: t for t in unpacked(config).track_files}
         self._prober: Prober = prober if prober is not None else RealProber()
         self._probe_observer = probe_observer
         self._plan_observer = plan_observer
@@ -306,6 +352,58 @@ class LvsService:
         self._log_all_failures = conf.global_defs.checker_log_all_failures
         if self._scheduler is not None:
             self._scheduler.log_all_failures = self._log_all_failures
+
+    def _global_ipvs(self, defs: GlobalDefs) -> Timeouts | None:
+        """Hand ``lvs_flush``, ``lvs_flush_on_stop`` and ``lvs_timeouts`` to the manager."""
+        self.manager.flush_at_start = defs.lvs_flush
+        self.manager.flush_on_stop = defs.lvs_flush_on_stop == "full"
+        t = defs.lvs_timeouts
+        timeouts = None if t is None else Timeouts(t.tcp, t.tcpfin, t.udp)
+        self.manager.timeouts = timeouts
+        return timeouts
+
+    async def _watch_addresses(self, nursery: trio.Nursery) -> None:
+        """Start the address watcher once some block has ``ha_suspend``."""
+        if self._addresses is not None or not any(
+                b.ha_suspend is not None for b in self._blocks.values()):
+            return
+        watcher = self._address_watcher(self._address_changed)
+        try:
+            await nursery.start(watcher.run)
+        except OSError as exc:
+            log.error("ha_suspend: cannot watch the host's addresses (%s); checkers"
+                      " are never suspended", exc)
+            return
+        self._addresses = watcher
+
+    def _address_changed(self, address: IPv4Address | IPv6Address, present: bool) -> None:
+        for blk in self._blocks.values():
+            if blk.ha_suspend == address:
+                self._suspend(blk)
+
+    def _suspend(self, blk: _Block) -> None:
+        """Suspend or resume the checkers of ``blk`` by its ``ha_suspend`` address."""
+        scheduler, watcher = self._scheduler, self._addresses
+        if scheduler is None:
+            return
+        suspended = (blk.ha_suspend is not None and watcher is not None
+                     and blk.ha_suspend not in watcher.local)
+        was = blk.key in self._suspended_blocks
+        for rs in blk.servers.values():
+            scheduler.suspend(blk.rid(rs), suspended)
+        if suspended:
+            self._suspended_blocks.add(blk.key)
+        else:
+            self._suspended_blocks.discard(blk.key)
+        if suspended != was:
+            log.info("virtual server %s: address %s %s: checkers %s", blk.spec.name,
+                     blk.ha_suspend, "absent" if suspended else "present",
+                     "suspended" if suspended else "active")
+
+    def _wanted_files(self) -> list[TrackFile]:
+        names = {fc.track_file for b in self._blocks.values()
+                 for checks in b.file_checks.values() for fc in checks}
+        return [self._track_files[n] for n in sorted(names) if n in self._track_files]
 
     def _derive(self) -> None:
         """Derive the service-wide views from ``self._blocks`` (linear in blocks and services)."""
@@ -359,20 +457,53 @@ class LvsService:
         blk = self._blocks.get(rid[0])
         if blk is None:
             return
+        self._events[rid] = event
+        self._refresh(blk, rid, event.checker)
+
+    def _file_value(self, name: str, value: int) -> None:
+        """A watched track file now reads ``value``: re-derive the real servers using it."""
+        for blk in self._blocks.values():
+            for addr, checks in blk.file_checks.items():
+                if any(fc.track_file == name for fc in checks):
+                    rid = (blk.key, addr[0], addr[1])
+                    if rid in self._events:
+                        self._refresh(blk, rid, "FILE_CHECK")
+
+    def _refresh(self, blk: _Block, rid: RealServerId, checker: str | None) -> None:
+        """Record a real server's health: the scheduler's last report, FILE_CHECKs over it."""
+        event = self._events[rid]
+        alive, weight, reason = event.alive, event.weight, event.reason
+        checks = blk.file_checks.get((rid[1], rid[2]))
+        if checks:
+            fault, delta = file_effect(checks, self._track_files, self._files.values)
+            if fault is not None:
+                if alive:
+                    checker, reason = "FILE_CHECK", f"FILE_CHECK: {fault}"
+                alive = False
+            else:
+                weight = clamp_weight(weight + delta)
+            was = self._file_fault.get(rid, False)
+            if was != (fault is not None):
+                self._file_fault[rid] = fault is not None
+                log.warning("virtual server %s: real server %s: FILE_CHECK %s%s",
+                            blk.spec.name, event.real_server,
+                            "DOWN: " if fault is not None else "UP", fault or "")
+        elif rid in self._file_fault:
+            del self._file_fault[rid]
         prev = self.health.get(rid)
         self.health[rid] = RealServerState(
-            self._labels[blk.key], event.real_server, event.alive, event.weight, event.reason
+            self._labels[blk.key], event.real_server, alive, weight, reason
         )
-        if prev is not None and prev.alive != event.alive:
+        if prev is not None and prev.alive != alive:
             up, down = blk.notify.get((rid[1], rid[2]), (None, None))
-            self._run_script(up if event.alive else down)
+            self._run_script(up if alive else down)
             if self.alerts is not None:
                 rs = event.real_server
                 port = 0 if blk.fifo_proto == "none" else rs.port or 0
-                kind = event.checker.split("#")[0] if event.checker else None
+                kind = checker.split("#")[0] if checker else None
                 self.alerts.real_server(f"[{rs.ip}]:{blk.fifo_proto}:{port}", blk.fifo_name,
-                                        event.alive, kind, blk.rs_smtp.get((rid[1], rid[2])))
-        if prev is None or prev.alive != event.alive or prev.weight != event.weight:
+                                        alive, kind, blk.rs_smtp.get((rid[1], rid[2])))
+        if prev is None or prev.alive != alive or prev.weight != weight:
             self._pending.update(blk.service_keys())
             self._mark_dirty()
 
@@ -486,6 +617,8 @@ class LvsService:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    await self._files.configure(nursery, self._wanted_files())
+                    await self._watch_addresses(nursery)
                     self._scheduler = CheckerScheduler(
                         (), CallbackSink(self._changed), self._prober, self._rng,
                         timer_granularity=self._timer_granularity,
@@ -495,6 +628,8 @@ class LvsService:
                     for blk in self._blocks.values():
                         for rs in blk.servers.values():
                             self._scheduler.add(blk.spec, rs, blk.rid(rs))
+                        if blk.ha_suspend is not None:
+                            self._suspend(blk)
                     await nursery.start(self._scheduler.run)  # reports every initial state
                     await self._scheduler.wait_running()  # probes due at once have started
                     self._dirty = trio.Event()  # the initial states are in this plan
@@ -579,6 +714,19 @@ class LvsService:
         # 2. Switch to it: events from here on find the new blocks.
         self._blocks = blocks
         self._derive()
+        defs = unpacked(config).global_defs
+        timeouts = self._global_ipvs(defs)
+        if timeouts is not None:
+            await self.manager.set_timeouts(timeouts)  # keepalived sets them on each reload
+        files = {t.name: t for t in unpacked(config).track_files}
+        files_changed, self._track_files = files != self._track_files, files
+        await self._files.configure(self._nursery, self._wanted_files())
+        if files_changed:  # a track_file's weight or file: every FILE_CHECK using it
+            for blk in blocks.values():
+                for addr in blk.file_checks:
+                    rid = (blk.key, addr[0], addr[1])
+                    if rid in self._events:
+                        self._refresh(blk, rid, "FILE_CHECK")
         for prev, blk in changed:
             prev_servers = prev.servers if prev is not None else {}
             for addr, rs in blk.servers.items():
@@ -600,12 +748,22 @@ class LvsService:
                     if addr not in blk.servers:
                         self._stop_checker(prev.rid(rs))
                         stopped += 1
+            if blk.file_checks or (prev is not None and prev.file_checks):
+                for rs in blk.servers.values():
+                    rid = blk.rid(rs)
+                    if rid in self._events:
+                        self._refresh(blk, rid, "FILE_CHECK")
             if prev is None or prev.services != blk.services:
                 self._pending.update(blk.service_keys())
                 if prev is not None:
                     self._pending.update(prev.service_keys())
             await pace.tick()
+        await self._watch_addresses(self._nursery)
+        for _prev, blk in changed:
+            if blk.ha_suspend is not None or blk.key in self._suspended_blocks:
+                self._suspend(blk)
         for prev in removed:
+            self._suspended_blocks.discard(prev.key)
             for rs in prev.servers.values():
                 self._stop_checker(prev.rid(rs))
                 stopped += 1
@@ -626,6 +784,8 @@ class LvsService:
         assert self._scheduler is not None
         self._scheduler.remove_key(rid)  # it reports nothing more, not even omega
         self.health.pop(rid, None)
+        self._events.pop(rid, None)
+        self._file_fault.pop(rid, None)
 
     # ---- views for metrics ----------------------------------------------------------------
 

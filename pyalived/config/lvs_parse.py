@@ -23,8 +23,16 @@ As in keepalived 2.2.7, a virtual server given by address without
 ``protocol`` gets UDP (the kernel's choice for protocol 0), one without
 ``lvs_sched`` gets ``wlc`` and one without ``lvs_method`` gets NAT, each with
 a warning; ``ha_suspend`` is dropped for fwmark services and ``ops`` for
-anything but UDP.  Checker types this project does not run yet (BFD_CHECK,
-FILE_CHECK) are warnings and skipped; the rest of their real server still
+anything but UDP.  ``lvs_method TUN`` (and ``sorry_server_lvs_method``)
+takes keepalived's tunnel options, ``type ipip|gue port N|gre`` and one of
+``nocsum|csum|remcsum``, with its checks (GUE needs a port, only GUE has
+one; ipip takes no checksum option, GRE no ``remcsum``); options after NAT
+or DR are warned about and ignored.  ``persistence_engine`` names an IPVS
+persistence engine (a longer name than 15 characters is cut, with a
+warning).  ``FILE_CHECK { track_file NAME; weight N [reverse] }`` refers to a
+top-level ``track_file`` (unknown names are errors, checked once the whole
+file is read).  Checker types this project does not run yet (BFD_CHECK)
+are warnings and skipped; the rest of their real server still
 applies, but a real server left with no other checker is never counted as up
 (its ``unsupported_checkers`` say why; see ``pyalived.checkers.compile``).
 SMTP_CHECK's ``host { }`` sub-blocks each become one more SMTP_CHECK with the
@@ -69,10 +77,12 @@ from pyalived.config.model import (
     CheckerOptions,
     CheckerType,
     Config,
+    FileCheck,
     IPAddress,
     Location,
     LvsMethod,
     LvsProtocol,
+    LvsTunnel,
     RealServer,
     SorryServer,
     SslSettings,
@@ -88,7 +98,10 @@ from pyalived.config.values import Read, ValueReader, float_in, int_in, one_of
 from pyalived.ipvs.model import (
     DEFAULT_PERSISTENCE_TIMEOUT,
     DEFAULT_SCHEDULER,
+    PE_NAME_MAX,
     SCHEDULERS,
+    TUN_FLAGS,
+    TUN_TYPES,
     Protocol,
     ServiceKey,
 )
@@ -162,12 +175,12 @@ U32 = 2**32 - 1
 MAX_TIMER = 86400.0 * 365
 MAX_GROUP_RANGE = 65536  # addresses in one virtual_server_group range
 
-UNSUPPORTED_CHECKERS = frozenset("BFD_CHECK FILE_CHECK".split())
+UNSUPPORTED_CHECKERS = frozenset("BFD_CHECK".split())
 DNS_TYPES = frozenset("A NS CNAME SOA MX TXT AAAA".split())
 MAX_UDP_PAYLOAD = 65507
 SCHED_FLAGS = frozenset("flag-1 flag-2 flag-3 sh-port sh-fallback mh-port mh-fallback".split())
 UNSUPPORTED_VS = frozenset(
-    """persistence_engine snmp_name nat_mask lvs_sync_daemon tunnel_type""".split()
+    """snmp_name nat_mask lvs_sync_daemon tunnel_type""".split()
 )
 UNSUPPORTED_RS = frozenset("snmp_name".split())  # and UNSUPPORTED_CHECKERS
 UNSUPPORTED_CHECKER_OPTS: frozenset[str] = frozenset()
@@ -224,7 +237,7 @@ class _VirtualServer(_Options):
 
 
 class _RealServer(_Options):
-    __slots__ = ("address", "checkers", "port", "unsupported")
+    __slots__ = ("address", "checkers", "file_checks", "port", "unsupported")
 
     def __init__(
         self, r: ValueReader, lvs: LvsParser, address: IPAddress, port: int | None
@@ -235,6 +248,7 @@ class _RealServer(_Options):
         self.address = address
         self.port = port
         self.checkers: list[Checker] = []
+        self.file_checks: list[FileCheck] = []
         self.unsupported: list[str] = []  # checkers not run: "KIND at FILE:LINE"
 
     def where(self) -> str:
@@ -276,7 +290,13 @@ def option(name: str, read: Read[Option]) -> Handler[_Options]:
 
 
 def _method(r: ValueReader, node: Node) -> LvsMethod | None:
-    """``NAT``, ``DR`` or ``TUN`` (``MASQ`` is NAT); tunnel options are warned about."""
+    """``NAT``, ``DR`` or ``TUN`` (``MASQ`` is NAT), without its tunnel options."""
+    read = _method_tunnel(r, node)
+    return None if read is None else read[0]
+
+
+def _method_tunnel(r: ValueReader, node: Node) -> tuple[LvsMethod, LvsTunnel | None] | None:
+    """``NAT``, ``DR`` or ``TUN [type ipip|gue port N|gre] [nocsum|csum|remcsum]``."""
     r.no_block(node)
     if not node.values:
         r.sink.error(node.location, f"{node.name} needs NAT, DR or TUN")
@@ -292,12 +312,75 @@ def _method(r: ValueReader, node: Node) -> LvsMethod | None:
             f"{node.name}: unknown forwarding method '{node.values[0]}' (NAT, DR or TUN)",
         )
         return None
-    if len(node.values) > 1:
+    rest = node.values[1:]
+    if method is not LvsMethod.TUN:
+        if rest:
+            r.sink.warning(
+                node.location,
+                f"{node.name}: options of {method.value} ignored: {' '.join(rest)}",
+            )
+        return method, None
+    kind, port, checksum = "ipip", 0, "nocsum"
+    i = 0
+    while i < len(rest):
+        word = rest[i].lower()
+        value = rest[i + 1] if i + 1 < len(rest) else None
+        if word == "type":
+            if value is None or value.lower() not in TUN_TYPES:
+                r.sink.error(
+                    node.location, f"{node.name}: unknown tunnel type {value} (ipip, gue or gre)"
+                )
+                return None
+            kind = value.lower()
+            i += 2
+        elif word == "port":
+            if value is None or not value.isdigit() or not 1 <= int(value) <= 65535:
+                r.sink.error(
+                    node.location, f"{node.name}: tunnel port {value} is outside [1, 65535]"
+                )
+                return None
+            port = int(value)
+            i += 2
+        elif word in TUN_FLAGS:
+            checksum = word
+            i += 1
+        else:
+            r.sink.error(node.location, f"{node.name}: unknown tunnel option '{rest[i]}'")
+            return None
+    if (kind == "gue") != (port != 0):
+        r.sink.error(node.location, f"{node.name}: gue tunnels need a port, and only they take one")
+        return None
+    if kind == "ipip" and checksum != "nocsum":
+        r.sink.error(node.location, f"{node.name}: ipip tunnels take no checksum option")
+        return None
+    if kind == "gre" and checksum == "remcsum":
+        r.sink.error(node.location, f"{node.name}: gre tunnels do not support remcsum")
+        return None
+    return method, LvsTunnel(kind, port, checksum)
+
+
+def method_field(method: str, tunnel: str) -> Handler[Block]:
+    """A handler of ``lvs_method``-like keywords: the method and its tunnel options."""
+
+    @writes(method, tunnel)
+    def handle(block: Block, node: Node) -> None:
+        read = _method_tunnel(block.r, node)
+        if read is not None:
+            block.fields[method], block.fields[tunnel] = read
+
+    return handle
+
+
+def _persistence_engine(r: ValueReader, node: Node) -> str | None:
+    name = r.one(node)
+    if name is not None and len(name) > PE_NAME_MAX:
         r.sink.warning(
             node.location,
-            f"{node.name}: tunnel options are not supported yet: {' '.join(node.values[1:])}",
+            f"{node.name}: '{name}' is longer than {PE_NAME_MAX} characters; cut to"
+            f" '{name[:PE_NAME_MAX]}'",
         )
-    return method
+        name = name[:PE_NAME_MAX]
+    return name
 
 
 def _scheduler(r: ValueReader, node: Node) -> str | None:
@@ -503,6 +586,58 @@ def _real_server(block: _VirtualServer, node: Node) -> None:
             return
     seen[key] = node.location
     block.real_servers.append(rs)
+
+
+@writes("weight", "reverse")
+def _file_weight(block: Block, node: Node) -> None:
+    """``weight N [reverse|noreverse]``, N in [-2147483647, 2147483647]."""
+    r = block.r
+    r.no_block(node)
+    if not node.values:
+        r.sink.error(node.location, "weight needs a value")
+        return
+    try:
+        weight = int(node.values[0], 10)
+    except ValueError:
+        r.sink.error(node.location, f"weight: '{node.values[0]}' is not a whole number")
+        return
+    if not -U31 <= weight <= U31:
+        r.sink.error(node.location, f"weight {weight} is outside [{-U31}, {U31}]")
+        return
+    reverse = False
+    if len(node.values) > 1:
+        word = node.values[1]
+        if word not in ("reverse", "noreverse"):
+            r.sink.error(node.location, f"weight: unknown option '{word}' (reverse, noreverse)")
+            return
+        reverse = word == "reverse"
+        if len(node.values) > 2:
+            r.sink.warning(
+                node.location, f"weight: extra words ignored: {' '.join(node.values[2:])}"
+            )
+    block.fields["weight"], block.fields["reverse"] = weight, reverse
+
+
+_FILE_CHECK = Keywords[Block](
+    {"track_file": field("track_file", ValueReader.one), "weight": _file_weight}
+)
+
+
+@writes("file_checks")
+def _file_check(block: _RealServer, node: Node) -> None:
+    """``FILE_CHECK { track_file NAME; weight N [reverse] }``."""
+    r = block.r
+    if node.values:
+        r.sink.warning(node.location, f"FILE_CHECK: extra words ignored: {' '.join(node.values)}")
+    inner = Block(r, "FILE_CHECK")
+    _FILE_CHECK.run(inner, r.block(node))
+    name = inner.fields.pop("track_file", None)
+    if not isinstance(name, str):
+        r.sink.error(node.location, "FILE_CHECK has no track_file")
+        return
+    block.file_checks.append(
+        FileCheck(name, location=node.location, **inner.fields)  # type: ignore[arg-type]
+    )
 
 
 @writes()  # warns: not supported yet (and notes it in the real server's unsupported_checkers)
@@ -935,8 +1070,9 @@ _REAL_SERVER = Keywords[_RealServer](
         "SMTP_CHECK": _checker(CheckerType.SMTP_CHECK, _SMTP_CHECK),
         **dict.fromkeys(UNSUPPORTED_CHECKERS, _unsupported_checker),
         "weight": field("weight", int_in(0, U31)),
-        "lvs_method": field("lvs_method", _method),
-        "lb_kind": field("lvs_method", _method),
+        "lvs_method": method_field("lvs_method", "lvs_tunnel"),
+        "lb_kind": method_field("lvs_method", "lvs_tunnel"),
+        "FILE_CHECK": _file_check,
         "inhibit_on_failure": field("inhibit_on_failure", ValueReader.flag),
         "notify_up": field("notify_up", ValueReader.script),
         "notify_down": field("notify_down", ValueReader.script),
@@ -954,8 +1090,9 @@ _VIRTUAL_SERVER = Keywords[_VirtualServer](
         "real_server": _real_server,
         "lvs_sched": field("lvs_sched", _scheduler),
         "lb_algo": field("lvs_sched", _scheduler),
-        "lvs_method": field("lvs_method", _method),
-        "lb_kind": field("lvs_method", _method),
+        "lvs_method": method_field("lvs_method", "lvs_tunnel"),
+        "lb_kind": method_field("lvs_method", "lvs_tunnel"),
+        "persistence_engine": field("persistence_engine", _persistence_engine),
         "persistence_timeout": _persistence_timeout,
         "persistence_granularity": _persistence_granularity,
         "ip_family": _ip_family,
@@ -966,7 +1103,9 @@ _VIRTUAL_SERVER = Keywords[_VirtualServer](
         "virtualhost": field("virtualhost", ValueReader.one),
         "sorry_server": field("sorry_server", _sorry_server),
         "sorry_server_inhibit": field("sorry_server_inhibit", ValueReader.flag),
-        "sorry_server_lvs_method": field("sorry_server_lvs_method", _method),
+        "sorry_server_lvs_method": method_field(
+            "sorry_server_lvs_method", "sorry_server_lvs_tunnel"
+        ),
         "quorum": field("quorum", int_in(1, U31)),
         "hysteresis": field("hysteresis", int_in(0, U31)),
         "quorum_up": field("quorum_up", ValueReader.script),
@@ -1299,6 +1438,10 @@ class LvsParser:
         if vs.fwmark is not None and vs.ha_suspend:
             sink.warning(loc, f"{where}: ha_suspend does not apply to fwmark services; cleared")
             vs = replace(vs, ha_suspend=False)
+        if vs.group is not None and vs.ha_suspend:
+            sink.warning(loc, f"{where}: ha_suspend is not supported yet for virtual server"
+                              " groups; cleared (the checkers always run)")
+            vs = replace(vs, ha_suspend=False)
         # a group of fwmarks only is a fwmark service here (keepalived 2.2.7 -t agrees)
         by_address = vs.address is not None or any(
             e.fwmark is None for g in self._named(vs.group) for e in g.entries
@@ -1426,6 +1569,7 @@ class LvsParser:
             options=self._options(block.opts),
             checkers=tuple(block.checkers),
             unsupported_checkers=tuple(block.unsupported),
+            file_checks=tuple(block.file_checks),
             **block.fields,  # type: ignore[arg-type]
         )
 
@@ -1508,3 +1652,12 @@ class LvsParser:
                     )
                     break
                 owner[key] = vs
+        files = {t.name for t in config.track_files}
+        for vs in config.virtual_servers:
+            for rs in vs.real_servers:
+                for fc in rs.file_checks:
+                    if fc.track_file not in files:
+                        sink.error(
+                            fc.location,
+                            f"FILE_CHECK: track_file {fc.track_file} not found",
+                        )

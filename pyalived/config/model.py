@@ -420,6 +420,9 @@ class GlobalDefs:
     shutdown_script: ParentScript | None = None
     net_namespace: str | None = None  # top-level ``net_namespace NAME``
     vrrp_min_garp: bool = False  # already applied to the garp defaults above
+    lvs_flush: bool = False  # empty the whole IPVS table when the checkers start
+    lvs_flush_on_stop: str | None = None  # "full" or "vs" (``lvs_flush_on_stop VS``)
+    lvs_timeouts: LvsTimeouts | None = None
     garp_groups: tuple[GarpGroup, ...] = ()  # the top-level ``garp_group`` blocks
 
 
@@ -536,6 +539,34 @@ class UrlCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class LvsTunnel:
+    """``lvs_method TUN [type ipip|gue port N|gre] [nocsum|csum|remcsum]`` (Linux 5.2+)."""
+
+    type: str = "ipip"  # ipip, gue, gre
+    port: int = 0  # gue's UDP port (1..65535); 0 otherwise
+    checksum: str = "nocsum"  # nocsum, csum (gue, gre), remcsum (gue)
+
+
+@dataclass(frozen=True, slots=True)
+class FileCheck:
+    """``FILE_CHECK { track_file NAME; weight N [reverse] }`` in a real server."""
+
+    track_file: str
+    weight: int = 0  # 0: the track_file's own weight and reverse
+    reverse: bool = False
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class LvsTimeouts:
+    """global ``lvs_timeouts tcp N tcpfin N udp N`` (seconds; 0: left as it is)."""
+
+    tcp: int = 0
+    tcpfin: int = 0
+    udp: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Checker:
     """One checker block of a real server; the fields used depend on ``type``."""
 
@@ -593,8 +624,10 @@ class RealServer:
     options: CheckerOptions = field(default_factory=CheckerOptions)
     checkers: tuple[Checker, ...] = ()
     smtp_alert: bool | None = None  # None: global smtp_alert_checker / smtp_alert (alerts.py)
-    # checkers pyalived cannot run (BFD_CHECK, FILE_CHECK): "KIND at FILE:LINE"
+    # checkers pyalived cannot run (BFD_CHECK): "KIND at FILE:LINE"
     unsupported_checkers: tuple[str, ...] = ()
+    lvs_tunnel: LvsTunnel | None = None  # its own lvs_method TUN's options (None: not TUN)
+    file_checks: tuple[FileCheck, ...] = ()
 
     def __str__(self) -> str:
         return host_port(self.address, self.port)
@@ -673,6 +706,9 @@ class VirtualServer:
     real_servers: tuple[RealServer, ...] = ()
     family: int | None = None
     smtp_alert: bool | None = None  # None: global smtp_alert_checker / smtp_alert (alerts.py)
+    lvs_tunnel: LvsTunnel | None = None  # lvs_method TUN's options (None: not TUN)
+    sorry_server_lvs_tunnel: LvsTunnel | None = None  # sorry_server_lvs_method TUN's
+    persistence_engine: str | None = None  # IPVS persistence engine (``sip``)
 
     @property
     def name(self) -> str:

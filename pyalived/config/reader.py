@@ -54,12 +54,18 @@ COMMAND = (sys.executable, "-m", "pyalived.config.reader")
 
 
 def half_config(half: str, config: Config) -> Config:
-    """The part of ``config`` one half needs (a child gets only that)."""
+    """The part of ``config`` one half needs (a child gets only that; the checkers get
+    the track files their FILE_CHECKs name)."""
     if half == VRRP:
         return dataclasses.replace(config, virtual_servers=(), virtual_server_groups=())
+    files = config.track_files
+    if files:
+        named = {fc.track_file for vs in config.virtual_servers for rs in vs.real_servers
+                 for fc in rs.file_checks}
+        files = tuple(t for t in files if t.name in named)
     return dataclasses.replace(config, vrrp_instances=(), vrrp_sync_groups=(), vrrp_scripts=(),
                                static_ipaddress=(), static_routes=(), static_rules=(),
-                               track_files=(), track_processes=())
+                               track_files=files, track_processes=())
 
 
 def pickle_halves(config: Config, halves: Iterable[str]) -> dict[str, bytes]:

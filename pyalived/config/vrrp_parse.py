@@ -88,6 +88,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address, ip_interface
 from typing import TypeVar
 
+from pyalived.config import lvs_globals
 from pyalived.config.diagnostics import Category
 from pyalived.config.keywords import Block, Keywords, field, user_fields, writes
 from pyalived.config.model import (
@@ -134,7 +135,7 @@ MAX_ADVERT_ADDRESSES = 255  # RFC 3768 §5.3.5: Count IP Addrs is 8 bits
 # Keywords keepalived 2.2.7 accepts that this project does not implement yet.
 UNSUPPORTED_GLOBAL = frozenset(
     """no_email_faults email_faults lvs_id
-    lvs_sync_daemon lvs_flush lvs_flush_onstop lvs_timeouts lvs_timeout default_interface
+    lvs_sync_daemon default_interface
     vrrp_check_unicast_src
     bfd_priority bfd_no_swap bfd_rt_priority bfd_rlimit_rtime bfd_rlimit_rttime
     bfd_cpu_affinity snmp_socket enable_snmp_vrrp
@@ -143,7 +144,7 @@ UNSUPPORTED_GLOBAL = frozenset(
     process_names process_name vrrp_process_name checker_process_name
     bfd_process_name max_auto_priority min_auto_priority_delay
     vrrp_higher_prio_send_advert vrrp_lower_prio_no_advert vrrp_garp_extra_if
-    log_unknown_vrids rs_init_notifies no_checker_emails lvs_flush_on_stop
+    log_unknown_vrids rs_init_notifies no_checker_emails
     dbus_service_name nftables_ipvs nftables_ipvs_priority nftables_ipvs_start_fwmark
     process_monitor_rcv_bufs process_monitor_rcv_bufs_force vmac_prefix vmac_addr_prefix
     vrrp_netlink_cmd_rcv_bufs vrrp_netlink_cmd_rcv_bufs_force vrrp_netlink_monitor_rcv_bufs
@@ -1007,6 +1008,11 @@ _GLOBAL_DEFS = Keywords[Block](
         "shutdown_script_timeout": writes("timeout")(
             field("shutdown_script_timeout", int_in(1, 1000))),
         "vrrp_min_garp": field("vrrp_min_garp", ValueReader.flag),
+        # The IPVS table as a whole (the checker half: pyalived.checkers.service).
+        "lvs_flush": field("lvs_flush", ValueReader.flag),
+        "lvs_flush_on_stop": field("lvs_flush_on_stop", lvs_globals.flush_on_stop),
+        "lvs_flush_onstop": field("lvs_flush_on_stop", lvs_globals.flush_on_stop),
+        "lvs_timeouts": field("lvs_timeouts", lvs_globals.lvs_timeouts),
     },
     UNSUPPORTED_GLOBAL,
 )

@@ -17,7 +17,15 @@ NEW/SET_SERVICE) and ``IPVS_CMD_ATTR_DEST``.  The
 kernel requires the full attribute set (scheduler, flags, timeout, netmask;
 forwarding method, weight, thresholds) for NEW and SET commands and only the
 key otherwise.  IPv4 persistence netmasks travel as a network-order mask,
-IPv6 ones as a prefix length.
+IPv6 ones as a prefix length.  A persistence engine travels as
+``IPVS_SVC_ATTR_PE_NAME`` (absent: none, which is also how an edit removes
+it); a tunnelled destination carries ``IPVS_DEST_ATTR_TUN_TYPE`` (u8),
+``_TUN_PORT`` (network order) and ``_TUN_FLAGS`` (u16), sent and read only
+for forwarding method TUN (the kernel keeps them for others, where they mean
+nothing).  ``IPVS_CMD_SET_CONFIG`` / ``_GET_CONFIG`` carry the connection
+timeouts (``IPVS_CMD_ATTR_TIMEOUT_TCP``, ``_TCP_FIN``, ``_UDP``, seconds;
+an attribute left out, or 0, leaves that timeout as it is) and
+``IPVS_CMD_FLUSH`` empties the whole table.
 """
 
 from __future__ import annotations
@@ -44,12 +52,14 @@ from pyalived.ipvs.model import (
     Op,
     Service,
     ServiceKey,
+    Timeouts,
 )
 
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_MULTI = 0x2  # on a reply: more messages follow
 NLM_F_DUMP = 0x300  # ROOT | MATCH
 GENL_ID_CTRL = 0x10
 CTRL_CMD_GETFAMILY = 3
@@ -65,15 +75,20 @@ CMD_NEW_DEST = 5
 CMD_SET_DEST = 6
 CMD_DEL_DEST = 7
 CMD_GET_DEST = 8
+CMD_SET_CONFIG = 12
+CMD_GET_CONFIG = 13
 CMD_FLUSH = 17
 
 ATTR_SERVICE = 1
 ATTR_DEST = 2
+ATTR_TIMEOUT_TCP, ATTR_TIMEOUT_TCP_FIN, ATTR_TIMEOUT_UDP = 4, 5, 6
 
 SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT, SVC_FWMARK = 1, 2, 3, 4, 5
 SVC_SCHED_NAME, SVC_FLAGS, SVC_TIMEOUT, SVC_NETMASK = 6, 7, 8, 9
 DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT = 1, 2, 3, 4
 DEST_U_THRESH, DEST_L_THRESH, DEST_ADDR_FAMILY = 5, 6, 11
+DEST_TUN_TYPE, DEST_TUN_PORT, DEST_TUN_FLAGS = 13, 14, 15
+SVC_PE_NAME = 11
 
 _HDR = struct.Struct("=IHHII")
 _GENL = struct.Struct("=BBH")
@@ -112,13 +127,16 @@ def _netmask(svc: Service) -> bytes:
 
 
 def encode_service(svc: Service) -> bytes:
-    return (
+    out = (
         encode_service_key(svc.key)
         + _nla(SVC_SCHED_NAME, svc.scheduler.encode() + b"\0")
         + _nla(SVC_FLAGS, struct.pack("=II", svc.flags, SVC_FLAGS_MASK))
         + _nla(SVC_TIMEOUT, _U32.pack(svc.timeout))
         + _nla(SVC_NETMASK, _netmask(svc))
     )
+    if svc.pe_name:
+        out += _nla(SVC_PE_NAME, svc.pe_name.encode() + b"\0")
+    return out
 
 
 def encode_dest_key(key: DestKey) -> bytes:
@@ -134,6 +152,13 @@ def encode_dest(d: Destination) -> bytes:
         + _nla(DEST_U_THRESH, _U32.pack(d.u_threshold))
         + _nla(DEST_L_THRESH, _U32.pack(d.l_threshold))
         + _nla(DEST_ADDR_FAMILY, _U16.pack(fam))
+        + (
+            _nla(DEST_TUN_TYPE, bytes((d.tun_type,)))
+            + _nla(DEST_TUN_PORT, _BE16.pack(d.tun_port))
+            + _nla(DEST_TUN_FLAGS, _U16.pack(d.tun_flags))
+            if d.forwarding is Forwarding.TUN
+            else b""
+        )
     )
 
 
@@ -161,6 +186,28 @@ def op_payload(op: Op) -> tuple[int, bytes]:
 def encode_op(family_id: int, op: Op, seq: int, flags: int = NLM_F_REQUEST) -> bytes:
     cmd, attrs = op_payload(op)
     return message(family_id, cmd, attrs, seq, flags)
+
+
+def set_config_request(family_id: int, timeouts: Timeouts, seq: int) -> bytes:
+    """``IPVS_CMD_SET_CONFIG`` with the timeouts that are set (non-zero)."""
+    attrs = b"".join(
+        _nla(kind, _U32.pack(value))
+        for kind, value in (
+            (ATTR_TIMEOUT_TCP, timeouts.tcp),
+            (ATTR_TIMEOUT_TCP_FIN, timeouts.tcpfin),
+            (ATTR_TIMEOUT_UDP, timeouts.udp),
+        )
+        if value
+    )
+    return message(family_id, CMD_SET_CONFIG, attrs, seq, NLM_F_REQUEST | NLM_F_ACK)
+
+
+def get_config_request(family_id: int, seq: int) -> bytes:
+    return message(family_id, CMD_GET_CONFIG, b"", seq, NLM_F_REQUEST)
+
+
+def flush_request(family_id: int, seq: int) -> bytes:
+    return message(family_id, CMD_FLUSH, b"", seq, NLM_F_REQUEST | NLM_F_ACK)
 
 
 def get_family_request(seq: int, name: str = GENL_NAME) -> bytes:
@@ -238,7 +285,7 @@ def decode_error_text(reply: Reply) -> str | None:
 # alignment pads) are skipped, so newer kernels decode too.
 
 NLA_TYPE_MASK = 0x3FFF
-SVC_STATS, SVC_PE_NAME, SVC_STATS64 = 10, 11, 12
+SVC_STATS, SVC_STATS64 = 10, 12
 DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS = 7, 8, 9
 DEST_STATS, DEST_STATS64 = 10, 12
 STATS_FIELDS = (
@@ -360,6 +407,7 @@ def decode_service_info(reply: Reply) -> ServiceInfo:
         flags,
         _U32.unpack(a[SVC_TIMEOUT])[0],
         netmask,
+        a[SVC_PE_NAME].split(b"\0", 1)[0].decode() if SVC_PE_NAME in a else "",
     )
     return ServiceInfo(svc, decode_stats(a.get(SVC_STATS64, a.get(SVC_STATS))))
 
@@ -379,12 +427,21 @@ def decode_dest_info(reply: Reply, family: int | None = None) -> DestInfo:
     else:
         fam = family if family is not None else AF_INET6
     u32 = _U32.unpack
+    fwd = Forwarding(u32(a[DEST_FWD_METHOD])[0] & 0x7)
+    tun = (0, 0, 0)
+    if fwd is Forwarding.TUN and DEST_TUN_TYPE in a:
+        tun = (
+            a[DEST_TUN_TYPE][0],
+            _BE16.unpack(a[DEST_TUN_PORT])[0] if DEST_TUN_PORT in a else 0,
+            _uint(a.get(DEST_TUN_FLAGS, b"")),
+        )
     dest = Destination(
         DestKey(_address(raw, fam), _BE16.unpack(a[DEST_PORT])[0]),
         u32(a[DEST_WEIGHT])[0],
-        Forwarding(u32(a[DEST_FWD_METHOD])[0] & 0x7),
+        fwd,
         u32(a[DEST_U_THRESH])[0],
         u32(a[DEST_L_THRESH])[0],
+        *tun,
     )
     return DestInfo(
         dest,
@@ -392,6 +449,17 @@ def decode_dest_info(reply: Reply, family: int | None = None) -> DestInfo:
         _uint(a.get(DEST_INACT_CONNS, b"")),
         _uint(a.get(DEST_PERSIST_CONNS, b"")),
         decode_stats(a.get(DEST_STATS64, a.get(DEST_STATS))),
+    )
+
+
+def decode_config(reply: Reply) -> Timeouts:
+    """An ``IPVS_CMD_GET_CONFIG`` reply: the current connection timeouts."""
+    (n,) = _U32.unpack_from(reply.data, 0)
+    a = _parse(reply.data[:n], _HDR.size + _GENL.size)
+    return Timeouts(
+        _uint(a.get(ATTR_TIMEOUT_TCP, b"")),
+        _uint(a.get(ATTR_TIMEOUT_TCP_FIN, b"")),
+        _uint(a.get(ATTR_TIMEOUT_UDP, b"")),
     )
 
 

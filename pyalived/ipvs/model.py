@@ -65,6 +65,14 @@ class Protocol(enum.IntEnum):
     SCTP = 132
 
 
+# IP_VS_CONN_F_TUNNEL_TYPE_* and IP_VS_TUNNEL_ENCAP_FLAG_* (Linux 5.2+ / 5.3+)
+TUN_TYPE_IPIP, TUN_TYPE_GUE, TUN_TYPE_GRE = 0, 1, 2
+TUN_TYPES = {"ipip": TUN_TYPE_IPIP, "gue": TUN_TYPE_GUE, "gre": TUN_TYPE_GRE}
+TUN_F_NOCSUM, TUN_F_CSUM, TUN_F_REMCSUM = 0, 1, 2
+TUN_FLAGS = {"nocsum": TUN_F_NOCSUM, "csum": TUN_F_CSUM, "remcsum": TUN_F_REMCSUM}
+PE_NAME_MAX = 15  # IP_VS_PENAME_MAXLEN less its NUL
+
+
 class Forwarding(enum.IntEnum):
     """IP_VS_CONN_F_FWD_MASK values; keepalived's ``lvs_method``."""
 
@@ -140,8 +148,11 @@ class Service:
     flags: int = 0  # SVC_F_* without HASHED
     timeout: int = 0  # persistence timeout, seconds (meaningful with SVC_F_PERSISTENT)
     netmask: int = 32  # persistence granularity as a prefix length (/32 or /128: per client)
+    pe_name: str = ""  # persistence engine (``sip``); "": none
 
     def __post_init__(self) -> None:
+        if len(self.pe_name) > PE_NAME_MAX:
+            raise ValueError(f"persistence engine name {self.pe_name!r} too long")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown IPVS scheduler {self.scheduler!r}")
         if self.flags & ~SVC_FLAGS_MASK:
@@ -179,12 +190,30 @@ class Destination:
     forwarding: Forwarding = Forwarding.NAT
     u_threshold: int = 0
     l_threshold: int = 0
+    # Tunnel encapsulation (forwarding TUN only; 0 otherwise): TUN_TYPE_*, the GUE
+    # UDP port, TUN_F_* checksum flags.
+    tun_type: int = TUN_TYPE_IPIP
+    tun_port: int = 0
+    tun_flags: int = TUN_F_NOCSUM
 
     def __post_init__(self) -> None:
         if not 0 <= self.weight < 2**31:
             raise ValueError(f"weight {self.weight} out of range")
+        if self.tun_type not in TUN_TYPES.values() or not 0 <= self.tun_port <= 65535:
+            raise ValueError(f"bad tunnel settings {self.tun_type}/{self.tun_port}")
+        if self.tun_flags not in TUN_FLAGS.values():
+            raise ValueError(f"bad tunnel flags {self.tun_flags:#x}")
         if not (0 <= self.u_threshold < 2**32 and 0 <= self.l_threshold < 2**32):
             raise ValueError("thresholds out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """IPVS connection timeouts in seconds (``lvs_timeouts``); 0 leaves one unchanged."""
+
+    tcp: int = 0
+    tcpfin: int = 0
+    udp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +420,24 @@ def apply_except(
 
 
 @dataclass(frozen=True, slots=True)
+class Tunnel:
+    """``lvs_method TUN [type ipip|gue port N|gre] [nocsum|csum|remcsum]``."""
+
+    type: int = TUN_TYPE_IPIP
+    port: int = 0  # GUE only
+    flags: int = TUN_F_NOCSUM
+
+    def __str__(self) -> str:
+        names = {v: k for k, v in TUN_TYPES.items()}
+        flags = {v: k for k, v in TUN_FLAGS.items()}
+        port = f" port {self.port}" if self.type == TUN_TYPE_GUE else ""
+        return f"type {names[self.type]}{port} {flags[self.flags]}"
+
+
+NO_TUNNEL = Tunnel()
+
+
+@dataclass(frozen=True, slots=True)
 class RealServerConfig:
     """One ``real_server`` block (the parts that shape the IPVS table)."""
 
@@ -403,6 +450,7 @@ class RealServerConfig:
     l_threshold: int = 0
     checked: bool = True  # False: no checkers, so always alive (even with alpha)
     location: Location | None = None  # where the config declared it
+    tunnel: Tunnel | None = None  # with its own lvs_method TUN; None: the virtual server's
 
     @property
     def key(self) -> DestKey:
@@ -415,6 +463,7 @@ class SorryServerConfig:
     port: int = 0
     forwarding: Forwarding | None = None  # sorry_server_lvs_method; None: the VS's
     location: Location | None = None  # where the config declared it
+    tunnel: Tunnel | None = None  # sorry_server_lvs_method TUN's; None: the VS's
 
     @property
     def key(self) -> DestKey:
@@ -443,6 +492,8 @@ class VirtualServerConfig:
     quorum_down: str | None = None
     real_servers: tuple[RealServerConfig, ...] = ()
     location: Location | None = None  # where the config declared it
+    tunnel: Tunnel = NO_TUNNEL  # lvs_method TUN's options
+    persistence_engine: str | None = None
 
     def service(self) -> Service:
         flags = self.sched_flags | (SVC_F_ONEPACKET if self.ops else 0)
@@ -454,7 +505,16 @@ class VirtualServerConfig:
             timeout = self.persistence_timeout
             if self.persistence_granularity is not None:
                 netmask = self.persistence_granularity
-        return Service(self.key, self.scheduler, flags, timeout, netmask)
+        return Service(self.key, self.scheduler, flags, timeout, netmask,
+                       self.persistence_engine or "")
+
+
+def _destination(
+    key: DestKey, weight: int, fwd: Forwarding, tunnel: Tunnel, u: int = 0, low: int = 0
+) -> Destination:
+    if fwd is not Forwarding.TUN:
+        return Destination(key, weight, fwd, u, low)
+    return Destination(key, weight, fwd, u, low, tunnel.type, tunnel.port, tunnel.flags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,8 +582,9 @@ def plan_service(
     for rs in vs.real_servers:
         fwd = rs.forwarding if rs.forwarding is not None else vs.forwarding
         inhibit = vs.inhibit_on_failure if rs.inhibit_on_failure is None else rs.inhibit_on_failure
-        d = Destination(
-            rs.key, current_weight(rs, weights), fwd, rs.u_threshold, rs.l_threshold
+        tun = rs.tunnel if rs.tunnel is not None else vs.tunnel
+        d = _destination(
+            rs.key, current_weight(rs, weights), fwd, tun, rs.u_threshold, rs.l_threshold
         )
         if is_alive(vs, rs, verdicts) and not sorry_active:
             dests[rs.key] = d
@@ -532,7 +593,7 @@ def plan_service(
     s = vs.sorry_server
     if s is not None:
         fwd = s.forwarding if s.forwarding is not None else vs.forwarding
-        sd = Destination(s.key, 1, fwd)
+        sd = _destination(s.key, 1, fwd, s.tunnel if s.tunnel is not None else vs.tunnel)
         if sorry_active:
             dests[s.key] = sd  # replaces a same-address real server entry
         elif vs.sorry_server_inhibit and s.key not in dests:

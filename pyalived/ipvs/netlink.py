@@ -10,17 +10,23 @@ sequence number).  Blocking calls never run on the trio loop:
 (``trio.to_thread`` with a ``CapacityLimiter(1)``; the socket has no thread
 affinity).  ``dump_detailed`` reads the table with each service's and
 destination's statistics and connection counts (``IpvsTableManager.read_stats``,
-for the metrics); ``dump`` is the same read without them.
+for the metrics); ``dump`` is the same read without them.  ``set_timeouts``,
+``get_timeouts`` and ``flush`` are the table-wide commands (``lvs_timeouts``,
+``lvs_flush``, ``lvs_flush_on_stop``); the manager uses them only on a kernel
+client that has them (``IpvsGlobalKernel``).
 
 Ownership: the manager owns exactly the services its configuration
 describes.  On start it reads the kernel table and *adopts* existing entries
 that the config describes (correcting their attributes), adds what is
 missing, and never touches services it does not own, nor destinations in its
-services that the config has never described.  On stop it deletes its
+services that the config has never described (``lvs_flush`` first empties
+the whole table, as keepalived does at start).  On stop it deletes its
 services, as keepalived 2.2.7 does on SIGTERM (measured: every configured
 virtual server is deleted, pre-existing or not, and with it every real server
 in it; unrelated services stay).  ``release_on_stop=False`` leaves the table
-as it is (keepalived's ``--dont-release-ipvs``).
+as it is (keepalived's ``--dont-release-ipvs``); ``flush_on_stop`` (global
+``lvs_flush_on_stop`` without ``VS``) empties the whole table instead, owned
+or not, in one command.
 
 A kernel without IPVS (no generic-netlink family "IPVS", even after
 ``modprobe ip_vs``) raises ``IpvsUnavailable`` from ``NetlinkIpvs``; the
@@ -49,6 +55,7 @@ from pyalived.ipvs.model import (
     ServiceEntry,
     ServiceKey,
     Table,
+    Timeouts,
     apply_except,
     diff,
     restrict,
@@ -116,6 +123,17 @@ class IpvsStatsKernel(Protocol):
     def dump_detailed(
         self, keys: Collection[ServiceKey] | None = None
     ) -> dict[ServiceKey, ServiceDump]: ...
+
+
+@runtime_checkable
+class IpvsGlobalKernel(Protocol):
+    """An ``IpvsKernel`` with the table-wide commands."""
+
+    def set_timeouts(self, timeouts: Timeouts) -> None: ...
+
+    def get_timeouts(self) -> Timeouts: ...
+
+    def flush(self) -> None: ...
 
 
 class NetlinkIpvs:
@@ -227,6 +245,39 @@ class NetlinkIpvs:
             table[key] = ServiceDump(info.service, info.stats, {d.dest.key: d for d in dests})
         return table
 
+    def _ack(self, request: bytes, seq: int, what: str) -> list[genl.Reply]:
+        """Send one request; its replies up to the ack (raises OSError on an error)."""
+        self._sock.send(request)
+        out: list[genl.Reply] = []
+        while True:
+            for r in self._recv():
+                if r.seq != seq:
+                    continue
+                if r.type == genl.NLMSG_ERROR:
+                    if r.error:
+                        detail = genl.decode_error_text(r)
+                        extra = f" ({detail})" if detail else ""
+                        raise OSError(r.error, f"{what}: {os.strerror(r.error)}{extra}")
+                    return out
+                out.append(r)
+                if not r.flags & genl.NLM_F_MULTI:
+                    return out
+
+    def set_timeouts(self, timeouts: Timeouts) -> None:
+        seq = self._next_seq()
+        self._ack(genl.set_config_request(self.family_id, timeouts, seq), seq, "IPVS timeouts")
+
+    def get_timeouts(self) -> Timeouts:
+        seq = self._next_seq()
+        replies = self._ack(genl.get_config_request(self.family_id, seq), seq, "IPVS config")
+        if not replies:
+            raise OSError(errno.EIO, "IPVS config: no reply")
+        return genl.decode_config(replies[0])
+
+    def flush(self) -> None:
+        seq = self._next_seq()
+        self._ack(genl.flush_request(self.family_id, seq), seq, "IPVS flush")
+
     def execute(self, ops: Sequence[Op]) -> list[OpFailure]:
         """Run ``ops`` in order, in batches; return the failed ones."""
         failures: list[OpFailure] = []
@@ -288,8 +339,14 @@ class IpvsTableManager:
         open_kernel: Callable[[], IpvsKernel] = NetlinkIpvs,
         *,
         release_on_stop: bool = True,
+        flush_at_start: bool = False,
+        flush_on_stop: bool = False,
+        timeouts: Timeouts | None = None,
     ) -> None:
         self._open = open_kernel
+        self.flush_at_start = flush_at_start
+        self.flush_on_stop = flush_on_stop
+        self.timeouts = timeouts
         self._kernel: IpvsKernel | None = None
         self._limiter = trio.CapacityLimiter(1)
         self._owned: dict[ServiceKey, ServiceEntry] = {}
@@ -312,7 +369,29 @@ class IpvsTableManager:
             self.unavailable = str(exc)
             log.error("IPVS disabled: %s", exc)
             return []
+        kernel = self._kernel
+        if isinstance(kernel, IpvsGlobalKernel):
+            if self.flush_at_start:
+                try:
+                    await self._call(kernel.flush)
+                    log.info("IPVS: table flushed (lvs_flush)")
+                except OSError as exc:
+                    log.error("IPVS: lvs_flush failed: %s", exc)
+            await self.set_timeouts(self.timeouts)
         return await self._sync(desired, resync=True)
+
+    async def set_timeouts(self, timeouts: Timeouts | None) -> None:
+        """Program ``lvs_timeouts`` (None or all 0: nothing to do); failures are logged."""
+        self.timeouts = timeouts
+        kernel = self._kernel
+        if timeouts is None or timeouts == Timeouts() or not isinstance(kernel, IpvsGlobalKernel):
+            return
+        try:
+            await self._call(lambda: kernel.set_timeouts(timeouts))
+            log.info("IPVS: timeouts set: tcp %d tcpfin %d udp %d (0: unchanged)",
+                     timeouts.tcp, timeouts.tcpfin, timeouts.udp)
+        except OSError as exc:
+            log.error("IPVS: lvs_timeouts failed: %s", exc)
 
     async def update(
         self, desired: Table, changed: Collection[ServiceKey] | None = None
@@ -374,6 +453,14 @@ class IpvsTableManager:
             return []
         failures: list[OpFailure] = []
         try:
+            if self.release_on_stop and self.flush_on_stop and isinstance(
+                kernel, IpvsGlobalKernel
+            ):
+                try:
+                    await self._call(kernel.flush)
+                    self._owned = {}
+                except OSError as exc:
+                    log.error("IPVS: lvs_flush_on_stop failed: %s", exc)
             if self.release_on_stop and self._owned:
                 ops: list[Op] = [DeleteService(k) for k in self._owned]
                 failures = await self._call(lambda: kernel.execute(ops))

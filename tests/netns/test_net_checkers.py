@@ -385,8 +385,8 @@ def test_real_server_whose_only_checker_is_unsupported_stays_out(make_lab: MakeL
     lab = make_lab(routers=1, clients=1)
     (router,), (client,) = lab.routers, lab.clients
     rs = f"""    real_server {client.ip} 80 {{
-        FILE_CHECK {{
-            track_file maintenance
+        BFD_CHECK {{
+            name maintenance
         }}
     }}
     real_server {client.ip} 81 {{
@@ -402,6 +402,6 @@ def test_real_server_whose_only_checker_is_unsupported_stays_out(make_lab: MakeL
     # no live weight before the pinged server came up: the other one never counts
     assert text.index("quorum lost (live weight 0)") < text.index(up) < text.index(
         "quorum gained (live weight 1)")
-    line = next(i for i, t in enumerate(conf.read_text().splitlines(), 1) if "FILE_CHECK" in t)
-    assert f"{conf}:{line}" in text and "checker FILE_CHECK is not supported yet" in text
+    line = next(i for i, t in enumerate(conf.read_text().splitlines(), 1) if "BFD_CHECK" in t)
+    assert f"{conf}:{line}" in text and "checker BFD_CHECK is not supported yet" in text
     assert "live weight 2" not in text

@@ -68,7 +68,7 @@ def genl_msg(cmd: int, attrs: bytes, seq: int = 9) -> bytes:
 
 
 def kernel_service(info: ServiceInfo, *, stats64: bool = True, pad: bool = False,
-                   nested: bool = False, pe: bool = False) -> bytes:
+                   nested: bool = False) -> bytes:
     svc, key = info.service, info.service.key
     a = nla(genl.SVC_AF, u16(key.family))
     if key.fwmark:
@@ -79,8 +79,8 @@ def kernel_service(info: ServiceInfo, *, stats64: bool = True, pad: bool = False
         a += nla(genl.SVC_ADDR, addr16(key.address))
         a += nla(genl.SVC_PORT, struct.pack("!H", key.port))
     a += nla(genl.SVC_SCHED_NAME, svc.scheduler.encode() + b"\0")
-    if pe:
-        a += nla(genl.SVC_PE_NAME, b"sip\0")
+    if svc.pe_name:
+        a += nla(genl.SVC_PE_NAME, svc.pe_name.encode() + b"\0")
     a += nla(genl.SVC_FLAGS, struct.pack("=II", svc.flags | m.SVC_F_HASHED, 0xFFFFFFFF))
     a += nla(genl.SVC_TIMEOUT, u32(svc.timeout))
     if key.family == AF_INET6:
@@ -103,7 +103,9 @@ def kernel_dest(info: DestInfo, *, stats64: bool = True, pad: bool = False,
     a += nla(genl.DEST_PORT, struct.pack("!H", d.key.port))
     a += nla(genl.DEST_FWD_METHOD, u32(int(d.forwarding)))
     a += nla(genl.DEST_WEIGHT, u32(d.weight))
-    a += nla(13, b"\0") + nla(14, struct.pack("!H", 0)) + nla(15, u16(0))  # tunnel settings
+    a += (nla(genl.DEST_TUN_TYPE, bytes((d.tun_type,)))
+          + nla(genl.DEST_TUN_PORT, struct.pack("!H", d.tun_port))
+          + nla(genl.DEST_TUN_FLAGS, u16(d.tun_flags)))
     a += nla(genl.DEST_U_THRESH, u32(d.u_threshold))
     a += nla(genl.DEST_L_THRESH, u32(d.l_threshold))
     a += nla(genl.DEST_ACTIVE_CONNS, u32(info.active_conns))
@@ -154,7 +156,8 @@ def pyroute2_service(data: bytes) -> ServiceInfo:
         netmask = bin(int(IPv4Address(mask))).count("1")
     svc = Service(key, str(n.get_attr("IPVS_SVC_ATTR_SCHED_NAME")),
                   int(n.get_attr("IPVS_SVC_ATTR_FLAGS")["flags"]) & m.SVC_FLAGS_MASK,
-                  int(n.get_attr("IPVS_SVC_ATTR_TIMEOUT")), netmask)
+                  int(n.get_attr("IPVS_SVC_ATTR_TIMEOUT")), netmask,
+                  str(n.get_attr("IPVS_SVC_ATTR_PE_NAME") or ""))
     return ServiceInfo(svc, pyroute2_stats(n, "IPVS_SVC_ATTR_"))
 
 
@@ -162,13 +165,21 @@ def pyroute2_dest(data: bytes) -> DestInfo:
     n = _pyroute2(data, "IPVS_CMD_ATTR_DEST")
     raw = n.get_attr("IPVS_DEST_ATTR_ADDR")
     fam = int(n.get_attr("IPVS_DEST_ATTR_ADDR_FAMILY"))
+    fwd = Forwarding(int(n.get_attr("IPVS_DEST_ATTR_FWD_METHOD")) & 7)
+    tun = (0, 0, 0)
+    if fwd is Forwarding.TUN:  # pyroute2 reads the network-order port in host order
+        port = int(n.get_attr("IPVS_DEST_ATTR_TUN_PORT"))
+        tun = (int(n.get_attr("IPVS_DEST_ATTR_TUN_TYPE")),
+               int.from_bytes(port.to_bytes(2, sys.byteorder), "big"),
+               int(n.get_attr("IPVS_DEST_ATTR_TUN_FLAGS")))
     dest = Destination(
         DestKey(IPv6Address(raw) if fam == AF_INET6 else IPv4Address(raw),
                 int(n.get_attr("IPVS_DEST_ATTR_PORT"))),
         int(n.get_attr("IPVS_DEST_ATTR_WEIGHT")),
-        Forwarding(int(n.get_attr("IPVS_DEST_ATTR_FWD_METHOD")) & 7),
+        fwd,
         int(n.get_attr("IPVS_DEST_ATTR_U_THRESH")),
         int(n.get_attr("IPVS_DEST_ATTR_L_THRESH")),
+        *tun,
     )
     return DestInfo(dest, int(n.get_attr("IPVS_DEST_ATTR_ACTIVE_CONNS")),
                     int(n.get_attr("IPVS_DEST_ATTR_INACT_CONNS")),
@@ -200,15 +211,21 @@ def service_infos(draw: st.DrawFn) -> ServiceInfo:
     full = 128 if key.family == AF_INET6 else 32
     svc = Service(key, draw(st.sampled_from(sorted(m.SCHEDULERS))),
                   draw(st.sampled_from([0, m.SVC_F_PERSISTENT, m.SVC_FLAGS_MASK])),
-                  draw(u32s), draw(st.integers(0, full)))
+                  draw(u32s), draw(st.integers(0, full)), draw(st.sampled_from(["", "sip"])))
     return ServiceInfo(svc, draw(stats))
 
 
+def _dest(a: IPv4Address | IPv6Address, p: int, w: int, f: Forwarding, u: int, lo: int,
+          tun: tuple[int, int, int]) -> Destination:
+    return Destination(DestKey(a, p), w, f, u, lo, *(tun if f is Forwarding.TUN else (0, 0, 0)))
+
+
+tunnels = st.tuples(st.sampled_from(sorted(m.TUN_TYPES.values())), st.integers(0, 65535),
+                    st.sampled_from(sorted(m.TUN_FLAGS.values())))
 dest_infos = st.builds(
     DestInfo,
-    st.builds(lambda a, p, w, f, u, lo: Destination(DestKey(a, p), w, f, u, lo),
-              st.one_of(addr4, addr6), st.integers(0, 65535), st.integers(0, 2**31 - 1),
-              st.sampled_from(Forwarding), u32s, u32s),
+    st.builds(_dest, st.one_of(addr4, addr6), st.integers(0, 65535), st.integers(0, 2**31 - 1),
+              st.sampled_from(Forwarding), u32s, u32s, tunnels),
     u32s, u32s, u32s, stats,
 )
 
@@ -225,10 +242,9 @@ def truncated(s: Stats) -> Stats:
 
 
 @settings(max_examples=300, deadline=None)
-@given(service_infos(), st.booleans(), st.booleans(), st.booleans())
-def test_service_replies_decode_like_pyroute2(info: ServiceInfo, wide: bool, pad: bool,
-                                              pe: bool) -> None:
-    data = kernel_service(info, stats64=wide, pad=pad, pe=pe)
+@given(service_infos(), st.booleans(), st.booleans())
+def test_service_replies_decode_like_pyroute2(info: ServiceInfo, wide: bool, pad: bool) -> None:
+    data = kernel_service(info, stats64=wide, pad=pad)
     ours = genl.decode_service_info(reply(data))
     assert ours == pyroute2_service(data)
     assert ours == (info if wide else ServiceInfo(info.service, truncated(info.stats)))
@@ -293,3 +309,48 @@ def test_malformed_replies_raise_value_error() -> None:
         genl.decode_service_info(genl.Reply(FAMILY_ID, 0, 9, bytes(data)))
     with pytest.raises(ValueError):
         genl.decode_dest_info(reply(kernel_service(svc)))  # no destination in it
+
+
+def test_tunnel_settings_travel_only_with_tun_forwarding() -> None:
+    key = DestKey(IPv4Address("198.18.2.1"), 80)
+    gue = Destination(key, 3, Forwarding.TUN, 0, 0, m.TUN_TYPE_GUE, 6080, m.TUN_F_REMCSUM)
+    raw = genl.encode_dest(gue)
+    attrs = genl._parse(raw)
+    assert attrs[genl.DEST_TUN_TYPE] == bytes((m.TUN_TYPE_GUE,))
+    assert attrs[genl.DEST_TUN_PORT] == struct.pack("!H", 6080)
+    assert attrs[genl.DEST_TUN_FLAGS] == u16(m.TUN_F_REMCSUM)
+    dr = genl._parse(genl.encode_dest(Destination(key, 3, Forwarding.DR)))
+    assert not {genl.DEST_TUN_TYPE, genl.DEST_TUN_PORT, genl.DEST_TUN_FLAGS} & set(dr)
+    # an edit back to plain ipip states it: the kernel replaces what it had
+    ipip = genl._parse(genl.encode_dest(Destination(key, 3, Forwarding.TUN)))
+    assert ipip[genl.DEST_TUN_TYPE] == b"\0" and ipip[genl.DEST_TUN_PORT] == b"\0\0"
+
+
+def test_the_persistence_engine_is_named_only_when_set() -> None:
+    key = ServiceKey.inet("198.18.1.1", 5060, Protocol.UDP)
+    sip = genl._parse(genl.encode_service(Service(key, "rr", m.SVC_F_PERSISTENT, 60, 32, "sip")))
+    assert sip[genl.SVC_PE_NAME] == b"sip\0"
+    assert genl.SVC_PE_NAME not in genl._parse(genl.encode_service(Service(key, "rr")))
+    with pytest.raises(ValueError):
+        Service(key, "rr", pe_name="x" * 16)
+
+
+def test_timeouts_flush_and_config_messages() -> None:
+    data = genl.set_config_request(FAMILY_ID, m.Timeouts(tcp=900, udp=30), 7)
+    n, kind, flags, seq, _ = struct.unpack_from("=IHHII", data)
+    assert (n, kind, seq) == (len(data), FAMILY_ID, 7)
+    assert flags == genl.NLM_F_REQUEST | genl.NLM_F_ACK
+    assert data[16] == genl.CMD_SET_CONFIG
+    attrs = genl._parse(data, 20)
+    assert attrs == {genl.ATTR_TIMEOUT_TCP: u32(900), genl.ATTR_TIMEOUT_UDP: u32(30)}
+    # pyroute2 reads the same attributes out of it
+    msg = ipvsmsg(data)
+    msg.decode()
+    assert msg.get_attr("IPVS_CMD_ATTR_TIMEOUT_TCP") is not None
+    assert msg.get_attr("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN") is None
+    flush = genl.flush_request(FAMILY_ID, 8)
+    assert flush[16] == genl.CMD_FLUSH and len(flush) == 20
+    reply_ = genl_msg(genl.CMD_GET_CONFIG, nla(genl.ATTR_TIMEOUT_TCP, u32(900))
+                      + nla(genl.ATTR_TIMEOUT_TCP_FIN, u32(120))
+                      + nla(genl.ATTR_TIMEOUT_UDP, u32(300)))
+    assert genl.decode_config(reply(reply_)) == m.Timeouts(900, 120, 300)

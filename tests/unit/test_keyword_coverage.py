@@ -95,7 +95,8 @@ ELSEWHERE = {
                     "hoplimit max_hops vrrp checker".split(),
                     "in a bfd_instance block, not supported yet (skipped with a warning)"),
     **dict.fromkeys(("dynamic",),
-                    "in a FILE_CHECK block, not supported yet (skipped with a warning)"),
+                    "in a FILE_CHECK block: the man page shows it, but keepalived 2.2.7 "
+                    "itself rejects it as an unknown keyword, and so does pyalived"),
 }
 # Model attributes that are set and deliberately read by nothing, with the reason
 # (the README says so too).

@@ -208,7 +208,7 @@ def test_bad_values_name_their_line(tmp_path: Path, rs: str, line: int, fragment
 # ---- a real server whose only checker is not supported ---------------------------------
 
 
-@pytest.mark.parametrize("kind", ["BFD_CHECK", "FILE_CHECK"])
+@pytest.mark.parametrize("kind", ["BFD_CHECK"])
 def test_only_checker_unsupported_is_never_up(tmp_path: Path, kind: str) -> None:
     res = run(tmp_path, f"    {kind} {{\n      name x\n    }}")
     assert res.config is not None

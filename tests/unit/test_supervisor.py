@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from ipaddress import ip_address
 
 import pytest
 import trio
@@ -95,3 +96,14 @@ def test_each_half_gets_only_its_part_of_the_config() -> None:
     assert half_config(VRRP, config).vrrp_instances == config.vrrp_instances
     assert half_config(CHECKERS, config).vrrp_instances == ()
     assert half_config(CHECKERS, config).virtual_servers == (vs,)
+
+
+def test_the_checker_half_gets_the_track_files_its_file_checks_name() -> None:
+    from pyalived.config.model import FileCheck, RealServer, TrackFile
+
+    rs = RealServer(ip_address("198.18.0.2"), 80, file_checks=(FileCheck("drain"),))
+    vs = VirtualServer(ip_address("198.18.0.1"), 80, real_servers=(rs,))
+    files = (TrackFile("drain", "/run/drain"), TrackFile("vrrp_only", "/run/x"))
+    config = Config(virtual_servers=(vs,), track_files=files)
+    assert half_config(CHECKERS, config).track_files == files[:1]
+    assert half_config(VRRP, config).track_files == files
