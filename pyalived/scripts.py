@@ -18,10 +18,11 @@ when the runner is cancelled (daemon shutdown) the ones still running get
 ``shutdown_grace`` seconds to finish -- so the "stop" notification sent while
 the instances shut down still runs -- and are then killed.
 
-``split_command`` splits a script line the way keepalived 2.2.7 does once the
-configuration lexer has handled backslashes: on blanks, with single or double
-quotes grouping words (the quotes are removed and adjacent pieces join, so
-``g'h i'j`` is one word ``gh ij``); a backslash is an ordinary character here.
+``split_command`` (defined in ``pyalived.cmdline``, re-exported here) splits a
+script line the way keepalived 2.2.7 does once the configuration lexer has
+handled backslashes: on blanks, with single or double quotes grouping words
+(the quotes are removed and adjacent pieces join, so ``g'h i'j`` is one word
+``gh ij``); a backslash is an ordinary character here.
 """
 
 from __future__ import annotations
@@ -38,38 +39,14 @@ from typing import Any, Protocol
 
 import trio
 
+from pyalived.cmdline import split_command
 from pyalived.tuning import spawn_options
+
+__all__ = ["ScriptRunner", "TrioScriptRunner", "split_command"]
 
 log = logging.getLogger("pyalived.scripts")
 
 TIMEOUT_STATUS = -1
-
-
-def split_command(line: str) -> list[str]:
-    """The argv of a script line (see the module docstring for the rules)."""
-    words: list[str] = []
-    word: list[str] = []
-    in_word = False
-    quote: str | None = None
-    for ch in line:
-        if quote is not None:
-            if ch == quote:
-                quote = None
-            else:
-                word.append(ch)
-        elif ch in "'\"":
-            quote = ch
-            in_word = True
-        elif ch in " \t\n\r":
-            if in_word:
-                words.append("".join(word))
-                word, in_word = [], False
-        else:
-            word.append(ch)
-            in_word = True
-    if in_word:
-        words.append("".join(word))
-    return words
 
 
 def _identity(user: str | None, group: str | None = None) -> dict[str, Any]:

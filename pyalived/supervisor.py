@@ -102,6 +102,7 @@ from pyalived.config import reader
 from pyalived.config.lexer import Source, sources_unchanged
 from pyalived.config.model import Config
 from pyalived.config.reader import CHECKERS, VRRP, ReaderError, ReadResult, half_config
+from pyalived.config.script_check import scripts_unchanged
 from pyalived.daemon import (
     RELOAD_TIMEOUT,
     DaemonOptions,
@@ -613,7 +614,8 @@ class Supervisor:
     def _unchanged(self) -> bool:
         """In a worker thread: do the files hold what is running already?"""
         try:
-            return bool(self.sources) and sources_unchanged(self.sources)
+            return bool(self.sources) and sources_unchanged(self.sources,
+                                                            other=scripts_unchanged)
         except Exception:  # then the reader reads them, and says what is wrong
             return False
 

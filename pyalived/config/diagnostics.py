@@ -12,14 +12,17 @@ feeds the ``-t`` exit status (see ``exit_code_for``):
   unreadable.  keepalived 2.2.7 prints a message but exits 0 here; we refuse;
 * 5  any other error or warning, including an interface that does not exist
   (keepalived 2.2.7's ``-t`` also exits 5 for that one);
-* 6  scripts are configured but ``enable_script_security`` is not set; as with
-  keepalived this wins over ordinary errors and warnings, but not over a
-  missing file or interface.
+* 6  a script will run but ``enable_script_security`` is not set (scripts that
+  will never run, see ``pyalived.config.script_check``, do not count); as
+  with keepalived this wins over ordinary errors and warnings, but not over
+  a missing file or interface.
 
 A NOTICE is printed and logged like the others but changes neither the
 verdict nor the exit status: it is for what keepalived 2.2.7 accepts and
 only mentions outside ``-t`` (a deprecated spelling such as
-``vrrp_track_file``), so that ``pyalived -t`` and ``keepalived -t`` agree.
+``vrrp_track_file``), or drops silently (a notify script that will not
+run, see ``pyalived.config.script_check``), so that ``pyalived -t`` and
+``keepalived -t`` agree.
 """
 
 from __future__ import annotations

@@ -112,9 +112,11 @@ class Source:
 
     ``("file", path, digest)``: a file read, with the SHA-256 of its decoded
     text; ``("glob", pattern, matches)``: an include pattern and the regular
-    files it matched.  The reader's output is a function of these texts and
-    matches alone (and of the config id), so the same sources read again
-    give the same configuration.
+    files it matched; ``("scripts", inputs, findings)``: the scripts the
+    configuration names and what was found of them on this host (see
+    ``pyalived.config.script_check.scripts_unchanged``).  The reader's output
+    is a function of these texts, matches and findings alone (and of the
+    config id), so the same sources read again give the same configuration.
     """
 
     kind: str
@@ -122,14 +124,22 @@ class Source:
     value: str | tuple[str, ...]
 
 
-def sources_unchanged(sources: Sequence[Source], limits: ReaderLimits = DEFAULT_LIMITS) -> bool:
-    """True if every file still holds the same text and every glob the same matches.
+def sources_unchanged(sources: Sequence[Source], limits: ReaderLimits = DEFAULT_LIMITS,
+                      other: Callable[[Source], bool] = lambda source: False) -> bool:
+    """True if every file still holds the same text and every glob the same matches,
+    and ``other`` says so of every other source (the ``scripts`` one: pass
+    ``pyalived.config.script_check.scripts_unchanged``; by default such a source
+    counts as changed).
 
     Files are opened the way the reader opens them (regular files only,
     never waiting on a FIFO) and read no further than ``limits.max_bytes``.
     """
     budget = limits.max_bytes
     for source in sources:
+        if source.kind not in ("file", "glob"):
+            if not other(source):
+                return False
+            continue
         if source.kind == "glob":
             if _glob_files(source.name) != source.value:
                 return False

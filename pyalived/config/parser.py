@@ -55,6 +55,7 @@ from pyalived.config.lexer import (
 )
 from pyalived.config.lvs_parse import LvsParser
 from pyalived.config.model import Config, Location
+from pyalived.config.script_check import ScriptHost, check_scripts
 from pyalived.config.tree import Node, TreeBuilder
 from pyalived.config.values import InterfaceExists, ValueReader
 from pyalived.config.vrrp_parse import VrrpParser
@@ -117,10 +118,13 @@ def load(
     config_id: str | None = None,
     interface_exists: InterfaceExists | None = None,
     limits: ReaderLimits = DEFAULT_LIMITS,
+    scripts: ScriptHost | None = None,
 ) -> LoadResult:
     """Read, check and model the configuration in ``path`` and its includes.
 
-    The reading is bounded by ``limits`` (see ``pyalived.config.lexer``).
+    The reading is bounded by ``limits`` (see ``pyalived.config.lexer``); the scripts
+    are found and vetted on ``scripts`` (None: this host, see
+    ``pyalived.config.script_check``).
     """
     sink = DiagnosticSink()
     if not os.path.isfile(path):
@@ -130,7 +134,7 @@ def load(
             Category.MISSING_FILE,
         )
         return LoadResult(None, tuple(sink.items), exit_code_for(sink.items))
-    parser = _Parser(DiagnosticSink(), interface_exists or SystemInterfaces())
+    parser = _Parser(DiagnosticSink(), interface_exists or SystemInterfaces(), scripts)
     builder = TreeBuilder(parser.top)
     cid = config_id if config_id is not None else default_config_id()
     lexer = Lexer(cid, sink, limits, on_line=builder.line)
@@ -144,7 +148,7 @@ def load(
     sink.absorb(parser.sink)
     diags = sink.diagnostics()
     return LoadResult(None if sink.has_errors else config, diags, exit_code_for(diags),
-                      tuple(lexer.sources))
+                      (*lexer.sources, *parser.script_sources))
 
 
 @contextlib.contextmanager
@@ -167,15 +171,19 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def parse_tree(nodes: tuple[Node, ...], sink: DiagnosticSink, exists: InterfaceExists) -> Config:
-    return _Parser(sink, exists).parse(nodes)
+def parse_tree(nodes: tuple[Node, ...], sink: DiagnosticSink, exists: InterfaceExists,
+               scripts: ScriptHost | None = None) -> Config:
+    return _Parser(sink, exists, scripts).parse(nodes)
 
 
 class _Parser:
     """The top level: each statement to its half, then the whole configuration."""
 
-    def __init__(self, sink: DiagnosticSink, exists: InterfaceExists) -> None:
+    def __init__(self, sink: DiagnosticSink, exists: InterfaceExists,
+                 scripts: ScriptHost | None = None) -> None:
         self.sink = sink
+        self.scripts = scripts
+        self.script_sources: list[Source] = []  # what check_scripts found
         self.r = ValueReader(sink, exists)
         self.vrrp = VrrpParser(self.r)
         self.lvs = LvsParser(self.r)
@@ -231,4 +239,6 @@ class _Parser:
         config = vrrp.order_fixups(config)
         lvs.cross_check(config)
         vrrp.cross_check(config)
-        return vrrp.track_fixups(vrrp.strict_fixups(config))
+        config = vrrp.track_fixups(vrrp.strict_fixups(config))
+        return check_scripts(config, self.r.script_sites, self.sink, self.scripts,
+                             self.script_sources)

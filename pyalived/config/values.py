@@ -36,6 +36,7 @@ from typing import TypeVar
 
 from pyalived.config.diagnostics import DiagnosticSink
 from pyalived.config.model import Location
+from pyalived.config.script_check import ScriptSite
 from pyalived.config.tree import Node
 
 T = TypeVar("T")
@@ -53,13 +54,15 @@ WEIGHT_MIN, WEIGHT_MAX = -253, 253  # track_script / track_interface weights
 class ValueReader:
     """Reads and checks keyword values, reporting into ``sink``; see the module docstring."""
 
-    __slots__ = ("exists", "script_locations", "sink")
+    __slots__ = ("exists", "script_locations", "script_sites", "sink")
 
     def __init__(self, sink: DiagnosticSink, exists: InterfaceExists) -> None:
         self.sink = sink
         self.exists = exists
         # Where scripts are configured: any one needs enable_script_security.
         self.script_locations: list[Location] = []
+        # The notify-like script lines, for pyalived.config.script_check.
+        self.script_sites: list[ScriptSite] = []
 
     # ---- blocks ---------------------------------------------------------------
 
@@ -189,7 +192,10 @@ class ValueReader:
     def script(self, node: Node) -> str | None:
         """A command that the daemon runs (a notify script): needs enable_script_security."""
         self.script_locations.append(node.location)
-        return self.command(node)
+        line = self.command(node)
+        if line is not None:
+            self.script_sites.append(ScriptSite(node.name, node.location, line))
+        return line
 
     def user_group(self, node: Node) -> tuple[str, str | None] | None:
         """``USER [GROUP]``."""

@@ -1647,14 +1647,11 @@ class VrrpParser:
                     f"vrrp_script {s.name} is already defined at {scripts[s.name].location}",
                 )
             scripts[s.name] = s
-        script_users: list[Location] = []
         refs: list[TrackScriptRef] = [r for i in config.vrrp_instances for r in i.track_script]
         refs += [r for g in config.vrrp_sync_groups for r in g.track_script]
         for ref in refs:
             if ref.name not in scripts:
                 sink.error(ref.location, f"track_script {ref.name}: no vrrp_script of that name")
-            else:
-                script_users.append(ref.location)
         self._check_track_defs(config)
         groups: dict[str, VrrpSyncGroup] = {}
         member_of: dict[str, str] = {}
@@ -1689,13 +1686,6 @@ class VrrpParser:
                             f"({member}) track_interface {t.name} is tracked by the instance"
                             f" (or is its interface) and by sync group {g.name}: remove one",
                         )
-        script_users += self.r.script_locations
-        if script_users and not config.global_defs.enable_script_security:
-            sink.warning(
-                min(script_users, key=lambda loc: (loc.file, loc.line)),
-                "scripts are configured but enable_script_security is not set",
-                Category.SCRIPT_SECURITY,
-            )
 
     def _accept_mode(self, inst: VrrpInstance, strict: bool) -> bool:
         """RFC 5798 Accept_Mode as keepalived 2.2.7 settles it: the address owner always

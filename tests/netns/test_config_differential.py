@@ -86,17 +86,7 @@ DELIBERATE: dict[str, tuple[int, int, str]] = {
     "script_user_per_script": (
         143, 0, "keepalived 2.2.7 -t terminates itself (SIGTERM) after checking a script"
         " that runs as another user"),
-    "keepalived.conf.misc_check": (
-        0, 6, "misc_path names a script that does not exist; keepalived drops it before"
-        " its script security check"),
-    "keepalived.conf.misc_check_arg": (0, 6, "as keepalived.conf.misc_check"),
-    "keepalived.conf.quorum": (0, 6, "as keepalived.conf.misc_check (quorum_up/down scripts)"),
-    "keepalived.conf.vrrp.scripts": (0, 6, "as keepalived.conf.misc_check (vrrp_script)"),
-    "keepalived.conf.vrrp.sync": (0, 6, "as keepalived.conf.misc_check (notify scripts)"),
 }
-# the script cases whose verdicts depend on script resolution at load
-SCRIPT_RESOLUTION = {"script_missing_file": (5, 0), "script_user_unknown": (5, 0),
-                     "script_unused_no_security": (6, 0)}
 
 
 def sh(*argv: str) -> None:
@@ -154,7 +144,7 @@ def test_the_corpus_covers_what_it_must() -> None:
         first = path.read_text().splitlines()[0] if path.read_text() else ""
         assert first.startswith("# covers: ") and len(first) > 12, path.name
     names = {p.stem for p in files} | {p.name for p in sample_files()}
-    assert set(DELIBERATE) | set(SCRIPT_RESOLUTION) <= names
+    assert set(DELIBERATE) <= names
 
 
 def test_keepalived_and_pyalived_agree_on_every_corpus_file(netns: str) -> None:
@@ -164,7 +154,6 @@ def test_keepalived_and_pyalived_agree_on_every_corpus_file(netns: str) -> None:
                        pool.map(lambda c: verdicts(netns, c[1]), cases), strict=True))
     differ = {name: codes for name, codes in got.items() if codes[0] != codes[1]}
     expected = {name: (k, p) for name, (k, p, _why) in DELIBERATE.items()}
-    expected.update(SCRIPT_RESOLUTION)
     assert differ == expected
 
 

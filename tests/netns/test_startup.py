@@ -45,7 +45,9 @@ def _script(path: Path, body: str) -> str:
 
 
 def _global(lab: Lab, lines: str) -> str:
-    return f"global_defs {{\n    router_id {lab.prefix}\n    enable_script_security\n{lines}}}\n"
+    # Under enable_script_security keepalived never runs scripts as root by default.
+    return (f"global_defs {{\n    router_id {lab.prefix}\n    enable_script_security\n"
+            f"    script_user root\n{lines}}}\n")
 
 
 def test_startup_and_shutdown_scripts_frame_the_daemon(make_lab: MakeLab) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from pyalived.config.model import VirtualIP, VirtualRoute, VirtualRule
+from pyalived.config.script_check import RunAs
 from pyalived.vrrp.net6 import Datagram6
 from pyalived.vrrp.ports import FirewallError, LinkEvent
 from pyalived.vrrp.vmac import LinkInfo
@@ -531,3 +532,21 @@ class FakeNft:
                 if not e.startswith("{")} | {
             tuple(json.loads(e)["concat"]) for e in self.tables[(family, table)]["sets"][name]
             if e.startswith("{")}
+
+
+class EveryScriptRuns:
+    """``ScriptHost`` of a host where every script named exists, is safe, and every user
+    resolves (to root's ids), ``keepalived_script`` too: for tests about parsing, not
+    about finding scripts."""
+
+    def resolve_user(self, user: str, group: str | None) -> RunAs | str:
+        return RunAs(user, 0, frozenset({0}))
+
+    def user_exists(self, name: str) -> bool:
+        return True
+
+    def find(self, program: str, who: RunAs) -> str | None:
+        return program if program.startswith("/") else f"/usr/bin/{program}"
+
+    def insecurity(self, real: str) -> str | None:
+        return None

@@ -248,15 +248,16 @@ def test_a_definition_further_down_is_too_late_for_a_track_reference(tmp_path: P
     body = "    track_script {\n        chk\n    }\n    track_file {\n        tf\n    }"
     group = "vrrp_sync_group G {\n    group {\n        VI_1\n    }\n    track_script {\n" \
             "        chk\n    }\n}\n"
-    res = run(tmp_path, "global_defs {\n    enable_script_security\n}\n"
-              + INSTANCE.format(body=body) + group + later)
+    # script_user root: under enable_script_security keepalived never picks root itself
+    secure = "global_defs {\n    enable_script_security\n    script_user root\n}\n"
+    res = run(tmp_path, secure + INSTANCE.format(body=body) + group + later)
     late = [(n, m) for s, n, m in kinds(res) if "further down" in m]
     assert late == [
-        (9, "(VI_1) track_script chk is defined further down the file, too late for this"
-            " block (as in keepalived); ignored"),
-        (12, "(VI_1) track_file tf is defined further down the file, too late for this"
+        (10, "(VI_1) track_script chk is defined further down the file, too late for this"
              " block (as in keepalived); ignored"),
-        (23, "(G) track_script chk is defined further down the file, too late for this"
+        (13, "(VI_1) track_file tf is defined further down the file, too late for this"
+             " block (as in keepalived); ignored"),
+        (24, "(G) track_script chk is defined further down the file, too late for this"
              " block (as in keepalived); ignored"),
     ]
     assert res.config is not None
@@ -264,8 +265,7 @@ def test_a_definition_further_down_is_too_late_for_a_track_reference(tmp_path: P
     assert inst.track_script == () and inst.track_file == ()
     assert res.config.vrrp_sync_groups[0].track_script == ()
     # defined first: tracked, no word
-    res = run(tmp_path, "global_defs {\n    enable_script_security\n}\n" + later
-              + INSTANCE.format(body=body))
+    res = run(tmp_path, secure + later + INSTANCE.format(body=body))
     assert res.diagnostics == () and res.config is not None
     assert [r.name for r in res.config.vrrp_instances[0].track_script] == ["chk"]
 

@@ -53,7 +53,7 @@ from pyalived.ipvs.netlink import IpvsTableManager, IpvsUnavailable, NetlinkIpvs
 from pyalived.metrics import Metrics
 from pyalived.vrrp.counters import VrrpCounters
 
-from .fakes import FakeScriptRunner
+from .fakes import EveryScriptRuns, FakeScriptRunner
 
 VIP = ServiceKey.inet("198.18.0.1", 80)
 A = DestKey(ip_address("198.18.0.2"), 80)
@@ -91,7 +91,7 @@ def vs_text(*servers: str, vs: str = "") -> str:
 def config(tmp_path: Path, text: str) -> Config:
     path = tmp_path / "keepalived.conf"
     path.write_text(text)
-    result = load(str(path), interface_exists=lambda name: True)
+    result = load(str(path), interface_exists=lambda name: True, scripts=EveryScriptRuns())
     assert result.config is not None, [str(d) for d in result.diagnostics]
     return result.config
 

@@ -10,6 +10,7 @@ import pytest
 from pyalived.config import Diagnostic, LoadResult, Severity, load, render
 from pyalived.config.diagnostics import Category
 from pyalived.config.model import AuthType, Config, InitialState, TrackInterface
+from tests.unit.fakes import EveryScriptRuns
 
 IFACES = {"eth0", "eth1", "eth2"}
 
@@ -111,7 +112,8 @@ def run(
 ) -> LoadResult:
     p = tmp_path / "keepalived.conf"
     p.write_text(text)
-    return load(str(p), config_id=config_id, interface_exists=ifaces.__contains__)
+    return load(str(p), config_id=config_id, interface_exists=ifaces.__contains__,
+                scripts=EveryScriptRuns())
 
 
 def only_config(res: LoadResult) -> Config:

@@ -8,6 +8,7 @@ import pytest
 
 from pyalived.config import load
 from pyalived.config.model import NotifyFifo, SmtpServer
+from tests.unit.fakes import EveryScriptRuns
 
 INSTANCE = ("vrrp_instance VI_1 {{\n interface lo\n virtual_router_id 51\n"
             " virtual_ipaddress {{\n  198.18.0.1\n }}\n{body}}}\n")
@@ -17,7 +18,7 @@ GROUP = "vrrp_sync_group G1 {{\n group {{\n  VI_1\n }}\n{body}}}\n"
 def load_text(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
     path = tmp_path / "keepalived.conf"
     path.write_text(text)
-    return load(str(path), interface_exists=lambda name: True)
+    return load(str(path), interface_exists=lambda name: True, scripts=EveryScriptRuns())
 
 
 def test_mail_and_fifo_keywords(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from pyalived.ipvs.model import (
     ServiceKey,
     plan,
 )
+from tests.unit.fakes import EveryScriptRuns
 
 SECURE = "global_defs {\n enable_script_security\n}\n"
 
@@ -127,7 +128,7 @@ virtual_server 198.18.0.1 80 {
 def run(tmp_path: Path, text: str) -> LoadResult:
     p = tmp_path / "keepalived.conf"
     p.write_text(text)
-    return load(str(p), interface_exists={"eth0"}.__contains__)
+    return load(str(p), interface_exists={"eth0"}.__contains__, scripts=EveryScriptRuns())
 
 
 def only_config(res: LoadResult) -> Config:

@@ -29,6 +29,7 @@ from pyalived.vrrp import packet
 from pyalived.vrrp.compile import build_tracking
 from pyalived.vrrp.fsm import State
 from pyalived.vrrp.garp_pacing import GarpPacer
+from tests.unit.fakes import EveryScriptRuns
 from tests.unit.test_instance import (
     MASTER_DOWN_90,
     PEER,
@@ -45,7 +46,8 @@ from tests.unit.test_instance import (
 def load(tmp_path: Path, text: str, exists: object = None) -> tuple[Config | None, list[str]]:
     conf = tmp_path / "keepalived.conf"
     conf.write_text(text)
-    res = load_file(str(conf), interface_exists=exists or (lambda name: name == "eth0"))
+    res = load_file(str(conf), interface_exists=exists or (lambda name: name == "eth0"),
+                    scripts=EveryScriptRuns())
     return res.config, [f"{d.location.line}: {d.severity.name.lower()}: {d.message}"
                         for d in res.diagnostics]
 
