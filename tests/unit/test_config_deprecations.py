@@ -312,7 +312,7 @@ def test_a_sync_group_member_loses_the_weights_of_its_own_tracking(tmp_path: Pat
     # "ignoring tracked script chk with weights due to SYNC group"
     group = "vrrp_sync_group G {\n    group {\n        VI_1\n    }\n}\n"
     p = tmp_path / "keepalived.conf"
-    p.write_text("global_defs {\n    enable_script_security\n}\n"
+    p.write_text("global_defs {\n    enable_script_security\n    script_user root\n}\n"
                  + SYNC.format(prio=100, group=group))
     res = load(str(p), interface_exists={"eth0", "eth1"}.__contains__)
     assert res.config is not None
@@ -325,13 +325,13 @@ def test_a_sync_group_member_loses_the_weights_of_its_own_tracking(tmp_path: Pat
 
 def test_the_address_owner_ignores_weighted_tracking(tmp_path: Path) -> None:
     p = tmp_path / "keepalived.conf"
-    p.write_text("global_defs {\n    enable_script_security\n}\n"
+    p.write_text("global_defs {\n    enable_script_security\n    script_user root\n}\n"
                  + SYNC.format(prio=255, group=""))
     res = load(str(p), interface_exists={"eth0", "eth1"}.__contains__)
     assert res.config is not None
     (inst,) = res.config.vrrp_instances
     assert inst.track_script == () and inst.track_interface == ()
-    assert [d.location.line for d in res.diagnostics] == [13, 16]
+    assert [d.location.line for d in res.diagnostics] == [14, 17]
 
 
 def test_an_interface_tracked_by_a_group_and_its_member(tmp_path: Path) -> None:
