@@ -1680,6 +1680,19 @@ class VrrpParser:
                     )
                 else:
                     member_of[member] = g.name
+        for g in config.vrrp_sync_groups:
+            for member in g.group:
+                found = by_name.get(member)
+                if found is None:
+                    continue
+                own = {found.interface} | {t.name for t in found.track_interface}
+                for t in g.track_interface:
+                    if t.name in own:  # keepalived 2.2.7 warns the same way
+                        sink.warning(
+                            t.location,
+                            f"({member}) track_interface {t.name} is tracked by the instance"
+                            f" (or is its interface) and by sync group {g.name}: remove one",
+                        )
 
     def _accept_mode(self, inst: VrrpInstance, strict: bool) -> bool:
         """RFC 5798 Accept_Mode as keepalived 2.2.7 settles it: the address owner always
@@ -1750,6 +1763,45 @@ class VrrpParser:
                 out.append(replace(ref, weight=weight, reverse=reverse))
             return tuple(out)
 
+        scripts = {s.name: s for s in config.vrrp_scripts}
+
+        def own_scripts(inst: VrrpInstance, ignore: str | None) -> tuple[TrackScriptRef, ...]:
+            out: list[TrackScriptRef] = []
+            for ref in inst.track_script:
+                d = scripts.get(ref.name)
+                weight = ref.weight if ref.weight is not None or d is None else d.weight
+                if ignore is not None and weight:
+                    self.r.sink.warning(
+                        ref.location,
+                        f"({inst.name}) ignoring tracked script {ref.name} with weight"
+                        f" {weight} {ignore}",
+                    )
+                    continue
+                out.append(ref)
+            return tuple(out)
+
+        def own_interfaces(inst: VrrpInstance, grouped: bool) -> tuple[TrackInterface, ...]:
+            # keepalived 2.2.7: in a sync group the weight goes (down means FAULT); the
+            # address owner drops the interface altogether
+            out: list[TrackInterface] = []
+            for t in inst.track_interface:
+                if t.weight and grouped:
+                    self.r.sink.warning(
+                        t.location,
+                        f"({inst.name}) ignoring the weight of tracked interface {t.name}"
+                        " since the instance is in a sync group; down means FAULT",
+                    )
+                    t = replace(t, weight=0)
+                elif t.weight and inst.priority == 255:
+                    self.r.sink.warning(
+                        t.location,
+                        f"({inst.name}) ignoring tracked interface {t.name} with weight"
+                        f" {t.weight} since the instance is the address owner",
+                    )
+                    continue
+                out.append(t)
+            return tuple(out)
+
         instances = []
         for inst in config.vrrp_instances:
             ignore = ("since the instance is in a sync group" if inst.name in in_group else
@@ -1757,6 +1809,8 @@ class VrrpParser:
                       else None)
             instances.append(replace(
                 inst,
+                track_script=own_scripts(inst, ignore),
+                track_interface=own_interfaces(inst, inst.name in in_group),
                 track_file=resolve(inst.track_file, files, "tracked file", ignore, inst.name),
                 track_process=resolve(inst.track_process, procs, "tracked process", ignore,
                                       inst.name),

@@ -284,3 +284,63 @@ def test_unicast_with_a_vmac_sends_by_the_base_interface(tmp_path: Path) -> None
     res = run(tmp_path, INSTANCE.format(body="    vmac_xmit_base"))
     assert [m for _, _, m in kinds(res)] == [
         "vrrp_instance VI_1: vmac_xmit_base means nothing without use_vmac"]
+
+
+SYNC = """vrrp_script chk {{
+    script /bin/true
+    weight 10
+}}
+vrrp_instance VI_1 {{
+    interface eth0
+    virtual_router_id 51
+    priority {prio}
+    track_script {{
+        chk
+    }}
+    track_interface {{
+        eth1 weight 5
+    }}
+    virtual_ipaddress {{
+        198.18.0.100/24
+    }}
+}}
+{group}"""
+
+
+def test_a_sync_group_member_loses_the_weights_of_its_own_tracking(tmp_path: Path) -> None:
+    # keepalived 2.2.7 -t: "ignoring eth1 tracked interface weight due to SYNC group",
+    # "ignoring tracked script chk with weights due to SYNC group"
+    group = "vrrp_sync_group G {\n    group {\n        VI_1\n    }\n}\n"
+    p = tmp_path / "keepalived.conf"
+    p.write_text("global_defs {\n    enable_script_security\n    script_user root\n}\n"
+                 + SYNC.format(prio=100, group=group))
+    res = load(str(p), interface_exists={"eth0", "eth1"}.__contains__)
+    assert res.config is not None
+    (inst,) = res.config.vrrp_instances
+    assert inst.track_script == ()
+    assert [(t.name, t.weight) for t in inst.track_interface] == [("eth1", 0)]
+    assert sum("since the instance is in a sync group" in d.message
+               for d in res.diagnostics) == 2
+
+
+def test_the_address_owner_ignores_weighted_tracking(tmp_path: Path) -> None:
+    p = tmp_path / "keepalived.conf"
+    p.write_text("global_defs {\n    enable_script_security\n    script_user root\n}\n"
+                 + SYNC.format(prio=255, group=""))
+    res = load(str(p), interface_exists={"eth0", "eth1"}.__contains__)
+    assert res.config is not None
+    (inst,) = res.config.vrrp_instances
+    assert inst.track_script == () and inst.track_interface == ()
+    assert [d.location.line for d in res.diagnostics] == [14, 17]
+
+
+def test_an_interface_tracked_by_a_group_and_its_member(tmp_path: Path) -> None:
+    group = ("vrrp_sync_group G {\n    group {\n        VI_1\n    }\n    track_interface {\n"
+             "        eth0\n    }\n}\n")
+    p = tmp_path / "keepalived.conf"
+    p.write_text(SYNC.format(prio=100, group=group).replace("    track_script {\n        chk\n"
+                                                             "    }\n", ""))
+    res = load(str(p), interface_exists={"eth0", "eth1"}.__contains__)
+    assert any(d.location.line == 21 and "(VI_1) track_interface eth0 is tracked by the"
+               " instance (or is its interface) and by sync group G" in d.message
+               for d in res.diagnostics), render(res.diagnostics)
