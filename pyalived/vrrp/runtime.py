@@ -44,6 +44,11 @@ the instances start, left alone by every VRRP state, removed when the
 runtime stops (as keepalived 2.2.7 removes them on stop), and on a reload
 only the dropped ones are removed and the new ones added, before the
 instances are touched.  ``run_vrrp`` runs a runtime without reloads.
+
+``lvs_sync_daemon``: the runtime owns the ``SyncDaemonDriver``
+(``pyalived.vrrp.lvs_sync``), started before the instances; every instance
+gets its state listener, and at start and after each reload the driver is
+told the settings and the followed instance's VRID and current state.
 """
 
 from __future__ import annotations
