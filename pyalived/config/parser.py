@@ -241,6 +241,6 @@ class _Parser:
         config = vrrp.order_fixups(config)
         lvs.cross_check(config)
         vrrp.cross_check(config)
-        config = vrrp.track_fixups(vrrp.strict_fixups(config))
+        config = vrrp.sync_daemon_fixups(vrrp.track_fixups(vrrp.strict_fixups(config)))
         return check_scripts(config, self.r.script_sites, self.sink, self.scripts,
                              self.script_sources)

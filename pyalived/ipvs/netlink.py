@@ -28,6 +28,10 @@ as it is (keepalived's ``--dont-release-ipvs``); ``flush_on_stop`` (global
 ``lvs_flush_on_stop`` without ``VS``) empties the whole table instead, owned
 or not, in one command.
 
+The same client starts, stops and lists the kernel's connection-sync
+daemons (``daemons``, ``start_daemon``, ``stop_daemon``): the VRRP child
+opens one of its own for ``lvs_sync_daemon`` (``pyalived.vrrp.lvs_sync``).
+
 A kernel without IPVS (no generic-netlink family "IPVS", even after
 ``modprobe ip_vs``) raises ``IpvsUnavailable`` from ``NetlinkIpvs``; the
 manager logs that cause once and keeps running without a table.
@@ -277,6 +281,26 @@ class NetlinkIpvs:
     def flush(self) -> None:
         seq = self._next_seq()
         self._ack(genl.flush_request(self.family_id, seq), seq, "IPVS flush")
+
+    # -- the connection-synchronisation daemons (driven by the VRRP child) --
+
+    def daemons(self) -> list[genl.SyncDaemon]:
+        """The kernel's running sync daemons (master first, then backup)."""
+        seq = self._next_seq()
+        replies = self._dump(genl.dump_daemons_request(self.family_id, seq), seq)
+        return [genl.decode_daemon(r) for r in replies]
+
+    def start_daemon(self, daemon: genl.SyncDaemon) -> None:
+        """Start one sync daemon; OSError (EEXIST if that state already runs)."""
+        seq = self._next_seq()
+        self._ack(genl.new_daemon_request(self.family_id, daemon, seq), seq,
+                  "IPVS sync daemon start")
+
+    def stop_daemon(self, state: int) -> None:
+        """Stop the master or backup daemon; OSError (ESRCH if it does not run)."""
+        seq = self._next_seq()
+        self._ack(genl.del_daemon_request(self.family_id, state, seq), seq,
+                  "IPVS sync daemon stop")
 
     def execute(self, ops: Sequence[Op]) -> list[OpFailure]:
         """Run ``ops`` in order, in batches; return the failed ones."""

@@ -63,7 +63,6 @@ DELIBERATE: dict[str, tuple[int, int, str]] = {
         0, 5, "a keyword pyalived does not support yet is warned, so that nothing is"
         " silently not done"),
     "gd_lvs_process_name": (0, 5, "not supported yet (checker_process_name), warned"),
-    "lvs_unsupported": (0, 5, "persistence_engine is not supported yet, warned"),
     "script_init_fail": (0, 5, "init_fail is not supported yet, warned"),
     "gd_smtp_server_bad": (
         5, 0, "smtp_server takes a host name, resolved when a mail is sent: keepalived 2.2.7"
