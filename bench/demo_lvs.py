@@ -371,22 +371,28 @@ def in_vm(impl: str) -> int:
             topo.set_leg(cbr, "d1", "eth0", up=False)
             topo.set_leg(sbr, "d1", "eth1", up=False)
             cut = time.monotonic()
-            settle("d2 holding the VIP and the gateway",
-                   lambda: {VIP, INSIDE_VIP} <= addresses(d2), timeout=60)
-            say(f"    d2 is MASTER {time.monotonic() - cut:.1f} s later and holds {VIP} and"
-                f" {INSIDE_VIP}.")
-            survived = True
-            for i in range(7, 11):
+
+            def exchange(i: int) -> bool:
                 sent = time.monotonic()
                 try:
                     reply = talk(i)
                 except OSError as exc:
                     reply = f"error: {exc.strerror or exc}"
-                say(f"    sent 'line {i}', got '{reply}' after {time.monotonic() - sent:.1f} s")
-                if not reply.startswith(server + ":"):
-                    survived = False
+                say(f"    sent 'line {i}', got '{reply}' {time.monotonic() - sent:.1f} s later")
+                return reply.startswith(server + ":")
+
+            say("    The client sends its next line at once; while no director answers, its"
+                " TCP stack retransmits it.")
+            survived = exchange(7)
+            settle("d2 holding the VIP and the gateway",
+                   lambda: {VIP, INSIDE_VIP} <= addresses(d2), timeout=60)
+            say(f"    d2 is MASTER (seen {time.monotonic() - cut:.1f} s after the cut) and holds"
+                f" {VIP} and {INSIDE_VIP}.")
+            for i in range(8, 11):
+                if not survived:
                     break
                 time.sleep(0.5)
+                survived = exchange(i)
             rows = [r for r in sh(d2, "ipvsadm", "-Lnc").splitlines()
                     if f":{ECHO_PORT} " in r and CLIENT in r]
             say("    d2's connection table: " + ("; ".join(" ".join(r.split()) for r in rows)
