@@ -164,6 +164,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
     """The real ports: raw sockets, netlink, script runner and exact timer wake-ups."""
     from pyalived import scripts
     from pyalived.alerts import VrrpAlerts
+    from pyalived.ipvs.netlink import NetlinkIpvs
     from pyalived.vrrp import netlink, routes, wakeup
 
     runner = scripts.TrioScriptRunner()
@@ -187,6 +188,7 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
             nft=_nft_runner(config),
             routes=routes.RouteManager(),
             interface_index=_interface_index,
+            sync_daemons=NetlinkIpvs,
         )
         nursery.cancel_scope.cancel()
 

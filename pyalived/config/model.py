@@ -420,9 +420,33 @@ class GlobalDefs:
     net_namespace: str | None = None  # top-level ``net_namespace NAME``
     vrrp_min_garp: bool = False  # already applied to the garp defaults above
     garp_groups: tuple[GarpGroup, ...] = ()  # the top-level ``garp_group`` blocks
+    # ``lvs_sync_daemon`` (or an instance's deprecated ``lvs_sync_daemon_interface``):
+    # the kernel's IPVS connection-sync daemon, driven by the VRRP child
+    # (pyalived.vrrp.lvs_sync); None: not managed.
+    lvs_sync_daemon: LvsSyncDaemon | None = None
 
 
 STARTUP_SCRIPT_TIMEOUT = 10.0  # keepalived's default for both scripts
+
+
+@dataclass(frozen=True)
+class LvsSyncDaemon:
+    """``lvs_sync_daemon IF [[inst] INSTANCE] [id N] [maxlen N] [port N] [ttl N] [group IP]``.
+
+    ``sync_id`` None: the instance's virtual_router_id.  ``maxlen``, ``port``, ``ttl``
+    and ``group`` None: the kernel's defaults (a length from the interface's MTU, port
+    8848, TTL 1, 224.0.0.81).  ``instance`` None: keepalived 2.2.7 then starts no
+    daemon, nor does pyalived.
+    """
+
+    interface: str
+    instance: str | None = None
+    sync_id: int | None = None
+    maxlen: int | None = None
+    port: int | None = None
+    ttl: int | None = None
+    group: IPv4Address | IPv6Address | None = None
+    location: Location = NOWHERE
 
 
 @dataclass(frozen=True)

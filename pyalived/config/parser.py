@@ -230,4 +230,4 @@ class _Parser:
         )
         lvs.cross_check(config)
         vrrp.cross_check(config)
-        return vrrp.track_fixups(vrrp.strict_fixups(config))
+        return vrrp.sync_daemon_fixups(vrrp.track_fixups(vrrp.strict_fixups(config)))

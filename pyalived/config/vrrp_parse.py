@@ -76,6 +76,12 @@ VRRPv2 instance's ``accept`` is warned about and dropped, as keepalived does.
 ``nftables [TABLE]``, ``nftables_priority``, ``nftables_counters`` and
 ``nftables_ifindex`` configure the firewall (``pyalived.vrrp.firewall``);
 ``vrrp_iptables`` / ``vrrp_ipsets`` are warned about: nftables is used.
+
+``lvs_sync_daemon IF [[inst] INSTANCE] [id N] [maxlen N] [port N] [ttl N]
+[group IP]`` follows keepalived 2.2.7's syntax and ranges (also its old
+``IF INSTANCE SYNC_ID`` form); an instance's deprecated
+``lvs_sync_daemon_interface IF`` is taken when no global one is given
+(``sync_daemon_fixups``, which also refuses an unknown instance).
 """
 
 from __future__ import annotations
@@ -98,6 +104,7 @@ from pyalived.config.model import (
     GlobalDefs,
     InitialState,
     Location,
+    LvsSyncDaemon,
     Notify,
     NotifyFifo,
     OldUnicastChecksum,
@@ -133,7 +140,7 @@ MAX_ADVERT_ADDRESSES = 255  # RFC 3768 §5.3.5: Count IP Addrs is 8 bits
 # Keywords keepalived 2.2.7 accepts that this project does not implement yet.
 UNSUPPORTED_GLOBAL = frozenset(
     """no_email_faults email_faults lvs_id
-    lvs_sync_daemon lvs_flush lvs_flush_onstop lvs_timeouts lvs_timeout default_interface
+    lvs_flush lvs_flush_onstop lvs_timeouts lvs_timeout default_interface
     vrrp_check_unicast_src
     bfd_priority bfd_no_swap bfd_rt_priority bfd_rlimit_rtime bfd_rlimit_rttime
     bfd_cpu_affinity snmp_socket enable_snmp_vrrp
@@ -160,7 +167,7 @@ UNSUPPORTED_GLOBAL = frozenset(
 )
 UNSUPPORTED_INSTANCE = frozenset(
     """native_ipv6 track_bfd
-    strict_mode lvs_sync_daemon_interface debug linkbeat_use_polling notify_deleted
+    strict_mode debug linkbeat_use_polling notify_deleted
     notify_master_rx_lower_pri lower_prio_no_advert higher_prio_send_advert
     kernel_rx_buf_size unicast_ttl check_unicast_src promote_secondaries
     down_timer_adverts notify_priority_changes unicast_fault_no_peer
@@ -204,8 +211,8 @@ class _Tracking(Block):
 
 
 class _Instance(_Tracking):
-    __slots__ = ("advert_int", "interface", "ok", "peer_locations", "peers", "vips",
-                 "vips_excluded", "vrid")
+    __slots__ = ("advert_int", "interface", "ok", "peer_locations", "peers", "sync_daemon",
+                 "vips", "vips_excluded", "vrid")
 
     def __init__(self, r: ValueReader, label: str) -> None:
         super().__init__(r, label)
@@ -217,6 +224,7 @@ class _Instance(_Tracking):
         self.vips_excluded: list[VirtualIP] = []
         self.peers: list[IPv4Address | IPv6Address] = []
         self.peer_locations: list[Location] = []
+        self.sync_daemon: LvsSyncDaemon | None = None  # lvs_sync_daemon_interface
 
 
 class _SyncGroup(_Tracking):
@@ -931,6 +939,122 @@ _GARP_GROUP = Keywords[_GarpGroup](
 )
 
 
+SYNCD_IFNAME_MAX = 15  # IP_VS_IFNAME_MAXLEN less its NUL
+SYNCD_MAXLEN_MAX = 65535 - 20 - 8  # an IPv4 UDP datagram's payload
+_SYNCD_OPTIONS: dict[str, tuple[str, int, int]] = {
+    "id": ("sync_id", 0, 255),
+    "maxlen": ("maxlen", 1, SYNCD_MAXLEN_MAX),
+    "port": ("port", 1, 65535),
+    "ttl": ("ttl", 1, 255),
+}
+
+
+def _syncd_number(r: ValueReader, node: Node, word: str, text: str, lo: int, hi: int
+                  ) -> int | None:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        r.sink.error(node.location, f"lvs_sync_daemon {word}: '{text}' is not a whole number")
+        return None
+    if not lo <= value <= hi:
+        r.sink.error(node.location, f"lvs_sync_daemon {word} {value} is outside [{lo}, {hi}]")
+        return None
+    return value
+
+
+@writes("lvs_sync_daemon")
+def _lvs_sync_daemon(block: Block, node: Node) -> None:
+    """``lvs_sync_daemon IF [[inst] INSTANCE] [id N] [maxlen N] [port N] [ttl N] [group IP]``
+    with keepalived 2.2.7's ranges; its old form ``IF INSTANCE [SYNC_ID]`` too."""
+    r = block.r
+    r.no_block(node)
+    if "lvs_sync_daemon" in block.fields:
+        r.sink.warning(node.location, "lvs_sync_daemon is already given; ignored")
+        return
+    words = node.values
+    if not words:
+        r.sink.error(node.location, "lvs_sync_daemon needs an interface")
+        return
+    ifname = words[0]
+    if len(ifname) > SYNCD_IFNAME_MAX:
+        r.sink.error(node.location, f"lvs_sync_daemon interface name '{ifname}' is longer "
+                                    f"than {SYNCD_IFNAME_MAX} characters")
+        return
+    if not r.exists(ifname):
+        r.sink.warning(node.location, f"lvs_sync_daemon: interface {ifname} does not exist "
+                                      "(yet); the sync daemon is started once it does")
+    values: dict[str, object] = {}
+    ok = True
+    i = 1
+    while i < len(words):
+        word = words[i]
+        value = words[i + 1] if i + 1 < len(words) else None
+        if word in ("inst", *_SYNCD_OPTIONS, "group") and value is None:
+            r.sink.error(node.location, f"lvs_sync_daemon {word} needs a value")
+            ok = False
+            i += 1
+            continue
+        if word == "inst" and value is not None:
+            if "instance" in values:
+                r.sink.error(node.location, "lvs_sync_daemon names its vrrp_instance twice")
+                ok = False
+            values["instance"] = value
+        elif word in _SYNCD_OPTIONS and value is not None:
+            key, lo, hi = _SYNCD_OPTIONS[word]
+            number = _syncd_number(r, node, word, value, lo, hi)
+            ok = ok and number is not None
+            values[key] = number
+        elif word == "group" and value is not None:
+            group = _any_address(r, node, value)
+            if group is not None and not group.is_multicast:
+                r.sink.error(node.location, f"lvs_sync_daemon group {group} is not multicast")
+                group = None
+            ok = ok and group is not None
+            values["group"] = group
+        elif i == 1:  # the old form: IF INSTANCE [SYNC_ID]
+            values["instance"] = word
+            i += 1
+            continue
+        elif i == 2 and "sync_id" not in values:
+            r.sink.warning(node.location, 'lvs_sync_daemon: write "id" before the sync id')
+            number = _syncd_number(r, node, "id", word, 0, 255)
+            ok = ok and number is not None
+            values["sync_id"] = number
+            i += 1
+            continue
+        else:
+            r.sink.error(node.location, f"lvs_sync_daemon: unknown option '{word}'")
+            ok = False
+            i += 1
+            continue
+        i += 2
+    if not ok:
+        return
+    if "instance" not in values:
+        r.sink.warning(node.location, "lvs_sync_daemon names no vrrp_instance: no sync "
+                                      "daemon is started (as keepalived 2.2.7)")
+    block.fields["lvs_sync_daemon"] = LvsSyncDaemon(
+        interface=ifname, location=node.location, **values)  # type: ignore[arg-type]
+
+
+@writes("lvs_sync_daemon")
+def _lvs_sync_daemon_interface(block: _Instance, node: Node) -> None:
+    """An instance's ``lvs_sync_daemon_interface IF``: keepalived's deprecated form of
+    ``lvs_sync_daemon IF INSTANCE`` (sync id 0, as keepalived 2.2.7 starts it)."""
+    r = block.r
+    name = block.label.removeprefix("vrrp_instance ")
+    r.sink.warning(node.location, f"({name}) lvs_sync_daemon_interface is deprecated; "
+                                  "use lvs_sync_daemon in global_defs")
+    ifname = r.one(node)
+    if ifname is None:
+        return
+    if len(ifname) > SYNCD_IFNAME_MAX:
+        r.sink.error(node.location, f"lvs_sync_daemon_interface name '{ifname}' is longer "
+                                    f"than {SYNCD_IFNAME_MAX} characters")
+        return
+    block.sync_daemon = LvsSyncDaemon(ifname, name, 0, location=node.location)
+
+
 # ---- keyword tables ----------------------------------------------------------------------
 
 _GLOBAL_DEFS = Keywords[Block](
@@ -993,6 +1117,7 @@ _GLOBAL_DEFS = Keywords[Block](
         "shutdown_script_timeout": writes("timeout")(
             field("shutdown_script_timeout", int_in(1, 1000))),
         "vrrp_min_garp": field("vrrp_min_garp", ValueReader.flag),
+        "lvs_sync_daemon": _lvs_sync_daemon,
     },
     UNSUPPORTED_GLOBAL,
 )
@@ -1085,6 +1210,7 @@ _INSTANCE = Keywords[_Instance](
         "old_unicast_checksum": field("old_unicast_checksum", _old_unicast_checksum),
         "accept": field("accept", _accept),
         "no_accept": field("accept", _no_accept),
+        "lvs_sync_daemon_interface": _lvs_sync_daemon_interface,
     },
     UNSUPPORTED_INSTANCE,
 )
@@ -1127,6 +1253,7 @@ class VrrpParser:
         self._script_timeouts: dict[str, int] = {}
         self.track_files: list[TrackFile] = []
         self.track_processes: list[TrackProcess] = []
+        self.instance_sync_daemons: list[LvsSyncDaemon] = []  # lvs_sync_daemon_interface
 
     def static_ipaddress_block(self, node: Node) -> None:
         """``static_ipaddress``: virtual_ipaddress lines; without ``dev``, keepalived's
@@ -1158,6 +1285,10 @@ class VrrpParser:
             timeout = fields.pop(key, None)
             if isinstance(timeout, int):
                 self._script_timeouts[key.removesuffix("_timeout")] = timeout
+        if "lvs_sync_daemon" in fields and self.defs.lvs_sync_daemon is not None:
+            self.r.sink.warning(fields["lvs_sync_daemon"].location,  # type: ignore[attr-defined]
+                                "lvs_sync_daemon is already given; ignored")
+            del fields["lvs_sync_daemon"]
         self._explicit |= set(fields)
         self.defs = replace(
             self.defs,
@@ -1389,6 +1520,8 @@ class VrrpParser:
         route_blocks = [n for n in body if n.name in ("virtual_routes", "virtual_rules")]
         _INSTANCE.run(block, (n for n in body if n.name not in ("virtual_routes",
                                                                   "virtual_rules")))
+        if block.sync_daemon is not None:
+            self.instance_sync_daemons.append(block.sync_daemon)
         interface, vrid, vips = block.interface, block.vrid, block.vips
         vips_excl = block.vips_excluded
         if interface is None:
@@ -1672,6 +1805,26 @@ class VrrpParser:
             for g in config.vrrp_sync_groups
         ]
         return replace(config, vrrp_instances=tuple(instances), vrrp_sync_groups=tuple(groups))
+
+    def sync_daemon_fixups(self, config: Config) -> Config:
+        """``lvs_sync_daemon``: the global one, else the first instance's deprecated
+        ``lvs_sync_daemon_interface``; its instance must exist."""
+        sink = self.r.sink
+        syncd = config.global_defs.lvs_sync_daemon
+        for extra in self.instance_sync_daemons:
+            if syncd is None:
+                syncd = extra
+            else:
+                sink.warning(extra.location, f"({extra.instance}) lvs_sync_daemon is already "
+                                             f"given (interface {syncd.interface}); ignored")
+        if syncd is None:
+            return config
+        if syncd.instance is not None:
+            names = {inst.name for inst in config.vrrp_instances}
+            if syncd.instance not in names:
+                sink.error(syncd.location,
+                           f"lvs_sync_daemon: no vrrp_instance {syncd.instance}")
+        return replace(config, global_defs=replace(config.global_defs, lvs_sync_daemon=syncd))
 
     def strict_fixups(self, config: Config) -> Config:
         """keepalived's vrrp_strict: drop authentication, MASTER only for the owner; and

@@ -397,3 +397,95 @@ def decode_dest_info(reply: Reply, family: int | None = None) -> DestInfo:
 
 def decode_dest(reply: Reply) -> Destination:
     return decode_dest_info(reply).dest
+
+
+# ---- the connection-synchronisation daemons -------------------------------------------
+#
+# IPVS_CMD_NEW_DAEMON / _DEL_DAEMON / _GET_DAEMON carry one IPVS_CMD_ATTR_DAEMON nest
+# (include/uapi/linux/ip_vs.h, net/netfilter/ipvs/ip_vs_ctl.c ip_vs_genl_new_daemon /
+# _fill_daemon): the state (master or backup) as a u32, the interface as a NUL-ended
+# string, the sync id as a u32, the message length as a u16, the UDP port as a u16 and
+# the TTL as a u8, all in host order; an IPv4 group as its 4 network-order bytes, an
+# IPv6 one as 16.  NEW needs the state, the interface and the sync id (the rest falls
+# back to the kernel's defaults: 224.0.0.81 / ff02::81, port 8848, TTL 1, a length from
+# the interface's MTU); DEL needs only the state.  The dump lists the running ones.
+
+CMD_NEW_DAEMON = 9
+CMD_DEL_DAEMON = 10
+CMD_GET_DAEMON = 11
+ATTR_DAEMON = 3
+DAEMON_STATE, DAEMON_MCAST_IFN, DAEMON_SYNC_ID, DAEMON_SYNC_MAXLEN = 1, 2, 3, 4
+DAEMON_MCAST_GROUP, DAEMON_MCAST_GROUP6, DAEMON_MCAST_PORT, DAEMON_MCAST_TTL = 5, 6, 7, 8
+DAEMON_MASTER = 1  # IP_VS_STATE_MASTER
+DAEMON_BACKUP = 2  # IP_VS_STATE_BACKUP
+IFNAME_MAX = 15  # IP_VS_IFNAME_MAXLEN (16) less the NUL
+
+
+@dataclass(frozen=True)
+class SyncDaemon:
+    """One kernel sync daemon: ``state`` is ``DAEMON_MASTER`` or ``DAEMON_BACKUP``.
+
+    ``None`` fields are left to the kernel's defaults when starting one; a dumped
+    daemon has them all.
+    """
+
+    state: int
+    interface: str
+    sync_id: int
+    maxlen: int | None = None
+    port: int | None = None
+    ttl: int | None = None
+    group: IPv4Address | IPv6Address | None = None
+
+
+def encode_daemon(d: SyncDaemon) -> bytes:
+    out = (
+        _nla(DAEMON_STATE, _U32.pack(d.state))
+        + _nla(DAEMON_MCAST_IFN, d.interface.encode() + b"\0")
+        + _nla(DAEMON_SYNC_ID, _U32.pack(d.sync_id))
+    )
+    if d.maxlen is not None:
+        out += _nla(DAEMON_SYNC_MAXLEN, _U16.pack(d.maxlen))
+    if d.group is not None:
+        kind = DAEMON_MCAST_GROUP6 if d.group.version == 6 else DAEMON_MCAST_GROUP
+        out += _nla(kind, d.group.packed)
+    if d.port is not None:
+        out += _nla(DAEMON_MCAST_PORT, _U16.pack(d.port))
+    if d.ttl is not None:
+        out += _nla(DAEMON_MCAST_TTL, bytes([d.ttl]))
+    return out
+
+
+def new_daemon_request(family_id: int, d: SyncDaemon, seq: int) -> bytes:
+    attrs = _nla(ATTR_DAEMON, encode_daemon(d))
+    return message(family_id, CMD_NEW_DAEMON, attrs, seq, NLM_F_REQUEST | NLM_F_ACK)
+
+
+def del_daemon_request(family_id: int, state: int, seq: int) -> bytes:
+    attrs = _nla(ATTR_DAEMON, _nla(DAEMON_STATE, _U32.pack(state)))
+    return message(family_id, CMD_DEL_DAEMON, attrs, seq, NLM_F_REQUEST | NLM_F_ACK)
+
+
+def dump_daemons_request(family_id: int, seq: int) -> bytes:
+    return message(family_id, CMD_GET_DAEMON, b"", seq, NLM_F_REQUEST | NLM_F_DUMP)
+
+
+def decode_daemon(reply: Reply) -> SyncDaemon:
+    a = _nest(reply, ATTR_DAEMON)
+    group: IPv4Address | IPv6Address | None = None
+    if DAEMON_MCAST_GROUP6 in a:
+        group = IPv6Address(a[DAEMON_MCAST_GROUP6][:16])
+    elif DAEMON_MCAST_GROUP in a:
+        group = IPv4Address(a[DAEMON_MCAST_GROUP][:4])
+    maxlen = a.get(DAEMON_SYNC_MAXLEN)
+    port = a.get(DAEMON_MCAST_PORT)
+    ttl = a.get(DAEMON_MCAST_TTL)
+    return SyncDaemon(
+        state=_uint(a[DAEMON_STATE]),
+        interface=a[DAEMON_MCAST_IFN].split(b"\0", 1)[0].decode(errors="replace"),
+        sync_id=_uint(a[DAEMON_SYNC_ID]),
+        maxlen=_U16.unpack(maxlen[:2])[0] if maxlen else None,
+        port=_U16.unpack(port[:2])[0] if port else None,
+        ttl=ttl[0] if ttl else None,
+        group=group,
+    )

@@ -22,6 +22,10 @@ virtual server is deleted, pre-existing or not, and with it every real server
 in it; unrelated services stay).  ``release_on_stop=False`` leaves the table
 as it is (keepalived's ``--dont-release-ipvs``).
 
+The same client starts, stops and lists the kernel's connection-sync
+daemons (``daemons``, ``start_daemon``, ``stop_daemon``): the VRRP child
+opens one of its own for ``lvs_sync_daemon`` (``pyalived.vrrp.lvs_sync``).
+
 A kernel without IPVS (no generic-netlink family "IPVS", even after
 ``modprobe ip_vs``) raises ``IpvsUnavailable`` from ``NetlinkIpvs``; the
 manager logs that cause once and keeps running without a table.
@@ -226,6 +230,37 @@ class NetlinkIpvs:
             dests = [genl.decode_dest_info(r, key.family) for r in replies]
             table[key] = ServiceDump(info.service, info.stats, {d.dest.key: d for d in dests})
         return table
+
+    # -- the connection-synchronisation daemons (driven by the VRRP child) --
+
+    def daemons(self) -> list[genl.SyncDaemon]:
+        """The kernel's running sync daemons (master first, then backup)."""
+        seq = self._next_seq()
+        replies = self._dump(genl.dump_daemons_request(self.family_id, seq), seq)
+        return [genl.decode_daemon(r) for r in replies]
+
+    def start_daemon(self, daemon: genl.SyncDaemon) -> None:
+        """Start one sync daemon; OSError (EEXIST if that state already runs)."""
+        seq = self._next_seq()
+        self._ack(genl.new_daemon_request(self.family_id, daemon, seq), seq, "start")
+
+    def stop_daemon(self, state: int) -> None:
+        """Stop the master or backup daemon; OSError (ESRCH if it does not run)."""
+        seq = self._next_seq()
+        self._ack(genl.del_daemon_request(self.family_id, state, seq), seq, "stop")
+
+    def _ack(self, request: bytes, seq: int, what: str) -> None:
+        self._sock.send(request)
+        while True:
+            for r in self._recv():
+                if r.seq != seq or r.type != genl.NLMSG_ERROR:
+                    continue
+                if r.error:
+                    detail = genl.decode_error_text(r)
+                    extra = f" ({detail})" if detail else ""
+                    raise OSError(r.error, f"IPVS sync daemon {what}: "
+                                           f"{os.strerror(r.error)}{extra}")
+                return
 
     def execute(self, ops: Sequence[Op]) -> list[OpFailure]:
         """Run ``ops`` in order, in batches; return the failed ones."""

@@ -77,6 +77,7 @@ from pyalived.vrrp.firewall import VipFirewall, firewall_settings
 from pyalived.vrrp.fsm import MachineConfig, State, StateChanged, VrrpMachine
 from pyalived.vrrp.garp_pacing import GarpPacer
 from pyalived.vrrp.instance import Instance
+from pyalived.vrrp.lvs_sync import Blocking, SyncDaemonDriver, SyncDaemonKernel
 from pyalived.vrrp.notify import NOTIFY_STATE, notify_commands
 from pyalived.vrrp.ports import (
     AddressManager,
@@ -128,6 +129,10 @@ class VrrpPorts:
     process_source: Callable[[], EventSource | None] | None = None
     process_scan: Scanner | None = None
     process_read: Reader | None = None
+    # The kernel's IPVS sync daemons (pyalived.vrrp.lvs_sync), opened when
+    # ``lvs_sync_daemon`` first needs one; None: lvs_sync_daemon is not acted on.
+    sync_daemons: Callable[[], SyncDaemonKernel] | None = None
+    sync_blocking: Blocking | None = None  # how its calls run; None: on a worker thread
 
 
 def build_instances(
@@ -309,6 +314,9 @@ class VrrpRuntime:
                          if ports.nft is not None else None)
         # dynamic_interfaces: the index each instance interface had when last seen.
         self._ifindex: dict[str, int] = {}
+        # lvs_sync_daemon: the kernel's sync daemon follows one instance's state.
+        self.sync_daemon = (SyncDaemonDriver(ports.sync_daemons, ports.sync_blocking)
+                            if ports.sync_daemons is not None else None)
 
     async def run(
         self, *, task_status: trio.TaskStatus[VrrpRuntime] = trio.TASK_STATUS_IGNORED
@@ -331,6 +339,9 @@ class VrrpRuntime:
                 self.on_instances(self.instances, self.instances)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.sync_daemon is not None:
+                    await nursery.start(self.sync_daemon.run)
+                    self._follow_sync_daemon()
                 if self.firewall is not None:
                     # Replaces what a killed daemon left, before any VIP is blocked.
                     await self.firewall.configure(firewall_settings(self.config))
@@ -389,6 +400,7 @@ class VrrpRuntime:
             if self.ports.alerts is not None:  # new FIFOs, mail settings, smtp_alert
                 self.ports.alerts.configure(config)
             self.instances = [by_key[instance_key(c)] for c in config.vrrp_instances]
+            self._follow_sync_daemon()
             if self.on_instances is not None:
                 self.on_instances(self.instances, fresh)
             await self._sync_links()
@@ -427,6 +439,24 @@ class VrrpRuntime:
                 await self.ports.addresses.remove("", ips)
         except OSError as exc:
             log.error("%s static addresses failed: %s", verb, exc)
+
+    def _follow_sync_daemon(self) -> None:
+        """Point the sync daemon at its instance (at start and after a reload): its
+        settings, the instance's VRID (the default sync id) and current state."""
+        driver = self.sync_daemon
+        if driver is None:
+            return
+        conf = self.config.global_defs.lvs_sync_daemon
+        followed = None
+        for inst in self.instances:
+            if driver.listener not in inst.state_listeners:
+                inst.state_listeners.append(driver.listener)
+            if conf is not None and inst.name == conf.instance:
+                followed = inst
+        if followed is None:
+            driver.configure(conf, None, None)
+        else:
+            driver.configure(conf, followed.conf.virtual_router_id, followed.state)
 
     def _nursery_or_fail(self) -> trio.Nursery:
         if self._nursery is None:
