@@ -30,6 +30,7 @@ also on an error or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import signal
 import socket
@@ -231,7 +232,7 @@ def fetch(client_ns: str, port: int = WEB_PORT) -> str:
 
 
 def in_vm(impl: str) -> int:
-    from pyalived.lab import LabError, wait_for
+    from pyalived.lab import Capture, LabError, adverts, wait_for
     from tests.kernel.netns import in_netns, sh
     from tests.kernel.test_lvs_e2e import Topology, _run
 
@@ -241,6 +242,7 @@ def in_vm(impl: str) -> int:
         topo = Topology(workdir)
         webs: list[WebServer] = []
         echoes: list[EchoServer] = []
+        capture: Capture | None = None
         try:
             say("Building the network out of namespaces inside the VM:")
             cbr, sbr = topo.bridge("cbr"), topo.bridge("sbr")
@@ -265,6 +267,7 @@ def in_vm(impl: str) -> int:
                 echoes.append(EchoServer(topo.ns(role), ip, role))
                 say(f"  {role}       real server {ip} (busybox httpd on :80, wrr weight {weight};"
                     f" line echo on :{ECHO_PORT}), default route via {INSIDE_VIP}")
+            capture = Capture(cbr, workdir / "client-lan.pcap", iface="br0")
             (workdir / "d1.conf").write_text(director_config("d1", 150))
             say("\nBoth directors run the same keepalived.conf but for router_id and priority"
                 f" (d1's, written to {workdir / 'd1.conf'}):")
@@ -370,7 +373,8 @@ def in_vm(impl: str) -> int:
             say("\n5. The master d1 is cut off both LANs (its bridge ports go down).")
             topo.set_leg(cbr, "d1", "eth0", up=False)
             topo.set_leg(sbr, "d1", "eth1", up=False)
-            cut = time.monotonic()
+            cut, cut_wall = time.monotonic(), time.time()
+            d2_mark = len(daemons["d2"].log_text())
 
             def exchange(i: int) -> bool:
                 sent = time.monotonic()
@@ -387,7 +391,28 @@ def in_vm(impl: str) -> int:
             settle("d2 holding the VIP and the gateway",
                    lambda: {VIP, INSIDE_VIP} <= addresses(d2), timeout=60)
             say(f"    d2 is MASTER (seen {time.monotonic() - cut:.1f} s after the cut) and holds"
-                f" {VIP} and {INSIDE_VIP}.")
+                f" {VIP} and {INSIDE_VIP}. d2's log since the cut:")
+            d2_log = daemons["d2"].log_text()
+            for line in d2_log[d2_mark:].splitlines():
+                if "VI_LVS" in line and "MASTER" in line:
+                    say("    | " + line.strip())
+            spells = sum(1 for line in d2_log[:d2_mark].splitlines()
+                         if "VI_LVS" in line and ("-> MASTER" in line or "Entering MASTER" in line))
+            if spells:
+                say(f"    (Before the cut d2 had been MASTER {spells} time(s) for a moment: the"
+                    " emulated VM, short of CPU, held d1's adverts back past d2's"
+                    " Master_Down_Interval, and d1 took over again with its next one.)")
+            events = capture.events()
+            before = [e.time for e in adverts(events, src="198.18.0.11") if e.time <= cut_wall]
+            first = adverts(events, src="198.18.0.12", after=cut_wall)
+            if before and first:
+                recent = [t for t in before if t > cut_wall - 10]
+                gaps = [b - a for a, b in itertools.pairwise(recent)]
+                say(f"    On the client LAN: d1's last advert {cut_wall - before[-1]:.2f} s before"
+                    f" the cut (its largest gap in the 10 s before: "
+                    f"{max(gaps, default=0):.2f} s; advert_int 1), d2's first"
+                    f" {first[0].time - before[-1]:.2f} s after that one (Master_Down_Interval"
+                    " 3 + (256 - 100)/256 = 3.61 s).")
             for i in range(8, 11):
                 if not survived:
                     break
@@ -417,6 +442,8 @@ def in_vm(impl: str) -> int:
                 web.stop()
             for echo in echoes:
                 echo.stop()
+            if capture is not None:
+                capture.stop()
             topo.close()
     say(f"Done ({time.monotonic() - began:.0f} s inside the VM).")
     return 0
