@@ -20,8 +20,9 @@ evidence: the client's requests spread 30/20/10 over the real servers; rs2's
 web server is killed (SIGKILL) and its checker takes it out of the table (the
 daemon's log lines and ``ipvsadm -Ln``), then it is started again and comes
 back; a long-lived TCP connection is opened to the echo service and the
-master is cut off both LANs: the backup takes the VIP and the gateway, and
-the connection either goes on (the connection table was synchronised to the
+master is cut off both LANs: the backup takes the VIP and the gateway (a
+tcpdump capture on the client LAN gives the master's last advert and the
+backup's first), and the connection either goes on (the connection table was synchronised to the
 backup, ``ipvsadm -Lnc`` shows it there) or is reset (it was not), which the
 narration says as it is.  Every namespace and process is removed at the end,
 also on an error or Ctrl-C.
