@@ -12,7 +12,7 @@ APT_PKGS := python3 python3-venv python3-pip iproute2 keepalived tcpdump nftable
 VNG_VENV ?= .vng
 export VNG := $(CURDIR)/$(VNG_VENV)/bin/vng
 
-.PHONY: all deps apt venv vng test lint unit demo bench bench-checkers install clean
+.PHONY: all deps apt venv vng test lint unit demo demo-lvs bench bench-checkers install clean
 
 all: test
 
@@ -53,6 +53,10 @@ test: deps lint
 
 demo: deps
 	$(PY) -m pyalived.demo
+
+# An LVS director pair in the IPVS VM (this host's kernel has none), narrated.
+demo-lvs: deps
+	$(PY) bench/demo_lvs.py
 
 bench: deps
 	$(PY) bench/failover.py
