@@ -22,7 +22,7 @@ def test_kernel_suite_passes_in_vm() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=900,
+        timeout=2460,
         check=False,
     )
     tail = "\n".join(done.stdout.splitlines()[-60:])
