@@ -212,19 +212,7 @@ class NetlinkIpvs:
                 family = genl.decode_family_id(r)
 
     def _dump(self, request: bytes, seq: int) -> list[genl.Reply]:
-        self._sock.send(request)
-        out: list[genl.Reply] = []
-        while True:
-            for r in self._recv():
-                if r.seq != seq:
-                    continue
-                if r.type == genl.NLMSG_DONE:
-                    return out
-                if r.type == genl.NLMSG_ERROR:
-                    if r.error:
-                        raise OSError(r.error, f"IPVS dump: {os.strerror(r.error)}")
-                    return out
-                out.append(r)
+        return self._ack(request, seq, "IPVS dump")
 
     def dump(self) -> dict[ServiceKey, ServiceEntry]:
         return {k: d.entry() for k, d in self.dump_detailed().items()}
@@ -250,13 +238,16 @@ class NetlinkIpvs:
         return table
 
     def _ack(self, request: bytes, seq: int, what: str) -> list[genl.Reply]:
-        """Send one request; its replies up to the ack (raises OSError on an error)."""
+        """Send one request; its replies up to the ack, or a dump's up to its end
+        (raises OSError on an error)."""
         self._sock.send(request)
         out: list[genl.Reply] = []
         while True:
             for r in self._recv():
                 if r.seq != seq:
                     continue
+                if r.type == genl.NLMSG_DONE:
+                    return out
                 if r.type == genl.NLMSG_ERROR:
                     if r.error:
                         detail = genl.decode_error_text(r)
