@@ -37,6 +37,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -282,6 +283,17 @@ class Topology:
 def workdir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="pyalived-e2e-") as d:
         yield Path(d)
+
+
+@contextmanager
+def built(prefix: str, directors: int) -> Iterator[Topology]:
+    """A topology in its own scratch directory, torn down however the test ends."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        topo = _build(Path(d), directors=directors)
+        try:
+            yield topo
+        finally:
+            topo.close()
 
 
 def _build(workdir: Path, directors: int) -> Topology:

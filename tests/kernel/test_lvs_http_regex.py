@@ -24,10 +24,8 @@ settled).  Every namespace made is removed, pass or fail.
 from __future__ import annotations
 
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -37,8 +35,8 @@ from tests.kernel.test_lvs_e2e import (
     STARTUP_TIMEOUT,
     VIP,
     Topology,
-    _build,
     _run,
+    built,
     destinations,
     settle,
 )
@@ -116,12 +114,8 @@ def _table(topo: Topology) -> dict[str, set[str]]:
 
 @pytest.fixture
 def topo() -> Iterator[Topology]:
-    with tempfile.TemporaryDirectory(prefix="pyalived-regex-") as d:
-        t = _build(Path(d), directors=1)
-        try:
-            yield t
-        finally:
-            t.close()
+    with built("pyalived-regex-", directors=1) as t:
+        yield t
 
 
 def test_regex_searches_the_response_as_keepalived_does(topo: Topology) -> None:

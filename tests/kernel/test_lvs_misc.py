@@ -21,7 +21,6 @@ runs the same test against keepalived 2.2.7, which validates it.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Iterator
 from ipaddress import ip_address
@@ -39,8 +38,8 @@ from tests.kernel.test_lvs_e2e import (
     STARTUP_TIMEOUT,
     VIP,
     Topology,
-    _build,
     _run,
+    built,
     destinations,
     fetch_many,
     settle,
@@ -142,12 +141,8 @@ def _service_lines(ns: str) -> list[str]:
 
 @pytest.fixture
 def topo() -> Iterator[Topology]:
-    with tempfile.TemporaryDirectory(prefix="pyalived-lvsmisc-") as d:
-        t = _build(Path(d), directors=1)
-        try:
-            yield t
-        finally:
-            t.close()
+    with built("pyalived-lvsmisc-", directors=1) as t:
+        yield t
 
 
 def _ipip_real_server(topo: Topology) -> None:

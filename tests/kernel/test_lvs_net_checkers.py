@@ -17,11 +17,9 @@ removed, pass or fail.
 from __future__ import annotations
 
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import dns.message
 import dns.rrset
@@ -35,8 +33,8 @@ from tests.kernel.test_lvs_e2e import (
     STARTUP_TIMEOUT,
     VIP,
     Topology,
-    _build,
     _run,
+    built,
     destinations,
     settle,
 )
@@ -176,12 +174,8 @@ def _table(topo: Topology) -> dict[str, set[str]]:
 
 @pytest.fixture
 def topo() -> Iterator[Topology]:
-    with tempfile.TemporaryDirectory(prefix="pyalived-netchk-") as d:
-        t = _build(Path(d), directors=1)
-        try:
-            yield t
-        finally:
-            t.close()
+    with built("pyalived-netchk-", directors=1) as t:
+        yield t
 
 
 def test_new_checkers_remove_and_restore_real_servers(topo: Topology) -> None:

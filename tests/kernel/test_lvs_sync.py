@@ -31,11 +31,9 @@ import itertools
 import os
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -49,7 +47,7 @@ from tests.kernel.test_lvs_e2e import (
     STARTUP_TIMEOUT,
     VIP,
     Topology,
-    _build,
+    built,
     settle,
 )
 
@@ -213,12 +211,8 @@ def until(topo: Topology, what: str, predicate: Callable[[], object],
 
 @pytest.fixture
 def pair() -> Iterator[Topology]:
-    with tempfile.TemporaryDirectory(prefix="pyalived-sync-") as d:
-        topo = _build(Path(d), directors=2)
-        try:
-            yield topo
-        finally:
-            topo.close()
+    with built("pyalived-sync-", directors=2) as topo:
+        yield topo
 
 
 @pytest.mark.parametrize("sync", [True, False], ids=["synced", "control"])
