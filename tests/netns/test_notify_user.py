@@ -10,6 +10,10 @@ appends ``id -u``/``id -g`` to a file of its router and event; r1 (priority 100)
 takes r1 down for maintenance: r2 becomes MASTER and its hook runs as
 ``daemon``.  Finally r2 stops, and its ``notify_stop`` runs as root.
 
+On the LVS side, a real server's host leaves the LAN and comes back: its
+``notify_down``/``notify_up`` and the virtual server's ``quorum_down`` run as
+the users their lines name, ``quorum_up`` (no user) as root.
+
 The scripts live in a root-owned 0755 directory under /tmp (a user other than
 root must be able to reach them; pytest's tmp dir is private), with a sticky,
 world-writable directory for the output; both are removed, pass or fail.
@@ -106,3 +110,55 @@ def test_notify_lines_run_as_their_user_across_a_reload(
                                    "generic": [generic] * 3, "stop": [(0, 0)]}
     log = d2.log_text()
     assert "Traceback" not in log and "exited with 0" in log and "exited with 2" not in log
+
+
+def lvs_config(client_ip: str, hooks: Path) -> str:
+    hook = hooks / "hook.sh"
+    return f"""global_defs {{
+    router_id r1
+}}
+
+virtual_server 198.18.0.100 80 {{
+    lb_algo rr
+    lb_kind NAT
+    protocol TCP
+    quorum_up "{hook} vs quorum_up"
+    quorum_down "{hook} vs quorum_down" daemon {NOGROUP}
+    real_server {client_ip} 80 {{
+        notify_up "{hook} rs up" daemon
+        notify_down "{hook} rs down" nobody
+        PING_CHECK {{
+            connect_timeout 1
+            retry 1
+            delay_before_retry 1
+            delay_loop 1
+            warmup 0
+        }}
+    }}
+}}
+"""
+
+
+def test_real_server_and_quorum_hooks_run_as_their_user(
+    make_lab: MakeLab, hooks: Path
+) -> None:
+    """A real server's host leaves the LAN and comes back: its notify_down runs as
+    nobody, notify_up as daemon, quorum_down as daemon:nogroup, and quorum_up (no
+    user on its line, no script_user) as root."""
+    lab = make_lab(routers=1, clients=1)
+    (router,), (client,) = lab.routers, lab.clients
+    daemon = lab.start_daemon(router, lvs_config(client.ip, hooks))
+    wait_for(lambda: "LVS started" in daemon.log_text(), SETTLE, what="the checkers")
+    lab.cut(client)  # the host is gone from the LAN (its switch port is down)
+    wait_for(lambda: "down" in events(hooks, "rs") and "quorum_down" in events(hooks, "vs"),
+             SETTLE, what="notify_down and quorum_down")
+    lab.reconnect(client)
+    wait_for(lambda: "up" in events(hooks, "rs") and "quorum_up" in events(hooks, "vs"),
+             SETTLE, what="notify_up and quorum_up")
+    rs, vs = events(hooks, "rs"), events(hooks, "vs")
+    assert rs == {"down": [(NOBODY.pw_uid, NOBODY.pw_gid)],
+                  "up": [(DAEMON.pw_uid, DAEMON.pw_gid)]}
+    assert vs["quorum_down"] == [(DAEMON.pw_uid, grp.getgrnam(NOGROUP).gr_gid)]
+    assert set(vs["quorum_up"]) == {(0, 0)}
+    assert lab.stop_daemon(router) == 0
+    assert "Traceback" not in daemon.log_text()
