@@ -171,25 +171,37 @@ async def production_ports(config: Config) -> AsyncIterator[VrrpPorts]:
     watcher = netlink.LinkWatcher()
     timers = wakeup.TimerfdWakeup()
     alerts = VrrpAlerts(config, runner)
+    # The runner outlives the instances: a shutdown cancels everything at once, and the
+    # instances' "stop" notifications, sent as they stop, must still find it running.
+    runner_scope = trio.CancelScope(shield=True)
+
+    async def run_scripts(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+        with runner_scope:
+            await runner.run_forever(task_status=task_status)
+
     async with trio.open_nursery() as nursery:
-        await nursery.start(runner.run_forever)
-        await nursery.start(alerts.run)
-        await nursery.start(watcher.run_forever)
-        await nursery.start(timers.run)
-        yield VrrpPorts(
-            sockets=_NetSockets(config.global_defs.vrrp_mcast_group4),
-            addresses=netlink.AddressManager(),
-            vmac=netlink.VmacManager(),
-            links=watcher,
-            scripts=runner,
-            primary_ip=_primary_ip,
-            wakeup=timers,
-            alerts=alerts,
-            nft=_nft_runner(config),
-            routes=routes.RouteManager(),
-            interface_index=_interface_index,
-            sync_daemons=NetlinkIpvs,
-        )
+        await nursery.start(run_scripts)
+        try:
+            await nursery.start(alerts.run)
+            await nursery.start(watcher.run_forever)
+            await nursery.start(timers.run)
+            yield VrrpPorts(
+                sockets=_NetSockets(config.global_defs.vrrp_mcast_group4),
+                addresses=netlink.AddressManager(),
+                vmac=netlink.VmacManager(),
+                links=watcher,
+                scripts=runner,
+                primary_ip=_primary_ip,
+                wakeup=timers,
+                alerts=alerts,
+                nft=_nft_runner(config),
+                routes=routes.RouteManager(),
+                interface_index=_interface_index,
+                sync_daemons=NetlinkIpvs,
+            )
+        finally:
+            runner_scope.cancel()  # the instances have stopped: the runner may stop too
         nursery.cancel_scope.cancel()
 
 

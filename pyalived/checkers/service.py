@@ -118,6 +118,7 @@ from pyalived.config.model import (
     Config,
     FileCheck,
     GlobalDefs,
+    ScriptUser,
     TrackFile,
     VirtualServer,
     VirtualServerGroup,
@@ -174,6 +175,10 @@ class _Block:
     services: tuple[VirtualServerConfig, ...]
     servers: dict[Address, RealServerSpec] = field(default_factory=dict)
     notify: dict[Address, tuple[str | None, str | None]] = field(default_factory=dict)
+    # the USER [GROUP] of those notify_up / notify_down lines, and of quorum_up / quorum_down
+    notify_users: dict[Address, tuple[ScriptUser | None, ScriptUser | None]] = field(
+        default_factory=dict)
+    quorum_users: tuple[ScriptUser | None, ScriptUser | None] = (None, None)
     fifo_name: str = ""  # as keepalived's notify FIFO lines name it: [IP]:tcp:PORT
     fifo_proto: str = "tcp"
     quorum_numbers: tuple[int, int] = (1, 0)  # quorum, hysteresis (for the mail alerts)
@@ -203,6 +208,7 @@ class _Block:
             for rs in spec.real_servers:
                 blk.servers.setdefault((rs.ip, rs.port), rs)
         blk.fifo_name, blk.fifo_proto = _fifo_name(vs)
+        blk.quorum_users = (vs.quorum_up_user, vs.quorum_down_user)
         blk.quorum_numbers, blk.vs_smtp = (vs.quorum, vs.hysteresis), vs.smtp_alert
         if vs.ha_suspend and vs.address is not None:
             blk.ha_suspend = vs.address
@@ -211,6 +217,8 @@ class _Block:
                 blk.rs_smtp[(conf.address, conf.port)] = conf.smtp_alert
             if conf.notify_up is not None or conf.notify_down is not None:
                 blk.notify[(conf.address, conf.port)] = (conf.notify_up, conf.notify_down)
+                blk.notify_users[(conf.address, conf.port)] = (conf.notify_up_user,
+                                                               conf.notify_down_user)
             if conf.file_checks:
                 blk.file_checks[(conf.address, conf.port)] = conf.file_checks
         return blk
@@ -332,6 +340,7 @@ class LvsService:
         self._blocks: dict[BlockKey, _Block] = {}
         self._labels: dict[BlockKey, str] = {}
         self._log_all_failures = False
+        self._script_user: tuple[str | None, str | None] = (None, None)
         self._configure_globals(config)
         groups = groups_of(unpacked(config))
         for key, data, vs in blocks_of(config):
@@ -350,6 +359,7 @@ class LvsService:
         if isinstance(self._prober, RealProber):
             self._prober.tls = tls_client(conf.ssl)
         self._log_all_failures = conf.global_defs.checker_log_all_failures
+        self._script_user = conf.global_defs.script_user, conf.global_defs.script_group
         if self._scheduler is not None:
             self._scheduler.log_all_failures = self._log_all_failures
 
@@ -496,7 +506,8 @@ class LvsService:
         )
         if prev is not None and prev.alive != alive:
             up, down = blk.notify.get((rid[1], rid[2]), (None, None))
-            self._run_script(up if alive else down)
+            up_user, down_user = blk.notify_users.get((rid[1], rid[2]), (None, None))
+            self._run_script(up if alive else down, up_user if alive else down_user)
             if self.alerts is not None:
                 rs = event.real_server
                 port = 0 if blk.fifo_proto == "none" else rs.port or 0
@@ -507,12 +518,15 @@ class LvsService:
             self._pending.update(blk.service_keys())
             self._mark_dirty()
 
-    def _run_script(self, line: str | None) -> None:
+    def _run_script(self, line: str | None, who: ScriptUser | None) -> None:
+        """Start a notify_up/down or quorum_up/down line as its own USER [GROUP], else as
+        global_defs' script_user (root if there is none)."""
         if not line:
             return
         argv = split_command(line)
         if argv:
-            self._scripts.notify(argv, None)
+            user, group = (who.user, who.group) if who is not None else self._script_user
+            self._scripts.notify(argv, user, group)
 
     def _mark_dirty(self) -> None:
         self._idle = trio.Event() if self._idle.is_set() else self._idle
@@ -557,7 +571,8 @@ class LvsService:
                 "virtual server %s: quorum %s (live weight %d)",
                 blk.spec.name, "gained" if change.up else "lost", change.weight,
             )
-            self._run_script(blk.quorum_scripts[0 if change.up else 1])
+            index = 0 if change.up else 1
+            self._run_script(blk.quorum_scripts[index], blk.quorum_users[index])
             if self.alerts is not None:
                 self.alerts.virtual_server(blk.fifo_name, change.up, *blk.quorum_numbers,
                                            change.weight, blk.vs_smtp)

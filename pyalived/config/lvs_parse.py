@@ -984,6 +984,19 @@ _SMTP_CHECK: dict[str, Handler[_Checker]] = {
     "helo_name": field("helo_name", ValueReader.one),
     "host": _smtp_host,
 }
+def _notify_line(key: str) -> Handler[Block]:
+    """``notify_up`` / ``notify_down`` / ``quorum_up`` / ``quorum_down SCRIPT [USER
+    [GROUP]]`` into ``fields[key]`` and ``fields[key + "_user"]``."""
+
+    @writes(key, f"{key}_user")
+    def handle(block: Block, node: Node) -> None:
+        read = block.r.notify_script(node)
+        if read is not None:
+            block.fields[key], block.fields[f"{key}_user"] = read
+
+    return handle
+
+
 _MISC_CHECK: dict[str, Handler[_Checker]] = {
     **{k: handle for k, handle in _GENERIC.items() if k != "connect_timeout"},
     "misc_path": field("misc_path", ValueReader.script),
@@ -1074,8 +1087,8 @@ _REAL_SERVER = Keywords[_RealServer](
         "lb_kind": method_field("lvs_method", "lvs_tunnel"),
         "FILE_CHECK": _file_check,
         "inhibit_on_failure": field("inhibit_on_failure", ValueReader.flag),
-        "notify_up": field("notify_up", ValueReader.script),
-        "notify_down": field("notify_down", ValueReader.script),
+        "notify_up": _notify_line("notify_up"),
+        "notify_down": _notify_line("notify_down"),
         "uthreshold": field("uthreshold", int_in(0, U32)),
         "lthreshold": field("lthreshold", int_in(0, U32)),
         "virtualhost": field("virtualhost", ValueReader.one),
@@ -1108,8 +1121,8 @@ _VIRTUAL_SERVER = Keywords[_VirtualServer](
         ),
         "quorum": field("quorum", int_in(1, U31)),
         "hysteresis": field("hysteresis", int_in(0, U31)),
-        "quorum_up": field("quorum_up", ValueReader.script),
-        "quorum_down": field("quorum_down", ValueReader.script),
+        "quorum_up": _notify_line("quorum_up"),
+        "quorum_down": _notify_line("quorum_down"),
         # The virtual server's own alpha, not the generic option (see ``_finish``).
         "alpha": field("alpha", ValueReader.flag),
         "omega": field("omega", ValueReader.flag),

@@ -240,14 +240,29 @@ class VrrpScript:
 
 
 @dataclass(frozen=True)
+class ScriptUser:
+    """The ``USER [GROUP]`` written after a notify-like script (``notify_master SCRIPT
+    [USER [GROUP]]``): who that one script runs as instead of ``script_user``."""
+
+    user: str
+    group: str | None = None  # None: the user's primary group
+
+
+@dataclass(frozen=True)
 class Notify:
-    """The four per-state scripts plus the generic ``notify`` script."""
+    """The four per-state scripts plus the generic ``notify`` script, each with the
+    user of its own line if it names one (None: ``script_user``)."""
 
     master: str | None = None
     backup: str | None = None
     fault: str | None = None
     stop: str | None = None
     generic: str | None = None  # called as: SCRIPT INSTANCE|GROUP NAME STATE PRIORITY
+    master_user: ScriptUser | None = None
+    backup_user: ScriptUser | None = None
+    fault_user: ScriptUser | None = None
+    stop_user: ScriptUser | None = None
+    generic_user: ScriptUser | None = None
 
 
 class OldUnicastChecksum(enum.Enum):
@@ -642,6 +657,8 @@ class RealServer:
     inhibit_on_failure: bool | None = None  # None: the virtual server's
     notify_up: str | None = None
     notify_down: str | None = None
+    notify_up_user: ScriptUser | None = None  # the line's USER [GROUP]; None: script_user
+    notify_down_user: ScriptUser | None = None
     uthreshold: int = 0
     lthreshold: int = 0
     virtualhost: str | None = None
@@ -722,6 +739,8 @@ class VirtualServer:
     quorum: int = 1
     quorum_up: str | None = None
     quorum_down: str | None = None
+    quorum_up_user: ScriptUser | None = None  # the line's USER [GROUP]; None: script_user
+    quorum_down_user: ScriptUser | None = None
     hysteresis: int = 0
     alpha: bool = False
     omega: bool = False

@@ -18,7 +18,8 @@ in the ``PATH`` of the loader (keepalived's PATH at configuration time; with
 no PATH, ``/bin:/usr/bin``), and the first entry holding an executable file
 of that name wins, as ``execvp`` would choose it.
 
-The user a script runs as: its own ``user``/``USER`` if the keyword has one,
+The user a script runs as: its own ``user``/``USER`` if the keyword has one
+(the ``USER [GROUP]`` after a notify script),
 else ``global_defs``' ``script_user``, else ``keepalived_script`` if that user
 exists, else root -- but under ``enable_script_security`` root is never taken
 by default: with neither ``script_user`` nor a ``keepalived_script`` user, no
@@ -41,7 +42,18 @@ What happens to a script that cannot run, each as keepalived 2.2.7 does it
   or insecure: a NOTICE (which does not change the exit status: keepalived says
   nothing), and it is dropped; a ``MISC_CHECK`` dropped so leaves its real
   server with the checkers it has left;
-* a user that does not resolve: a WARNING, and the script is removed.
+* a user that does not resolve: the script is removed, with a WARNING -- but
+  only a NOTICE when it is the user named on a notify line or a FIFO script
+  line (keepalived 2.2.7's ``-t`` passes those).
+
+A notify line (``notify_master SCRIPT [USER [GROUP]]``, and the same for the
+other notify keywords, ``notify_up``/``notify_down`` and
+``quorum_up``/``quorum_down``) may name its own user and group: the words
+after the script.  keepalived 2.2.7 reads them so even when the script is not
+quoted, so ``notify_master /x.sh arg1`` runs ``/x.sh`` as the user ``arg1``;
+``misc_path`` is different: its words are all the command, and ``user`` is a
+keyword of its own.  A script run by another user counts for the
+``enable_script_security`` warning like one run by root.
 
 Finally, when some script would run and ``enable_script_security`` is not
 set, one WARNING of category SCRIPT_SECURITY says so (``-t`` exit status 6);
@@ -72,6 +84,7 @@ from pyalived.config.model import (
     NotifyFifo,
     ParentScript,
     RealServer,
+    ScriptUser,
     TrackScriptRef,
     VirtualServer,
     VrrpInstance,
@@ -306,11 +319,13 @@ class ScriptChecker:
         self.insecure_running = self.insecure_running or unsafe is not None
 
     def drop(self, what: str, line: str, verdict: Verdict, location: Location,
-             consequence: str) -> None:
-        """Report a script that will not run: a WARNING for a user that does not resolve,
-        a NOTICE otherwise (keepalived says nothing and carries on)."""
+             consequence: str, *, quiet_user: bool = False) -> None:
+        """Report a script that will not run: a WARNING for a user that does not resolve
+        (unless ``quiet_user``: the user named on a notify line or FIFO script line, which
+        keepalived only logs), a NOTICE otherwise (keepalived says nothing and carries
+        on)."""
         message = f"{what} '{line}': {verdict.why}; {consequence}"
-        if verdict.bad_user:
+        if verdict.bad_user and not quiet_user:
             self.sink.warning(location, message)
         else:
             self.sink.notice(location, message)
@@ -323,6 +338,8 @@ class ScriptSite:
     keyword: str
     location: Location
     line: str
+    user: str | None = None  # the line's own USER [GROUP]
+    group: str | None = None
 
 
 def scripts_unchanged(source: Source) -> bool:
@@ -376,22 +393,37 @@ def check_scripts(
         return tuple(kept)
 
     # notify lines: the same line, at the same user, has the same fate
-    fate: dict[str, bool] = {}
+    fate: dict[tuple[str, str | None, str | None], bool] = {}
     for site in sites:
         if site.keyword == "misc_path":
             continue
-        verdict = checker.check(site.line, None, None, site.location)
-        fate.setdefault(site.line, verdict.runs)
+        verdict = checker.check(site.line, site.user, site.group, site.location)
+        fate.setdefault((site.line, site.user, site.group), verdict.runs)
         if not verdict.runs:
-            checker.drop(site.keyword, site.line, verdict, site.location, "it will not run")
+            checker.drop(site.keyword, site.line, verdict, site.location, "it will not run",
+                         quiet_user=site.user is not None)
 
-    def kept(line: str | None) -> str | None:
-        return line if line is None or fate.get(line, True) else None
+    def runs(line: str | None, who: ScriptUser | None) -> bool:
+        return line is None or fate.get(
+            (line, who.user if who else None, who.group if who else None), True)
+
+    def kept(line: str | None, who: ScriptUser | None = None) -> str | None:
+        return line if runs(line, who) else None
+
+    def kept_user(line: str | None, who: ScriptUser | None) -> ScriptUser | None:
+        return who if line is not None and runs(line, who) else None
 
     def notify_of(owner: VrrpInstance | VrrpSyncGroup) -> Notify:
         n = owner.notify
-        return replace(n, master=kept(n.master), backup=kept(n.backup), fault=kept(n.fault),
-                       stop=kept(n.stop), generic=kept(n.generic))
+        return replace(
+            n, master=kept(n.master, n.master_user), backup=kept(n.backup, n.backup_user),
+            fault=kept(n.fault, n.fault_user), stop=kept(n.stop, n.stop_user),
+            generic=kept(n.generic, n.generic_user),
+            master_user=kept_user(n.master, n.master_user),
+            backup_user=kept_user(n.backup, n.backup_user),
+            fault_user=kept_user(n.fault, n.fault_user),
+            stop_user=kept_user(n.stop, n.stop_user),
+            generic_user=kept_user(n.generic, n.generic_user))
 
     instances = tuple(
         replace(i, notify=notify_of(i), track_script=tracked(i))
@@ -418,11 +450,17 @@ def check_scripts(
         return verdict.runs
 
     def real_server(rs: RealServer) -> RealServer:
-        return replace(rs, notify_up=kept(rs.notify_up), notify_down=kept(rs.notify_down),
+        return replace(rs, notify_up=kept(rs.notify_up, rs.notify_up_user),
+                       notify_down=kept(rs.notify_down, rs.notify_down_user),
+                       notify_up_user=kept_user(rs.notify_up, rs.notify_up_user),
+                       notify_down_user=kept_user(rs.notify_down, rs.notify_down_user),
                        checkers=tuple(c for c in rs.checkers if checker_runs(c)))
 
     def virtual_server(vs: VirtualServer) -> VirtualServer:
-        return replace(vs, quorum_up=kept(vs.quorum_up), quorum_down=kept(vs.quorum_down),
+        return replace(vs, quorum_up=kept(vs.quorum_up, vs.quorum_up_user),
+                       quorum_down=kept(vs.quorum_down, vs.quorum_down_user),
+                       quorum_up_user=kept_user(vs.quorum_up, vs.quorum_up_user),
+                       quorum_down_user=kept_user(vs.quorum_down, vs.quorum_down_user),
                        real_servers=tuple(real_server(rs) for rs in vs.real_servers))
 
     servers = tuple(virtual_server(vs) for vs in config.virtual_servers)
@@ -441,7 +479,8 @@ def check_scripts(
             return f
         verdict = checker.check(f.script, f.script_user, f.script_group, defs.location)
         if not verdict.runs:
-            checker.drop(f"{key}_script", f.script, verdict, defs.location, "it will not run")
+            checker.drop(f"{key}_script", f.script, verdict, defs.location, "it will not run",
+                         quiet_user=f.script_user is not None)
             return replace(f, script=None, script_user=None, script_group=None)
         return f
 

@@ -35,7 +35,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import TypeVar
 
 from pyalived.config.diagnostics import DiagnosticSink
-from pyalived.config.model import Location
+from pyalived.config.model import Location, ScriptUser
 from pyalived.config.script_check import ScriptSite
 from pyalived.config.tree import Node
 
@@ -196,6 +196,26 @@ class ValueReader:
         if line is not None:
             self.script_sites.append(ScriptSite(node.name, node.location, line))
         return line
+
+    def notify_script(self, node: Node) -> tuple[str, ScriptUser | None] | None:
+        """``SCRIPT [USER [GROUP]]``, as keepalived 2.2.7 reads a notify line: the first
+        word (quoted, it may hold the script's arguments) is the script, the next two
+        are the user and group it runs as; words after them are ignored (a NOTICE)."""
+        self.no_block(node)
+        self.script_locations.append(node.location)
+        if not node.values:
+            self.sink.error(node.location, f"{node.name} needs a script")
+            return None
+        line, *rest = node.values
+        if len(rest) > 2:
+            self.sink.notice(node.location, f"{node.name}: extra words ignored:"
+                             f" {' '.join(rest[2:])} (the words after the script are"
+                             " USER [GROUP])")
+        who = ScriptUser(rest[0], rest[1] if len(rest) > 1 else None) if rest else None
+        self.script_sites.append(ScriptSite(node.name, node.location, line,
+                                            who.user if who else None,
+                                            who.group if who else None))
+        return line, who
 
     def user_group(self, node: Node) -> tuple[str, str | None] | None:
         """``USER [GROUP]``."""

@@ -112,6 +112,7 @@ from pyalived.config.model import (
     OldUnicastChecksum,
     ParamMatch,
     ParentScript,
+    ScriptUser,
     SmtpServer,
     TrackFile,
     TrackInterface,
@@ -203,11 +204,13 @@ _AUTH_TYPES = {a.value: a for a in AuthType}
 class _Tracking(Block):
     """A block with notify scripts and tracking: ``vrrp_instance`` or ``vrrp_sync_group``."""
 
-    __slots__ = ("notify", "track_file", "track_interface", "track_process", "track_script")
+    __slots__ = ("notify", "notify_users", "track_file", "track_interface", "track_process",
+                 "track_script")
 
     def __init__(self, r: ValueReader, label: str) -> None:
         super().__init__(r, label)
         self.notify: dict[str, str | None] = {}  # Notify's fields
+        self.notify_users: dict[str, ScriptUser | None] = {}  # their USER [GROUP]
         self.track_interface: list[TrackInterface] = []
         self.track_script: list[TrackScriptRef] = []
         self.track_file: list[TrackRef] = []
@@ -563,10 +566,24 @@ def _use_vmac(block: _Instance, node: Node) -> None:
         block.fields["vmac_name"] = node.values[0]
 
 
-@writes("master", "backup", "fault", "stop", "generic")
+@writes("master", "backup", "fault", "stop", "generic", "master_user", "backup_user",
+        "fault_user", "stop_user", "generic_user")
 def _notify(block: _Tracking, node: Node) -> None:
-    """A notify script; a bad line unsets the script given before."""
-    block.notify[_NOTIFY_KEYS[node.name]] = block.r.script(node)
+    """A notify script ``SCRIPT [USER [GROUP]]``; a bad line unsets the script given
+    before."""
+    key = _NOTIFY_KEYS[node.name]
+    read = block.r.notify_script(node)
+    block.notify[key], block.notify_users[key] = (None, None) if read is None else read
+
+
+def _notify_of(block: _Tracking) -> Notify:
+    """The ``Notify`` of the lines read into ``block``."""
+    line, user = block.notify.get, block.notify_users.get
+    return Notify(
+        master=line("master"), backup=line("backup"), fault=line("fault"),
+        stop=line("stop"), generic=line("generic"), master_user=user("master"),
+        backup_user=user("backup"), fault_user=user("fault"), stop_user=user("stop"),
+        generic_user=user("generic"))
 
 
 @writes("track_script")
@@ -1552,7 +1569,7 @@ class VrrpParser:
                 name=name,
                 group=tuple(block.members),
                 location=node.location,
-                notify=Notify(**block.notify),
+                notify=_notify_of(block),
                 track_script=tuple(block.track_script),
                 track_interface=tuple(block.track_interface),
                 track_file=tuple(block.track_file),
@@ -1720,7 +1737,7 @@ class VrrpParser:
             track_script=tuple(block.track_script),
             track_file=tuple(block.track_file),
             track_process=tuple(block.track_process),
-            notify=Notify(**block.notify),
+            notify=_notify_of(block),
             **fields,  # type: ignore[arg-type]
         )
 

@@ -124,7 +124,7 @@ from pyalived.vrrp.fsm import (
     start_cleanup,
 )
 from pyalived.vrrp.garp_pacing import GarpPacer
-from pyalived.vrrp.notify import NOTIFY_STATE, notify_commands
+from pyalived.vrrp.notify import NOTIFY_STATE, notify_runs
 from pyalived.vrrp.peer_addresses import PeerAddressWatch
 from pyalived.vrrp.ports import (
     AddressManager,
@@ -1079,8 +1079,9 @@ class Instance:
 
     def _notify(self, state: State) -> None:
         priority = self._stop_priority if state is State.INIT else self.machine.effective_priority
-        for argv in notify_commands(self.conf.notify, state, "INSTANCE", self.name, priority):
-            self._scripts.notify(argv, self._script_user, self._script_group)
+        for argv, user, group in notify_runs(self.conf.notify, state, "INSTANCE", self.name,
+                                             priority, (self._script_user, self._script_group)):
+            self._scripts.notify(argv, user, group)
         if self._alerts is not None:  # notify FIFOs and mail
             self._alerts.instance_state(self.name, NOTIFY_STATE[state], priority)
 

@@ -83,7 +83,7 @@ from pyalived.vrrp.fsm import MachineConfig, State, StateChanged, VrrpMachine
 from pyalived.vrrp.garp_pacing import GarpPacer
 from pyalived.vrrp.instance import Instance
 from pyalived.vrrp.lvs_sync import Blocking, SyncDaemonDriver, SyncDaemonKernel
-from pyalived.vrrp.notify import NOTIFY_STATE, notify_commands
+from pyalived.vrrp.notify import NOTIFY_STATE, notify_runs
 from pyalived.vrrp.ports import (
     AddressManager,
     LinkWatcher,
@@ -266,8 +266,9 @@ class _SyncFollower:
                 self._notify_group(state)
 
     def _notify_group(self, state: State) -> None:
-        for argv in notify_commands(self._conf.notify, state, "GROUP", self._conf.name):
-            self._scripts.notify(argv, self._user, self._group)
+        for argv, user, group in notify_runs(self._conf.notify, state, "GROUP",
+                                             self._conf.name, None, (self._user, self._group)):
+            self._scripts.notify(argv, user, group)
         if self._alerts is not None:
             self._alerts.group_state(self._conf.name, NOTIFY_STATE[state])
 

@@ -10,6 +10,11 @@ a script user that does not exist, ``enable_script_security`` without a
 ``keepalived_script`` user, and these mixed with other mistakes (an unknown
 keyword, a bad value, a missing interface) to pin the exit-status precedence.
 
+Notify lines name their own user (``notify_master SCRIPT [USER [GROUP]]``): the
+cases give users that do not exist, a second word that is not quoted with the
+script (keepalived takes it for a user), root, extra words, and ``misc_path``,
+whose words are all the command.
+
 Left out, on purpose: scripts run by a user other than root.  keepalived
 2.2.7's ``-t`` kills itself with SIGTERM as soon as it has looked at such a
 script (it takes the check's process for a child whose parent went away), so
@@ -141,6 +146,27 @@ CASES: dict[str, str] = {
     "sync_group_notify_ok": inst("") + inst("").replace("VI {", "VJ {").replace(
         "51", "52") + "vrrp_sync_group G {\n    group {\n        VI\n        VJ\n    }\n"
     "    notify_master D/ok.sh\n}\n",
+    # notify lines naming their user: SCRIPT [USER [GROUP]]
+    "notify_unknown_user": inst("    notify_master D/ok.sh pyalived-no-such-user\n"),
+    "notify_unquoted_argument_is_a_user": inst("    notify_master D/ok.sh arg1\n"),
+    "notify_numeric_user": inst("    notify_backup D/ok.sh 0\n"),
+    "notify_root_user": inst("    notify_master D/ok.sh root\n"),
+    "notify_quoted_with_user": inst("    notify_master \"D/ok.sh a b\" root\n"),
+    "notify_unknown_group": inst("    notify_fault D/ok.sh root pyalived-no-such-group\n"),
+    "notify_root_group_extra_words": inst("    notify D/ok.sh root root extra\n"),
+    "notify_missing_with_user": inst("    notify_stop D/absent.sh root\n"),
+    "notify_unknown_user_and_ok": inst("    notify_master D/ok.sh pyalived-no-such-user\n"
+                                       "    notify_backup D/ok.sh\n"),
+    "notify_secure_with_root_user": SECURE_NO_USER + inst("    notify_master D/ok.sh root\n"),
+    "sync_group_notify_unknown_user": inst("") + inst("").replace("VI {", "VJ {").replace(
+        "51", "52") + "vrrp_sync_group G {\n    group {\n        VI\n        VJ\n    }\n"
+    "    notify_master D/ok.sh pyalived-no-such-user\n}\n",
+    "real_server_notify_unknown_user": lvs("        notify_up D/ok.sh pyalived-no-such-user\n"),
+    "real_server_notify_root_user": lvs("        notify_down D/ok.sh root root\n"),
+    "quorum_unknown_user": lvs(vs_extra="    quorum_down D/ok.sh pyalived-no-such-user\n"),
+    "fifo_script_unknown_user": "global_defs {\n    notify_fifo D/fifo\n"
+    "    notify_fifo_script D/ok.sh pyalived-no-such-user\n}\n" + inst(""),
+    "misc_path_second_word_is_an_argument": lvs(misc("D/ok.sh pyalived-no-such-user")),
     # LVS
     "misc_missing": lvs(misc("D/absent.sh")),
     "misc_ok": lvs(misc("D/ok.sh")),

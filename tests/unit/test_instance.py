@@ -17,8 +17,10 @@ from pyalived.config.model import (
     Authentication,
     AuthType,
     Config,
+    GlobalDefs,
     InitialState,
     Notify,
+    ScriptUser,
     TrackInterface,
     TrackScriptRef,
     VirtualIP,
@@ -409,3 +411,32 @@ async def test_sync_group_members_follow_each_other(autojump_clock: trio.testing
         ("GROUP", "G1", "FAULT"),
         ("GROUP", "G1", "STOP"),
     ]
+
+
+async def test_notify_lines_run_as_their_own_user_else_script_user(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An instance's and a sync group's notify lines with ``USER [GROUP]`` run as that
+    user; the others as global_defs' script_user and script_group."""
+    rig = Rig()
+    a = instance_conf(notify=Notify(master="/etc/m.sh", master_user=ScriptUser("nobody"),
+                                    backup="/etc/b.sh", generic="/etc/n.sh",
+                                    generic_user=ScriptUser("daemon", "adm")))
+    b = instance_conf(name="VI_2", virtual_router_id=52)
+    group = VrrpSyncGroup("G1", ("VI_1", "VI_2"), notify=Notify(
+        master="/etc/g.sh", master_user=ScriptUser("operator", "users"), backup="/etc/gb.sh"))
+    defs = GlobalDefs(script_user="keepalived_script", script_group="staff")
+    config = Config(global_defs=defs, vrrp_instances=(a, b), vrrp_sync_groups=(group,))
+    async with running(rig, config):
+        await trio.sleep(MASTER_DOWN_90 + 1)
+    runs = {(n.argv[0], n.argv[3] if n.argv[0] == "/etc/n.sh" else "", n.user, n.group)
+            for n in rig.scripts.notified}
+    assert runs == {
+        ("/etc/b.sh", "", "keepalived_script", "staff"),
+        ("/etc/m.sh", "", "nobody", None),
+        ("/etc/n.sh", "BACKUP", "daemon", "adm"),
+        ("/etc/n.sh", "MASTER", "daemon", "adm"),
+        ("/etc/n.sh", "STOP", "daemon", "adm"),
+        ("/etc/gb.sh", "", "keepalived_script", "staff"),
+        ("/etc/g.sh", "", "operator", "users"),
+    }

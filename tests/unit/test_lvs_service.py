@@ -549,3 +549,28 @@ async def test_a_health_change_replans_only_its_virtual_server(
         assert rig.kernel.weights() == {B: 1}
         assert rig.kernel.weights(other) == {C: 1}
     assert [(t, list(p.table)) for t, p in rig.plans] == [(0, [VIP, other]), (12, [VIP])]
+
+
+async def test_notify_and_quorum_lines_run_as_their_user_else_script_user(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``notify_down SCRIPT USER GROUP`` runs as that user; a line without one runs as
+    global_defs' script_user (here ``nobody``), never as root by default."""
+    servers = (
+        rs_block(A).replace('notify_down "/bin/echo down 2"',
+                            'notify_down "/bin/echo down 2" daemon adm'),
+        rs_block(B),
+    )
+    vs = ' quorum 2\n quorum_down "/bin/echo quorum down" operator\n'
+    text = vs_text(*servers, vs=vs).replace("script_user root", "script_user nobody")
+    rig = Rig()
+    svc = rig.service(config(tmp_path, text))
+    async with running(svc):
+        await trio.sleep_until(15)
+        rig.prober.set(A, False)
+        rig.prober.set(B, False)
+        await at(22.5, svc)
+        assert sorted((" ".join(c.argv[1:]), c.user, c.group)
+                      for c in rig.scripts.notified) == [
+            ("down 2", "daemon", "adm"), ("down 3", "nobody", None),
+            ("quorum down", "operator", None)]

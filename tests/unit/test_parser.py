@@ -9,7 +9,7 @@ import pytest
 
 from pyalived.config import Diagnostic, LoadResult, Severity, load, render
 from pyalived.config.diagnostics import Category
-from pyalived.config.model import AuthType, Config, InitialState, TrackInterface
+from pyalived.config.model import AuthType, Config, InitialState, ScriptUser, TrackInterface
 from tests.unit.fakes import EveryScriptRuns
 
 IFACES = {"eth0", "eth1", "eth2"}
@@ -74,7 +74,7 @@ vrrp_instance VI_1 {
     chk weight 5
   }
   notify_master "/bin/echo master"
-  notify_backup /bin/echo backup now
+  notify_backup "/bin/echo backup now" daemon adm
   notify_fault /bin/fault
   notify_stop /bin/stop
   notify /bin/notify
@@ -178,6 +178,8 @@ def test_every_supported_keyword_lands_in_the_model(tmp_path: Path) -> None:
     assert i.track_script == ()
     assert i.notify.master == "/bin/echo master"
     assert i.notify.backup == "/bin/echo backup now"
+    assert i.notify.backup_user == ScriptUser("daemon", "adm")
+    assert i.notify.master_user is None
     assert (i.notify.fault, i.notify.stop, i.notify.generic) == (
         "/bin/fault",
         "/bin/stop",
