@@ -49,7 +49,7 @@ log = logging.getLogger("pyalived.scripts")
 TIMEOUT_STATUS = -1
 
 
-def _identity(user: str | None, group: str | None = None) -> dict[str, Any]:
+def run_as(user: str | None, group: str | None = None) -> dict[str, Any]:
     """``subprocess`` arguments that switch to ``user`` and ``group`` (default: the
     user's primary group); nothing for no user, or for ourselves in our own group."""
     if user is None:
@@ -120,7 +120,7 @@ class TrioScriptRunner:
                 stderr=self._output,
                 start_new_session=True,
                 close_fds=True,
-                **_identity(user, group),
+                **run_as(user, group),
                 **spawn_options(),
             )
         except OSError as exc:

@@ -44,7 +44,7 @@ import subprocess
 from dataclasses import dataclass
 
 from pyalived.config.model import Config, ParentScript
-from pyalived.scripts import _identity, split_command
+from pyalived.scripts import run_as, split_command
 
 log = logging.getLogger("pyalived.startup")
 
@@ -112,7 +112,7 @@ def run_parent_script(what: str, script: ParentScript, settings: ParentSettings)
     user = script.user or settings.script_user
     group = script.group or (settings.script_group if script.user is None else None)
     try:
-        identity = _identity(user)
+        identity = run_as(user)
         if group is not None:
             identity["group"] = grp.getgrnam(group).gr_gid
     except (OSError, KeyError) as exc:

@@ -96,6 +96,7 @@ from pyalived.checkers.spec import (
 from pyalived.checkers.tls import DEFAULT as DEFAULT_TLS
 from pyalived.checkers.tls import TlsClient, TlsConfigError, cached_context
 from pyalived.limits import is_resource_exhaustion
+from pyalived.scripts import run_as
 from pyalived.tuning import spawn_options
 
 RECEIVE_CHUNK = 65536
@@ -467,8 +468,7 @@ async def misc_probe(spec: MiscCheck) -> ProbeResult:
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
                 deliver_cancel=kill_group,
-                user=spec.user,
-                group=spec.group,
+                **run_as(spec.user, spec.group),
                 **spawn_options(),
             )
     except trio.TooSlowError:

@@ -454,7 +454,13 @@ def check_scripts(
                        notify_down=kept(rs.notify_down, rs.notify_down_user),
                        notify_up_user=kept_user(rs.notify_up, rs.notify_up_user),
                        notify_down_user=kept_user(rs.notify_down, rs.notify_down_user),
-                       checkers=tuple(c for c in rs.checkers if checker_runs(c)))
+                       checkers=tuple(misc_user(c) for c in rs.checkers if checker_runs(c)))
+
+    def misc_user(c: Checker) -> Checker:
+        # A MISC_CHECK without ``user`` runs as the default script user, as keepalived's does.
+        if c.type is not CheckerType.MISC_CHECK or c.user is not None or defs.script_user is None:
+            return c
+        return replace(c, user=defs.script_user, group=defs.script_group)
 
     def virtual_server(vs: VirtualServer) -> VirtualServer:
         return replace(vs, quorum_up=kept(vs.quorum_up, vs.quorum_up_user),

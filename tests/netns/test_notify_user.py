@@ -162,3 +162,44 @@ def test_real_server_and_quorum_hooks_run_as_their_user(
     assert set(vs["quorum_up"]) == {(0, 0)}
     assert lab.stop_daemon(router) == 0
     assert "Traceback" not in daemon.log_text()
+
+
+def test_misc_check_runs_as_its_user_else_the_script_user(
+    make_lab: MakeLab, hooks: Path
+) -> None:
+    """An operator sets ``script_user daemon`` so that health scripts never run as
+    root: a MISC_CHECK without ``user`` then runs as daemon, one with ``user
+    nobody`` as nobody; both keep the real server up."""
+    hook = hooks / "hook.sh"
+    lab = make_lab(routers=1, clients=1)
+    (router,), (client,) = lab.routers, lab.clients
+    text = f"""global_defs {{
+    router_id r1
+    script_user daemon
+}}
+
+virtual_server 198.18.0.100 80 {{
+    lb_algo rr
+    lb_kind NAT
+    protocol TCP
+    real_server {client.ip} 80 {{
+        MISC_CHECK {{
+            misc_path "{hook} rs default"
+            delay_loop 1
+        }}
+        MISC_CHECK {{
+            misc_path "{hook} rs own"
+            user nobody
+            delay_loop 1
+        }}
+    }}
+}}
+"""
+    daemon = lab.start_daemon(router, text)
+    wait_for(lambda: {"default", "own"} <= set(events(hooks, "rs")), SETTLE,
+             what="both MISC_CHECK scripts")
+    rs = events(hooks, "rs")
+    assert set(rs["default"]) == {(DAEMON.pw_uid, DAEMON.pw_gid)}
+    assert set(rs["own"]) == {(NOBODY.pw_uid, NOBODY.pw_gid)}
+    assert lab.stop_daemon(router) == 0
+    assert "Traceback" not in daemon.log_text()

@@ -125,7 +125,8 @@ def test_misc_path_keeps_all_its_words_as_the_command(tmp_path: Path) -> None:
     res = load(str(conf), interface_exists=lambda name: True, scripts=EveryScriptRuns())
     assert res.config is not None
     (checker,) = res.config.virtual_servers[0].real_servers[0].checkers
-    assert (checker.misc_path, checker.user) == ("/m.sh nobody", None)
+    # "nobody" stays in the command; the checker runs as the default script user
+    assert (checker.misc_path, checker.user) == ("/m.sh nobody", "keepalived_script")
 
 
 # ---- vetting at load ----------------------------------------------------------------
