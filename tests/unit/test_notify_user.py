@@ -28,19 +28,10 @@ from pyalived.scripts import TrioScriptRunner
 from pyalived.vrrp.fsm import State
 from pyalived.vrrp.notify import notify_runs
 from tests.unit.fakes import EveryScriptRuns
+from tests.unit.test_script_check import INSTANCE
 
 NOGROUP = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
 
-INSTANCE = """vrrp_instance VI {{
-    state BACKUP
-    interface eth0
-    virtual_router_id 51
-    priority 100
-    virtual_ipaddress {{
-        198.18.0.1/32
-    }}
-{body}}}
-"""
 
 
 @pytest.fixture
